@@ -1,0 +1,23 @@
+//! Codecs for rpc-stack: how values and messages become bytes on the wire.
+//!
+//! Each codec has two halves, the traits of which live in `rpc-core`:
+//! a [`Format`](rpc_core::Format) for values (arguments and results) and a
+//! [`Codec`](rpc_core::Codec) for whole messages (requests and responses with their ids).
+//! Transports are generic over the codec; handlers never see it.
+//!
+//! | module | format | codec | wire-compatible with |
+//! |---|---|---|---|
+//! | [`msgpack`] | [`MsgPack`](msgpack::MsgPack) | [`RpcudpCodec`](msgpack::RpcudpCodec) | rpcudp 5.0.1, kademlia 2.2.3 |
+//!
+//! # Feature flags
+//!
+//! | name | what | default |
+//! |---|---|---|
+//! | `msgpack` | MessagePack values and rpcudp's datagram format | yes |
+#![doc(test(
+    no_crate_inject,
+    attr(deny(warnings, rust_2018_idioms), allow(dead_code, unused_variables))
+))]
+
+#[cfg(feature = "msgpack")]
+pub mod msgpack;

@@ -1,0 +1,281 @@
+//! rpcudp's datagram format.
+//!
+//! ```text
+//! +------+----------------+-----------------------------------------------+
+//! | type | id (20 bytes)  | body: one msgpack value                       |
+//! +------+----------------+-----------------------------------------------+
+//!   0x00   random           request:  [name: str, args: array]
+//!   0x01   the request's    response: the result, any value (nil for None)
+//!   0x02   the request's    error:    [code: int, message: str, data]   (rpc-stack only)
+//! ```
+
+use std::fmt;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use rpc_core::codec::{Codec, DecodeError, Message};
+use rpc_core::{Error, ErrorCode, Format, Method, MethodName, Payload, ServerError};
+
+use super::{skip_value, MSGPACK};
+
+const REQUEST: u8 = 0x00;
+const RESPONSE: u8 = 0x01;
+const ERROR: u8 = 0x02;
+const ID_LEN: usize = 20;
+const HEADER: usize = 1 + ID_LEN;
+
+/// rpcudp's 20-byte message id.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct MessageId(pub [u8; ID_LEN]);
+
+impl fmt::Debug for MessageId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for b in &self.0 {
+            write!(f, "{b:02x}")?;
+        }
+        Ok(())
+    }
+}
+
+/// The codec of rpcudp 5.0.1 (the transport under the kademlia DHT), byte for byte.
+///
+/// - A request is `0x00 ‖ id ‖ [name, args]`; ids are 20 bytes from a cryptographically secure
+///   generator, so an off-path attacker cannot guess them.
+/// - A response is `0x01 ‖ id ‖ result`.
+/// - rpcudp has no error replies: an unknown method or a failing handler gets no answer at all,
+///   and its caller times out. An rpc-stack server answers errors as `0x02 ‖ id ‖ [code, message,
+///   data]`, a type rpcudp drops unread, so an rpc-stack caller fails at once with the error while
+///   a Python caller sees what it always sees, no reply. [`without_error_replies`] turns this off.
+/// - rpcudp has no notifications; a notification is sent as a request whose answer is ignored.
+///
+/// Named methods only: a [`Method::Id`] cannot be encoded.
+///
+/// [`without_error_replies`]: RpcudpCodec::without_error_replies
+#[derive(Debug, Clone, Copy)]
+pub struct RpcudpCodec {
+    error_replies: bool,
+}
+
+impl Default for RpcudpCodec {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl RpcudpCodec {
+    /// The codec, sending error replies to rpc-stack callers.
+    pub const fn new() -> Self {
+        Self {
+            error_replies: true,
+        }
+    }
+
+    /// Sends nothing when a call fails, exactly as rpcudp does.
+    pub const fn without_error_replies(mut self) -> Self {
+        self.error_replies = false;
+        self
+    }
+}
+
+fn header(dst: &mut BytesMut, kind: u8, id: &MessageId) {
+    dst.reserve(HEADER);
+    dst.put_u8(kind);
+    dst.put_slice(&id.0);
+}
+
+fn check_format(p: &Payload) -> Result<(), Error> {
+    if p.format().name() == MSGPACK.name() {
+        Ok(())
+    } else {
+        Err(Error::Codec(
+            format!("rpcudp carries msgpack, not {}", p.format().name()).into(),
+        ))
+    }
+}
+
+/// Reads a msgpack array header; returns its length and the header's size.
+fn array_len(b: &[u8]) -> Option<(usize, usize)> {
+    match *b.first()? {
+        m @ 0x90..=0x9f => Some((usize::from(m & 0x0f), 1)),
+        0xdc => Some((
+            usize::from(u16::from_be_bytes(b.get(1..3)?.try_into().ok()?)),
+            3,
+        )),
+        0xdd => Some((
+            u32::from_be_bytes(b.get(1..5)?.try_into().ok()?) as usize,
+            5,
+        )),
+        _ => None,
+    }
+}
+
+/// Reads a msgpack str header; returns the string's length and the header's size.
+fn str_len(b: &[u8]) -> Option<(usize, usize)> {
+    match *b.first()? {
+        m @ 0xa0..=0xbf => Some((usize::from(m & 0x1f), 1)),
+        0xd9 => Some((usize::from(*b.get(1)?), 2)),
+        0xda => Some((
+            usize::from(u16::from_be_bytes(b.get(1..3)?.try_into().ok()?)),
+            3,
+        )),
+        0xdb => Some((
+            u32::from_be_bytes(b.get(1..5)?.try_into().ok()?) as usize,
+            5,
+        )),
+        _ => None,
+    }
+}
+
+fn exactly_one_value(b: &[u8]) -> bool {
+    skip_value(b) == Ok(b.len())
+}
+
+fn decode_request(
+    id: MessageId,
+    body: Bytes,
+) -> Result<Message<MessageId>, DecodeError<MessageId>> {
+    let bad = |why: &str| DecodeError {
+        reply_to: Some(id),
+        error: ServerError::invalid_request(why),
+    };
+    match array_len(&body) {
+        Some((2, h)) => {
+            let rest = &body[h..];
+            let (n, sh) =
+                str_len(rest).ok_or_else(|| bad("the method name is not a msgpack str"))?;
+            let name_start = h + sh;
+            let name_end = name_start
+                .checked_add(n)
+                .filter(|e| *e <= body.len())
+                .ok_or_else(|| bad("truncated method name"))?;
+            let name = MethodName::from_utf8(body.slice(name_start..name_end))
+                .map_err(|_| bad("the method name is not UTF-8"))?;
+            let args = body.slice(name_end..);
+            if array_len(&args).is_none() {
+                return Err(bad("the arguments are not a msgpack array"));
+            }
+            if !exactly_one_value(&args) {
+                return Err(bad("malformed or trailing bytes after the arguments"));
+            }
+            Ok(Message::Request {
+                id: Some(id),
+                method: Method::Name(name),
+                args,
+            })
+        }
+        _ => Err(bad("a request body must be the array [name, args]")),
+    }
+}
+
+fn decode_error(body: &[u8]) -> Option<ServerError> {
+    let (code, message, data): (i32, String, Option<serde_json::Value>) =
+        rmp_serde::from_slice(body).ok()?;
+    let e = ServerError::new(ErrorCode::new(code), message);
+    Some(match data {
+        Some(d) => e.with_data(d),
+        None => e,
+    })
+}
+
+impl Codec for RpcudpCodec {
+    type Id = MessageId;
+
+    fn format(&self) -> &'static dyn Format {
+        &MSGPACK
+    }
+
+    fn overhead(&self) -> usize {
+        HEADER
+    }
+
+    fn next_id(&self) -> MessageId {
+        MessageId(rand::random())
+    }
+
+    fn decode(&self, frame: Bytes) -> Result<Message<MessageId>, DecodeError<MessageId>> {
+        if frame.len() < HEADER + 1 {
+            return Err(DecodeError::drop(ServerError::invalid_request(
+                "datagram shorter than 22 bytes",
+            )));
+        }
+        let mut id = [0u8; ID_LEN];
+        id.copy_from_slice(&frame[1..HEADER]);
+        let id = MessageId(id);
+        let body = frame.slice(HEADER..);
+        match frame[0] {
+            REQUEST => decode_request(id, body),
+            RESPONSE if exactly_one_value(&body) => Ok(Message::Response {
+                id,
+                result: Ok(body),
+            }),
+            ERROR => match decode_error(&body) {
+                Some(e) => Ok(Message::Response { id, result: Err(e) }),
+                None => Err(DecodeError::drop(ServerError::invalid_request(
+                    "malformed error reply",
+                ))),
+            },
+            RESPONSE => Err(DecodeError::drop(ServerError::invalid_request(
+                "malformed response body",
+            ))),
+            other => Err(DecodeError::drop(ServerError::invalid_request(format!(
+                "unknown message type {other:#04x}"
+            )))),
+        }
+    }
+
+    fn encode_request(
+        &self,
+        id: Option<&MessageId>,
+        method: &Method,
+        args: &Payload,
+        dst: &mut BytesMut,
+    ) -> Result<(), Error> {
+        check_format(args)?;
+        let Method::Name(name) = method else {
+            return Err(Error::Codec(
+                "rpcudp names its methods; it has no numeric command ids".into(),
+            ));
+        };
+        if array_len(args.bytes()).is_none() {
+            return Err(Error::Codec("rpcudp arguments must be a list".into()));
+        }
+        let id = id.copied().unwrap_or_else(|| self.next_id());
+        header(dst, REQUEST, &id);
+        dst.put_u8(0x92);
+        let mut w = dst.writer();
+        rmp::encode::write_str_len(&mut w, name.as_bytes().len() as u32)
+            .map_err(|e| Error::Codec(e.into()))?;
+        let dst = w.into_inner();
+        dst.extend_from_slice(name.as_bytes());
+        dst.extend_from_slice(args.bytes());
+        Ok(())
+    }
+
+    fn encode_response(
+        &self,
+        id: &MessageId,
+        result: Result<&Payload, &ServerError>,
+        dst: &mut BytesMut,
+    ) -> Result<bool, Error> {
+        match result {
+            Ok(p) => {
+                check_format(p)?;
+                header(dst, RESPONSE, id);
+                if p.bytes().is_empty() {
+                    // A handler that returned nothing encodes as nil, as Python's None does.
+                    dst.put_u8(0xc0);
+                } else {
+                    dst.extend_from_slice(p.bytes());
+                }
+                Ok(true)
+            }
+            Err(_) if !self.error_replies => Ok(false),
+            Err(e) => {
+                header(dst, ERROR, id);
+                MSGPACK
+                    .encode(&(e.code().code(), e.message(), e.data()), dst)
+                    .map_err(Error::Codec)?;
+                Ok(true)
+            }
+        }
+    }
+}

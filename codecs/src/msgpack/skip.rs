@@ -1,0 +1,134 @@
+//! Measuring a msgpack value without decoding it.
+
+use std::fmt;
+
+/// Why [`skip_value`] could not measure a value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SkipError {
+    /// The input ends inside the value.
+    Truncated,
+    /// The byte `0xc1`, which msgpack never uses.
+    Reserved(usize),
+}
+
+impl fmt::Display for SkipError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SkipError::Truncated => f.pad("truncated msgpack value"),
+            SkipError::Reserved(at) => write!(f, "reserved msgpack marker 0xc1 at byte {at}"),
+        }
+    }
+}
+
+impl std::error::Error for SkipError {}
+
+/// The length in bytes of the msgpack value at the start of `buf`.
+///
+/// Runs in constant memory whatever the nesting (it counts the values still to skip instead of
+/// recursing), and in time linear in the input: every step consumes at least one byte.
+///
+/// ```
+/// use rpc_codecs::msgpack::skip_value;
+/// assert_eq!(skip_value(b"\x92\x01\xa1x\xff"), Ok(4));
+/// assert!(skip_value(b"\x92\x01").is_err());
+/// ```
+pub fn skip_value(buf: &[u8]) -> Result<usize, SkipError> {
+    let mut pos = 0usize;
+    let mut pending: u64 = 1;
+    while pending > 0 {
+        pending -= 1;
+        let marker = *buf.get(pos).ok_or(SkipError::Truncated)?;
+        pos += 1;
+        let (skip, children): (usize, u64) = match marker {
+            0x00..=0x7f | 0xe0..=0xff | 0xc0 | 0xc2 | 0xc3 => (0, 0),
+            0x80..=0x8f => (0, 2 * u64::from(marker & 0x0f)),
+            0x90..=0x9f => (0, u64::from(marker & 0x0f)),
+            0xa0..=0xbf => (usize::from(marker & 0x1f), 0),
+            0xc1 => return Err(SkipError::Reserved(pos - 1)),
+            0xc4 | 0xd9 => (read_len(buf, &mut pos, 1)?, 0),
+            0xc5 | 0xda => (read_len(buf, &mut pos, 2)?, 0),
+            0xc6 | 0xdb => (read_len(buf, &mut pos, 4)?, 0),
+            0xc7 => (read_len(buf, &mut pos, 1)? + 1, 0),
+            0xc8 => (read_len(buf, &mut pos, 2)? + 1, 0),
+            0xc9 => (read_len(buf, &mut pos, 4)? + 1, 0),
+            0xca | 0xce | 0xd2 => (4, 0),
+            0xcb | 0xcf | 0xd3 => (8, 0),
+            0xcc | 0xd0 => (1, 0),
+            0xcd | 0xd1 => (2, 0),
+            0xd4 => (2, 0),
+            0xd5 => (3, 0),
+            0xd6 => (5, 0),
+            0xd7 => (9, 0),
+            0xd8 => (17, 0),
+            0xdc => (0, read_len(buf, &mut pos, 2)? as u64),
+            0xdd => (0, read_len(buf, &mut pos, 4)? as u64),
+            0xde => (0, 2 * read_len(buf, &mut pos, 2)? as u64),
+            0xdf => (0, 2 * read_len(buf, &mut pos, 4)? as u64),
+        };
+        pos = pos.checked_add(skip).ok_or(SkipError::Truncated)?;
+        if pos > buf.len() {
+            return Err(SkipError::Truncated);
+        }
+        pending += children;
+        // Every value takes at least one byte: more pending values than bytes left cannot fit.
+        if pending > (buf.len() - pos) as u64 {
+            return Err(SkipError::Truncated);
+        }
+    }
+    Ok(pos)
+}
+
+fn read_len(buf: &[u8], pos: &mut usize, width: usize) -> Result<usize, SkipError> {
+    let bytes = buf.get(*pos..*pos + width).ok_or(SkipError::Truncated)?;
+    *pos += width;
+    Ok(bytes.iter().fold(0usize, |n, b| (n << 8) | usize::from(*b)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn measures_every_kind_of_value() {
+        let v = rmpv::Value::Array(vec![
+            rmpv::Value::Nil,
+            rmpv::Value::from(-1),
+            rmpv::Value::from(u64::MAX),
+            rmpv::Value::from(3.5f64),
+            rmpv::Value::from(1.5f32),
+            rmpv::Value::from("s".repeat(300)),
+            rmpv::Value::Binary(vec![1; 70_000]),
+            rmpv::Value::Map(vec![(rmpv::Value::from("k"), rmpv::Value::from(true))]),
+            rmpv::Value::Ext(5, vec![1, 2, 3, 4]),
+            rmpv::Value::Ext(5, vec![1; 3]),
+            rmpv::Value::Array((0..20).map(rmpv::Value::from).collect()),
+        ]);
+        let mut buf = Vec::new();
+        rmpv::encode::write_value(&mut buf, &v).unwrap();
+        assert_eq!(skip_value(&buf), Ok(buf.len()));
+        buf.push(0x01);
+        assert_eq!(skip_value(&buf), Ok(buf.len() - 1));
+        for cut in 0..buf.len() - 1 {
+            assert_eq!(
+                skip_value(&buf[..cut]),
+                Err(SkipError::Truncated),
+                "cut at {cut}"
+            );
+        }
+    }
+
+    #[test]
+    fn huge_claimed_lengths_fail_fast() {
+        assert_eq!(
+            skip_value(b"\xdd\xff\xff\xff\xff"),
+            Err(SkipError::Truncated)
+        );
+        assert_eq!(
+            skip_value(b"\xc6\xff\xff\xff\xff"),
+            Err(SkipError::Truncated)
+        );
+        assert_eq!(skip_value(b"\xc1"), Err(SkipError::Reserved(0)));
+        let deep = vec![0x91u8; 1_000_000];
+        assert_eq!(skip_value(&deep), Err(SkipError::Truncated));
+    }
+}

@@ -1,0 +1,104 @@
+//! Codecs: how whole messages (requests and responses with their ids) become frames.
+//!
+//! A codec is the envelope around a [`Format`]'s values. It reads one frame — a datagram, or
+//! one frame cut from a stream by the transport's framing — into a [`Message`], and writes messages
+//! into frames. Arguments and results stay encoded ([`Payload`]) until a handler or a caller decodes
+//! them into their types, so a codec never needs to know those types.
+
+use std::fmt;
+use std::hash::Hash;
+
+use bytes::{Bytes, BytesMut};
+
+use crate::error::{Error, ServerError};
+use crate::format::{Format, Payload};
+use crate::message::Method;
+
+/// One decoded message.
+#[derive(Debug, Clone)]
+pub enum Message<Id> {
+    /// A request to serve; `id` is `None` for a notification.
+    Request {
+        /// The id to answer to.
+        id: Option<Id>,
+        /// The method.
+        method: Method,
+        /// The encoded arguments, in the codec's [`Format`].
+        args: Bytes,
+    },
+    /// The answer to one of our calls.
+    Response {
+        /// The id of the call.
+        id: Id,
+        /// The encoded result, or the peer's error.
+        result: Result<Bytes, ServerError>,
+    },
+}
+
+/// A frame that is not a valid message.
+#[derive(Debug, Clone)]
+pub struct DecodeError<Id> {
+    /// The id of the request, when it could be read and the peer should be told: the transport
+    /// answers `error` to it if the codec can carry errors. `None`: drop the frame silently.
+    pub reply_to: Option<Id>,
+    /// What is wrong.
+    pub error: ServerError,
+}
+
+impl<Id> DecodeError<Id> {
+    /// An error that is not answered.
+    pub fn drop(error: ServerError) -> Self {
+        Self {
+            reply_to: None,
+            error,
+        }
+    }
+}
+
+impl<Id> fmt::Display for DecodeError<Id> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.error, f)
+    }
+}
+
+/// A message encoding: turns frames into [`Message`]s and back.
+///
+/// Implementations are cheap to clone (share state behind an `Arc`).
+pub trait Codec: Clone + Send + Sync + 'static {
+    /// The request id type (20 random bytes for rpcudp, a number or string for JSON-RPC, ...).
+    type Id: Clone + Eq + Hash + fmt::Debug + Send + Sync + 'static;
+
+    /// The format of arguments and results.
+    fn format(&self) -> &'static dyn Format;
+
+    /// Bytes a frame carries beyond its payload (fixed headers); transports add it to their
+    /// payload limit to get their frame limit.
+    fn overhead(&self) -> usize {
+        0
+    }
+
+    /// A fresh id for an outgoing call. Ids must be hard to guess where the transport can be
+    /// spoofed (datagrams).
+    fn next_id(&self) -> Self::Id;
+
+    /// Decodes one frame.
+    fn decode(&self, frame: Bytes) -> Result<Message<Self::Id>, DecodeError<Self::Id>>;
+
+    /// Appends a request to `dst`; `id` is `None` for a notification.
+    fn encode_request(
+        &self,
+        id: Option<&Self::Id>,
+        method: &Method,
+        args: &Payload,
+        dst: &mut BytesMut,
+    ) -> Result<(), Error>;
+
+    /// Appends a response to `dst`. Returns `false`, writing nothing, when the protocol cannot carry
+    /// it (a protocol without error replies): the caller is then left to time out.
+    fn encode_response(
+        &self,
+        id: &Self::Id,
+        result: Result<&Payload, &ServerError>,
+        dst: &mut BytesMut,
+    ) -> Result<bool, Error>;
+}

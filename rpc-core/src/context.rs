@@ -1,0 +1,171 @@
+//! What a handler can know about the call it serves.
+
+use std::any::{Any, TypeId};
+use std::collections::HashMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::client::{BoxChannel, Client};
+
+/// Who sent a request.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Peer {
+    /// An IP socket address (UDP or TCP).
+    Socket(SocketAddr),
+}
+
+impl Peer {
+    /// The socket address, for IP transports.
+    pub fn socket_addr(&self) -> Option<SocketAddr> {
+        match self {
+            Peer::Socket(a) => Some(*a),
+        }
+    }
+}
+
+impl fmt::Display for Peer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Peer::Socket(a) => fmt::Display::fmt(a, f),
+        }
+    }
+}
+
+/// Opens a client back to the peer a request came from, over the same socket or connection.
+pub trait Origin: Send + Sync + 'static {
+    /// A client that calls `peer`, or `None` if the socket or connection is gone.
+    fn client(&self, peer: &Peer) -> Option<Client<BoxChannel>>;
+}
+
+/// The context of one call: peer, deadline, a way to call the peer back, and typed extensions.
+///
+/// On the server side a transport fills it in; on the client side the caller sets the deadline.
+/// Cloning is cheap.
+#[derive(Clone, Default)]
+pub struct Context {
+    peer: Option<Peer>,
+    deadline: Option<Instant>,
+    origin: Option<Arc<dyn Origin>>,
+    extensions: Extensions,
+}
+
+impl Context {
+    /// A context for a request from `peer`.
+    pub fn from_peer(peer: Peer) -> Self {
+        Self {
+            peer: Some(peer),
+            ..Self::default()
+        }
+    }
+
+    /// The peer that sent the request, when known.
+    pub fn peer(&self) -> Option<&Peer> {
+        self.peer.as_ref()
+    }
+
+    /// The peer's socket address, for IP transports.
+    pub fn peer_addr(&self) -> Option<SocketAddr> {
+        self.peer.as_ref().and_then(Peer::socket_addr)
+    }
+
+    /// When the call must be done by, if it has a deadline.
+    pub fn deadline(&self) -> Option<Instant> {
+        self.deadline
+    }
+
+    /// The time left before the deadline, if there is one (zero once it has passed).
+    pub fn remaining(&self) -> Option<Duration> {
+        self.deadline
+            .map(|d| d.saturating_duration_since(Instant::now()))
+    }
+
+    /// Sets the deadline.
+    pub fn set_deadline(&mut self, deadline: Option<Instant>) {
+        self.deadline = deadline;
+    }
+
+    /// Sets the deadline to `timeout` from now, unless an earlier one is already set.
+    pub fn set_timeout(&mut self, timeout: Duration) {
+        let d = Instant::now() + timeout;
+        self.deadline = Some(self.deadline.map_or(d, |old| old.min(d)));
+    }
+
+    /// Sets how to call the peer back. Transports do this.
+    pub fn set_origin(&mut self, origin: Arc<dyn Origin>) {
+        self.origin = Some(origin);
+    }
+
+    /// A client that calls the peer this request came from, over the same socket or connection
+    /// (symmetric peers: a Kademlia node pinging back, a server calling its client).
+    pub fn caller(&self) -> Option<Client<BoxChannel>> {
+        self.origin.as_ref()?.client(self.peer.as_ref()?)
+    }
+
+    /// Typed values attached by transports and middleware (peer credentials, metadata, ...).
+    pub fn extensions(&self) -> &Extensions {
+        &self.extensions
+    }
+
+    /// Typed values, to change.
+    pub fn extensions_mut(&mut self) -> &mut Extensions {
+        &mut self.extensions
+    }
+}
+
+impl fmt::Debug for Context {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Context")
+            .field("peer", &self.peer)
+            .field("deadline", &self.deadline)
+            .field("can_call_back", &self.origin.is_some())
+            .field("extensions", &self.extensions)
+            .finish()
+    }
+}
+
+/// A map from type to value; allocates nothing until the first insert.
+///
+/// ```
+/// let mut ext = rpc_core::Extensions::default();
+/// ext.insert(7u32);
+/// assert_eq!(ext.get::<u32>(), Some(&7));
+/// ```
+#[derive(Clone, Default)]
+pub struct Extensions {
+    map: Option<Box<HashMap<TypeId, Arc<dyn Any + Send + Sync>>>>,
+}
+
+impl Extensions {
+    /// Inserts a value, replacing any of the same type.
+    pub fn insert<T: Any + Send + Sync>(&mut self, value: T) {
+        self.map
+            .get_or_insert_with(Default::default)
+            .insert(TypeId::of::<T>(), Arc::new(value));
+    }
+
+    /// The value of type `T`, if any.
+    pub fn get<T: Any + Send + Sync>(&self) -> Option<&T> {
+        self.map
+            .as_ref()?
+            .get(&TypeId::of::<T>())
+            .and_then(|v| v.downcast_ref())
+    }
+
+    /// Whether nothing is stored.
+    pub fn is_empty(&self) -> bool {
+        self.map.as_ref().is_none_or(|m| m.is_empty())
+    }
+}
+
+impl fmt::Debug for Extensions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Extensions")
+            .field("len", &self.map.as_ref().map_or(0, |m| m.len()))
+            .finish()
+    }
+}

@@ -1,0 +1,285 @@
+//! Wire formats for values: how arguments and results become bytes.
+//!
+//! A [`Format`] is the value half of a codec (msgpack, JSON, little-endian binary). It is object safe,
+//! so one [`Router`](crate::Router) decodes typed arguments from whichever format a request arrived in:
+//! handlers are written once, not per codec.
+//!
+//! Arguments are a positional list. A caller passes a tuple (`()` for none, `(x,)` for one, `(x, y)`,
+//! ...) or a `Vec` of one type; [`Params`] carries an already encoded list. Formats that know
+//! parameter names (JSON-RPC's by-name params) map them onto the positions the handler declared.
+
+use std::fmt;
+use std::marker::PhantomData;
+
+use bytes::{Bytes, BytesMut};
+use serde::de::{DeserializeOwned, IgnoredAny, SeqAccess, Visitor};
+use serde::ser::SerializeTuple;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::error::{BoxError, Error, ServerError};
+
+/// The callback through which a [`Format`] hands its deserializer to typed code.
+pub type DeserializeFn<'a> =
+    dyn FnMut(&mut dyn erased_serde::Deserializer<'_>) -> Result<(), erased_serde::Error> + 'a;
+
+/// A value encoding: turns any `Serialize` into bytes and bytes into any `Deserialize`.
+///
+/// Implementations are stateless unit types shared as `&'static dyn Format`.
+pub trait Format: fmt::Debug + Send + Sync + 'static {
+    /// A short name for logs and errors, such as `"msgpack"`.
+    fn name(&self) -> &'static str;
+
+    /// Appends the encoding of `value` to `dst`.
+    fn encode(
+        &self,
+        value: &dyn erased_serde::Serialize,
+        dst: &mut BytesMut,
+    ) -> Result<(), BoxError>;
+
+    /// Decodes `src`, which must hold exactly one value, by handing a deserializer over it to `visit`.
+    ///
+    /// `names` are the handler's declared parameter names, for formats whose argument lists may come
+    /// by name; positional formats ignore them.
+    fn decode(
+        &self,
+        src: &[u8],
+        names: Option<&[&'static str]>,
+        visit: &mut DeserializeFn<'_>,
+    ) -> Result<(), BoxError>;
+}
+
+/// Encodes `value` in `format` into fresh bytes.
+pub fn encode<T: Serialize + ?Sized>(format: &dyn Format, value: &T) -> Result<Bytes, Error> {
+    let mut dst = BytesMut::new();
+    format.encode(&value, &mut dst).map_err(Error::Codec)?;
+    Ok(dst.freeze())
+}
+
+/// Decodes a `T` from `src` in `format`.
+pub fn decode<T: DeserializeOwned>(
+    format: &dyn Format,
+    src: &[u8],
+    names: Option<&[&'static str]>,
+) -> Result<T, BoxError> {
+    let mut out = None;
+    format.decode(src, names, &mut |de| {
+        out = Some(erased_serde::deserialize::<T>(de)?);
+        Ok(())
+    })?;
+    out.ok_or_else(|| "the format produced no value".into())
+}
+
+/// Encoded bytes together with the [`Format`] they are in: an argument list or a result.
+///
+/// Cloning is cheap (the bytes are reference counted), so a request can be retried without
+/// encoding it again.
+#[derive(Clone)]
+pub struct Payload {
+    bytes: Bytes,
+    format: &'static dyn Format,
+}
+
+impl Payload {
+    /// Wraps bytes already encoded in `format`.
+    pub fn new(bytes: Bytes, format: &'static dyn Format) -> Self {
+        Self { bytes, format }
+    }
+
+    /// Encodes `value` in `format`.
+    ///
+    /// ```
+    /// # use rpc_core::{format::Payload, format::Format};
+    /// # #[derive(Debug)] struct Json;
+    /// # impl Format for Json {
+    /// #   fn name(&self) -> &'static str { "json" }
+    /// #   fn encode(&self, v: &dyn erased_serde::Serialize, dst: &mut bytes::BytesMut) -> Result<(), rpc_core::BoxError> {
+    /// #     use bytes::BufMut; let mut w = dst.writer();
+    /// #     erased_serde::serialize(v, &mut serde_json::Serializer::new(&mut w))?; Ok(()) }
+    /// #   fn decode(&self, src: &[u8], _: Option<&[&'static str]>, visit: &mut rpc_core::format::DeserializeFn<'_>) -> Result<(), rpc_core::BoxError> {
+    /// #     let mut de = serde_json::Deserializer::from_slice(src);
+    /// #     visit(&mut <dyn erased_serde::Deserializer>::erase(&mut de))?; de.end()?; Ok(()) }
+    /// # }
+    /// let p = Payload::encode(&Json, &[1, 2, 3])?;
+    /// assert_eq!(p.bytes().as_ref(), b"[1,2,3]");
+    /// assert_eq!(p.decode::<Vec<u8>>()?, vec![1, 2, 3]);
+    /// # Ok::<(), rpc_core::Error>(())
+    /// ```
+    pub fn encode<T: Serialize + ?Sized>(
+        format: &'static dyn Format,
+        value: &T,
+    ) -> Result<Self, Error> {
+        Ok(Self::new(encode(format, value)?, format))
+    }
+
+    /// An empty payload (the answer to a notification).
+    pub fn empty(format: &'static dyn Format) -> Self {
+        Self::new(Bytes::new(), format)
+    }
+
+    /// Decodes the payload as a `T`.
+    pub fn decode<T: DeserializeOwned>(&self) -> Result<T, Error> {
+        decode(self.format, &self.bytes, None).map_err(Error::Codec)
+    }
+
+    /// Decodes the payload as an argument list for a handler with the given parameter names.
+    pub fn decode_args<T: DeserializeOwned>(
+        &self,
+        names: Option<&[&'static str]>,
+    ) -> Result<T, ServerError> {
+        decode(self.format, &self.bytes, names).map_err(ServerError::invalid_params)
+    }
+
+    /// The encoded bytes.
+    pub fn bytes(&self) -> &Bytes {
+        &self.bytes
+    }
+
+    /// Takes the encoded bytes.
+    pub fn into_bytes(self) -> Bytes {
+        self.bytes
+    }
+
+    /// The format the bytes are in.
+    pub fn format(&self) -> &'static dyn Format {
+        self.format
+    }
+}
+
+impl fmt::Debug for Payload {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Payload")
+            .field("format", &self.format.name())
+            .field("len", &self.bytes.len())
+            .finish()
+    }
+}
+
+/// A positional argument list a caller can send: tuples of up to twelve values, `Vec<T>` and slices.
+///
+/// Every implementation encodes as a sequence, including `()` (an empty sequence).
+pub trait Args {
+    /// Serializes the arguments as one sequence.
+    fn serialize_args<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error>;
+}
+
+/// Adapts an [`Args`] to `Serialize`.
+#[derive(Debug)]
+pub struct AsSeq<'a, A: ?Sized>(pub &'a A);
+
+impl<A: Args + ?Sized> Serialize for AsSeq<'_, A> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.0.serialize_args(serializer)
+    }
+}
+
+impl<T: Serialize> Args for [T] {
+    fn serialize_args<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(self)
+    }
+}
+
+impl<T: Serialize> Args for Vec<T> {
+    fn serialize_args<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(self)
+    }
+}
+
+impl<A: Args + ?Sized> Args for &A {
+    fn serialize_args<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        (**self).serialize_args(serializer)
+    }
+}
+
+/// An argument list a handler can take: tuples of up to twelve `DeserializeOwned` values.
+///
+/// Decoding demands exactly as many arguments as the tuple has: fewer or more is invalid params.
+pub trait FromArgs: Sized {
+    /// The number of arguments.
+    const ARITY: usize;
+    /// Decodes the list from a payload.
+    fn from_args(payload: &Payload, names: Option<&[&'static str]>) -> Result<Self, ServerError>;
+}
+
+struct ExactSeq<T>(PhantomData<T>);
+
+/// An argument tuple decoded with an exact count.
+struct Exact<T>(T);
+
+macro_rules! tuples {
+    ($n:expr; $($t:ident $v:ident),*) => {
+        impl<$($t: Serialize),*> Args for ($($t,)*) {
+            #[allow(non_snake_case, unused_mut)]
+            fn serialize_args<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                let ($($v,)*) = self;
+                let mut tup = serializer.serialize_tuple($n)?;
+                $(tup.serialize_element($v)?;)*
+                tup.end()
+            }
+        }
+
+        impl<'de, $($t: Deserialize<'de>),*> Visitor<'de> for ExactSeq<($($t,)*)> {
+            type Value = ($($t,)*);
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "a list of {} argument(s)", $n)
+            }
+
+            #[allow(unused_variables, unused_mut, unused_assignments)]
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+                let mut got = 0usize;
+                $(
+                    let $v: $t = match seq.next_element()? {
+                        Some(v) => v,
+                        None => return Err(serde::de::Error::custom(format_args!(
+                            "expected {} argument(s), got {}", $n, got))),
+                    };
+                    got += 1;
+                )*
+                if seq.next_element::<IgnoredAny>()?.is_some() {
+                    return Err(serde::de::Error::custom(format_args!(
+                        "expected {} argument(s), got more", $n)));
+                }
+                Ok(($($v,)*))
+            }
+
+            // Formats that write "no arguments" as null (or leave them out) mean an empty list.
+            fn visit_unit<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+                self.visit_seq(serde::de::value::SeqDeserializer::<std::iter::Empty<()>, E>::new(
+                    std::iter::empty(),
+                ))
+            }
+
+            fn visit_none<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+                self.visit_unit()
+            }
+        }
+
+        impl<'de, $($t: Deserialize<'de>),*> Deserialize<'de> for Exact<($($t,)*)> {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                d.deserialize_tuple($n, ExactSeq::<($($t,)*)>(PhantomData)).map(Exact)
+            }
+        }
+
+        impl<$($t: DeserializeOwned),*> FromArgs for ($($t,)*) {
+            const ARITY: usize = $n;
+
+            fn from_args(payload: &Payload, names: Option<&[&'static str]>) -> Result<Self, ServerError> {
+                payload.decode_args::<Exact<Self>>(names).map(|e| e.0)
+            }
+        }
+    };
+}
+
+tuples!(0;);
+tuples!(1; A1 a1);
+tuples!(2; A1 a1, A2 a2);
+tuples!(3; A1 a1, A2 a2, A3 a3);
+tuples!(4; A1 a1, A2 a2, A3 a3, A4 a4);
+tuples!(5; A1 a1, A2 a2, A3 a3, A4 a4, A5 a5);
+tuples!(6; A1 a1, A2 a2, A3 a3, A4 a4, A5 a5, A6 a6);
+tuples!(7; A1 a1, A2 a2, A3 a3, A4 a4, A5 a5, A6 a6, A7 a7);
+tuples!(8; A1 a1, A2 a2, A3 a3, A4 a4, A5 a5, A6 a6, A7 a7, A8 a8);
+tuples!(9; A1 a1, A2 a2, A3 a3, A4 a4, A5 a5, A6 a6, A7 a7, A8 a8, A9 a9);
+tuples!(10; A1 a1, A2 a2, A3 a3, A4 a4, A5 a5, A6 a6, A7 a7, A8 a8, A9 a9, A10 a10);
+tuples!(11; A1 a1, A2 a2, A3 a3, A4 a4, A5 a5, A6 a6, A7 a7, A8 a8, A9 a9, A10 a10, A11 a11);
+tuples!(12; A1 a1, A2 a2, A3 a3, A4 a4, A5 a5, A6 a6, A7 a7, A8 a8, A9 a9, A10 a10, A11 a11, A12 a12);

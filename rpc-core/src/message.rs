@@ -1,0 +1,219 @@
+//! The request and response that flow through every service.
+
+use std::fmt;
+
+use bytes::Bytes;
+
+use crate::context::Context;
+use crate::error::ServerError;
+use crate::format::Payload;
+
+/// A method name: UTF-8 text shared with the frame it was read from, so routing copies nothing.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct MethodName(Bytes);
+
+impl MethodName {
+    /// A name from a static string, without allocating.
+    pub const fn from_static(name: &'static str) -> Self {
+        Self(Bytes::from_static(name.as_bytes()))
+    }
+
+    /// A name from bytes, which must be UTF-8.
+    pub fn from_utf8(bytes: Bytes) -> Result<Self, std::str::Utf8Error> {
+        std::str::from_utf8(&bytes)?;
+        Ok(Self(bytes))
+    }
+
+    /// The name.
+    pub fn as_str(&self) -> &str {
+        // Checked at construction; the bytes are immutable.
+        std::str::from_utf8(&self.0).unwrap_or_default()
+    }
+
+    /// The name's bytes.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl fmt::Debug for MethodName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
+impl fmt::Display for MethodName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(self.as_str())
+    }
+}
+
+impl From<&'static str> for MethodName {
+    fn from(s: &'static str) -> Self {
+        Self::from_static(s)
+    }
+}
+
+impl From<String> for MethodName {
+    fn from(s: String) -> Self {
+        Self(Bytes::from(s))
+    }
+}
+
+/// What a request asks for: a method by name, or a numeric command id (binary protocols).
+///
+/// A [`Router`](crate::Router) can register one handler under both.
+#[derive(Clone, PartialEq, Eq, Hash, Debug)]
+pub enum Method {
+    /// A named method, as msgpack and JSON-RPC use.
+    Name(MethodName),
+    /// A 16-bit command id, as basic-socket-rpc uses.
+    Id(u16),
+}
+
+impl Method {
+    /// The name, if the method is named.
+    pub fn name(&self) -> Option<&str> {
+        match self {
+            Method::Name(n) => Some(n.as_str()),
+            Method::Id(_) => None,
+        }
+    }
+}
+
+impl fmt::Display for Method {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Method::Name(n) => f.pad(n.as_str()),
+            Method::Id(id) => write!(f, "#{id}"),
+        }
+    }
+}
+
+impl From<&'static str> for Method {
+    fn from(s: &'static str) -> Self {
+        Method::Name(MethodName::from_static(s))
+    }
+}
+
+impl From<String> for Method {
+    fn from(s: String) -> Self {
+        Method::Name(MethodName::from(s))
+    }
+}
+
+impl From<MethodName> for Method {
+    fn from(n: MethodName) -> Self {
+        Method::Name(n)
+    }
+}
+
+impl From<u16> for Method {
+    fn from(id: u16) -> Self {
+        Method::Id(id)
+    }
+}
+
+/// One call: a method, its encoded arguments, and its [`Context`].
+///
+/// The same type goes into a server's service (built by the transport from a received frame)
+/// and into a client's service (built by [`Client`](crate::Client) from typed arguments).
+#[derive(Debug, Clone)]
+pub struct Request {
+    method: Method,
+    args: Payload,
+    context: Context,
+    notification: bool,
+}
+
+impl Request {
+    /// A call that expects a response.
+    pub fn new(method: impl Into<Method>, args: Payload) -> Self {
+        Self {
+            method: method.into(),
+            args,
+            context: Context::default(),
+            notification: false,
+        }
+    }
+
+    /// A notification: the peer runs it and sends nothing back.
+    pub fn notification(method: impl Into<Method>, args: Payload) -> Self {
+        Self {
+            notification: true,
+            ..Self::new(method, args)
+        }
+    }
+
+    /// Replaces the context.
+    pub fn with_context(mut self, context: Context) -> Self {
+        self.context = context;
+        self
+    }
+
+    /// The method.
+    pub fn method(&self) -> &Method {
+        &self.method
+    }
+
+    /// The encoded arguments.
+    pub fn args(&self) -> &Payload {
+        &self.args
+    }
+
+    /// The context.
+    pub fn context(&self) -> &Context {
+        &self.context
+    }
+
+    /// The context, to change.
+    pub fn context_mut(&mut self) -> &mut Context {
+        &mut self.context
+    }
+
+    /// Whether no response is expected.
+    pub fn is_notification(&self) -> bool {
+        self.notification
+    }
+
+    /// Splits the request into its method, arguments and context.
+    pub fn into_parts(self) -> (Method, Payload, Context) {
+        (self.method, self.args, self.context)
+    }
+}
+
+/// What a server's service answers: an encoded result, or an error for the caller.
+///
+/// Application errors are responses, not `Service::Error`: a transport sends both back the same way.
+#[derive(Debug, Clone)]
+pub struct Response {
+    result: Result<Payload, ServerError>,
+}
+
+impl Response {
+    /// A successful result.
+    pub fn ok(result: Payload) -> Self {
+        Self { result: Ok(result) }
+    }
+
+    /// An error for the caller.
+    pub fn error(error: ServerError) -> Self {
+        Self { result: Err(error) }
+    }
+
+    /// The result.
+    pub fn result(&self) -> Result<&Payload, &ServerError> {
+        self.result.as_ref()
+    }
+
+    /// Takes the result.
+    pub fn into_result(self) -> Result<Payload, ServerError> {
+        self.result
+    }
+}
+
+impl From<ServerError> for Response {
+    fn from(e: ServerError) -> Self {
+        Response::error(e)
+    }
+}

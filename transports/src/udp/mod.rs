@@ -1,0 +1,600 @@
+//! RPC over UDP: one socket serves requests from, and sends calls to, any number of peers.
+//!
+//! An [`Endpoint`] owns a socket and a receive loop. It serves a router (or any service) if given
+//! one, and hands out a [`Channel`] per peer: a `tower::Service` of requests to that peer, which
+//! [`Endpoint::client`] wraps in a typed [`Client`]. Both directions share the socket, as rpcudp
+//! and Kademlia need: a handler can call back the peer that called it
+//! ([`Context::caller`](rpc_core::Context::caller)) or any other.
+//!
+//! # Guarantees and limits
+//!
+//! - One datagram carries one message. A message whose payload (the datagram less the codec's
+//!   fixed header) exceeds [`Builder::max_payload`] (default 8192 bytes, as rpcudp) is refused
+//!   before sending with [`Error::TooLarge`]; a larger incoming datagram is dropped and counted.
+//! - A response is accepted only from the address its request was sent to, and only for an id in
+//!   flight; anything else is dropped and counted ([`Stats`]). Ids come from the codec, which for
+//!   datagram codecs makes them unguessable.
+//! - A call waits until its deadline (the request's, else [`Builder::timeout`], default 5 s) and
+//!   then fails with [`Error::Timeout`]. Nothing is retransmitted here: retrying is a policy
+//!   (middleware), since only the caller knows whether a method may run twice.
+//! - At most [`Builder::max_concurrent_requests`] requests are served at once; more are answered
+//!   [`ErrorCode::OVERLOADED`](rpc_core::ErrorCode::OVERLOADED) at once (if the codec carries
+//!   errors) instead of queueing without bound.
+//! - A handler that completes without waiting is answered from the receive loop itself, with no
+//!   task spawned; one that waits runs on its own task.
+//!
+//! # Example
+//!
+//! ```
+//! use rpc_codecs::msgpack::RpcudpCodec;
+//! use rpc_core::{Context, Router};
+//! use rpc_transports::udp::{Builder, Endpoint};
+//!
+//! async fn sayhi(ctx: Context, name: String) -> String {
+//!     let peer = ctx.peer_addr().unwrap();
+//!     format!("Hello {name} you live at {}:{}", peer.ip(), peer.port())
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let server = Builder::new()
+//!     .serve(Router::new().route("sayhi", sayhi))
+//!     .bind("127.0.0.1:0", RpcudpCodec::new())
+//!     .await?;
+//!
+//! let caller = Endpoint::bind("127.0.0.1:0", RpcudpCodec::new()).await?;
+//! let client = caller.client(server.local_addr());
+//! let answer: String = client.call("sayhi", ("Snake Plissken",)).await?;
+//! assert_eq!(
+//!     answer,
+//!     format!("Hello Snake Plissken you live at 127.0.0.1:{}", caller.local_addr().port())
+//! );
+//! # Ok(())
+//! # }
+//! ```
+
+mod stats;
+
+pub use self::stats::Stats;
+
+use std::cell::RefCell;
+use std::fmt;
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, OnceLock, Weak};
+use std::task::{Context as TaskContext, Poll};
+use std::time::Duration;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use futures::future::BoxFuture;
+use rpc_core::calls::{Delivery, InFlight};
+use rpc_core::codec::{Codec, Message};
+use rpc_core::context::Origin;
+use rpc_core::{
+    BoxChannel, BoxError, Client, Context, Error, ErrorCode, Payload, Peer, Request, Response,
+    Serve, ServerError, Service,
+};
+use tokio::net::{ToSocketAddrs, UdpSocket};
+use tokio::sync::Semaphore;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use self::stats::Counters;
+
+/// The default largest payload, as rpcudp: 8192 bytes.
+pub const DEFAULT_MAX_PAYLOAD: usize = 8192;
+/// The default time a call waits for its response: 5 seconds, as rpcudp.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
+/// The default number of requests served at once.
+pub const DEFAULT_MAX_CONCURRENT_REQUESTS: usize = 1024;
+/// The largest payload a UDP datagram can carry over IPv4.
+const MAX_UDP_PAYLOAD: usize = 65_507;
+/// Receive buffers are cut from arenas of this size, so a datagram costs no allocation of its own.
+const RECV_ARENA: usize = 64 * 1024;
+
+type CallResult = Result<Bytes, ServerError>;
+
+/// Configures an [`Endpoint`].
+#[derive(Debug, Clone)]
+pub struct Builder {
+    max_payload: usize,
+    timeout: Duration,
+    max_concurrent_requests: usize,
+    service: Option<Serve>,
+}
+
+impl Default for Builder {
+    fn default() -> Self {
+        Self {
+            max_payload: DEFAULT_MAX_PAYLOAD,
+            timeout: DEFAULT_TIMEOUT,
+            max_concurrent_requests: DEFAULT_MAX_CONCURRENT_REQUESTS,
+            service: None,
+        }
+    }
+}
+
+impl Builder {
+    /// A builder with the defaults.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The largest payload sent or accepted, in bytes, not counting the codec's fixed header.
+    /// Default 8192 (rpcudp's limit); at most 65507 (what a UDP datagram can carry).
+    pub fn max_payload(mut self, bytes: usize) -> Self {
+        self.max_payload = bytes.min(MAX_UDP_PAYLOAD);
+        self
+    }
+
+    /// How long a call waits for its response when its request has no deadline. Default 5 s.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// How many requests are served at once before more are refused as overloaded. Default 1024.
+    pub fn max_concurrent_requests(mut self, n: usize) -> Self {
+        self.max_concurrent_requests = n.max(1);
+        self
+    }
+
+    /// Serves `service` (a [`Router`](rpc_core::Router), or one under tower layers) on the
+    /// endpoint. Without it the endpoint only calls, and answers requests with "method not found".
+    pub fn serve<S>(mut self, service: S) -> Self
+    where
+        S: Service<Request, Response = Response> + Clone + Send + Sync + 'static,
+        S::Error: Into<BoxError>,
+        S::Future: Send + 'static,
+    {
+        self.service = Some(Serve::new(service));
+        self
+    }
+
+    /// Binds a socket and starts the endpoint. Must be called within a tokio runtime.
+    pub async fn bind<C: Codec>(
+        self,
+        addr: impl ToSocketAddrs,
+        codec: C,
+    ) -> io::Result<Endpoint<C>> {
+        let socket = UdpSocket::bind(addr).await?;
+        self.from_socket(socket, codec)
+    }
+
+    /// Starts the endpoint on a bound socket. Must be called within a tokio runtime.
+    pub fn from_socket<C: Codec>(self, socket: UdpSocket, codec: C) -> io::Result<Endpoint<C>> {
+        let local_addr = socket.local_addr()?;
+        let closed = CancellationToken::new();
+        let shared = Arc::new_cyclic(|me| Shared {
+            me: me.clone(),
+            socket,
+            local_addr,
+            max_datagram: self.max_payload + codec.overhead(),
+            codec,
+            max_payload: self.max_payload,
+            timeout: self.timeout,
+            calls: InFlight::new(),
+            service: OnceLock::from_iter(self.service),
+            permits: Arc::new(Semaphore::new(self.max_concurrent_requests)),
+            counters: Counters::default(),
+            closed: closed.clone(),
+        });
+        tokio::spawn(receive_loop(shared.clone()));
+        Ok(Endpoint {
+            shared,
+            guard: Arc::new(CloseOnDrop(closed)),
+        })
+    }
+}
+
+trait OnceLockExt<T> {
+    fn from_iter(value: Option<T>) -> Self;
+}
+
+impl<T> OnceLockExt<T> for OnceLock<T> {
+    fn from_iter(value: Option<T>) -> Self {
+        let lock = OnceLock::new();
+        if let Some(v) = value {
+            let _ = lock.set(v);
+        }
+        lock
+    }
+}
+
+/// Closes the endpoint when the last user handle goes.
+#[derive(Debug)]
+struct CloseOnDrop(CancellationToken);
+
+impl Drop for CloseOnDrop {
+    fn drop(&mut self) {
+        self.0.cancel();
+    }
+}
+
+struct Shared<C: Codec> {
+    me: Weak<Shared<C>>,
+    socket: UdpSocket,
+    local_addr: SocketAddr,
+    codec: C,
+    max_payload: usize,
+    max_datagram: usize,
+    timeout: Duration,
+    calls: Arc<InFlight<C::Id, SocketAddr, CallResult>>,
+    service: OnceLock<Serve>,
+    permits: Arc<Semaphore>,
+    counters: Counters,
+    closed: CancellationToken,
+}
+
+/// A UDP socket that serves and calls. Cloning is cheap; the socket closes when the last clone,
+/// [`Channel`] and [`Client`] made from it are gone, or on [`close`](Endpoint::close).
+#[derive(Clone)]
+pub struct Endpoint<C: Codec> {
+    shared: Arc<Shared<C>>,
+    guard: Arc<CloseOnDrop>,
+}
+
+impl<C: Codec> Endpoint<C> {
+    /// Binds a calling-only endpoint with the defaults; [`serve`](Endpoint::serve) can add a service later.
+    pub async fn bind(addr: impl ToSocketAddrs, codec: C) -> io::Result<Self> {
+        Builder::new().bind(addr, codec).await
+    }
+
+    /// Starts serving `service` on an endpoint that had none, so handlers can hold the endpoint
+    /// (to call other peers, as a Kademlia node does).
+    ///
+    /// Returns `false`, changing nothing, if the endpoint already serves a service.
+    pub fn serve<S>(&self, service: S) -> bool
+    where
+        S: Service<Request, Response = Response> + Clone + Send + Sync + 'static,
+        S::Error: Into<BoxError>,
+        S::Future: Send + 'static,
+    {
+        self.shared.service.set(Serve::new(service)).is_ok()
+    }
+
+    /// The bound address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.shared.local_addr
+    }
+
+    /// A `tower::Service` of requests to `peer`.
+    pub fn channel(&self, peer: SocketAddr) -> Channel<C> {
+        Channel {
+            shared: self.shared.clone(),
+            _guard: Some(self.guard.clone()),
+            peer: canonical(peer),
+        }
+    }
+
+    /// A typed client for `peer`.
+    pub fn client(&self, peer: SocketAddr) -> Client<Channel<C>> {
+        Client::new(self.channel(peer), self.shared.codec.format())
+    }
+
+    /// Counters of what the endpoint received, sent and dropped.
+    pub fn stats(&self) -> Stats {
+        self.shared.counters.snapshot()
+    }
+
+    /// The number of calls waiting for a response.
+    pub fn calls_in_flight(&self) -> usize {
+        self.shared.calls.len()
+    }
+
+    /// Stops the endpoint: the receive loop ends, calls in flight fail with [`Error::Closed`], and
+    /// later calls fail at once. Requests being served are still answered.
+    pub fn close(&self) {
+        self.shared.closed.cancel();
+    }
+
+    /// Whether the endpoint is closed.
+    pub fn is_closed(&self) -> bool {
+        self.shared.closed.is_cancelled()
+    }
+}
+
+impl<C: Codec> fmt::Debug for Endpoint<C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Endpoint")
+            .field("local_addr", &self.shared.local_addr)
+            .field("serving", &self.shared.service.get().is_some())
+            .field("calls_in_flight", &self.shared.calls.len())
+            .finish()
+    }
+}
+
+/// A `tower::Service` that sends requests to one peer through an [`Endpoint`]'s socket.
+///
+/// Always ready; every call is independent, so many can be in flight at once. Cloning is cheap.
+#[derive(Clone)]
+pub struct Channel<C: Codec> {
+    shared: Arc<Shared<C>>,
+    // `None` for channels handed to handlers: those must not keep the endpoint open.
+    _guard: Option<Arc<CloseOnDrop>>,
+    peer: SocketAddr,
+}
+
+impl<C: Codec> Channel<C> {
+    /// The peer this channel calls.
+    pub fn peer(&self) -> SocketAddr {
+        self.peer
+    }
+}
+
+impl<C: Codec> fmt::Debug for Channel<C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Channel")
+            .field("local_addr", &self.shared.local_addr)
+            .field("peer", &self.peer)
+            .finish()
+    }
+}
+
+impl<C: Codec> Service<Request> for Channel<C> {
+    type Response = Payload;
+    type Error = Error;
+    type Future = BoxFuture<'static, Result<Payload, Error>>;
+
+    fn poll_ready(&mut self, _: &mut TaskContext<'_>) -> Poll<Result<(), Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request) -> Self::Future {
+        let shared = self.shared.clone();
+        let peer = self.peer;
+        Box::pin(async move { shared.call(peer, req).await })
+    }
+}
+
+impl<C: Codec> Origin for Shared<C> {
+    fn client(&self, peer: &Peer) -> Option<Client<BoxChannel>> {
+        let addr = peer.socket_addr()?;
+        let channel = Channel {
+            shared: self.me.upgrade()?,
+            _guard: None,
+            peer: canonical(addr),
+        };
+        Some(Client::new(channel, self.codec.format()).boxed())
+    }
+}
+
+/// Maps IPv4-mapped IPv6 addresses to IPv4, so a dual-stack socket matches replies to requests.
+fn canonical(addr: SocketAddr) -> SocketAddr {
+    SocketAddr::new(addr.ip().to_canonical(), addr.port())
+}
+
+thread_local! {
+    /// Outgoing datagrams are encoded here and sent straight from it.
+    static SEND_BUF: RefCell<BytesMut> = RefCell::new(BytesMut::with_capacity(RECV_ARENA));
+}
+
+/// What encoding a datagram came to.
+enum Encoded {
+    /// Sent at once.
+    Sent,
+    /// The socket was busy: send these bytes when it is writable.
+    Later(Vec<u8>),
+    /// The codec has nothing to send (an error it cannot carry).
+    Nothing,
+}
+
+impl<C: Codec> Shared<C> {
+    /// Encodes a datagram with `encode` and sends it to `to`, without allocating when the socket
+    /// accepts it at once.
+    async fn send_with(
+        &self,
+        to: SocketAddr,
+        encode: impl FnOnce(&mut BytesMut) -> Result<bool, Error>,
+    ) -> Result<(), Error> {
+        let encoded = SEND_BUF.with(|buf| {
+            let mut buf = buf.borrow_mut();
+            buf.clear();
+            if !encode(&mut buf)? {
+                return Ok(Encoded::Nothing);
+            }
+            if buf.len() > self.max_datagram {
+                return Err(Error::TooLarge {
+                    size: buf.len().saturating_sub(self.codec.overhead()),
+                    limit: self.max_payload,
+                });
+            }
+            match self.socket.try_send_to(&buf, to) {
+                Ok(_) => Ok(Encoded::Sent),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(Encoded::Later(buf.to_vec())),
+                Err(e) => Err(Error::Transport(e)),
+            }
+        })?;
+        match encoded {
+            Encoded::Sent | Encoded::Nothing => Ok(()),
+            Encoded::Later(bytes) => self
+                .socket
+                .send_to(&bytes, to)
+                .await
+                .map(drop)
+                .map_err(Error::Transport),
+        }
+    }
+
+    async fn call(&self, peer: SocketAddr, req: Request) -> Result<Payload, Error> {
+        if self.closed.is_cancelled() {
+            return Err(Error::Closed);
+        }
+        let format = self.codec.format();
+        let notification = req.is_notification();
+        let (method, args, ctx) = req.into_parts();
+        if notification {
+            self.send_with(peer, |dst| {
+                self.codec
+                    .encode_request(None, &method, &args, dst)
+                    .map(|()| true)
+            })
+            .await?;
+            return Ok(Payload::empty(format));
+        }
+        let deadline = ctx
+            .deadline()
+            .unwrap_or_else(|| Instant::now() + self.timeout);
+        let waiter = loop {
+            if let Some(w) = self.calls.register(self.codec.next_id(), peer) {
+                break w;
+            }
+        };
+        self.send_with(peer, |dst| {
+            self.codec
+                .encode_request(Some(waiter.id()), &method, &args, dst)
+                .map(|()| true)
+        })
+        .await?;
+        match waiter.wait(deadline).await? {
+            Ok(bytes) => Ok(Payload::new(bytes, format)),
+            Err(e) => Err(Error::Server(e)),
+        }
+    }
+
+    async fn respond(&self, id: &C::Id, to: SocketAddr, response: &Response) {
+        let sent = self
+            .send_with(to, |dst| {
+                self.codec.encode_response(id, response.result(), dst)
+            })
+            .await;
+        let sent = match sent {
+            Err(Error::TooLarge { size, limit }) => {
+                tracing::warn!(%to, size, limit, "response too large for a datagram; answering an error");
+                let e = ServerError::new(
+                    ErrorCode::MESSAGE_TOO_LARGE,
+                    format!("the response of {size} bytes exceeds the limit of {limit} bytes"),
+                );
+                self.send_with(to, |dst| self.codec.encode_response(id, Err(&e), dst))
+                    .await
+            }
+            other => other,
+        };
+        match sent {
+            Ok(()) => Counters::add(&self.counters.responses_sent),
+            Err(error) => {
+                Counters::add(&self.counters.send_errors);
+                tracing::debug!(%to, %error, "could not send a response");
+            }
+        }
+    }
+
+    async fn handle(self: &Arc<Self>, frame: Bytes, from: SocketAddr) {
+        match self.codec.decode(frame) {
+            Ok(Message::Response { id, result }) => match self.calls.deliver(&id, &from, result) {
+                Delivery::Delivered => Counters::add(&self.counters.responses_received),
+                Delivery::UnknownId => {
+                    Counters::add(&self.counters.unknown_responses);
+                    tracing::debug!(%from, ?id, "dropped a response to no call in flight");
+                }
+                Delivery::WrongPeer => {
+                    Counters::add(&self.counters.spoofed_responses);
+                    tracing::warn!(%from, ?id, "dropped a response from the wrong address");
+                }
+            },
+            Ok(Message::Request { id, method, args }) => {
+                Counters::add(&self.counters.requests);
+                self.serve(id, method, args, from).await;
+            }
+            Err(e) => {
+                Counters::add(&self.counters.malformed);
+                tracing::debug!(%from, error = %e, "dropped a malformed datagram");
+                if let Some(id) = e.reply_to {
+                    self.respond(&id, from, &Response::error(e.error)).await;
+                }
+            }
+        }
+    }
+
+    async fn serve(
+        self: &Arc<Self>,
+        id: Option<C::Id>,
+        method: rpc_core::Method,
+        args: Bytes,
+        from: SocketAddr,
+    ) {
+        let Some(service) = self.service.get() else {
+            if let Some(id) = id {
+                let response = ServerError::method_not_found(&method).into();
+                self.respond(&id, from, &response).await;
+            }
+            return;
+        };
+        let Ok(permit) = self.permits.clone().try_acquire_owned() else {
+            Counters::add(&self.counters.overloaded);
+            if let Some(id) = id {
+                let response = ServerError::from_code(ErrorCode::OVERLOADED).into();
+                self.respond(&id, from, &response).await;
+            }
+            return;
+        };
+        let mut ctx = Context::from_peer(Peer::Socket(from));
+        ctx.set_origin(self.clone());
+        let args = Payload::new(args, self.codec.format());
+        let req = match id {
+            Some(_) => Request::new(method, args),
+            None => Request::notification(method, args),
+        }
+        .with_context(ctx);
+        let mut fut = service.call(req);
+        // Answer from here when the handler does not wait: no task, no hand-off.
+        let me = self.clone();
+        match poll_once(&mut fut) {
+            Poll::Ready(response) => {
+                drop(permit);
+                if let Some(id) = id {
+                    me.respond(&id, from, &response).await;
+                }
+            }
+            Poll::Pending => {
+                tokio::spawn(async move {
+                    let response = fut.await;
+                    if let Some(id) = id {
+                        me.respond(&id, from, &response).await;
+                    }
+                    drop(permit);
+                });
+            }
+        }
+    }
+}
+
+fn poll_once<F: Future + Unpin>(fut: &mut F) -> Poll<F::Output> {
+    let waker = futures::task::noop_waker();
+    Pin::new(fut).poll(&mut TaskContext::from_waker(&waker))
+}
+
+async fn receive_loop<C: Codec>(shared: Arc<Shared<C>>) {
+    let limit = shared.max_datagram + 1;
+    let mut buf = BytesMut::with_capacity(RECV_ARENA.max(limit));
+    loop {
+        if buf.capacity() < limit {
+            buf.reserve(RECV_ARENA.max(limit));
+        }
+        let mut room = (&mut buf).limit(limit);
+        let received = tokio::select! {
+            biased;
+            _ = shared.closed.cancelled() => break,
+            r = shared.socket.recv_buf_from(&mut room) => r,
+        };
+        let (n, from) = match received {
+            Ok(r) => r,
+            Err(error) => {
+                // ICMP errors from earlier sends surface here on some platforms; keep serving.
+                tracing::debug!(%error, "receive error");
+                buf.clear();
+                continue;
+            }
+        };
+        let frame = buf.split().freeze();
+        if n > shared.max_datagram {
+            Counters::add(&shared.counters.oversize);
+            tracing::debug!(%from, "dropped a datagram over the size limit");
+            continue;
+        }
+        shared.handle(frame, canonical(from)).await;
+    }
+    shared.calls.close_all();
+}
