@@ -137,6 +137,8 @@ impl fmt::Debug for Context {
 /// ```
 #[derive(Clone, Default)]
 pub struct Extensions {
+    // Boxed so an empty `Extensions`, the common case, is one pointer wide in every `Context`.
+    #[allow(clippy::box_collection)]
     map: Option<Box<HashMap<TypeId, Arc<dyn Any + Send + Sync>>>>,
 }
 

@@ -131,6 +131,14 @@ tuple_reply!(A);
 tuple_reply!(A, B);
 tuple_reply!(A, B, C);
 tuple_reply!(A, B, C, D);
+tuple_reply!(A, B, C, D, E);
+tuple_reply!(A, B, C, D, E, F);
+tuple_reply!(A, B, C, D, E, F, G);
+tuple_reply!(A, B, C, D, E, F, G, H);
+tuple_reply!(A, B, C, D, E, F, G, H, I);
+tuple_reply!(A, B, C, D, E, F, G, H, I, J);
+tuple_reply!(A, B, C, D, E, F, G, H, I, J, K);
+tuple_reply!(A, B, C, D, E, F, G, H, I, J, K, L);
 
 /// Marks handlers whose first parameter is the call's [`Context`].
 #[derive(Debug)]

@@ -24,7 +24,7 @@ type Dispatch =
 ///     minuend - subtrahend
 /// }
 ///
-/// let router = Router::new().add(
+/// let router = Router::new().add_route(
 ///     Route::new(subtract)
 ///         .name("subtract")
 ///         .params(["minuend", "subtrahend"])
@@ -155,7 +155,7 @@ impl Router {
     ///
     /// If `name` is already routed.
     pub fn route<H: Handler<T>, T: 'static>(self, name: &str, handler: H) -> Self {
-        self.add(Route::new(handler).name(name))
+        self.add_route(Route::new(handler).name(name))
     }
 
     /// Serves `handler` under the command id `id`.
@@ -164,7 +164,7 @@ impl Router {
     ///
     /// If `id` is already routed.
     pub fn command<H: Handler<T>, T: 'static>(self, id: u16, handler: H) -> Self {
-        self.add(Route::new(handler).command(id))
+        self.add_route(Route::new(handler).command(id))
     }
 
     /// Adds a fully described [`Route`].
@@ -172,7 +172,7 @@ impl Router {
     /// # Panics
     ///
     /// If its name or command id is already routed, or it has neither.
-    pub fn add(mut self, route: Route) -> Self {
+    pub fn add_route(mut self, route: Route) -> Self {
         assert!(
             route.name.is_some() || route.command.is_some(),
             "a route needs a name or a command id"

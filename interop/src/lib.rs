@@ -1,0 +1,217 @@
+//! Helpers for the interop tests: a Python virtual environment with the real peers, pinned, and
+//! peer processes that are killed when the test lets go of them.
+//!
+//! The environment lives in `target/interop-venv`. It is built on first use from
+//! `interop/py/requirements.txt` (exact versions), in a temporary directory renamed into place, so
+//! test binaries running at the same time never see half an environment. It is rebuilt when the
+//! requirements change. Set `RPC_STACK_PYTHON` to choose the interpreter that creates it (default
+//! `python3`). Any failure panics with the command's output: an interop test never passes by
+//! skipping its peer.
+
+use std::fs;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::OnceLock;
+
+/// The workspace root.
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("interop/ sits in the workspace")
+        .to_path_buf()
+}
+
+/// The directory of the Python peer scripts.
+pub fn py_dir() -> PathBuf {
+    workspace_root().join("interop").join("py")
+}
+
+fn run(cmd: &mut Command, what: &str) {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("{what}: could not run {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{what} failed ({}):\n{}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The Python interpreter of the interop environment, creating the environment if needed.
+///
+/// # Panics
+///
+/// If the environment cannot be created or the pinned packages cannot be installed.
+pub fn python() -> PathBuf {
+    static PYTHON: OnceLock<PathBuf> = OnceLock::new();
+    PYTHON.get_or_init(ensure_venv).clone()
+}
+
+fn ensure_venv() -> PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target"));
+    let venv = target.join("interop-venv");
+    let requirements = py_dir().join("requirements.txt");
+    let wanted = fs::read_to_string(&requirements)
+        .unwrap_or_else(|e| panic!("cannot read {}: {e}", requirements.display()));
+    let marker = |dir: &Path| dir.join("rpc-stack-requirements.txt");
+    let python_in = |dir: &Path| dir.join("bin").join("python");
+
+    if fs::read_to_string(marker(&venv)).ok().as_deref() == Some(wanted.as_str()) {
+        return python_in(&venv);
+    }
+    fs::create_dir_all(&target).expect("cannot create the target directory");
+    let tmp = target.join(format!("interop-venv.tmp.{}", std::process::id()));
+    let _ = fs::remove_dir_all(&tmp);
+    let base = std::env::var("RPC_STACK_PYTHON").unwrap_or_else(|_| "python3".into());
+    run(
+        Command::new(&base).arg("-m").arg("venv").arg(&tmp),
+        "creating the interop virtual environment",
+    );
+    run(
+        Command::new(python_in(&tmp))
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "--disable-pip-version-check",
+                "-q",
+                "-r",
+            ])
+            .arg(&requirements),
+        "installing the pinned Python peers (pip install -r interop/py/requirements.txt)",
+    );
+    fs::write(marker(&tmp), &wanted).expect("cannot write the environment marker");
+    // Another test binary may have finished first: keep whichever complete environment is there.
+    if fs::read_to_string(marker(&venv)).ok().as_deref() != Some(wanted.as_str()) {
+        let _ = fs::remove_dir_all(&venv);
+        if fs::rename(&tmp, &venv).is_err() {
+            let _ = fs::remove_dir_all(&tmp);
+        }
+    } else {
+        let _ = fs::remove_dir_all(&tmp);
+    }
+    assert!(
+        fs::read_to_string(marker(&venv)).ok().as_deref() == Some(wanted.as_str()),
+        "the interop environment at {} is incomplete",
+        venv.display()
+    );
+    python_in(&venv)
+}
+
+/// A Python peer process, killed on drop.
+#[derive(Debug)]
+pub struct PeerProcess {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    /// The first line the peer printed (servers print `listening on HOST:PORT`).
+    pub first_line: String,
+}
+
+impl PeerProcess {
+    /// Starts `python interop/py/<script> <args...>` and waits for its first line of output.
+    pub fn start(script: &str, args: &[&str]) -> Self {
+        let mut child = Command::new(python())
+            .arg(py_dir().join(script))
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {script}: {e}"));
+        let stdin = child.stdin.take();
+        let mut first_line = String::new();
+        let stdout = child.stdout.take().expect("piped");
+        BufReader::new(stdout)
+            .read_line(&mut first_line)
+            .expect("reading the peer's first line");
+        assert!(
+            !first_line.is_empty(),
+            "{script} exited before printing anything"
+        );
+        Self {
+            child,
+            stdin,
+            first_line: first_line.trim().to_string(),
+        }
+    }
+
+    /// The address in a `listening on HOST:PORT` first line.
+    pub fn listen_addr(&self) -> std::net::SocketAddr {
+        self.first_line
+            .strip_prefix("listening on ")
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| panic!("unexpected first line: {:?}", self.first_line))
+    }
+}
+
+impl Drop for PeerProcess {
+    fn drop(&mut self) {
+        drop(self.stdin.take());
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The path of an example program built by `cargo test` (which builds every example) or
+/// `cargo build --examples`, in the same profile as the running test.
+///
+/// # Panics
+///
+/// If it has not been built.
+pub fn example(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("the test's own path");
+    // target/<profile>/deps/<test> -> target/<profile>/examples/<name>
+    let path = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("tests run from target/<profile>/deps")
+        .join("examples")
+        .join(name);
+    assert!(
+        path.exists(),
+        "example {name} is not built at {}: run the tests with `cargo test --workspace`, which builds the examples",
+        path.display()
+    );
+    path
+}
+
+/// A program started by a test, killed on drop; `first_line` is what it printed first.
+#[derive(Debug)]
+pub struct Program {
+    child: Child,
+    /// The first line the program printed.
+    pub first_line: String,
+}
+
+impl Program {
+    /// Starts `path args...` and waits for its first line of output.
+    pub fn start(path: &Path, args: &[&str]) -> Self {
+        let mut child = Command::new(path)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", path.display()));
+        let mut first_line = String::new();
+        BufReader::new(child.stdout.take().expect("piped"))
+            .read_line(&mut first_line)
+            .expect("reading the program's first line");
+        Self {
+            child,
+            first_line: first_line.trim().to_string(),
+        }
+    }
+}
+
+impl Drop for Program {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -1,0 +1,93 @@
+//! The rpcudp examples against each other and against the real rpcudp, in both directions.
+
+use std::net::UdpSocket;
+use std::process::Command;
+
+use interop::{example, py_dir, python, PeerProcess, Program};
+
+fn free_udp_port() -> u16 {
+    UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn start_server() -> (Program, String) {
+    let server = Program::start(&example("rpcudp_server"), &["--bind", "127.0.0.1:0"]);
+    let addr = server
+        .first_line
+        .strip_prefix("listening on udp://127.0.0.1:")
+        .map(|port| format!("127.0.0.1:{port}"))
+        .unwrap_or_else(|| panic!("unexpected first line {:?}", server.first_line));
+    (server, addr)
+}
+
+fn run(cmd: &mut Command) -> (bool, String) {
+    let out = cmd.output().expect("the client ran");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).trim().to_string(),
+    )
+}
+
+#[test]
+fn rust_client_and_rust_server() {
+    let (_server, addr) = start_server();
+    let (ok, out) =
+        run(Command::new(example("rpcudp_client")).args(["--server", &addr, "--name", "Ada"]));
+    assert!(ok, "{out}");
+    assert!(
+        out.starts_with("Success! Hello Ada you live at 127.0.0.1:"),
+        "{out}"
+    );
+}
+
+#[test]
+fn python_readme_client_and_rust_server() {
+    let (_server, addr) = start_server();
+    let (ok, out) = run(Command::new(python())
+        .arg(py_dir().join("rpcudp_peer.py"))
+        .args(["sayhi", &addr]));
+    assert!(ok, "{out}");
+    assert!(
+        out.starts_with("Hello Snake Plissken you live at 127.0.0.1:"),
+        "{out}"
+    );
+}
+
+#[test]
+fn rust_client_and_python_server() {
+    let peer = PeerProcess::start("rpcudp_peer.py", &["server"]);
+    let addr = peer.listen_addr().to_string();
+    let (ok, out) = run(Command::new(example("rpcudp_client")).args(["--server", &addr]));
+    assert!(ok, "{out}");
+    assert!(
+        out.starts_with("Success! Hello Snake Plissken you live at 127.0.0.1:"),
+        "{out}"
+    );
+}
+
+#[test]
+fn rust_client_without_a_server() {
+    // A port nobody serves: the client says so and fails, after its timeout.
+    let addr = format!("127.0.0.1:{}", free_udp_port());
+    let (ok, out) =
+        run(Command::new(example("rpcudp_client")).args(["--server", &addr, "--timeout", "0.3"]));
+    assert!(!ok);
+    assert_eq!(out, "Response not received.");
+}
+
+#[test]
+fn quickstart_runs() {
+    let (ok, out) = run(&mut Command::new(example("quickstart")));
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("100 concurrent add calls -> all correct: true"),
+        "{out}"
+    );
+    assert!(
+        out.contains("nope() -> error: the peer answered with an error: method not found"),
+        "{out}"
+    );
+}
