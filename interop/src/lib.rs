@@ -215,3 +215,8 @@ impl Drop for Program {
         let _ = self.child.wait();
     }
 }
+
+/// The README's Rust code compiles (run by `cargo test` as a doc test).
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+struct ReadmeDoctests;
