@@ -97,7 +97,7 @@ impl Payload {
     /// #     erased_serde::serialize(v, &mut serde_json::Serializer::new(&mut w))?; Ok(()) }
     /// #   fn decode(&self, src: &[u8], _: Option<&[&'static str]>, visit: &mut rpc_core::format::DeserializeFn<'_>) -> Result<(), rpc_core::BoxError> {
     /// #     let mut de = serde_json::Deserializer::from_slice(src);
-    /// #     visit(&mut <dyn erased_serde::Deserializer>::erase(&mut de))?; de.end()?; Ok(()) }
+    /// #     visit(&mut <dyn erased_serde::Deserializer<'_>>::erase(&mut de))?; de.end()?; Ok(()) }
     /// # }
     /// let p = Payload::encode(&Json, &[1, 2, 3])?;
     /// assert_eq!(p.bytes().as_ref(), b"[1,2,3]");

@@ -238,7 +238,7 @@ handlers!(A1 a1, A2 a2, A3 a3, A4 a4, A5 a5, A6 a6, A7 a7, A8 a8, A9 a9, A10 a10
 /// (variadic methods, caller-supplied byte payloads, proxies).
 ///
 /// ```
-/// use rpc_core::{handler::raw, Request, Response, ServerError};
+/// use rpc_core::{handler::raw, Request, Response};
 ///
 /// // Answers with its arguments, whatever they are.
 /// let echo = raw(|req: Request| async move { Response::ok(req.args().clone()) });

@@ -121,7 +121,7 @@ impl fmt::Debug for Route {
 /// #     erased_serde::serialize(v, &mut serde_json::Serializer::new(&mut w))?; Ok(()) }
 /// #   fn decode(&self, src: &[u8], _: Option<&[&'static str]>, visit: &mut rpc_core::format::DeserializeFn<'_>) -> Result<(), rpc_core::BoxError> {
 /// #     let mut de = serde_json::Deserializer::from_slice(src);
-/// #     visit(&mut <dyn erased_serde::Deserializer>::erase(&mut de))?; de.end()?; Ok(()) }
+/// #     visit(&mut <dyn erased_serde::Deserializer<'_>>::erase(&mut de))?; de.end()?; Ok(()) }
 /// # }
 ///
 /// async fn add(a: i64, b: i64) -> i64 {

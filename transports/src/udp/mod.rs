@@ -442,6 +442,10 @@ impl<C: Codec> Shared<C> {
                 break w;
             }
         };
+        // Closed between the first check and the registration: the loop will not deliver.
+        if self.closed.is_cancelled() {
+            return Err(Error::Closed);
+        }
         self.send_with(peer, |dst| {
             self.codec
                 .encode_request(Some(waiter.id()), &method, &args, dst)
