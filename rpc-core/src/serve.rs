@@ -3,7 +3,9 @@
 use std::fmt;
 use std::sync::Arc;
 
-use futures::future::BoxFuture;
+use std::panic::AssertUnwindSafe;
+
+use futures::future::{BoxFuture, FutureExt};
 use tower::{Service, ServiceExt};
 
 use crate::error::{BoxError, ServerError};
@@ -25,12 +27,20 @@ impl Serve {
     {
         Self(Arc::new(move |req| {
             let svc = service.clone();
-            Box::pin(async move {
-                match svc.oneshot(req).await {
-                    Ok(r) => r,
-                    Err(e) => Response::error(ServerError::from_service_error(e.into())),
-                }
-            })
+            // Routers catch their handlers' panics; this catches any other service's, so a
+            // panic never takes a transport's receive loop or connection down with it.
+            Box::pin(
+                AssertUnwindSafe(svc.oneshot(req))
+                    .catch_unwind()
+                    .map(|r| match r {
+                        Ok(Ok(r)) => r,
+                        Ok(Err(e)) => Response::error(ServerError::from_service_error(e.into())),
+                        Err(_) => {
+                            tracing::error!("service panicked");
+                            Response::error(ServerError::internal("the service panicked"))
+                        }
+                    }),
+            )
         }))
     }
 

@@ -6,7 +6,7 @@
 //! +------+----------------+-----------------------------------------------+
 //!   0x00   random           request:  [name: str, args: array]
 //!   0x01   the request's    response: the result, any value (nil for None)
-//!   0x02   the request's    error:    [code: int, message: str, data]   (rpc-stack only)
+//!   0x02   the request's    error:    [code: int, message: str(, data)]  (rpc-stack only)
 //! ```
 
 use std::fmt;
@@ -43,7 +43,7 @@ impl fmt::Debug for MessageId {
 /// - A response is `0x01 ‖ id ‖ result`.
 /// - rpcudp has no error replies: an unknown method or a failing handler gets no answer at all,
 ///   and its caller times out. An rpc-stack server answers errors as `0x02 ‖ id ‖ [code, message,
-///   data]`, a type rpcudp drops unread, so an rpc-stack caller fails at once with the error while
+///   data]` (data only when there is some), a type rpcudp drops unread, so an rpc-stack caller fails at once with the error while
 ///   a Python caller sees what it always sees, no reply. [`without_error_replies`] turns this off.
 /// - rpcudp has no notifications; a notification is sent as a request whose answer is ignored.
 ///
@@ -166,14 +166,23 @@ fn decode_request(
     }
 }
 
+/// Reads an error reply's body: `[code, message]`, or `[code, message, data]` when it has data.
 fn decode_error(body: &[u8]) -> Option<ServerError> {
-    let (code, message, data): (i32, String, Option<serde_json::Value>) =
-        rmp_serde::from_slice(body).ok()?;
-    let e = ServerError::new(ErrorCode::new(code), message);
-    Some(match data {
-        Some(d) => e.with_data(d),
-        None => e,
-    })
+    if !exactly_one_value(body) {
+        return None;
+    }
+    match array_len(body)?.0 {
+        2 => {
+            let (code, message): (i32, String) = rmp_serde::from_slice(body).ok()?;
+            Some(ServerError::new(ErrorCode::new(code), message))
+        }
+        3 => {
+            let (code, message, data): (i32, String, serde_json::Value) =
+                rmp_serde::from_slice(body).ok()?;
+            Some(ServerError::new(ErrorCode::new(code), message).with_data(data))
+        }
+        _ => None,
+    }
 }
 
 impl Codec for RpcudpCodec {
@@ -271,9 +280,11 @@ impl Codec for RpcudpCodec {
             Err(_) if !self.error_replies => Ok(false),
             Err(e) => {
                 header(dst, ERROR, id);
-                MSGPACK
-                    .encode(&(e.code().code(), e.message(), e.data()), dst)
-                    .map_err(Error::Codec)?;
+                let encoded = match e.data() {
+                    Some(data) => MSGPACK.encode(&(e.code().code(), e.message(), data), dst),
+                    None => MSGPACK.encode(&(e.code().code(), e.message()), dst),
+                };
+                encoded.map_err(Error::Codec)?;
                 Ok(true)
             }
         }

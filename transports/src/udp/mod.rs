@@ -123,9 +123,10 @@ impl Builder {
     }
 
     /// The largest payload sent or accepted, in bytes, not counting the codec's fixed header.
-    /// Default 8192 (rpcudp's limit); at most 65507 (what a UDP datagram can carry).
+    /// Default 8192 (rpcudp's limit); at most what a UDP datagram can carry (65507 bytes) less
+    /// that header.
     pub fn max_payload(mut self, bytes: usize) -> Self {
-        self.max_payload = bytes.min(MAX_UDP_PAYLOAD);
+        self.max_payload = bytes;
         self
     }
 
@@ -166,18 +167,22 @@ impl Builder {
     /// Starts the endpoint on a bound socket. Must be called within a tokio runtime.
     pub fn from_socket<C: Codec>(self, socket: UdpSocket, codec: C) -> io::Result<Endpoint<C>> {
         let local_addr = socket.local_addr()?;
+        let max_payload = self
+            .max_payload
+            .min(MAX_UDP_PAYLOAD.saturating_sub(codec.overhead()));
         let closed = CancellationToken::new();
         let shared = Arc::new_cyclic(|me| Shared {
             me: me.clone(),
             socket,
             local_addr,
-            max_datagram: self.max_payload + codec.overhead(),
+            max_datagram: max_payload + codec.overhead(),
             codec,
-            max_payload: self.max_payload,
+            max_payload,
             timeout: self.timeout,
             calls: InFlight::new(),
             service: OnceLock::from_iter(self.service),
             permits: Arc::new(Semaphore::new(self.max_concurrent_requests)),
+            max_concurrent_requests: self.max_concurrent_requests,
             counters: Counters::default(),
             closed: closed.clone(),
         });
@@ -224,6 +229,7 @@ struct Shared<C: Codec> {
     calls: Arc<InFlight<C::Id, SocketAddr, CallResult>>,
     service: OnceLock<Serve>,
     permits: Arc<Semaphore>,
+    max_concurrent_requests: usize,
     counters: Counters,
     closed: CancellationToken,
 }
@@ -288,6 +294,16 @@ impl<C: Codec> Endpoint<C> {
     /// later calls fail at once. Requests being served are still answered.
     pub fn close(&self) {
         self.shared.closed.cancel();
+    }
+
+    /// Closes the endpoint and waits, at most `grace`, until every request it accepted has been
+    /// answered. Returns whether all were answered in time.
+    pub async fn shutdown(&self, grace: Duration) -> bool {
+        self.close();
+        let all = u32::try_from(self.shared.max_concurrent_requests).unwrap_or(u32::MAX);
+        tokio::time::timeout(grace, self.shared.permits.acquire_many(all))
+            .await
+            .is_ok()
     }
 
     /// Whether the endpoint is closed.

@@ -16,7 +16,8 @@ pub struct Stats {
     pub oversize: u64,
     /// Datagrams dropped as malformed.
     pub malformed: u64,
-    /// Responses dropped for carrying no id in flight (late, duplicated or forged).
+    /// Responses dropped for carrying no id in flight: late, duplicated or forged, or answers to
+    /// notifications sent over a codec without notifications (rpcudp answers every request).
     pub unknown_responses: u64,
     /// Responses dropped for coming from another address than the request went to.
     pub spoofed_responses: u64,

@@ -1,0 +1,989 @@
+//! The UDP transport over real loopback sockets (127.0.0.1 only), with the rpcudp codec.
+//!
+//! Every test is bounded in time: anything that could hang runs under `tokio::time::timeout`.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rpc_codecs::msgpack::RpcudpCodec;
+use rpc_core::handler::raw;
+use rpc_core::{Context, Error, ErrorCode, Request, Response, Router, ServerError};
+use rpc_transports::udp::{Builder, Endpoint};
+use tokio::net::UdpSocket;
+use tokio::sync::{mpsc, Barrier};
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+
+/// The most any single step of a test may take.
+const BOUND: Duration = Duration::from_secs(10);
+
+/// Runs `f`, failing the test if it takes longer than [`BOUND`].
+#[track_caller]
+fn within<F: Future>(f: F) -> impl Future<Output = F::Output> {
+    let caller = std::panic::Location::caller();
+    async move {
+        match tokio::time::timeout(BOUND, f).await {
+            Ok(v) => v,
+            Err(_) => panic!("timed out after {BOUND:?} at {caller}"),
+        }
+    }
+}
+
+/// Polls `cond` until it holds, failing the test after [`BOUND`].
+#[track_caller]
+fn eventually(what: &'static str, cond: impl Fn() -> bool) -> impl Future<Output = ()> {
+    let caller = std::panic::Location::caller();
+    async move {
+        let deadline = Instant::now() + BOUND;
+        while !cond() {
+            assert!(
+                Instant::now() < deadline,
+                "never happened: {what} (at {caller})"
+            );
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+}
+
+const LOCALHOST: &str = "127.0.0.1:0";
+
+async fn sayhi(ctx: Context, name: String) -> String {
+    let peer = ctx.peer_addr().expect("UDP requests have a peer address");
+    format!("Hello {name} you live at {}:{}", peer.ip(), peer.port())
+}
+
+async fn add(a: i64, b: i64) -> i64 {
+    a + b
+}
+
+async fn refuse(code: i32) -> Result<(), ServerError> {
+    Err(ServerError::new(
+        ErrorCode::new(code),
+        format!("refused {code}"),
+    ))
+}
+
+async fn panics_at_once(_: i64) -> i64 {
+    panic!("a handler bug, before any await")
+}
+
+async fn panics_later(_: i64) -> i64 {
+    tokio::task::yield_now().await;
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    panic!("a handler bug, after an await")
+}
+
+fn router() -> Router {
+    Router::new()
+        .route("sayhi", sayhi)
+        .route("add", add)
+        .route("refuse", refuse)
+        .route("panics_at_once", panics_at_once)
+        .route("panics_later", panics_later)
+        .route(
+            "echo",
+            raw(|req: Request| async move { Response::ok(req.args().clone()) }),
+        )
+}
+
+async fn server_with(builder: Builder) -> Endpoint<RpcudpCodec> {
+    builder
+        .serve(router())
+        .bind(LOCALHOST, RpcudpCodec::new())
+        .await
+        .expect("binds")
+}
+
+async fn server() -> Endpoint<RpcudpCodec> {
+    server_with(Builder::new()).await
+}
+
+async fn endpoint() -> Endpoint<RpcudpCodec> {
+    Endpoint::bind(LOCALHOST, RpcudpCodec::new())
+        .await
+        .expect("binds")
+}
+
+async fn raw_socket() -> UdpSocket {
+    UdpSocket::bind(LOCALHOST).await.expect("binds")
+}
+
+/// Receives one datagram (bounded in time).
+async fn recv(socket: &UdpSocket) -> (Vec<u8>, SocketAddr) {
+    let mut buf = vec![0u8; 70_000];
+    let (n, from) = within(socket.recv_from(&mut buf)).await.expect("receives");
+    buf.truncate(n);
+    (buf, from)
+}
+
+/// Whether a datagram arrives within `wait`.
+async fn nothing_arrives(socket: &UdpSocket, wait: Duration) -> bool {
+    let mut buf = vec![0u8; 70_000];
+    tokio::time::timeout(wait, socket.recv_from(&mut buf))
+        .await
+        .is_err()
+}
+
+// --- calls ---------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn typed_call_round_trip() {
+    let server = server().await;
+    let caller = endpoint().await;
+    let client = caller
+        .client(server.local_addr())
+        .with_timeout(Duration::from_secs(5));
+
+    let answer: String = within(client.call("sayhi", ("Snake Plissken",)))
+        .await
+        .unwrap();
+    assert_eq!(
+        answer,
+        format!(
+            "Hello Snake Plissken you live at 127.0.0.1:{}",
+            caller.local_addr().port()
+        )
+    );
+    let sum: i64 = within(client.call("add", (2, 40))).await.unwrap();
+    assert_eq!(sum, 42);
+    let bytes: serde_bytes::ByteBuf =
+        within(client.call("echo", (serde_bytes::Bytes::new(b"\x00\x01\xff"),)))
+            .await
+            .map(|(b,): (serde_bytes::ByteBuf,)| b)
+            .unwrap();
+    assert_eq!(bytes.as_ref(), b"\x00\x01\xff");
+
+    let s = server.stats();
+    assert_eq!(s.requests, 3);
+    assert_eq!(s.responses_sent, 3);
+    assert_eq!(s.malformed, 0);
+    let c = caller.stats();
+    assert_eq!(c.responses_received, 3);
+    assert_eq!(c.unknown_responses, 0);
+    assert_eq!(c.spoofed_responses, 0);
+    assert_eq!(caller.calls_in_flight(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hundred_calls_in_flight_on_one_client() {
+    // No handler returns before all 100 requests have arrived: the calls are in flight together.
+    let barrier = Arc::new(Barrier::new(100));
+    let server = Builder::new()
+        .serve(Router::new().route("triple", move |x: i64| {
+            let barrier = barrier.clone();
+            async move {
+                barrier.wait().await;
+                x * 3
+            }
+        }))
+        .bind(LOCALHOST, RpcudpCodec::new())
+        .await
+        .unwrap();
+    let caller = endpoint().await;
+    let client = caller
+        .client(server.local_addr())
+        .with_timeout(Duration::from_secs(8));
+
+    let mut calls = JoinSet::new();
+    for i in 0..100i64 {
+        let client = client.clone();
+        calls.spawn(async move { (i, client.call::<i64>("triple", (i,)).await) });
+    }
+    let mut seen = [false; 100];
+    within(async {
+        while let Some(done) = calls.join_next().await {
+            let (i, result) = done.expect("the task does not panic");
+            assert_eq!(result.expect("the call succeeds"), 3 * i, "call {i}");
+            seen[i as usize] = true;
+        }
+    })
+    .await;
+    assert!(seen.iter().all(|s| *s));
+    assert_eq!(caller.calls_in_flight(), 0);
+    assert_eq!(caller.stats().responses_received, 100);
+    assert_eq!(server.stats().requests, 100);
+}
+
+// --- errors --------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn unknown_method_and_bad_arguments_are_answered_at_once() {
+    let server = server().await;
+    let caller = endpoint().await;
+    let client = caller
+        .client(server.local_addr())
+        .with_timeout(Duration::from_secs(5));
+
+    let start = Instant::now();
+    let err = within(client.call::<()>("nope", ())).await.unwrap_err();
+    assert!(err.is_method_not_found(), "{err:?}");
+    assert!(!err.is_timeout());
+    assert!(
+        start.elapsed() < Duration::from_secs(1),
+        "an error reply, not a timeout"
+    );
+
+    let err = within(client.call::<i64>("add", ("two", 2)))
+        .await
+        .unwrap_err();
+    assert!(err.is_invalid_params(), "{err:?}");
+    let err = within(client.call::<i64>("add", (1,))).await.unwrap_err();
+    assert!(err.is_invalid_params(), "too few: {err:?}");
+    let err = within(client.call::<i64>("add", (1, 2, 3)))
+        .await
+        .unwrap_err();
+    assert!(err.is_invalid_params(), "too many: {err:?}");
+
+    // An application error keeps its code and message.
+    let err = within(client.call::<()>("refuse", (4711,)))
+        .await
+        .unwrap_err();
+    let e = err.server_error().expect("a server error");
+    assert_eq!(e.code(), ErrorCode::new(4711));
+    assert_eq!(e.message(), "refused 4711");
+    assert!(e.data().is_none());
+
+    // A result of the wrong type is the caller's decoding error.
+    let err = within(client.call::<String>("add", (1, 2)))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Codec(_)), "{err:?}");
+
+    assert!(start.elapsed() < Duration::from_secs(2));
+    assert_eq!(server.stats().responses_sent, 6);
+    assert_eq!(caller.calls_in_flight(), 0);
+}
+
+#[tokio::test]
+async fn without_error_replies_the_caller_times_out() {
+    // As Python's rpcudp: a failing call gets no answer at all.
+    let server = Builder::new()
+        .serve(router())
+        .bind(LOCALHOST, RpcudpCodec::new().without_error_replies())
+        .await
+        .unwrap();
+    let caller = endpoint().await;
+    let client = caller
+        .client(server.local_addr())
+        .with_timeout(Duration::from_millis(200));
+    let err = within(client.call::<()>("nope", ())).await.unwrap_err();
+    assert!(err.is_timeout(), "{err:?}");
+    let sum: i64 = within(client.call("add", (1, 2))).await.unwrap();
+    assert_eq!(sum, 3);
+}
+
+#[tokio::test]
+async fn panicking_handler_answers_internal_error_and_the_server_survives() {
+    let server = server().await;
+    let caller = endpoint().await;
+    let client = caller
+        .client(server.local_addr())
+        .with_timeout(Duration::from_secs(5));
+
+    for method in ["panics_at_once", "panics_later"] {
+        let err = within(client.call::<i64>(method, (1,))).await.unwrap_err();
+        assert_eq!(
+            err.code(),
+            Some(ErrorCode::INTERNAL_ERROR),
+            "{method}: {err:?}"
+        );
+        let sum: i64 = within(client.call("add", (20, 22))).await.unwrap();
+        assert_eq!(sum, 42, "the server still answers after {method}");
+    }
+}
+
+#[tokio::test]
+async fn panicking_service_does_not_stop_the_endpoint() {
+    let router = Router::new().route("add", add);
+    let service = tower::service_fn(move |req: Request| {
+        let router = router.clone();
+        async move {
+            match req.method().name() {
+                Some("boom") => panic!("a middleware bug, before any await"),
+                Some("boom_later") => {
+                    tokio::task::yield_now().await;
+                    panic!("a middleware bug, after an await")
+                }
+                _ => Ok::<_, std::convert::Infallible>(router.dispatch(req).await),
+            }
+        }
+    });
+    let server = Builder::new()
+        .serve(service)
+        .bind(LOCALHOST, RpcudpCodec::new())
+        .await
+        .unwrap();
+    let caller = endpoint().await;
+    let client = caller
+        .client(server.local_addr())
+        .with_timeout(Duration::from_millis(500));
+    for method in ["boom", "boom_later"] {
+        let err = within(client.call::<i64>(method, ())).await.unwrap_err();
+        assert_eq!(
+            err.code(),
+            Some(ErrorCode::INTERNAL_ERROR),
+            "{method}: {err:?}"
+        );
+        let sum: i64 = within(client.call("add", (1, 2))).await.unwrap();
+        assert_eq!(sum, 3, "the server still answers after {method}");
+    }
+}
+
+// --- timeouts ------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn silent_peer_times_out() {
+    let silent = raw_socket().await;
+    let caller = endpoint().await;
+    let client = caller
+        .client(silent.local_addr().unwrap())
+        .with_timeout(Duration::from_millis(200));
+
+    let start = Instant::now();
+    let err = within(client.call::<()>("ping", ())).await.unwrap_err();
+    let elapsed = start.elapsed();
+    assert!(err.is_timeout(), "{err:?}");
+    assert!(matches!(err, Error::Timeout));
+    assert!(elapsed >= Duration::from_millis(195), "{elapsed:?}");
+    assert!(elapsed < Duration::from_millis(700), "{elapsed:?}");
+    assert_eq!(caller.calls_in_flight(), 0);
+
+    // The request did go out.
+    let (request, from) = recv(&silent).await;
+    assert_eq!(from, caller.local_addr());
+    assert_eq!(request[0], 0x00);
+
+    // The builder's default timeout applies when the call has none.
+    let caller = Builder::new()
+        .timeout(Duration::from_millis(150))
+        .bind(LOCALHOST, RpcudpCodec::new())
+        .await
+        .unwrap();
+    let start = Instant::now();
+    let err = within(
+        caller
+            .client(silent.local_addr().unwrap())
+            .call::<()>("ping", ()),
+    )
+    .await
+    .unwrap_err();
+    assert!(err.is_timeout(), "{err:?}");
+    assert!(start.elapsed() >= Duration::from_millis(145));
+    assert!(start.elapsed() < Duration::from_millis(650));
+    assert_eq!(caller.calls_in_flight(), 0);
+}
+
+#[tokio::test]
+async fn abandoned_call_frees_its_slot() {
+    let silent = raw_socket().await;
+    let caller = endpoint().await;
+    let client = caller.client(silent.local_addr().unwrap());
+    let call = client.call::<()>("ping", ());
+    // The caller gives up long before the 5 s default.
+    assert!(tokio::time::timeout(Duration::from_millis(50), call)
+        .await
+        .is_err());
+    assert_eq!(caller.calls_in_flight(), 0);
+}
+
+// --- malformed and oversize datagrams -----------------------------------------------------------
+
+#[tokio::test]
+async fn garbage_is_dropped_and_counted() {
+    let server = server().await;
+    let to = server.local_addr();
+    let attacker = raw_socket().await;
+
+    let mut datagrams: Vec<Vec<u8>> = Vec::new();
+    // Random bytes (a fixed xorshift stream), under every message type and an unknown one.
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    for kind in [0x00u8, 0x01, 0x02, 0x5c] {
+        let len = 30 + (next() % 200) as usize;
+        let mut d: Vec<u8> = (0..len).map(|_| next() as u8).collect();
+        d[0] = kind;
+        datagrams.push(d);
+    }
+    // Empty, and one byte short of the smallest message.
+    datagrams.push(Vec::new());
+    datagrams.push(vec![0u8; 21]);
+    // A valid header, then truncated msgpack: the request's id is readable, so it is answered.
+    let truncated_id = [0x77u8; 20];
+    datagrams.push([&[0x00][..], &truncated_id, b"\x92\xa5say"].concat());
+    // An unknown type byte on an otherwise valid request.
+    datagrams.push([&[0x07][..], &[0x11; 20], b"\x92\xa3add\x92\x01\x02"].concat());
+    // A response with trailing bytes.
+    datagrams.push([&[0x01][..], &[0x12; 20], b"\xc0\xc0"].concat());
+
+    for d in &datagrams {
+        attacker.send_to(d, to).await.unwrap();
+    }
+    let n = datagrams.len() as u64;
+    eventually("every datagram is counted as malformed", || {
+        server.stats().malformed == n
+    })
+    .await;
+
+    // The truncated request got an error reply with its id, the rest nothing.
+    let mut got_reply = false;
+    loop {
+        let mut buf = vec![0u8; 2048];
+        match tokio::time::timeout(Duration::from_millis(200), attacker.recv_from(&mut buf)).await {
+            Err(_) => break,
+            Ok(r) => {
+                let (len, _) = r.unwrap();
+                buf.truncate(len);
+                assert_eq!(buf[0], 0x02, "only error replies: {buf:02x?}");
+                if buf[1..21] == truncated_id {
+                    got_reply = true;
+                }
+            }
+        }
+    }
+    assert!(
+        got_reply,
+        "the truncated request was answered with an error"
+    );
+
+    let s = server.stats();
+    assert_eq!(s.requests, 0, "{s:?}");
+    assert_eq!(s.unknown_responses, 0, "{s:?}");
+
+    let caller = endpoint().await;
+    let sum: i64 = within(
+        caller
+            .client(to)
+            .with_timeout(Duration::from_secs(5))
+            .call("add", (1, 1)),
+    )
+    .await
+    .unwrap();
+    assert_eq!(sum, 2);
+    assert_eq!(server.stats().malformed, n);
+}
+
+#[tokio::test]
+async fn oversize_is_refused_before_sending_and_dropped_on_receipt() {
+    let server = server_with(Builder::new().max_payload(100)).await;
+    let caller = Builder::new()
+        .max_payload(100)
+        .bind(LOCALHOST, RpcudpCodec::new())
+        .await
+        .unwrap();
+    let client = caller
+        .client(server.local_addr())
+        .with_timeout(Duration::from_secs(5));
+
+    // The body [ "echo", [ bin(n) ] ] takes 9 + n bytes: n = 91 is exactly the limit.
+    let fits = vec![0xabu8; 91];
+    let (back,): (serde_bytes::ByteBuf,) =
+        within(client.call("echo", (serde_bytes::Bytes::new(&fits),)))
+            .await
+            .unwrap();
+    assert_eq!(back.as_ref(), &fits[..]);
+
+    let too_big = vec![0xabu8; 92];
+    let err = within(client.call::<()>("echo", (serde_bytes::Bytes::new(&too_big),)))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::TooLarge {
+                size: 101,
+                limit: 100
+            }
+        ),
+        "{err:?}"
+    );
+    let err = within(client.call::<()>("echo", (serde_bytes::Bytes::new(&[0u8; 1000]),)))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::TooLarge { limit: 100, .. }), "{err:?}");
+    assert_eq!(caller.calls_in_flight(), 0);
+
+    // Nothing was sent: the server saw only the call that fit.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(server.stats().requests, 1);
+    assert_eq!(server.stats().oversize, 0);
+
+    // Incoming: a 2000-byte datagram, and one a byte over the 121-byte frame limit, are dropped.
+    let raw = raw_socket().await;
+    raw.send_to(&[0u8; 2000], server.local_addr())
+        .await
+        .unwrap();
+    let mut over = vec![0x00u8];
+    over.extend_from_slice(&[0x33; 20]);
+    over.extend_from_slice(b"\x92\xa4echo\x91\xc4\x5c");
+    over.extend_from_slice(&[0xcd; 92]);
+    assert_eq!(over.len(), 122);
+    raw.send_to(&over, server.local_addr()).await.unwrap();
+    eventually("both datagrams are counted as oversize", || {
+        server.stats().oversize == 2
+    })
+    .await;
+    assert!(nothing_arrives(&raw, Duration::from_millis(100)).await);
+    assert_eq!(server.stats().malformed, 0);
+
+    // A request of exactly 121 bytes is served.
+    let mut exact = vec![0x00u8];
+    exact.extend_from_slice(&[0x44; 20]);
+    exact.extend_from_slice(b"\x92\xa4echo\x91\xc4\x5b");
+    exact.extend_from_slice(&[0xcd; 91]);
+    assert_eq!(exact.len(), 121);
+    raw.send_to(&exact, server.local_addr()).await.unwrap();
+    let (reply, _) = recv(&raw).await;
+    assert_eq!(reply[0], 0x01);
+    assert_eq!(&reply[1..21], &[0x44; 20]);
+    assert_eq!(&reply[21..], &exact[27..]);
+
+    let sum: i64 = within(client.call("add", (2, 2))).await.unwrap();
+    assert_eq!(sum, 4);
+}
+
+#[tokio::test]
+async fn response_over_the_limit_becomes_an_error() {
+    let server = Builder::new()
+        .max_payload(100)
+        .serve(Router::new().route("big", |n: usize| async move {
+            Ok::<_, ServerError>(serde_bytes::ByteBuf::from(vec![7u8; n]))
+        }))
+        .bind(LOCALHOST, RpcudpCodec::new())
+        .await
+        .unwrap();
+    let caller = endpoint().await;
+    let client = caller
+        .client(server.local_addr())
+        .with_timeout(Duration::from_secs(5));
+    let small: serde_bytes::ByteBuf = within(client.call("big", (10usize,))).await.unwrap();
+    assert_eq!(small.len(), 10);
+    let err = within(client.call::<serde_bytes::ByteBuf>("big", (500usize,)))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::MESSAGE_TOO_LARGE), "{err:?}");
+}
+
+#[tokio::test]
+async fn payload_limit_accounts_for_the_udp_maximum() {
+    let server = Builder::new()
+        .max_payload(usize::MAX)
+        .serve(Router::new().route("big", |n: usize| async move {
+            Ok::<_, ServerError>(serde_bytes::ByteBuf::from(vec![7u8; n]))
+        }))
+        .bind(LOCALHOST, RpcudpCodec::new())
+        .await
+        .unwrap();
+    let caller = Builder::new()
+        .max_payload(usize::MAX)
+        .bind(LOCALHOST, RpcudpCodec::new())
+        .await
+        .unwrap();
+    let client = caller
+        .client(server.local_addr())
+        .with_timeout(Duration::from_secs(2));
+
+    // A request body of 65500 bytes: within the payload limit, but a 65521-byte datagram.
+    let err = within(client.call::<()>("big", (serde_bytes::ByteBuf::from(vec![1u8; 65_490]),)))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::TooLarge { .. }), "{err:?}");
+
+    // A response body of 65493 bytes: a 65514-byte datagram, which cannot be sent.
+    let err = within(client.call::<serde_bytes::ByteBuf>("big", (65_490usize,)))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::MESSAGE_TOO_LARGE), "{err:?}");
+}
+
+// --- spoofing ------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn responses_from_the_wrong_address_or_with_unknown_ids_are_dropped() {
+    let a = raw_socket().await;
+    let b = raw_socket().await;
+    let caller = endpoint().await;
+    let client = caller
+        .client(a.local_addr().unwrap())
+        .with_timeout(Duration::from_secs(8));
+    let call = tokio::spawn(async move { client.call::<String>("whoami", ()).await });
+
+    let (request, from) = recv(&a).await;
+    assert_eq!(from, caller.local_addr());
+    assert_eq!(request[0], 0x00);
+    let id = request[1..21].to_vec();
+    assert_eq!(&request[21..], b"\x92\xa6whoami\x90");
+
+    // B forges a well-formed response with the right id.
+    let forged = [&[0x01][..], &id, b"\xa6forged"].concat();
+    b.send_to(&forged, caller.local_addr()).await.unwrap();
+    eventually("the forged response is counted as spoofed", || {
+        caller.stats().spoofed_responses == 1
+    })
+    .await;
+    assert_eq!(caller.calls_in_flight(), 1, "the call still waits");
+
+    // A forges an error reply from B as well: also refused.
+    let forged_error = [&[0x02][..], &id, b"\x93\x01\xa1x\xc0"].concat();
+    b.send_to(&forged_error, caller.local_addr()).await.unwrap();
+    eventually("the forged error is counted as spoofed", || {
+        caller.stats().spoofed_responses == 2
+    })
+    .await;
+
+    // A response with an id nobody asked for.
+    let unknown = [&[0x01][..], &[0xee; 20], b"\xa2no"].concat();
+    a.send_to(&unknown, caller.local_addr()).await.unwrap();
+    eventually("the stray response is counted as unknown", || {
+        caller.stats().unknown_responses == 1
+    })
+    .await;
+    assert_eq!(caller.calls_in_flight(), 1);
+
+    // The real peer answers.
+    let real = [&[0x01][..], &id, b"\xa2ok"].concat();
+    a.send_to(&real, caller.local_addr()).await.unwrap();
+    let answer = within(call).await.unwrap().unwrap();
+    assert_eq!(answer, "ok");
+
+    // A late duplicate of the real answer is unknown now.
+    a.send_to(&real, caller.local_addr()).await.unwrap();
+    eventually("the duplicate is counted as unknown", || {
+        caller.stats().unknown_responses == 2
+    })
+    .await;
+
+    let s = caller.stats();
+    assert_eq!(s.spoofed_responses, 2);
+    assert_eq!(s.responses_received, 1);
+    assert_eq!(caller.calls_in_flight(), 0);
+}
+
+// --- symmetric peers -----------------------------------------------------------------------------
+
+async fn relay(ctx: Context, x: i64) -> Result<i64, ServerError> {
+    let back = ctx
+        .caller()
+        .ok_or_else(|| ServerError::internal("no way to call back"))?;
+    let doubled: i64 = back
+        .call("double", (x,))
+        .await
+        .map_err(|e| ServerError::internal(format!("the call back failed: {e}")))?;
+    Ok(doubled + 1)
+}
+
+async fn double(ctx: Context, x: i64) -> i64 {
+    assert!(ctx.peer_addr().is_some());
+    x * 2
+}
+
+#[tokio::test]
+async fn handler_calls_its_caller_back() {
+    let server = Builder::new()
+        .serve(Router::new().route("relay", relay))
+        .bind(LOCALHOST, RpcudpCodec::new())
+        .await
+        .unwrap();
+
+    // The caller serves through the builder...
+    let caller = Builder::new()
+        .serve(Router::new().route("double", double))
+        .bind(LOCALHOST, RpcudpCodec::new())
+        .await
+        .unwrap();
+    let client = caller
+        .client(server.local_addr())
+        .with_timeout(Duration::from_secs(5));
+    let got: i64 = within(client.call("relay", (20,))).await.unwrap();
+    assert_eq!(got, 41);
+    assert_eq!(
+        caller.stats().requests,
+        1,
+        "the call back reached the caller"
+    );
+    assert_eq!(server.stats().responses_received, 1);
+
+    // ...or starts serving later, on the endpoint it already calls from.
+    let late = endpoint().await;
+    let client = late
+        .client(server.local_addr())
+        .with_timeout(Duration::from_secs(5));
+    let err = within(client.call::<i64>("relay", (1,))).await.unwrap_err();
+    let e = err
+        .server_error()
+        .expect("relay reports the failed call back");
+    assert_eq!(e.code(), ErrorCode::INTERNAL_ERROR);
+    assert!(e.message().contains("method not found"), "{e}");
+
+    assert!(late.serve(Router::new().route("double", double)));
+    assert!(!late.serve(Router::new()), "a second service is refused");
+    let got: i64 = within(client.call("relay", (100,))).await.unwrap();
+    assert_eq!(got, 201);
+
+    // An endpoint may call itself: the request and its answer cross the same socket.
+    let me = late
+        .client(late.local_addr())
+        .with_timeout(Duration::from_secs(5));
+    let got: i64 = within(me.call("double", (5,))).await.unwrap();
+    assert_eq!(got, 10);
+}
+
+#[tokio::test]
+async fn handler_holding_its_endpoint_calls_a_third_peer() {
+    // A Kademlia-like node: its handler forwards to another node through its own endpoint.
+    let third = Builder::new()
+        .serve(Router::new().route("add", add))
+        .bind(LOCALHOST, RpcudpCodec::new())
+        .await
+        .unwrap();
+    let node = endpoint().await;
+    let this_node = node.clone();
+    let third_addr = third.local_addr();
+    assert!(
+        node.serve(Router::new().route("forward", move |a: i64, b: i64| {
+            let node = this_node.clone();
+            async move {
+                node.client(third_addr)
+                    .call::<i64>("add", (a, b))
+                    .await
+                    .map_err(|e| ServerError::internal(e.to_string()))
+            }
+        }))
+    );
+    let caller = endpoint().await;
+    let got: i64 = within(
+        caller
+            .client(node.local_addr())
+            .with_timeout(Duration::from_secs(5))
+            .call("forward", (3, 4)),
+    )
+    .await
+    .unwrap();
+    assert_eq!(got, 7);
+}
+
+// --- overload ------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn too_many_concurrent_requests_are_refused() {
+    let server = Builder::new()
+        .max_concurrent_requests(2)
+        .serve(Router::new().route("slow", |x: i64| async move {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            x
+        }))
+        .bind(LOCALHOST, RpcudpCodec::new())
+        .await
+        .unwrap();
+    let caller = endpoint().await;
+    let client = caller
+        .client(server.local_addr())
+        .with_timeout(Duration::from_secs(5));
+
+    let start = Instant::now();
+    let mut calls = JoinSet::new();
+    for i in 0..5i64 {
+        let client = client.clone();
+        calls.spawn(async move {
+            let r = client.call::<i64>("slow", (i,)).await;
+            (i, r, start.elapsed())
+        });
+    }
+    let (mut ok, mut overloaded) = (0, 0);
+    within(async {
+        while let Some(done) = calls.join_next().await {
+            let (i, result, elapsed) = done.unwrap();
+            match result {
+                Ok(v) => {
+                    assert_eq!(v, i);
+                    ok += 1;
+                }
+                Err(e) => {
+                    assert!(e.is_overloaded(), "call {i}: {e:?}");
+                    assert_eq!(e.code(), Some(ErrorCode::OVERLOADED));
+                    assert!(
+                        elapsed < Duration::from_millis(250),
+                        "refused at once, not after the slow calls: {elapsed:?}"
+                    );
+                    overloaded += 1;
+                }
+            }
+        }
+    })
+    .await;
+    assert!(overloaded >= 3, "{overloaded} refused");
+    assert_eq!(ok + overloaded, 5);
+    assert_eq!(server.stats().overloaded, overloaded);
+
+    // Once the slow calls are done, their permits are back.
+    let v: i64 = within(client.call("slow", (9,))).await.unwrap();
+    assert_eq!(v, 9);
+}
+
+// --- notifications -------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn notification_runs_the_handler_without_a_response() {
+    let count = Arc::new(AtomicUsize::new(0));
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let counter = count.clone();
+    let server = Builder::new()
+        .serve(Router::new().route("bump", move |n: i64| {
+            let counter = counter.clone();
+            let tx = tx.clone();
+            async move {
+                counter.fetch_add(1, Ordering::SeqCst);
+                let _ = tx.send(n);
+            }
+        }))
+        .bind(LOCALHOST, RpcudpCodec::new())
+        .await
+        .unwrap();
+    let caller = endpoint().await;
+    let client = caller.client(server.local_addr());
+
+    let start = Instant::now();
+    within(client.notify("bump", (5,))).await.unwrap();
+    assert!(
+        start.elapsed() < Duration::from_millis(500),
+        "notify returns once sent"
+    );
+    assert_eq!(caller.calls_in_flight(), 0, "nothing waits for an answer");
+    assert_eq!(within(rx.recv()).await, Some(5));
+    assert_eq!(count.load(Ordering::SeqCst), 1);
+    eventually("the server counts the request", || {
+        server.stats().requests == 1
+    })
+    .await;
+
+    // Give any answer time to arrive: none is taken as a response to a call.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let s = caller.stats();
+    assert_eq!(s.responses_received, 0, "{s:?}");
+    assert_eq!(s.spoofed_responses, 0, "{s:?}");
+    // rpcudp has no notifications: the request goes with a fresh id and the server answers it as
+    // any request; that answer is then dropped as a response to no call.
+    assert!(s.unknown_responses <= 1, "{s:?}");
+
+    // Notifying an unknown method is not an error for the sender.
+    within(client.notify("nope", ())).await.unwrap();
+    // The same method called normally runs once more and answers.
+    let client = client.with_timeout(Duration::from_secs(5));
+    within(client.call::<()>("bump", (7,))).await.unwrap();
+    assert_eq!(within(rx.recv()).await, Some(7));
+    assert_eq!(count.load(Ordering::SeqCst), 2);
+    assert_eq!(caller.stats().responses_received, 1);
+}
+
+// --- close ---------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn close_fails_pending_and_later_calls() {
+    let silent = raw_socket().await;
+    let caller = endpoint().await;
+    let client = caller
+        .client(silent.local_addr().unwrap())
+        .with_timeout(Duration::from_secs(8));
+    let pending = {
+        let client = client.clone();
+        tokio::spawn(async move { client.call::<()>("ping", ()).await })
+    };
+    eventually("the call is in flight", || caller.calls_in_flight() == 1).await;
+    let _ = recv(&silent).await;
+
+    assert!(!caller.is_closed());
+    let start = Instant::now();
+    caller.close();
+    assert!(caller.is_closed());
+    let err = within(pending).await.unwrap().unwrap_err();
+    assert!(err.is_closed(), "{err:?}");
+    assert!(start.elapsed() < Duration::from_secs(1));
+    assert_eq!(caller.calls_in_flight(), 0);
+
+    // Later calls, through the old client or a new one, fail at once without sending.
+    let start = Instant::now();
+    let err = within(client.call::<()>("ping", ())).await.unwrap_err();
+    assert!(err.is_closed(), "{err:?}");
+    let err = within(
+        caller
+            .client(silent.local_addr().unwrap())
+            .call::<()>("ping", ()),
+    )
+    .await
+    .unwrap_err();
+    assert!(err.is_closed(), "{err:?}");
+    let err = within(client.notify("ping", ())).await.unwrap_err();
+    assert!(err.is_closed(), "{err:?}");
+    assert!(start.elapsed() < Duration::from_millis(100));
+    assert!(nothing_arrives(&silent, Duration::from_millis(100)).await);
+}
+
+#[tokio::test]
+async fn closed_server_stops_answering() {
+    let server = server().await;
+    let caller = endpoint().await;
+    let client = caller
+        .client(server.local_addr())
+        .with_timeout(Duration::from_millis(200));
+    let sum: i64 = within(client.call("add", (1, 2))).await.unwrap();
+    assert_eq!(sum, 3);
+    server.close();
+    let err = within(client.call::<i64>("add", (1, 2))).await.unwrap_err();
+    assert!(err.is_timeout(), "{err:?}");
+}
+
+#[tokio::test]
+async fn close_still_answers_requests_being_served() {
+    let server = Builder::new()
+        .serve(Router::new().route("slow", |x: i64| async move {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            x
+        }))
+        .bind(LOCALHOST, RpcudpCodec::new())
+        .await
+        .unwrap();
+    let caller = endpoint().await;
+    let client = caller
+        .client(server.local_addr())
+        .with_timeout(Duration::from_secs(5));
+    let call = {
+        let client = client.clone();
+        tokio::spawn(async move { client.call::<i64>("slow", (8,)).await })
+    };
+    eventually("the server has the request", || {
+        server.stats().requests == 1
+    })
+    .await;
+    server.close();
+    assert_eq!(within(call).await.unwrap().unwrap(), 8);
+}
+
+#[tokio::test]
+async fn dropping_every_handle_closes_the_socket() {
+    let server = server().await;
+    let addr = server.local_addr();
+    let caller = endpoint().await;
+    let client = caller.client(addr).with_timeout(Duration::from_secs(5));
+    // A client keeps its endpoint open.
+    drop(caller);
+    let sum: i64 = within(client.call("add", (1, 2))).await.unwrap();
+    assert_eq!(sum, 3);
+    drop(client);
+
+    drop(server);
+    let deadline = Instant::now() + BOUND;
+    while UdpSocket::bind(addr).await.is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "the server's port is never freed"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
