@@ -118,11 +118,13 @@ impl From<i32> for ErrorCode {
 /// assert_eq!(e.code().code(), 42);
 /// assert_eq!(e.to_string(), "no such account (code 42)");
 /// ```
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+///
+/// It is deliberately not `Serialize`: each codec writes errors in its own protocol's shape, and a
+/// handler's `Result<T, ServerError>` is a result or an error, never a serialized `Result`.
+#[derive(Clone, Debug, PartialEq)]
 pub struct ServerError {
     code: ErrorCode,
     message: Cow<'static, str>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     data: Option<serde_json::Value>,
 }
 

@@ -24,11 +24,9 @@
 //! A handler that panics answers [`ErrorCode::INTERNAL_ERROR`](crate::ErrorCode::INTERNAL_ERROR);
 //! the server keeps serving.
 
-use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 
-use bytes::Bytes;
 use futures::future::{BoxFuture, FutureExt};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -38,107 +36,64 @@ use crate::error::ServerError;
 use crate::format::{FromArgs, Payload};
 use crate::message::{Request, Response};
 
-/// A value a handler can return.
-pub trait IntoReply {
+/// A value a handler can return: any `T: Serialize`, a `Result<T, E>` whose error converts into a
+/// [`ServerError`], a [`ServerError`], or a ready-made [`Response`].
+///
+/// `M` only tells the implementations apart and is always inferred. (A `Result` whose error type
+/// is itself `Serialize` is ambiguous; convert the error into a `ServerError` first.)
+pub trait IntoReply<M> {
     /// Encodes the value as a response in the request's format.
     fn into_reply(self, format: &'static dyn crate::Format) -> Response;
 }
 
-impl<T: Serialize, E: Into<ServerError>> IntoReply for Result<T, E> {
+/// Marks [`IntoReply`] for plain values.
+#[derive(Debug)]
+pub enum Value {}
+
+/// Marks [`IntoReply`] for `Result`s.
+#[derive(Debug)]
+pub enum Fallible {}
+
+/// Marks [`IntoReply`] for responses and errors.
+#[derive(Debug)]
+pub enum Direct {}
+
+fn encode_reply<T: Serialize + ?Sized>(value: &T, format: &'static dyn crate::Format) -> Response {
+    match Payload::encode(format, value) {
+        Ok(p) => Response::ok(p),
+        Err(e) => {
+            tracing::warn!(error = %e, "could not encode a handler's result");
+            Response::error(ServerError::internal("could not encode the result"))
+        }
+    }
+}
+
+impl<T: Serialize> IntoReply<Value> for T {
+    fn into_reply(self, format: &'static dyn crate::Format) -> Response {
+        encode_reply(&self, format)
+    }
+}
+
+impl<T: Serialize, E: Into<ServerError>> IntoReply<Fallible> for Result<T, E> {
     fn into_reply(self, format: &'static dyn crate::Format) -> Response {
         match self {
-            Ok(v) => match Payload::encode(format, &v) {
-                Ok(p) => Response::ok(p),
-                Err(e) => {
-                    tracing::warn!(error = %e, "could not encode a handler's result");
-                    Response::error(ServerError::internal("could not encode the result"))
-                }
-            },
+            Ok(v) => encode_reply(&v, format),
             Err(e) => Response::error(e.into()),
         }
     }
 }
 
-impl IntoReply for Response {
+impl IntoReply<Direct> for Response {
     fn into_reply(self, _: &'static dyn crate::Format) -> Response {
         self
     }
 }
 
-impl IntoReply for ServerError {
+impl IntoReply<Direct> for ServerError {
     fn into_reply(self, _: &'static dyn crate::Format) -> Response {
         Response::error(self)
     }
 }
-
-macro_rules! plain_reply {
-    ($($t:ty),* $(,)?) => {$(
-        impl IntoReply for $t {
-            fn into_reply(self, format: &'static dyn crate::Format) -> Response {
-                Ok::<_, ServerError>(self).into_reply(format)
-            }
-        }
-    )*};
-}
-
-plain_reply!(
-    (),
-    bool,
-    char,
-    i8,
-    i16,
-    i32,
-    i64,
-    i128,
-    isize,
-    u8,
-    u16,
-    u32,
-    u64,
-    u128,
-    usize,
-    f32,
-    f64,
-    String,
-    &'static str,
-    Bytes,
-    serde_json::Value,
-);
-
-macro_rules! generic_reply {
-    ($($t:ident<$($p:ident),*>),* $(,)?) => {$(
-        impl<$($p: Serialize),*> IntoReply for $t<$($p),*> {
-            fn into_reply(self, format: &'static dyn crate::Format) -> Response {
-                Ok::<_, ServerError>(self).into_reply(format)
-            }
-        }
-    )*};
-}
-
-generic_reply!(Vec<T>, Option<T>, HashMap<K, V>, BTreeMap<K, V>, Box<T>);
-
-macro_rules! tuple_reply {
-    ($($t:ident),*) => {
-        impl<$($t: Serialize),*> IntoReply for ($($t,)*) {
-            fn into_reply(self, format: &'static dyn crate::Format) -> Response {
-                Ok::<_, ServerError>(self).into_reply(format)
-            }
-        }
-    };
-}
-
-tuple_reply!(A);
-tuple_reply!(A, B);
-tuple_reply!(A, B, C);
-tuple_reply!(A, B, C, D);
-tuple_reply!(A, B, C, D, E);
-tuple_reply!(A, B, C, D, E, F);
-tuple_reply!(A, B, C, D, E, F, G);
-tuple_reply!(A, B, C, D, E, F, G, H);
-tuple_reply!(A, B, C, D, E, F, G, H, I);
-tuple_reply!(A, B, C, D, E, F, G, H, I, J);
-tuple_reply!(A, B, C, D, E, F, G, H, I, J, K);
-tuple_reply!(A, B, C, D, E, F, G, H, I, J, K, L);
 
 /// Marks handlers whose first parameter is the call's [`Context`].
 #[derive(Debug)]
@@ -159,10 +114,10 @@ pub trait Handler<T>: Clone + Send + Sync + 'static {
     fn arity(&self) -> usize;
 }
 
-fn run<Fut, R>(fut: Fut, format: &'static dyn crate::Format) -> BoxFuture<'static, Response>
+fn run<Fut, R, M>(fut: Fut, format: &'static dyn crate::Format) -> BoxFuture<'static, Response>
 where
     Fut: Future<Output = R> + Send + 'static,
-    R: IntoReply,
+    R: IntoReply<M>,
 {
     Box::pin(AssertUnwindSafe(fut).catch_unwind().map(move |r| match r {
         Ok(r) => r.into_reply(format),
@@ -175,11 +130,11 @@ where
 
 macro_rules! handlers {
     ($($t:ident $v:ident),*) => {
-        impl<F, Fut, R, $($t,)*> Handler<(ArgsOnly, $($t,)*)> for F
+        impl<F, Fut, R, M, $($t,)*> Handler<(ArgsOnly, M, $($t,)*)> for F
         where
             F: Fn($($t,)*) -> Fut + Clone + Send + Sync + 'static,
             Fut: Future<Output = R> + Send + 'static,
-            R: IntoReply,
+            R: IntoReply<M>,
             $($t: DeserializeOwned + Send + 'static,)*
         {
             fn call(&self, req: Request, names: Option<&[&'static str]>) -> BoxFuture<'static, Response> {
@@ -195,11 +150,11 @@ macro_rules! handlers {
             }
         }
 
-        impl<F, Fut, R, $($t,)*> Handler<(WithContext, $($t,)*)> for F
+        impl<F, Fut, R, M, $($t,)*> Handler<(WithContext, M, $($t,)*)> for F
         where
             F: Fn(Context, $($t,)*) -> Fut + Clone + Send + Sync + 'static,
             Fut: Future<Output = R> + Send + 'static,
-            R: IntoReply,
+            R: IntoReply<M>,
             $($t: DeserializeOwned + Send + 'static,)*
         {
             fn call(&self, req: Request, names: Option<&[&'static str]>) -> BoxFuture<'static, Response> {
@@ -245,11 +200,11 @@ handlers!(A1 a1, A2 a2, A3 a3, A4 a4, A5 a5, A6 a6, A7 a7, A8 a8, A9 a9, A10 a10
 /// let router = rpc_core::Router::new().route("echo", echo);
 /// # let _ = router;
 /// ```
-pub fn raw<F, Fut, R>(f: F) -> Raw<F>
+pub fn raw<F, Fut, R, M>(f: F) -> Raw<F>
 where
     F: Fn(Request) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = R> + Send + 'static,
-    R: IntoReply,
+    R: IntoReply<M>,
 {
     Raw(f)
 }
@@ -262,11 +217,11 @@ pub struct Raw<F>(F);
 #[derive(Debug)]
 pub struct RawRequest;
 
-impl<F, Fut, R> Handler<RawRequest> for Raw<F>
+impl<F, Fut, R, M> Handler<(RawRequest, M)> for Raw<F>
 where
     F: Fn(Request) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = R> + Send + 'static,
-    R: IntoReply,
+    R: IntoReply<M>,
 {
     fn call(&self, req: Request, _: Option<&[&'static str]>) -> BoxFuture<'static, Response> {
         let format = req.args().format();

@@ -1,0 +1,211 @@
+//! `rpc bench`: a closed-loop (or rate-paced) load generator with HDR latency percentiles.
+//!
+//! Each of `--concurrency` workers keeps one call in flight; workers are spread over
+//! `--connections` sockets. Requests are encoded once per worker and re-sent as shared bytes, and
+//! every worker records into its own histogram (merged at the end), so the generator does little
+//! work per call and shares nothing hot between workers.
+
+use std::io::{IsTerminal, Write};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use hdrhistogram::Histogram;
+use rpc_core::Error;
+use serde::Serialize;
+use tokio::time::Instant;
+
+use crate::target::{Address, CodecName, Target};
+use crate::{parse_args, udp_endpoint, BenchArgs, Failure};
+
+/// Errors by kind.
+#[derive(Debug, Default, Clone, Copy, Serialize)]
+struct Errors {
+    timeout: u64,
+    remote: u64,
+    transport: u64,
+    other: u64,
+}
+
+impl Errors {
+    fn count(&mut self, e: &Error) {
+        match e {
+            Error::Timeout => self.timeout += 1,
+            Error::Server(_) => self.remote += 1,
+            Error::Transport(_) | Error::Closed => self.transport += 1,
+            _ => self.other += 1,
+        }
+    }
+
+    fn total(&self) -> u64 {
+        self.timeout + self.remote + self.transport + self.other
+    }
+
+    fn merge(&mut self, o: &Errors) {
+        self.timeout += o.timeout;
+        self.remote += o.remote;
+        self.transport += o.transport;
+        self.other += o.other;
+    }
+}
+
+/// What `--json` prints.
+#[derive(Debug, Serialize)]
+struct Report {
+    requests: u64,
+    errors: u64,
+    errors_by_kind: Errors,
+    duration_s: f64,
+    rps: f64,
+    p50_us: u64,
+    p90_us: u64,
+    p99_us: u64,
+    p999_us: u64,
+    max_us: u64,
+    concurrency: u32,
+    connections: u32,
+}
+
+fn histogram() -> Histogram<u64> {
+    // 1 µs to 1 hour, 3 significant figures.
+    Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("valid histogram bounds")
+}
+
+pub(crate) async fn run(args: BenchArgs) -> Result<(), Failure> {
+    let target = Target::parse(&args.url, args.codec).map_err(Failure::usage)?;
+    let values = parse_args(&args.args)?;
+    let peer = match (&target.address, target.codec) {
+        (Address::Udp(peer), CodecName::Msgpack) => *peer,
+        (Address::Udp(_), codec) => {
+            return Err(Failure::usage(format!(
+                "the {codec} codec over UDP is not supported yet"
+            )))
+        }
+        (other, _) => {
+            return Err(Failure::usage(format!(
+                "the transport of {other} is not supported yet"
+            )))
+        }
+    };
+    if let Some(rate) = args.rate {
+        if !(rate.is_finite() && rate > 0.0) {
+            return Err(Failure::usage(
+                "--rate must be a positive number of calls per second",
+            ));
+        }
+    }
+    let mut clients = Vec::new();
+    for _ in 0..args.connections {
+        clients.push(udp_endpoint(peer).await?.client(peer));
+    }
+    let done = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    let end = start + args.duration;
+    // Each worker paces itself to its share of the total rate.
+    let interval = args
+        .rate
+        .map(|r| Duration::from_secs_f64(f64::from(args.concurrency) / r));
+
+    let progress = (std::io::stderr().is_terminal() && !args.json).then(|| {
+        let done = done.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(500));
+            loop {
+                tick.tick().await;
+                let n = done.load(Ordering::Relaxed);
+                let secs = start.elapsed().as_secs_f64();
+                eprint!(
+                    "\r{secs:5.1}s  {n:>10} calls  {:>10.0} calls/s ",
+                    n as f64 / secs.max(1e-9)
+                );
+                let _ = std::io::stderr().flush();
+            }
+        })
+    });
+
+    let mut workers = tokio::task::JoinSet::new();
+    for i in 0..args.concurrency {
+        let client = clients[i as usize % clients.len()].clone();
+        let request = client
+            .request(args.method.clone(), &values)
+            .map_err(|e| Failure::usage(e.to_string()))?;
+        let done = done.clone();
+        let timeout = args.timeout;
+        workers.spawn(async move {
+            let mut hist = histogram();
+            let mut errors = Errors::default();
+            let mut next = Instant::now();
+            loop {
+                if let Some(iv) = interval {
+                    if next >= end {
+                        break;
+                    }
+                    tokio::time::sleep_until(next).await;
+                    next += iv;
+                }
+                let sent = Instant::now();
+                if sent >= end {
+                    break;
+                }
+                let mut req = request.clone();
+                req.context_mut().set_deadline(Some(sent + timeout));
+                match client.send(req).await {
+                    Ok(_) => {
+                        let us = sent.elapsed().as_micros().max(1);
+                        hist.saturating_record(u64::try_from(us).unwrap_or(u64::MAX));
+                    }
+                    Err(e) => errors.count(&e),
+                }
+                done.fetch_add(1, Ordering::Relaxed);
+            }
+            (hist, errors)
+        });
+    }
+    let mut hist = histogram();
+    let mut errors = Errors::default();
+    while let Some(r) = workers.join_next().await {
+        let (h, e) = r.map_err(|e| Failure::usage(format!("a worker failed: {e}")))?;
+        hist.add(&h)
+            .map_err(|e| Failure::usage(format!("merging histograms: {e}")))?;
+        errors.merge(&e);
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    if let Some(p) = progress {
+        p.abort();
+        eprintln!();
+    }
+    let requests = done.load(Ordering::Relaxed);
+    let ok = hist.len();
+    let report = Report {
+        requests,
+        errors: errors.total(),
+        errors_by_kind: errors,
+        duration_s: elapsed,
+        rps: ok as f64 / elapsed,
+        p50_us: hist.value_at_quantile(0.5),
+        p90_us: hist.value_at_quantile(0.9),
+        p99_us: hist.value_at_quantile(0.99),
+        p999_us: hist.value_at_quantile(0.999),
+        max_us: hist.max(),
+        concurrency: args.concurrency,
+        connections: args.connections,
+    };
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        let _ = writeln!(
+            out,
+            "{}",
+            serde_json::to_string(&report).unwrap_or_default()
+        );
+    } else {
+        let e = &report.errors_by_kind;
+        let _ = writeln!(
+            out,
+            "requests    {}\nerrors      {} (timeout {}, remote {}, transport {}, other {})\nthroughput  {:.0} calls/s over {:.2} s ({} in flight on {} socket(s))\nlatency     p50 {} µs  p90 {} µs  p99 {} µs  p99.9 {} µs  max {} µs",
+            report.requests, report.errors, e.timeout, e.remote, e.transport, e.other,
+            report.rps, report.duration_s, report.concurrency, report.connections,
+            report.p50_us, report.p90_us, report.p99_us, report.p999_us, report.max_us
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,134 @@
+//! The demo service `rpc serve` serves.
+
+use std::time::Duration;
+
+use rpc_core::handler::raw;
+use rpc_core::{Context, ErrorCode, Request, Route, Router, ServerError};
+use serde::{Deserialize, Serialize};
+
+/// The error code `fail` answers with.
+pub(crate) const FAIL_CODE: i32 = 1;
+/// The longest `sleep` accepted, in milliseconds.
+const MAX_SLEEP_MS: u64 = 60_000;
+
+/// A JSON-ish number: integers stay integers.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+#[serde(untagged)]
+enum Num {
+    Int(i64),
+    Float(f64),
+}
+
+impl Num {
+    fn as_f64(self) -> f64 {
+        match self {
+            Num::Int(i) => i as f64,
+            Num::Float(f) => f,
+        }
+    }
+
+    fn add(self, other: Num) -> Num {
+        match (self, other) {
+            (Num::Int(a), Num::Int(b)) => a
+                .checked_add(b)
+                .map_or(Num::Float(a as f64 + b as f64), Num::Int),
+            (a, b) => Num::Float(a.as_f64() + b.as_f64()),
+        }
+    }
+
+    fn neg(self) -> Num {
+        match self {
+            Num::Int(i) => i.checked_neg().map_or(Num::Float(-(i as f64)), Num::Int),
+            Num::Float(f) => Num::Float(-f),
+        }
+    }
+}
+
+async fn sayhi(ctx: Context, name: String) -> String {
+    match ctx.peer_addr() {
+        Some(peer) => format!("Hello {name} you live at {}:{}", peer.ip(), peer.port()),
+        None => format!("Hello {name}"),
+    }
+}
+
+async fn add(a: Num, b: Num) -> Num {
+    a.add(b)
+}
+
+async fn subtract(minuend: Num, subtrahend: Num) -> Num {
+    minuend.add(subtrahend.neg())
+}
+
+async fn sleep(ms: u64) -> Result<(), ServerError> {
+    if ms > MAX_SLEEP_MS {
+        return Err(ServerError::invalid_params(format!(
+            "sleep is limited to {MAX_SLEEP_MS} ms"
+        )));
+    }
+    tokio::time::sleep(Duration::from_millis(ms)).await;
+    Ok(())
+}
+
+async fn fail(message: String) -> Result<(), ServerError> {
+    Err(ServerError::new(ErrorCode::new(FAIL_CODE), message))
+}
+
+async fn get_data() -> (&'static str, i64) {
+    ("hello", 5)
+}
+
+async fn hello(name: String) -> String {
+    format!("hello {name}")
+}
+
+async fn goodbye(name: String) -> String {
+    format!("goodbye {name}")
+}
+
+async fn add_2_words(a: u32, b: u32) -> u32 {
+    a.wrapping_add(b)
+}
+
+async fn func_no_args() {}
+
+/// Any arguments: the list, or its only element.
+async fn echo(req: Request) -> Result<rmpv::Value, ServerError> {
+    let mut args: Vec<rmpv::Value> = req.args().decode().map_err(ServerError::invalid_params)?;
+    Ok(if args.len() == 1 {
+        args.pop().unwrap_or(rmpv::Value::Nil)
+    } else {
+        rmpv::Value::Array(args)
+    })
+}
+
+async fn sum(req: Request) -> Result<Num, ServerError> {
+    let numbers: Vec<Num> = req.args().decode().map_err(ServerError::invalid_params)?;
+    Ok(numbers.into_iter().fold(Num::Int(0), Num::add))
+}
+
+/// Accepts anything, answers null: for notifications.
+async fn accept(_: Request) {}
+
+/// The demo router.
+pub(crate) fn router() -> Router {
+    Router::new()
+        .route("sayhi", sayhi)
+        .route("echo", raw(echo))
+        .route("add", add)
+        .route("sleep", sleep)
+        .route("fail", fail)
+        .add_route(
+            Route::new(subtract)
+                .name("subtract")
+                .params(["minuend", "subtrahend"]),
+        )
+        .route("sum", raw(sum))
+        .route("get_data", get_data)
+        .route("update", raw(accept))
+        .route("notify_hello", raw(accept))
+        .route("notify_sum", raw(accept))
+        .add_route(Route::new(hello).name("hello").command(0))
+        .add_route(Route::new(goodbye).name("goodbye").command(1))
+        .add_route(Route::new(add_2_words).name("add_2_words").command(2))
+        .add_route(Route::new(func_no_args).name("func_no_args").command(3))
+}

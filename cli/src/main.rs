@@ -1,0 +1,374 @@
+//! `rpc`: serve, call and benchmark rpc-stack endpoints from the shell.
+//!
+//! Endpoints are URLs: `udp://HOST:PORT`, `tcp://HOST:PORT`, `unix:///absolute/path`, with
+//! options as query parameters (`?codec=msgpack`). Run `rpc --help` for the commands and exit codes.
+
+mod bench;
+mod demo;
+mod target;
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use rpc_codecs::msgpack::RpcudpCodec;
+use rpc_core::{Client, Error};
+use rpc_transports::udp::{self, Channel, Endpoint};
+
+use crate::target::{Address, CodecName, Target};
+
+const EXIT_CODES: &str = "\
+Exit codes:
+  0  success
+  1  the peer answered with an error
+  2  usage error: bad arguments, URL, codec or ARG, or a feature not supported yet
+  3  no response within the timeout
+  4  transport failure (cannot bind, send or receive)";
+
+/// Exit code: the peer answered with an error.
+const EXIT_REMOTE: u8 = 1;
+/// Exit code: usage error.
+const EXIT_USAGE: u8 = 2;
+/// Exit code: timeout.
+const EXIT_TIMEOUT: u8 = 3;
+/// Exit code: transport failure.
+const EXIT_TRANSPORT: u8 = 4;
+
+#[derive(Parser)]
+#[command(name = "rpc", version, about = "Serve, call and benchmark rpc-stack endpoints", after_help = EXIT_CODES)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the demo service on one or more endpoints until SIGINT or SIGTERM.
+    #[command(after_help = "Examples:
+  rpc serve --listen udp://127.0.0.1:0
+  rpc serve --listen udp://127.0.0.1:4000 --listen udp://[::1]:4000
+
+Methods: sayhi(name), echo(args...), add(a, b), sleep(ms), fail(message),
+subtract(minuend, subtrahend), sum(numbers...), get_data(), update(...),
+notify_hello(...), notify_sum(...); hello, goodbye, add_2_words, func_no_args
+(also command ids 0-3).")]
+    Serve(ServeArgs),
+    /// Call a method and print its result as JSON.
+    #[command(
+        after_help = "Each ARG is a JSON value: quote strings for the shell and for JSON.
+
+Examples:
+  rpc call udp://127.0.0.1:4000 sayhi '\"Ada\"'
+  rpc call udp://127.0.0.1:4000 add 2 40
+  rpc call udp://127.0.0.1:4000 echo '[1, {\"k\": null}]' --timeout 500ms
+  rpc call udp://127.0.0.1:4000 notify_hello 7 --notify"
+    )]
+    Call(CallArgs),
+    /// Load an endpoint with calls and report throughput and latency.
+    #[command(after_help = "Examples:
+  rpc bench udp://127.0.0.1:4000 add 1 2 --concurrency 64 --duration 10s
+  rpc bench udp://127.0.0.1:4000 sayhi '\"x\"' --connections 4 --concurrency 32 --json
+  rpc bench udp://127.0.0.1:4000 sleep 10 --rate 1000 --duration 5s")]
+    Bench(BenchArgs),
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// An endpoint URL to listen on; repeat for more. Port 0 picks a free port.
+    #[arg(long = "listen", value_name = "URL", required = true)]
+    listen: Vec<String>,
+    /// The codec, unless a URL names its own (`?codec=`).
+    #[arg(long, default_value = "msgpack", value_parser = CodecName::parse)]
+    codec: CodecName,
+    /// How long shutdown waits for calls in progress.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    grace: Duration,
+}
+
+#[derive(Args)]
+pub(crate) struct CallArgs {
+    /// The endpoint URL.
+    url: String,
+    /// The method name.
+    method: String,
+    /// Arguments, each a JSON value.
+    #[arg(value_name = "ARG", allow_negative_numbers = true)]
+    args: Vec<String>,
+    /// The codec, unless the URL names its own (`?codec=`).
+    #[arg(long, default_value = "msgpack", value_parser = CodecName::parse)]
+    codec: CodecName,
+    /// How long to wait for the answer.
+    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    timeout: Duration,
+    /// How many times to send again after a timeout (the method may then run more than once).
+    #[arg(long, default_value_t = 0)]
+    retries: u32,
+    /// Send a notification: no answer is expected or printed.
+    #[arg(long)]
+    notify: bool,
+}
+
+#[derive(Args)]
+pub(crate) struct BenchArgs {
+    /// The endpoint URL.
+    url: String,
+    /// The method name.
+    method: String,
+    /// Arguments, each a JSON value.
+    #[arg(value_name = "ARG", allow_negative_numbers = true)]
+    args: Vec<String>,
+    /// The codec, unless the URL names its own (`?codec=`).
+    #[arg(long, default_value = "msgpack", value_parser = CodecName::parse)]
+    codec: CodecName,
+    /// Calls in flight at once.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub(crate) concurrency: u32,
+    /// How long to run.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub(crate) duration: Duration,
+    /// Sockets or connections to spread the calls over.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    pub(crate) connections: u32,
+    /// Calls per second in total; as fast as possible when absent.
+    #[arg(long)]
+    pub(crate) rate: Option<f64>,
+    /// How long each call may wait for its answer.
+    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    pub(crate) timeout: Duration,
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+/// A failure with its exit code.
+pub(crate) struct Failure {
+    code: u8,
+    message: String,
+}
+
+impl Failure {
+    pub(crate) fn usage(message: impl Into<String>) -> Self {
+        Self {
+            code: EXIT_USAGE,
+            message: message.into(),
+        }
+    }
+
+    fn transport(message: impl Into<String>) -> Self {
+        Self {
+            code: EXIT_TRANSPORT,
+            message: message.into(),
+        }
+    }
+
+    fn from_call(e: &Error) -> Self {
+        let code = match e {
+            Error::Server(_) => EXIT_REMOTE,
+            Error::Timeout => EXIT_TIMEOUT,
+            Error::TooLarge { .. } | Error::Codec(_) => EXIT_USAGE,
+            _ => EXIT_TRANSPORT,
+        };
+        let message = match e {
+            Error::Server(s) => match s.data() {
+                Some(data) => format!("error {}: {} (data: {data})", s.code(), s.message()),
+                None => format!("error {}: {}", s.code(), s.message()),
+            },
+            other => other.to_string(),
+        };
+        Self { code, message }
+    }
+}
+
+fn not_supported(what: impl std::fmt::Display) -> Failure {
+    Failure::usage(format!("{what} is not supported yet"))
+}
+
+/// Parses each ARG as JSON.
+pub(crate) fn parse_args(args: &[String]) -> Result<Vec<serde_json::Value>, Failure> {
+    args.iter()
+        .enumerate()
+        .map(|(i, a)| {
+            serde_json::from_str(a).map_err(|e| {
+                Failure::usage(format!(
+                    "argument {} ({a:?}) is not JSON: {e}; strings need JSON quotes, as '\"{a}\"'",
+                    i + 1
+                ))
+            })
+        })
+        .collect()
+}
+
+/// A UDP endpoint bound on loopback or any address, of the peer's family.
+pub(crate) async fn udp_endpoint(peer: SocketAddr) -> Result<Endpoint<RpcudpCodec>, Failure> {
+    let local: SocketAddr = match (peer.ip().is_loopback(), peer.is_ipv4()) {
+        (true, true) => "127.0.0.1:0".parse().expect("valid"),
+        (true, false) => "[::1]:0".parse().expect("valid"),
+        (false, true) => "0.0.0.0:0".parse().expect("valid"),
+        (false, false) => "[::]:0".parse().expect("valid"),
+    };
+    Endpoint::bind(local, RpcudpCodec::new())
+        .await
+        .map_err(|e| Failure::transport(format!("cannot bind a UDP socket: {e}")))
+}
+
+/// A client for `target`, with the transports and codecs built so far.
+pub(crate) async fn udp_client(target: &Target) -> Result<Client<Channel<RpcudpCodec>>, Failure> {
+    match (&target.address, target.codec) {
+        (Address::Udp(peer), CodecName::Msgpack) => Ok(udp_endpoint(*peer).await?.client(*peer)),
+        (Address::Udp(_), codec) => Err(not_supported(format!("the {codec} codec over UDP"))),
+        (other, _) => Err(not_supported(format!("the transport of {other}"))),
+    }
+}
+
+/// Turns a msgpack value into JSON for printing: byte strings become arrays of numbers, map keys
+/// that are not strings are written as their JSON text.
+pub(crate) fn to_json(v: rmpv::Value) -> serde_json::Value {
+    use rmpv::Value as M;
+    use serde_json::Value as J;
+    match v {
+        M::Nil => J::Null,
+        M::Boolean(b) => J::Bool(b),
+        M::Integer(i) => i
+            .as_i64()
+            .map(J::from)
+            .or_else(|| i.as_u64().map(J::from))
+            .unwrap_or(J::Null),
+        M::F32(f) => serde_json::Number::from_f64(f64::from(f)).map_or(J::Null, J::Number),
+        M::F64(f) => serde_json::Number::from_f64(f).map_or(J::Null, J::Number),
+        M::String(s) => J::String(s.into_str().unwrap_or_default()),
+        M::Binary(b) => J::Array(b.into_iter().map(J::from).collect()),
+        M::Array(a) => J::Array(a.into_iter().map(to_json).collect()),
+        M::Map(m) => J::Object(
+            m.into_iter()
+                .map(|(k, v)| {
+                    let key = match k {
+                        M::String(s) => s.into_str().unwrap_or_default(),
+                        other => to_json(other).to_string(),
+                    };
+                    (key, to_json(v))
+                })
+                .collect(),
+        ),
+        M::Ext(t, data) => serde_json::json!({ "ext": t, "data": data }),
+    }
+}
+
+async fn call(args: CallArgs) -> Result<(), Failure> {
+    let target = Target::parse(&args.url, args.codec).map_err(Failure::usage)?;
+    let values = parse_args(&args.args)?;
+    let client = udp_client(&target).await?.with_timeout(args.timeout);
+    if args.notify {
+        return client
+            .notify(args.method, values)
+            .await
+            .map_err(|e| Failure::from_call(&e));
+    }
+    let request = client
+        .request(args.method, &values)
+        .map_err(|e| Failure::from_call(&e))?;
+    let mut attempt = 0;
+    let result = loop {
+        // Each attempt gets the whole timeout.
+        let mut req = request.clone();
+        req.context_mut()
+            .set_deadline(Some(tokio::time::Instant::now() + args.timeout));
+        match client.send(req).await {
+            Err(Error::Timeout) if attempt < args.retries => attempt += 1,
+            other => break other,
+        }
+    };
+    let value: rmpv::Value = result
+        .and_then(|p| p.decode())
+        .map_err(|e| Failure::from_call(&e))?;
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{}", to_json(value));
+    Ok(())
+}
+
+async fn serve(args: ServeArgs) -> Result<(), Failure> {
+    let mut endpoints = Vec::new();
+    let mut out = std::io::stdout();
+    for url in &args.listen {
+        let target = Target::parse(url, args.codec).map_err(Failure::usage)?;
+        let endpoint = match (&target.address, target.codec) {
+            (Address::Udp(addr), CodecName::Msgpack) => udp::Builder::new()
+                .serve(demo::router())
+                .bind(*addr, RpcudpCodec::new())
+                .await
+                .map_err(|e| Failure::transport(format!("cannot listen on {url}: {e}")))?,
+            (Address::Udp(_), codec) => {
+                return Err(not_supported(format!("the {codec} codec over UDP")))
+            }
+            (other, _) => return Err(not_supported(format!("the transport of {other}"))),
+        };
+        let _ = writeln!(out, "listening on udp://{}", endpoint.local_addr());
+        let _ = out.flush();
+        endpoints.push(endpoint);
+    }
+    wait_for_signal().await;
+    let _ = writeln!(out, "shutting down");
+    let _ = out.flush();
+    for e in &endpoints {
+        if !e.shutdown(args.grace).await {
+            eprintln!(
+                "some calls on udp://{} were still running after {:?}",
+                e.local_addr(),
+                args.grace
+            );
+        }
+    }
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("rpc: cannot start the runtime: {e}");
+            return ExitCode::from(EXIT_TRANSPORT);
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Serve(a) => serve(a).await,
+            Command::Call(a) => call(a).await,
+            Command::Bench(a) => bench::run(a).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(f) => {
+            eprintln!("rpc: {}", f.message);
+            ExitCode::from(f.code)
+        }
+    }
+}

@@ -1,0 +1,267 @@
+//! The `rpc` binary, driven as a user would: serve on loopback, call, bench, exit codes.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const RPC: &str = env!("CARGO_BIN_EXE_rpc");
+
+struct Server {
+    child: Child,
+    url: String,
+}
+
+impl Server {
+    fn start() -> Self {
+        let mut child = Command::new(RPC)
+            .args(["serve", "--listen", "udp://127.0.0.1:0"])
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("rpc serve starts");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let url = line
+            .trim()
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+            .to_string();
+        assert!(
+            url.starts_with("udp://127.0.0.1:") && !url.ends_with(":0"),
+            "{url}"
+        );
+        Self { child, url }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn rpc(args: &[&str]) -> Output {
+    Command::new(RPC).args(args).output().expect("rpc runs")
+}
+
+fn call(url: &str, method: &str, args: &[&str]) -> (i32, String, String) {
+    let mut all = vec!["call", url, method];
+    all.extend_from_slice(args);
+    let out = rpc(&all);
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).trim().to_string(),
+        String::from_utf8_lossy(&out.stderr).trim().to_string(),
+    )
+}
+
+#[test]
+fn every_demo_method_answers() {
+    let s = Server::start();
+    let u = s.url.as_str();
+    let ok = |method: &str, args: &[&str], want: &str| {
+        let (code, out, err) = call(u, method, args);
+        assert_eq!((code, out.as_str()), (0, want), "{method} {args:?}: {err}");
+    };
+    let (code, out, _) = call(u, "sayhi", &["\"Ada\""]);
+    assert_eq!(code, 0);
+    assert!(
+        out.starts_with("\"Hello Ada you live at 127.0.0.1:"),
+        "{out}"
+    );
+    ok(
+        "echo",
+        &["1", "\"s\"", "[1,{\"k\":null}]"],
+        "[1,\"s\",[1,{\"k\":null}]]",
+    );
+    ok("echo", &["3.5"], "3.5");
+    ok("add", &["-2", "40"], "38");
+    ok("add", &["1.5", "1"], "2.5");
+    ok("sleep", &["20"], "null");
+    ok("subtract", &["42", "23"], "19");
+    ok("sum", &["1", "2", "3.5"], "6.5");
+    ok("get_data", &[], "[\"hello\",5]");
+    ok("update", &["1", "2"], "null");
+    ok("hello", &["\"Robert\""], "\"hello Robert\"");
+    ok("goodbye", &["\"Robert\""], "\"goodbye Robert\"");
+    ok("add_2_words", &["1000", "2050"], "3050");
+    ok("func_no_args", &[], "null");
+    let (code, out, _) = call(u, "notify_hello", &["7", "--notify"]);
+    assert_eq!((code, out.as_str()), (0, ""));
+}
+
+#[test]
+fn errors_have_distinct_exit_codes() {
+    let s = Server::start();
+    let u = s.url.as_str();
+
+    let (code, _, err) = call(u, "fail", &["\"boom\""]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("boom"), "{err}");
+    let (code, _, err) = call(u, "nope", &[]);
+    assert_eq!(code, 1);
+    assert!(err.contains("method not found"), "{err}");
+    let (code, _, err) = call(u, "add", &["\"x\"", "1"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("invalid params"), "{err}");
+
+    let (code, _, err) = call(u, "sayhi", &["Ada"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("is not JSON"), "{err}");
+    let (code, _, err) = call("udp://127.0.0.1", "x", &[]);
+    assert_eq!(code, 2);
+    assert!(err.contains("no port"), "{err}");
+    let (code, _, err) = call(u, "x", &["--codec", "xml"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("xml"), "{err}");
+    for (url, what) in [
+        ("tcp://127.0.0.1:1", "transport"),
+        ("unix:///tmp/rpc-none.sock", "transport"),
+    ] {
+        let (code, _, err) = call(url, "x", &[]);
+        assert_eq!(code, 2, "{url}");
+        assert!(
+            err.contains("not supported yet") && err.contains(what),
+            "{err}"
+        );
+    }
+    let url = format!("{u}?codec=jsonrpc");
+    let (code, _, err) = call(&url, "x", &[]);
+    assert_eq!(code, 2);
+    assert!(err.contains("not supported yet"), "{err}");
+    let out = rpc(&["call"]);
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn a_timeout_exits_3_within_the_timeout() {
+    // A bound socket that never answers.
+    let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let url = format!("udp://{}", silent.local_addr().unwrap());
+    let start = Instant::now();
+    let (code, _, err) = call(&url, "sayhi", &["\"x\"", "--timeout", "300ms"]);
+    let took = start.elapsed();
+    assert_eq!(code, 3, "{err}");
+    assert!(err.contains("no response"), "{err}");
+    assert!(
+        took >= Duration::from_millis(300) && took < Duration::from_secs(3),
+        "{took:?}"
+    );
+    // --retries sends again after each timeout.
+    let start = Instant::now();
+    let (code, _, _) = call(
+        &url,
+        "sayhi",
+        &["\"x\"", "--timeout", "200ms", "--retries", "2"],
+    );
+    assert_eq!(code, 3);
+    assert!(
+        start.elapsed() >= Duration::from_millis(600),
+        "{:?}",
+        start.elapsed()
+    );
+}
+
+#[test]
+fn bench_reports_sane_figures() {
+    let s = Server::start();
+    let out = rpc(&[
+        "bench",
+        &s.url,
+        "add",
+        "1",
+        "2",
+        "--concurrency",
+        "8",
+        "--connections",
+        "2",
+        "--duration",
+        "2s",
+        "--json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+    let n = |k: &str| {
+        report[k]
+            .as_f64()
+            .unwrap_or_else(|| panic!("{k} in {report}"))
+    };
+    assert!(n("requests") > 100.0, "{report}");
+    assert_eq!(n("errors"), 0.0, "{report}");
+    assert!(n("rps") > 50.0, "{report}");
+    assert!((1.5..4.0).contains(&n("duration_s")), "{report}");
+    assert!(
+        n("p50_us") > 0.0 && n("p50_us") <= n("p99_us") && n("p99_us") <= n("p999_us"),
+        "{report}"
+    );
+    assert!(n("p999_us") <= n("max_us"), "{report}");
+
+    // The table form, with a rate limit.
+    let out = rpc(&[
+        "bench",
+        &s.url,
+        "get_data",
+        "--rate",
+        "100",
+        "--duration",
+        "1s",
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success());
+    for word in ["requests", "errors", "throughput", "p50", "p99.9", "max"] {
+        assert!(text.contains(word), "{text}");
+    }
+    let requests: u64 = text
+        .lines()
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(
+        (50..=130).contains(&requests),
+        "--rate 100 for 1 s made {requests} calls"
+    );
+}
+
+#[test]
+fn serve_stops_gracefully_on_sigterm() {
+    let mut s = Server::start();
+    let pid = s.child.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let start = Instant::now();
+    loop {
+        if let Some(status) = s.child.try_wait().unwrap() {
+            assert!(status.success(), "{status}");
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "rpc serve did not stop"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn help_shows_examples() {
+    for sub in ["serve", "call", "bench"] {
+        let out = rpc(&[sub, "--help"]);
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && text.contains("Examples:"),
+            "{sub}: {text}"
+        );
+    }
+    let text = String::from_utf8_lossy(&rpc(&["--help"]).stdout).to_string();
+    assert!(text.contains("Exit codes:"), "{text}");
+}
