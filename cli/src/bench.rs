@@ -72,8 +72,8 @@ fn histogram() -> Histogram<u64> {
 }
 
 pub(crate) async fn run(args: BenchArgs) -> Result<(), Failure> {
-    let target = Target::parse(&args.url, args.codec).map_err(Failure::usage)?;
-    let values = parse_args(&args.args)?;
+    let target = Target::parse(&args.target.url, args.target.codec).map_err(Failure::usage)?;
+    let values = parse_args(&args.target.args)?;
     let peer = match (&target.address, target.codec) {
         (Address::Udp(peer), CodecName::Msgpack) => *peer,
         (Address::Udp(_), codec) => {
@@ -127,7 +127,7 @@ pub(crate) async fn run(args: BenchArgs) -> Result<(), Failure> {
     for i in 0..args.concurrency {
         let client = clients[i as usize % clients.len()].clone();
         let request = client
-            .request(args.method.clone(), &values)
+            .request(args.target.method.clone(), &values)
             .map_err(|e| Failure::usage(e.to_string()))?;
         let done = done.clone();
         let timeout = args.timeout;

@@ -87,18 +87,25 @@ struct ServeArgs {
     grace: Duration,
 }
 
+/// What to call: the endpoint, the method and its arguments.
 #[derive(Args)]
-pub(crate) struct CallArgs {
+pub(crate) struct CallTarget {
     /// The endpoint URL.
-    url: String,
+    pub(crate) url: String,
     /// The method name.
-    method: String,
+    pub(crate) method: String,
     /// Arguments, each a JSON value.
     #[arg(value_name = "ARG", allow_negative_numbers = true)]
-    args: Vec<String>,
+    pub(crate) args: Vec<String>,
     /// The codec, unless the URL names its own (`?codec=`).
     #[arg(long, default_value = "msgpack", value_parser = CodecName::parse)]
-    codec: CodecName,
+    pub(crate) codec: CodecName,
+}
+
+#[derive(Args)]
+pub(crate) struct CallArgs {
+    #[command(flatten)]
+    target: CallTarget,
     /// How long to wait for the answer.
     #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
     timeout: Duration,
@@ -112,16 +119,8 @@ pub(crate) struct CallArgs {
 
 #[derive(Args)]
 pub(crate) struct BenchArgs {
-    /// The endpoint URL.
-    url: String,
-    /// The method name.
-    method: String,
-    /// Arguments, each a JSON value.
-    #[arg(value_name = "ARG", allow_negative_numbers = true)]
-    args: Vec<String>,
-    /// The codec, unless the URL names its own (`?codec=`).
-    #[arg(long, default_value = "msgpack", value_parser = CodecName::parse)]
-    codec: CodecName,
+    #[command(flatten)]
+    pub(crate) target: CallTarget,
     /// Calls in flight at once.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub(crate) concurrency: u32,
@@ -256,17 +255,17 @@ pub(crate) fn to_json(v: rmpv::Value) -> serde_json::Value {
 }
 
 async fn call(args: CallArgs) -> Result<(), Failure> {
-    let target = Target::parse(&args.url, args.codec).map_err(Failure::usage)?;
-    let values = parse_args(&args.args)?;
+    let target = Target::parse(&args.target.url, args.target.codec).map_err(Failure::usage)?;
+    let values = parse_args(&args.target.args)?;
     let client = udp_client(&target).await?.with_timeout(args.timeout);
     if args.notify {
         return client
-            .notify(args.method, values)
+            .notify(args.target.method, values)
             .await
             .map_err(|e| Failure::from_call(&e));
     }
     let request = client
-        .request(args.method, &values)
+        .request(args.target.method, &values)
         .map_err(|e| Failure::from_call(&e))?;
     let mut attempt = 0;
     let result = loop {
