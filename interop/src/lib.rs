@@ -220,3 +220,23 @@ impl Drop for Program {
 #[cfg(doctest)]
 #[doc = include_str!("../../README.md")]
 struct ReadmeDoctests;
+
+/// The path of a binary of the workspace (such as `rpc`), built by `cargo test --workspace`.
+///
+/// # Panics
+///
+/// If it has not been built.
+pub fn binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("the test's own path");
+    let path = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("tests run from target/<profile>/deps")
+        .join(name);
+    assert!(
+        path.exists(),
+        "binary {name} is not built at {}: run the tests with `cargo test --workspace`",
+        path.display()
+    );
+    path
+}

@@ -91,3 +91,27 @@ fn quickstart_runs() {
         "{out}"
     );
 }
+
+#[test]
+fn rpc_tool_calls_and_benches_the_python_server() {
+    let peer = PeerProcess::start("rpcudp_peer.py", &["server"]);
+    let url = format!("udp://{}", peer.listen_addr());
+    let rpc = interop::binary("rpc");
+    let (ok, out) = run(Command::new(&rpc).args(["call", &url, "echo", "1", "\"s\"", "2.5"]));
+    assert!(ok, "{out}");
+    assert_eq!(out, "[1,\"s\",2.5]");
+    let (ok, out) = run(Command::new(&rpc).args([
+        "bench",
+        &url,
+        "sayhi",
+        "\"x\"",
+        "--concurrency",
+        "4",
+        "--duration",
+        "1s",
+        "--json",
+    ]));
+    assert!(ok, "{out}");
+    assert!(out.contains("\"errors\":0"), "{out}");
+    assert!(!out.contains("\"requests\":0,"), "{out}");
+}
