@@ -17,6 +17,22 @@ use crate::client::{BoxChannel, Client};
 pub enum Peer {
     /// An IP socket address (UDP or TCP).
     Socket(SocketAddr),
+    /// The other end of a Unix socket.
+    Unix {
+        /// Its process's credentials, where the platform tells them.
+        credentials: Option<Credentials>,
+    },
+}
+
+/// The credentials of the process at the other end of a Unix socket.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Credentials {
+    /// User id.
+    pub uid: u32,
+    /// Group id.
+    pub gid: u32,
+    /// Process id, where the platform tells it.
+    pub pid: Option<i32>,
 }
 
 impl Peer {
@@ -24,6 +40,15 @@ impl Peer {
     pub fn socket_addr(&self) -> Option<SocketAddr> {
         match self {
             Peer::Socket(a) => Some(*a),
+            Peer::Unix { .. } => None,
+        }
+    }
+
+    /// The credentials, for Unix sockets.
+    pub fn credentials(&self) -> Option<Credentials> {
+        match self {
+            Peer::Unix { credentials } => *credentials,
+            Peer::Socket(_) => None,
         }
     }
 }
@@ -32,6 +57,13 @@ impl fmt::Display for Peer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Peer::Socket(a) => fmt::Display::fmt(a, f),
+            Peer::Unix {
+                credentials: Some(c),
+            } => match c.pid {
+                Some(pid) => write!(f, "unix:pid={pid},uid={}", c.uid),
+                None => write!(f, "unix:uid={}", c.uid),
+            },
+            Peer::Unix { credentials: None } => f.pad("unix"),
         }
     }
 }

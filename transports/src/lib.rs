@@ -4,6 +4,8 @@
 //! | module | medium | framing | peers per socket |
 //! |---|---|---|---|
 //! | [`udp`] | UDP datagrams | one datagram, one message | any: one socket serves and calls everyone |
+//! | [`tcp`] | TCP | [`Framing`](stream::Framing): length-prefixed by default | one per connection, both ways |
+//! | [`unix`] | Unix stream sockets | as TCP | as TCP, with peer credentials |
 //!
 //! Every transport gives the same two things: a way to serve a router (or any
 //! `Service<Request, Response = Response>`), and per peer a client `Service<Request,
@@ -15,10 +17,25 @@
 //! | name | what | default |
 //! |---|---|---|
 //! | `udp` | the UDP transport | yes |
+//! | `tcp` | the TCP transport | yes |
+//! | `unix` | the Unix socket transport (Unix platforms) | yes |
 #![doc(test(
     no_crate_inject,
     attr(deny(warnings, rust_2018_idioms), allow(dead_code, unused_variables))
 ))]
 
+#[cfg(any(feature = "tcp", feature = "unix"))]
+pub mod stream;
+#[cfg(feature = "tcp")]
+pub mod tcp;
 #[cfg(feature = "udp")]
 pub mod udp;
+#[cfg(all(unix, feature = "unix"))]
+pub mod unix;
+
+/// Polls a future once, without a waker that will ever fire: transports use it to answer from the
+/// receive loop when a handler completes at once, and hand the future to a task otherwise.
+fn poll_once<F: std::future::Future + Unpin>(fut: &mut F) -> std::task::Poll<F::Output> {
+    let waker = futures::task::noop_waker();
+    std::pin::Pin::new(fut).poll(&mut std::task::Context::from_waker(&waker))
+}

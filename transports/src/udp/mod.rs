@@ -59,10 +59,8 @@ pub use self::stats::Stats;
 
 use std::cell::RefCell;
 use std::fmt;
-use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::{Arc, OnceLock, Weak};
 use std::task::{Context as TaskContext, Poll};
 use std::time::Duration;
@@ -82,6 +80,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use self::stats::Counters;
+use crate::poll_once;
 
 /// The default largest payload, as rpcudp: 8192 bytes.
 pub const DEFAULT_MAX_PAYLOAD: usize = 8192;
@@ -579,11 +578,6 @@ impl<C: Codec> Shared<C> {
             }
         }
     }
-}
-
-fn poll_once<F: Future + Unpin>(fut: &mut F) -> Poll<F::Output> {
-    let waker = futures::task::noop_waker();
-    Pin::new(fut).poll(&mut TaskContext::from_waker(&waker))
 }
 
 async fn receive_loop<C: Codec>(shared: Arc<Shared<C>>) {

@@ -1,0 +1,482 @@
+//! One connection: a reader task that routes frames, a writer task that coalesces them.
+
+use std::fmt;
+use std::io;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::task::{Context as TaskContext, Poll};
+
+use bytes::{Bytes, BytesMut};
+use futures::future::BoxFuture;
+use futures::StreamExt;
+use rpc_core::calls::{Delivery, InFlight};
+use rpc_core::codec::{Codec, Message};
+use rpc_core::context::Origin;
+use rpc_core::{
+    BoxChannel, Client, Context, Error, ErrorCode, Method, Payload, Peer, Request, Response, Serve,
+    ServerError, Service,
+};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::sync::{Notify, Semaphore};
+use tokio::time::Instant;
+use tokio_util::codec::FramedRead;
+use tokio_util::sync::CancellationToken;
+
+use super::framing::FrameError;
+use super::{Config, Counters};
+use crate::poll_once;
+
+type CallResult = Result<Bytes, ServerError>;
+
+/// A byte stream that splits into halves the two tasks own.
+pub trait Split: Send + 'static {
+    /// The read half.
+    type Read: AsyncRead + Send + Unpin + 'static;
+    /// The write half.
+    type Write: AsyncWrite + Send + Unpin + 'static;
+    /// Splits the stream.
+    fn split(self) -> (Self::Read, Self::Write);
+}
+
+/// Frames waiting to be written. Senders encode straight into `buf`; the writer takes everything
+/// there in one write, so frames queued while a write is under way go out together.
+struct Outbox {
+    buf: Mutex<BytesMut>,
+    /// Wakes the writer: something was queued, or the connection is closing.
+    ready: Notify,
+    /// Wakes senders waiting for room.
+    drained: Notify,
+    /// No more frames will be queued; the writer flushes and closes.
+    closing: AtomicBool,
+}
+
+/// Above this many queued bytes a sender waits for the writer (backpressure).
+const HIGH_WATER: usize = 1 << 20;
+
+impl Outbox {
+    fn lock(&self) -> MutexGuard<'_, BytesMut> {
+        self.buf.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// One live connection, shared by its tasks and by the channels that call through it.
+pub(crate) struct Conn<C: Codec> {
+    me: Weak<Conn<C>>,
+    codec: C,
+    config: Arc<Config>,
+    out: Outbox,
+    calls: Arc<InFlight<C::Id, (), CallResult>>,
+    serve: Option<Serve>,
+    peer: Peer,
+    /// The connection is finished; calls fail.
+    closed: CancellationToken,
+    /// Stop reading new requests, answer those being served, then close (graceful shutdown).
+    drain: CancellationToken,
+    /// It ended by failure (reset, bad frame), not by either side closing it cleanly.
+    lost: AtomicBool,
+    serving: Arc<Semaphore>,
+    counters: Arc<Counters>,
+}
+
+impl<C: Codec> Conn<C> {
+    /// Starts the connection's tasks. `drain` is the owner's graceful-shutdown signal.
+    pub(crate) fn spawn<S: Split>(
+        io: S,
+        peer: Peer,
+        codec: C,
+        config: Arc<Config>,
+        serve: Option<Serve>,
+        counters: Arc<Counters>,
+        drain: CancellationToken,
+    ) -> Arc<Self> {
+        let (read, write) = io.split();
+        let conn = Arc::new_cyclic(|me| Conn {
+            me: me.clone(),
+            codec,
+            out: Outbox {
+                buf: Mutex::new(BytesMut::with_capacity(8 * 1024)),
+                ready: Notify::new(),
+                drained: Notify::new(),
+                closing: AtomicBool::new(false),
+            },
+            calls: InFlight::new(),
+            serve,
+            peer,
+            closed: CancellationToken::new(),
+            drain,
+            lost: AtomicBool::new(false),
+            serving: Arc::new(Semaphore::new(config.max_concurrent_requests)),
+            counters,
+            config,
+        });
+        let frames = FramedRead::with_capacity(
+            read,
+            conn.config.framing.decoder(conn.config.max_frame),
+            16 * 1024,
+        );
+        tokio::spawn(read_loop(conn.clone(), frames));
+        tokio::spawn(write_loop(conn.clone(), write));
+        conn
+    }
+
+    /// Whether the connection is finished.
+    pub(crate) fn is_closed(&self) -> bool {
+        self.closed.is_cancelled()
+    }
+
+    /// Closes the connection now; queued frames are still written.
+    pub(crate) fn close(&self) {
+        self.finish_writing();
+        self.closed.cancel();
+    }
+
+    /// Resolves when the connection is finished.
+    pub(crate) async fn closed(&self) {
+        self.closed.cancelled().await
+    }
+
+    fn fail(&self, why: &dyn fmt::Display) {
+        tracing::debug!(peer = %self.peer, %why, "connection lost");
+        self.lost.store(true, Ordering::Relaxed);
+        self.close();
+    }
+
+    fn finish_writing(&self) {
+        self.out.closing.store(true, Ordering::Release);
+        self.out.ready.notify_one();
+    }
+
+    /// Encodes one frame with `encode` straight into the outgoing buffer.
+    async fn send_frame(
+        &self,
+        encode: impl Fn(&mut BytesMut) -> Result<bool, Error>,
+    ) -> Result<(), Error> {
+        loop {
+            let room = self.out.drained.notified();
+            tokio::pin!(room);
+            room.as_mut().enable();
+            {
+                if self.out.closing.load(Ordering::Acquire) || self.is_closed() {
+                    return Err(self.closed_error());
+                }
+                let mut buf = self.out.lock();
+                if buf.len() < HIGH_WATER {
+                    let mark = buf.len();
+                    let framing = self.config.framing;
+                    let start = framing.begin_frame(&mut buf);
+                    let written = match encode(&mut buf) {
+                        Ok(true) => framing.end_frame(&mut buf, start, self.config.max_frame),
+                        Ok(false) => {
+                            buf.truncate(mark);
+                            return Ok(());
+                        }
+                        Err(e) => {
+                            buf.truncate(mark);
+                            return Err(e);
+                        }
+                    };
+                    if let Err(e) = written {
+                        buf.truncate(mark);
+                        return Err(match e {
+                            FrameError::TooLarge { size, limit } => Error::TooLarge { size, limit },
+                            FrameError::ContainsDelimiter => Error::Codec(
+                                "the encoded message contains the framing's delimiter".into(),
+                            ),
+                        });
+                    }
+                    let first = mark == 0;
+                    drop(buf);
+                    if first {
+                        self.out.ready.notify_one();
+                    }
+                    return Ok(());
+                }
+            }
+            tokio::select! {
+                _ = room => {}
+                _ = self.closed.cancelled() => return Err(self.closed_error()),
+            }
+        }
+    }
+
+    fn closed_error(&self) -> Error {
+        if self.lost.load(Ordering::Relaxed) {
+            Error::Transport(io::Error::new(
+                io::ErrorKind::ConnectionReset,
+                "the connection was lost",
+            ))
+        } else {
+            Error::Closed
+        }
+    }
+
+    /// Sends a call and waits for its response.
+    pub(crate) async fn call(&self, req: Request) -> Result<Payload, Error> {
+        if self.is_closed() {
+            return Err(self.closed_error());
+        }
+        let format = self.codec.format();
+        let notification = req.is_notification();
+        let (method, args, ctx) = req.into_parts();
+        if notification {
+            self.send_frame(|dst| {
+                self.codec
+                    .encode_request(None, &method, &args, dst)
+                    .map(|()| true)
+            })
+            .await?;
+            return Ok(Payload::empty(format));
+        }
+        let deadline = ctx
+            .deadline()
+            .unwrap_or_else(|| Instant::now() + self.config.timeout);
+        let waiter = loop {
+            if let Some(w) = self.calls.register(self.codec.next_id(), ()) {
+                break w;
+            }
+        };
+        if self.is_closed() {
+            return Err(self.closed_error());
+        }
+        self.send_frame(|dst| {
+            self.codec
+                .encode_request(Some(waiter.id()), &method, &args, dst)
+                .map(|()| true)
+        })
+        .await?;
+        match waiter.wait(deadline).await {
+            Ok(Ok(bytes)) => Ok(Payload::new(bytes, format)),
+            Ok(Err(e)) => Err(Error::Server(e)),
+            Err(Error::Closed) => Err(self.closed_error()),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn respond(&self, id: &C::Id, response: &Response) {
+        let sent = self
+            .send_frame(|dst| self.codec.encode_response(id, response.result(), dst))
+            .await;
+        let sent = match sent {
+            Err(Error::TooLarge { size, limit }) => {
+                tracing::warn!(peer = %self.peer, size, limit, "response over the frame limit; answering an error");
+                let e = ServerError::new(
+                    ErrorCode::MESSAGE_TOO_LARGE,
+                    format!("the response of {size} bytes exceeds the limit of {limit} bytes"),
+                );
+                self.send_frame(|dst| self.codec.encode_response(id, Err(&e), dst))
+                    .await
+            }
+            other => other,
+        };
+        match sent {
+            Ok(()) => Counters::add(&self.counters.responses_sent),
+            Err(error) => tracing::debug!(peer = %self.peer, %error, "could not send a response"),
+        }
+    }
+
+    async fn handle(self: &Arc<Self>, frame: Bytes) {
+        match self.codec.decode(frame) {
+            Ok(Message::Response { id, result }) => {
+                if self.calls.deliver(&id, &(), result) == Delivery::UnknownId {
+                    Counters::add(&self.counters.unknown_responses);
+                    tracing::debug!(peer = %self.peer, ?id, "dropped a response to no call in flight");
+                }
+            }
+            Ok(Message::Request { id, method, args }) => {
+                Counters::add(&self.counters.requests);
+                self.serve(id, method, args).await;
+            }
+            Err(e) => {
+                Counters::add(&self.counters.malformed);
+                tracing::debug!(peer = %self.peer, error = %e, "malformed frame");
+                if let Some(id) = e.reply_to {
+                    self.respond(&id, &Response::error(e.error)).await;
+                }
+            }
+        }
+    }
+
+    async fn serve(self: &Arc<Self>, id: Option<C::Id>, method: Method, args: Bytes) {
+        let Some(service) = &self.serve else {
+            if let Some(id) = id {
+                self.respond(&id, &ServerError::method_not_found(&method).into())
+                    .await;
+            }
+            return;
+        };
+        let Ok(permit) = self.serving.clone().try_acquire_owned() else {
+            Counters::add(&self.counters.overloaded);
+            if let Some(id) = id {
+                self.respond(&id, &ServerError::from_code(ErrorCode::OVERLOADED).into())
+                    .await;
+            }
+            return;
+        };
+        let mut ctx = Context::from_peer(self.peer.clone());
+        ctx.set_origin(self.clone());
+        let args = Payload::new(args, self.codec.format());
+        let req = match id {
+            Some(_) => Request::new(method, args),
+            None => Request::notification(method, args),
+        }
+        .with_context(ctx);
+        let mut fut = service.call(req);
+        match poll_once(&mut fut) {
+            Poll::Ready(response) => {
+                if let Some(id) = id {
+                    self.respond(&id, &response).await;
+                }
+                drop(permit);
+            }
+            Poll::Pending => {
+                let me = self.clone();
+                tokio::spawn(async move {
+                    let response = fut.await;
+                    if let Some(id) = id {
+                        me.respond(&id, &response).await;
+                    }
+                    drop(permit);
+                });
+            }
+        }
+    }
+
+    /// Waits until every request being served has been answered.
+    async fn answered(&self) {
+        let all = u32::try_from(self.config.max_concurrent_requests).unwrap_or(u32::MAX);
+        if let Ok(p) = self.serving.acquire_many(all).await {
+            drop(p);
+        }
+    }
+
+    fn idle(&self) -> bool {
+        self.calls.is_empty()
+            && self.serving.available_permits() == self.config.max_concurrent_requests
+    }
+}
+
+async fn read_loop<C: Codec, R: AsyncRead + Unpin>(
+    conn: Arc<Conn<C>>,
+    mut frames: FramedRead<R, super::framing::FrameDecoder>,
+) {
+    let idle = conn.config.idle_timeout;
+    loop {
+        let next = tokio::select! {
+            biased;
+            _ = conn.closed.cancelled() => return,
+            _ = conn.drain.cancelled() => break,
+            r = async {
+                match idle {
+                    Some(t) => tokio::time::timeout(t, frames.next()).await.ok(),
+                    None => Some(frames.next().await),
+                }
+            } => r,
+        };
+        match next {
+            // Idle: nothing received for the idle timeout.
+            None => {
+                if conn.idle() {
+                    Counters::add(&conn.counters.idle_closed);
+                    tracing::debug!(peer = %conn.peer, "closing an idle connection");
+                    conn.close();
+                    return;
+                }
+            }
+            Some(None) => break,
+            Some(Some(Ok(frame))) => conn.handle(frame).await,
+            Some(Some(Err(e))) => {
+                Counters::add(&conn.counters.bad_frames);
+                tracing::warn!(peer = %conn.peer, error = %e, "closing the connection");
+                conn.answered().await;
+                conn.fail(&e);
+                return;
+            }
+        }
+    }
+    // The peer finished sending, or we are draining: answer what was accepted, then close.
+    conn.answered().await;
+    conn.finish_writing();
+}
+
+async fn write_loop<C: Codec, W: AsyncWrite + Unpin>(conn: Arc<Conn<C>>, mut w: W) {
+    let mut spare = BytesMut::with_capacity(8 * 1024);
+    loop {
+        {
+            let mut buf = conn.out.lock();
+            std::mem::swap(&mut *buf, &mut spare);
+        }
+        if spare.is_empty() {
+            if conn.out.closing.load(Ordering::Acquire) {
+                break;
+            }
+            tokio::select! {
+                _ = conn.out.ready.notified() => {}
+                _ = conn.closed.cancelled() => {
+                    // Write what is still queued before going.
+                    conn.out.closing.store(true, Ordering::Release);
+                }
+            }
+            continue;
+        }
+        let written = w.write_all(&spare).await;
+        spare.clear();
+        conn.out.drained.notify_waiters();
+        if let Err(e) = written {
+            conn.fail(&e);
+            return;
+        }
+    }
+    let _ = w.shutdown().await;
+    conn.closed.cancel();
+}
+
+impl<C: Codec> Drop for Conn<C> {
+    fn drop(&mut self) {
+        self.calls.close_all();
+    }
+}
+
+impl<C: Codec> Origin for Conn<C> {
+    fn client(&self, _peer: &Peer) -> Option<Client<BoxChannel>> {
+        let conn = self.me.upgrade()?;
+        let format = self.codec.format();
+        Some(Client::new(ConnChannel { conn }, format).boxed())
+    }
+}
+
+/// A `tower::Service` of calls over one existing connection (a handler calling its caller back).
+pub(crate) struct ConnChannel<C: Codec> {
+    conn: Arc<Conn<C>>,
+}
+
+impl<C: Codec> Clone for ConnChannel<C> {
+    fn clone(&self) -> Self {
+        Self {
+            conn: self.conn.clone(),
+        }
+    }
+}
+
+impl<C: Codec> Service<Request> for ConnChannel<C> {
+    type Response = Payload;
+    type Error = Error;
+    type Future = BoxFuture<'static, Result<Payload, Error>>;
+
+    fn poll_ready(&mut self, _: &mut TaskContext<'_>) -> Poll<Result<(), Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request) -> Self::Future {
+        let conn = self.conn.clone();
+        Box::pin(async move { conn.call(req).await })
+    }
+}
+
+impl<C: Codec> fmt::Debug for Conn<C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Conn")
+            .field("peer", &self.peer)
+            .field("closed", &self.is_closed())
+            .finish()
+    }
+}

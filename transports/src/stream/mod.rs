@@ -1,0 +1,497 @@
+//! What TCP and Unix sockets share: framing, connections, servers and reconnecting clients.
+//!
+//! A connection is symmetric: both ends may serve and call over it. Each connection has a reader
+//! task, which cuts frames ([`Framing`]), decodes them with the codec and either serves requests
+//! (answering from the reader itself when the handler does not wait, else from a task) or hands
+//! responses to the calls waiting for them; and a writer task, which writes everything queued in one
+//! go, so frames sent while a write is under way are coalesced into the next write.
+//!
+//! # Defaults and limits
+//!
+//! | setting | default |
+//! |---|---|
+//! | [`Builder::max_frame_length`] | 8 MiB, enforced on send (the call fails, the connection stays) and on receive (the connection closes; the claimed size is never allocated) |
+//! | [`Builder::timeout`] | 30 s for a call without a deadline |
+//! | [`Builder::idle_timeout`] | 5 min without frames and with nothing in flight closes a server's connection |
+//! | [`Builder::max_connections`] | 1024 per server; more are closed as soon as they are accepted |
+//! | [`Builder::max_concurrent_requests`] | 1024 per connection; more are answered "overloaded" |
+//!
+//! Queued outgoing bytes are bounded too: past 1 MiB, senders wait for the writer, and a
+//! connection that stops reading its responses stops being read from.
+
+mod conn;
+mod framing;
+
+pub use self::conn::Split;
+pub use self::framing::{FrameSplitter, Framing};
+
+use std::fmt;
+use std::future::Future;
+use std::io;
+use std::marker::PhantomData;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context as TaskContext, Poll};
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use rpc_core::codec::Codec;
+use rpc_core::{BoxError, Client, Error, Payload, Peer, Request, Response, Serve, Service};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use self::conn::Conn;
+
+/// The default largest frame: 8 MiB.
+pub const DEFAULT_MAX_FRAME_LENGTH: usize = 8 * 1024 * 1024;
+/// The default time a call waits for its response: 30 s.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+/// The default idle timeout of a server's connections: 5 minutes.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+/// The default number of connections a server keeps.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
+/// The default number of requests served at once on one connection.
+pub const DEFAULT_MAX_CONCURRENT_REQUESTS: usize = 1024;
+
+/// Settings of one connection.
+#[derive(Debug, Clone)]
+pub(crate) struct Config {
+    pub(crate) framing: Framing,
+    pub(crate) max_frame: usize,
+    pub(crate) timeout: Duration,
+    pub(crate) idle_timeout: Option<Duration>,
+    pub(crate) max_concurrent_requests: usize,
+}
+
+/// A stream transport: how to reach an address (TCP, Unix).
+pub trait Transport: Send + Sync + 'static {
+    /// What a client connects to.
+    type Addr: Clone + fmt::Debug + Send + Sync + 'static;
+    /// The connected stream.
+    type Stream: Split;
+    /// Connects.
+    fn connect(addr: &Self::Addr) -> impl Future<Output = io::Result<(Self::Stream, Peer)>> + Send;
+}
+
+/// A bound listener.
+pub(crate) trait Accept: Send + 'static {
+    type Stream: Split;
+    fn accept(&mut self) -> impl Future<Output = io::Result<(Self::Stream, Peer)>> + Send;
+}
+
+/// Configures servers and clients of a stream transport; [`tcp::Builder`](crate::tcp::Builder)
+/// and [`unix::Builder`](crate::unix::Builder) add `bind` and `connect`.
+pub struct Builder<T> {
+    pub(crate) config: Config,
+    pub(crate) max_connections: usize,
+    pub(crate) service: Option<Serve>,
+    pub(crate) extra: T,
+}
+
+impl<T: Default> Default for Builder<T> {
+    fn default() -> Self {
+        Self {
+            config: Config {
+                framing: Framing::LengthPrefixed,
+                max_frame: DEFAULT_MAX_FRAME_LENGTH,
+                timeout: DEFAULT_TIMEOUT,
+                idle_timeout: Some(DEFAULT_IDLE_TIMEOUT),
+                max_concurrent_requests: DEFAULT_MAX_CONCURRENT_REQUESTS,
+            },
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            service: None,
+            extra: T::default(),
+        }
+    }
+}
+
+impl<T: Default> Builder<T> {
+    /// A builder with the defaults.
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+impl<T> Builder<T> {
+    /// How frames are delimited. Default [`Framing::LengthPrefixed`].
+    pub fn framing(mut self, framing: Framing) -> Self {
+        self.config.framing = framing;
+        self
+    }
+
+    /// The largest frame sent or accepted, in bytes. Default 8 MiB.
+    pub fn max_frame_length(mut self, bytes: usize) -> Self {
+        self.config.max_frame = bytes.min(u32::MAX as usize);
+        self
+    }
+
+    /// How long a call waits for its response when its request has no deadline. Default 30 s.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.config.timeout = timeout;
+        self
+    }
+
+    /// Closes a connection after this long without frames and with nothing in flight;
+    /// `None` keeps idle connections. Default 5 minutes.
+    pub fn idle_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.config.idle_timeout = timeout;
+        self
+    }
+
+    /// How many connections a server keeps; more are closed at once. Default 1024.
+    pub fn max_connections(mut self, n: usize) -> Self {
+        self.max_connections = n.max(1);
+        self
+    }
+
+    /// How many requests are served at once on one connection before more are refused as
+    /// overloaded. Default 1024.
+    pub fn max_concurrent_requests(mut self, n: usize) -> Self {
+        self.config.max_concurrent_requests = n.max(1);
+        self
+    }
+
+    /// Serves `service` on every connection: a server's, or a client's (the server may then call
+    /// the client back over the same connection).
+    pub fn serve<S>(mut self, service: S) -> Self
+    where
+        S: Service<Request, Response = Response> + Clone + Send + Sync + 'static,
+        S::Error: Into<BoxError>,
+        S::Future: Send + 'static,
+    {
+        self.service = Some(Serve::new(service));
+        self
+    }
+
+    pub(crate) fn start_server<C: Codec, A: Accept>(
+        self,
+        listener: A,
+        codec: C,
+    ) -> (Arc<ServerShared>, CancellationToken) {
+        let shared = Arc::new(ServerShared {
+            live: AtomicUsize::new(0),
+            all_closed: Notify::new(),
+            drain: CancellationToken::new(),
+            force: CancellationToken::new(),
+            counters: Arc::new(Counters::default()),
+        });
+        let stop = CancellationToken::new();
+        tokio::spawn(accept_loop(
+            listener,
+            codec,
+            Arc::new(self.config),
+            self.service,
+            self.max_connections,
+            shared.clone(),
+            stop.clone(),
+        ));
+        (shared, stop)
+    }
+}
+
+impl<T: fmt::Debug> fmt::Debug for Builder<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Builder")
+            .field("config", &self.config)
+            .field("max_connections", &self.max_connections)
+            .field("serving", &self.service.is_some())
+            .field("transport", &self.extra)
+            .finish()
+    }
+}
+
+/// What a server or client counted since it started.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Stats {
+    /// Connections accepted (servers) or opened (clients).
+    pub connections: u64,
+    /// Connections closed at once because the server had `max_connections`.
+    pub connections_refused: u64,
+    /// Connections closed for being idle.
+    pub idle_closed: u64,
+    /// Connections closed for a bad frame (over the size limit, malformed framing, cut short).
+    pub bad_frames: u64,
+    /// Frames that were not valid messages.
+    pub malformed: u64,
+    /// Requests and notifications received.
+    pub requests: u64,
+    /// Responses sent.
+    pub responses_sent: u64,
+    /// Responses dropped for carrying no id in flight.
+    pub unknown_responses: u64,
+    /// Requests refused because too many were being served on their connection.
+    pub overloaded: u64,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    connections: AtomicU64,
+    connections_refused: AtomicU64,
+    idle_closed: AtomicU64,
+    bad_frames: AtomicU64,
+    malformed: AtomicU64,
+    requests: AtomicU64,
+    responses_sent: AtomicU64,
+    unknown_responses: AtomicU64,
+    overloaded: AtomicU64,
+}
+
+impl Counters {
+    pub(crate) fn add(c: &AtomicU64) {
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn snapshot(&self) -> Stats {
+        let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        Stats {
+            connections: g(&self.connections),
+            connections_refused: g(&self.connections_refused),
+            idle_closed: g(&self.idle_closed),
+            bad_frames: g(&self.bad_frames),
+            malformed: g(&self.malformed),
+            requests: g(&self.requests),
+            responses_sent: g(&self.responses_sent),
+            unknown_responses: g(&self.unknown_responses),
+            overloaded: g(&self.overloaded),
+        }
+    }
+}
+
+/// State a server's accept loop shares with its handle.
+#[derive(Debug)]
+pub(crate) struct ServerShared {
+    live: AtomicUsize,
+    all_closed: Notify,
+    /// Graceful shutdown: connections stop reading, answer what they accepted, and close.
+    drain: CancellationToken,
+    /// The grace period is over: close what is left.
+    force: CancellationToken,
+    pub(crate) counters: Arc<Counters>,
+}
+
+impl ServerShared {
+    pub(crate) fn connections(&self) -> usize {
+        self.live.load(Ordering::Acquire)
+    }
+
+    /// Stops accepting (via `stop`), drains every connection, and waits at most `grace`.
+    pub(crate) async fn shutdown(&self, stop: &CancellationToken, grace: Duration) -> bool {
+        stop.cancel();
+        self.drain.cancel();
+        let done = async {
+            loop {
+                let notified = self.all_closed.notified();
+                tokio::pin!(notified);
+                notified.as_mut().enable();
+                if self.connections() == 0 {
+                    return;
+                }
+                notified.await;
+            }
+        };
+        let clean = tokio::time::timeout(grace, done).await.is_ok();
+        self.force.cancel();
+        clean
+    }
+}
+
+async fn accept_loop<C: Codec, A: Accept>(
+    mut listener: A,
+    codec: C,
+    config: Arc<Config>,
+    serve: Option<Serve>,
+    max_connections: usize,
+    shared: Arc<ServerShared>,
+    stop: CancellationToken,
+) {
+    loop {
+        let accepted = tokio::select! {
+            biased;
+            _ = stop.cancelled() => return,
+            r = listener.accept() => r,
+        };
+        let (stream, peer) = match accepted {
+            Ok(a) => a,
+            Err(error) => {
+                // Out of file descriptors and the like: wait a little rather than spin.
+                tracing::warn!(%error, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        if shared.live.load(Ordering::Acquire) >= max_connections {
+            Counters::add(&shared.counters.connections_refused);
+            tracing::warn!(%peer, max_connections, "connection limit reached; closing a new connection");
+            drop(stream);
+            continue;
+        }
+        Counters::add(&shared.counters.connections);
+        shared.live.fetch_add(1, Ordering::AcqRel);
+        let conn = Conn::spawn(
+            stream,
+            peer,
+            codec.clone(),
+            config.clone(),
+            serve.clone(),
+            shared.counters.clone(),
+            shared.drain.child_token(),
+        );
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = conn.closed() => {}
+                _ = shared.force.cancelled() => conn.close(),
+            }
+            shared.live.fetch_sub(1, Ordering::AcqRel);
+            shared.all_closed.notify_waiters();
+        });
+    }
+}
+
+/// A `tower::Service` of calls to one server, over a connection opened on first use and opened
+/// again after it is lost. Calls in flight when a connection is lost fail with a transport error;
+/// later calls use a new connection. Cloning is cheap; the connection closes when the last clone goes.
+pub struct Channel<C: Codec, T: Transport> {
+    shared: Arc<ClientShared<C, T>>,
+}
+
+struct ClientShared<C: Codec, T: Transport> {
+    addr: T::Addr,
+    codec: C,
+    config: Arc<Config>,
+    serve: Option<Serve>,
+    current: Mutex<Option<Arc<Conn<C>>>>,
+    connecting: tokio::sync::Mutex<()>,
+    counters: Arc<Counters>,
+    _transport: PhantomData<fn() -> T>,
+}
+
+impl<C: Codec, T: Transport> Drop for ClientShared<C, T> {
+    fn drop(&mut self) {
+        if let Some(c) = self
+            .current
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+        {
+            c.close();
+        }
+    }
+}
+
+impl<C: Codec, T: Transport> ClientShared<C, T> {
+    fn live(&self) -> Option<Arc<Conn<C>>> {
+        self.current
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+            .filter(|c| !c.is_closed())
+            .cloned()
+    }
+
+    async fn conn(&self) -> Result<Arc<Conn<C>>, Error> {
+        if let Some(c) = self.live() {
+            return Ok(c);
+        }
+        let _one_at_a_time = self.connecting.lock().await;
+        if let Some(c) = self.live() {
+            return Ok(c);
+        }
+        let (stream, peer) = T::connect(&self.addr).await.map_err(Error::Transport)?;
+        Counters::add(&self.counters.connections);
+        let conn = Conn::spawn(
+            stream,
+            peer,
+            self.codec.clone(),
+            self.config.clone(),
+            self.serve.clone(),
+            self.counters.clone(),
+            CancellationToken::new(),
+        );
+        *self.current.lock().unwrap_or_else(PoisonError::into_inner) = Some(conn.clone());
+        Ok(conn)
+    }
+}
+
+impl<C: Codec, T: Transport> Channel<C, T> {
+    pub(crate) fn new<X>(builder: Builder<X>, addr: T::Addr, codec: C) -> Self {
+        Self {
+            shared: Arc::new(ClientShared {
+                addr,
+                codec,
+                config: Arc::new(builder.config),
+                serve: builder.service,
+                current: Mutex::new(None),
+                connecting: tokio::sync::Mutex::new(()),
+                counters: Arc::new(Counters::default()),
+                _transport: PhantomData,
+            }),
+        }
+    }
+
+    /// A typed client over this channel.
+    pub fn into_client(self) -> Client<Self> {
+        let format = self.shared.codec.format();
+        Client::new(self, format)
+    }
+
+    /// The address this channel connects to.
+    pub fn addr(&self) -> &T::Addr {
+        &self.shared.addr
+    }
+
+    /// Whether a connection is open now.
+    pub fn is_connected(&self) -> bool {
+        self.shared.live().is_some()
+    }
+
+    /// Opens the connection now rather than on the first call.
+    pub async fn connect(&self) -> Result<(), Error> {
+        self.shared.conn().await.map(drop)
+    }
+
+    /// Closes the current connection, if any; the next call opens a new one.
+    pub fn disconnect(&self) {
+        if let Some(c) = self.shared.live() {
+            c.close();
+        }
+    }
+
+    /// What this channel counted.
+    pub fn stats(&self) -> Stats {
+        self.shared.counters.snapshot()
+    }
+}
+
+impl<C: Codec, T: Transport> Clone for Channel<C, T> {
+    fn clone(&self) -> Self {
+        Self {
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl<C: Codec, T: Transport> fmt::Debug for Channel<C, T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Channel")
+            .field("addr", &self.shared.addr)
+            .field("connected", &self.is_connected())
+            .finish()
+    }
+}
+
+impl<C: Codec, T: Transport> Service<Request> for Channel<C, T> {
+    type Response = Payload;
+    type Error = Error;
+    type Future = BoxFuture<'static, Result<Payload, Error>>;
+
+    fn poll_ready(&mut self, _: &mut TaskContext<'_>) -> Poll<Result<(), Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request) -> Self::Future {
+        let shared = self.shared.clone();
+        Box::pin(async move { shared.conn().await?.call(req).await })
+    }
+}

@@ -1,0 +1,138 @@
+//! RPC over TCP: frames on a connection (length-prefixed by default), both ends serving and calling.
+//!
+//! ```
+//! use rpc_codecs::msgpack::RpcudpCodec;
+//! use rpc_core::Router;
+//! use rpc_transports::tcp;
+//!
+//! async fn add(a: i64, b: i64) -> i64 {
+//!     a + b
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let server = tcp::Builder::new()
+//!     .serve(Router::new().route("add", add))
+//!     .bind("127.0.0.1:0", RpcudpCodec::new())
+//!     .await?;
+//!
+//! // Connects on the first call, and again after a lost connection.
+//! let client = tcp::Builder::new().connect(server.local_addr(), RpcudpCodec::new());
+//! let sum: i64 = client.call("add", (2, 40)).await?;
+//! assert_eq!(sum, 42);
+//! server.shutdown(std::time::Duration::from_secs(1)).await;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! Connections have `TCP_NODELAY` set: frames are coalesced by the writer, not by Nagle.
+//! Limits and defaults are in [`stream`](crate::stream).
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rpc_core::codec::Codec;
+use rpc_core::{Client, Peer};
+use tokio::net::{TcpListener, TcpStream, ToSocketAddrs};
+use tokio_util::sync::CancellationToken;
+
+use crate::stream::{self, Accept, ServerShared, Split, Stats};
+
+/// The TCP transport.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Tcp;
+
+/// Configures TCP servers and clients.
+pub type Builder = stream::Builder<Tcp>;
+
+/// A channel to a TCP server.
+pub type Channel<C> = stream::Channel<C, Tcp>;
+
+impl Split for TcpStream {
+    type Read = tokio::net::tcp::OwnedReadHalf;
+    type Write = tokio::net::tcp::OwnedWriteHalf;
+
+    fn split(self) -> (Self::Read, Self::Write) {
+        self.into_split()
+    }
+}
+
+impl stream::Transport for Tcp {
+    type Addr = SocketAddr;
+    type Stream = TcpStream;
+
+    async fn connect(addr: &SocketAddr) -> io::Result<(TcpStream, Peer)> {
+        let s = TcpStream::connect(addr).await?;
+        s.set_nodelay(true)?;
+        Ok((s, Peer::Socket(*addr)))
+    }
+}
+
+impl Accept for TcpListener {
+    type Stream = TcpStream;
+
+    async fn accept(&mut self) -> io::Result<(TcpStream, Peer)> {
+        let (s, addr) = TcpListener::accept(self).await?;
+        s.set_nodelay(true)?;
+        Ok((s, Peer::Socket(addr)))
+    }
+}
+
+impl Builder {
+    /// Binds a listener and serves until [`Server::shutdown`]. Must run within a tokio runtime.
+    pub async fn bind<C: Codec>(self, addr: impl ToSocketAddrs, codec: C) -> io::Result<Server<C>> {
+        let listener = TcpListener::bind(addr).await?;
+        let local_addr = listener.local_addr()?;
+        let (shared, stop) = self.start_server(listener, codec);
+        Ok(Server {
+            shared,
+            stop,
+            local_addr,
+            _codec: std::marker::PhantomData,
+        })
+    }
+
+    /// A typed client for the server at `addr`; it connects on its first call.
+    pub fn connect<C: Codec>(self, addr: SocketAddr, codec: C) -> Client<Channel<C>> {
+        self.channel(addr, codec).into_client()
+    }
+
+    /// A channel (a `tower::Service`) to the server at `addr`.
+    pub fn channel<C: Codec>(self, addr: SocketAddr, codec: C) -> Channel<C> {
+        stream::Channel::new(self, addr, codec)
+    }
+}
+
+/// A running TCP server. Dropping the handle does not stop it; [`shutdown`](Server::shutdown) does.
+#[derive(Debug)]
+pub struct Server<C> {
+    shared: Arc<ServerShared>,
+    stop: CancellationToken,
+    local_addr: SocketAddr,
+    _codec: std::marker::PhantomData<fn() -> C>,
+}
+
+impl<C> Server<C> {
+    /// The bound address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The number of open connections.
+    pub fn connections(&self) -> usize {
+        self.shared.connections()
+    }
+
+    /// What the server counted.
+    pub fn stats(&self) -> Stats {
+        self.shared.counters.snapshot()
+    }
+
+    /// Stops accepting, lets every connection answer the requests it accepted, closes them, and
+    /// waits at most `grace`; what is still open then is closed. Returns whether all closed in time.
+    pub async fn shutdown(&self, grace: Duration) -> bool {
+        self.shared.shutdown(&self.stop, grace).await
+    }
+}

@@ -1,0 +1,196 @@
+//! RPC over Unix stream sockets: the same frames and connections as TCP, plus peer credentials.
+//!
+//! Handlers read the caller's uid, gid and pid from [`Peer::Unix`]. The socket file is created
+//! with the permissions [`Builder::permissions`] sets, and removed when the server shuts down.
+//! Binding over a socket file that a live server listens on fails with `AddrInUse`; a stale file
+//! (no one listening) is replaced.
+//!
+//! ```
+//! use rpc_codecs::msgpack::RpcudpCodec;
+//! use rpc_core::{Context, Peer, Router};
+//! use rpc_transports::unix;
+//!
+//! async fn whoami(ctx: Context) -> u32 {
+//!     match ctx.peer() {
+//!         Some(Peer::Unix { credentials: Some(c) }) => c.uid,
+//!         _ => u32::MAX,
+//!     }
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let path = std::env::temp_dir().join(format!("rpc-doc-{}.sock", std::process::id()));
+//! let server = unix::Builder::new()
+//!     .permissions(0o600)
+//!     .serve(Router::new().route("whoami", whoami))
+//!     .bind(&path, RpcudpCodec::new())
+//!     .await?;
+//! let client = unix::Builder::new().connect(&path, RpcudpCodec::new());
+//! let uid: u32 = client.call("whoami", ()).await?;
+//! assert_ne!(uid, u32::MAX);
+//! server.shutdown(std::time::Duration::from_secs(1)).await;
+//! assert!(!path.exists());
+//! # Ok(())
+//! # }
+//! ```
+
+use std::io;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rpc_core::codec::Codec;
+use rpc_core::context::Credentials;
+use rpc_core::{Client, Peer};
+use tokio::net::{UnixListener, UnixStream};
+use tokio_util::sync::CancellationToken;
+
+use crate::stream::{self, Accept, ServerShared, Split, Stats};
+
+/// The Unix socket transport, and its own setting: the socket file's permissions.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Unix {
+    mode: Option<u32>,
+}
+
+/// Configures Unix socket servers and clients.
+pub type Builder = stream::Builder<Unix>;
+
+/// A channel to a Unix socket server.
+pub type Channel<C> = stream::Channel<C, Unix>;
+
+impl Split for UnixStream {
+    type Read = tokio::net::unix::OwnedReadHalf;
+    type Write = tokio::net::unix::OwnedWriteHalf;
+
+    fn split(self) -> (Self::Read, Self::Write) {
+        self.into_split()
+    }
+}
+
+fn peer_of(s: &UnixStream) -> Peer {
+    let credentials = s.peer_cred().ok().map(|c| Credentials {
+        uid: c.uid(),
+        gid: c.gid(),
+        pid: c.pid(),
+    });
+    Peer::Unix { credentials }
+}
+
+impl stream::Transport for Unix {
+    type Addr = PathBuf;
+    type Stream = UnixStream;
+
+    async fn connect(path: &PathBuf) -> io::Result<(UnixStream, Peer)> {
+        let s = UnixStream::connect(path).await?;
+        let peer = peer_of(&s);
+        Ok((s, peer))
+    }
+}
+
+struct Listener(UnixListener);
+
+impl Accept for Listener {
+    type Stream = UnixStream;
+
+    async fn accept(&mut self) -> io::Result<(UnixStream, Peer)> {
+        let (s, _) = self.0.accept().await?;
+        let peer = peer_of(&s);
+        Ok((s, peer))
+    }
+}
+
+impl Builder {
+    /// The socket file's permission bits, such as `0o600` (owner only). Default: as the umask leaves them.
+    pub fn permissions(mut self, mode: u32) -> Self {
+        self.extra.mode = Some(mode);
+        self
+    }
+
+    /// Binds the socket file at `path` and serves until [`Server::shutdown`].
+    ///
+    /// Fails with `AddrInUse` if a server is listening there; replaces a stale socket file.
+    pub async fn bind<C: Codec>(self, path: impl AsRef<Path>, codec: C) -> io::Result<Server<C>> {
+        let path = path.as_ref().to_path_buf();
+        if path.exists() {
+            match UnixStream::connect(&path).await {
+                Ok(_) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::AddrInUse,
+                        format!("a server is already listening on {}", path.display()),
+                    ))
+                }
+                Err(_) => {
+                    tracing::info!(path = %path.display(), "replacing a stale socket file");
+                    std::fs::remove_file(&path)?;
+                }
+            }
+        }
+        let listener = UnixListener::bind(&path)?;
+        if let Some(mode) = self.extra.mode {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))?;
+        }
+        let (shared, stop) = self.start_server(Listener(listener), codec);
+        Ok(Server {
+            shared,
+            stop,
+            path,
+            _codec: std::marker::PhantomData,
+        })
+    }
+
+    /// A typed client for the server at `path`; it connects on its first call.
+    pub fn connect<C: Codec>(self, path: impl AsRef<Path>, codec: C) -> Client<Channel<C>> {
+        self.channel(path, codec).into_client()
+    }
+
+    /// A channel (a `tower::Service`) to the server at `path`.
+    pub fn channel<C: Codec>(self, path: impl AsRef<Path>, codec: C) -> Channel<C> {
+        stream::Channel::new(self, path.as_ref().to_path_buf(), codec)
+    }
+}
+
+/// A running Unix socket server. [`shutdown`](Server::shutdown) stops it and removes the socket
+/// file; so does dropping the handle (without waiting for connections).
+#[derive(Debug)]
+pub struct Server<C> {
+    shared: Arc<ServerShared>,
+    stop: CancellationToken,
+    path: PathBuf,
+    _codec: std::marker::PhantomData<fn() -> C>,
+}
+
+impl<C> Server<C> {
+    /// The socket file's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The number of open connections.
+    pub fn connections(&self) -> usize {
+        self.shared.connections()
+    }
+
+    /// What the server counted.
+    pub fn stats(&self) -> Stats {
+        self.shared.counters.snapshot()
+    }
+
+    /// Stops accepting and removes the socket file, lets every connection answer the requests it
+    /// accepted, closes them, and waits at most `grace`. Returns whether all closed in time.
+    pub async fn shutdown(&self, grace: Duration) -> bool {
+        self.stop.cancel();
+        let _ = std::fs::remove_file(&self.path);
+        self.shared.shutdown(&self.stop, grace).await
+    }
+}
+
+impl<C> Drop for Server<C> {
+    fn drop(&mut self) {
+        if !self.stop.is_cancelled() {
+            self.stop.cancel();
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
