@@ -15,8 +15,8 @@ use rpc_core::Error;
 use serde::Serialize;
 use tokio::time::Instant;
 
-use crate::target::{Address, CodecName, Target};
-use crate::{parse_args, udp_endpoint, BenchArgs, Failure};
+use crate::target::Target;
+use crate::{client_for, parse_args, BenchArgs, Failure};
 
 /// Errors by kind.
 #[derive(Debug, Default, Clone, Copy, Serialize)]
@@ -74,19 +74,6 @@ fn histogram() -> Histogram<u64> {
 pub(crate) async fn run(args: BenchArgs) -> Result<(), Failure> {
     let target = Target::parse(&args.target.url, args.target.codec).map_err(Failure::usage)?;
     let values = parse_args(&args.target.args)?;
-    let peer = match (&target.address, target.codec) {
-        (Address::Udp(peer), CodecName::Msgpack) => *peer,
-        (Address::Udp(_), codec) => {
-            return Err(Failure::usage(format!(
-                "the {codec} codec over UDP is not supported yet"
-            )))
-        }
-        (other, _) => {
-            return Err(Failure::usage(format!(
-                "the transport of {other} is not supported yet"
-            )))
-        }
-    };
     if let Some(rate) = args.rate {
         if !(rate.is_finite() && rate > 0.0) {
             return Err(Failure::usage(
@@ -96,7 +83,7 @@ pub(crate) async fn run(args: BenchArgs) -> Result<(), Failure> {
     }
     let mut clients = Vec::new();
     for _ in 0..args.connections {
-        clients.push(udp_endpoint(peer).await?.client(peer));
+        clients.push(client_for(&target).await?);
     }
     let done = Arc::new(AtomicU64::new(0));
     let start = Instant::now();

@@ -14,8 +14,9 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use rpc_codecs::msgpack::RpcudpCodec;
-use rpc_core::{Client, Error};
-use rpc_transports::udp::{self, Channel, Endpoint};
+use rpc_core::{BoxChannel, Client, Error};
+use rpc_transports::udp::{self, Endpoint};
+use rpc_transports::{tcp, unix};
 
 use crate::target::{Address, CodecName, Target};
 
@@ -25,7 +26,7 @@ Exit codes:
   1  the peer answered with an error
   2  usage error: bad arguments, URL, codec or ARG, or a feature not supported yet
   3  no response within the timeout
-  4  transport failure (cannot bind, send or receive)";
+  4  transport failure (cannot bind, connect, send or receive)";
 
 /// Exit code: the peer answered with an error.
 const EXIT_REMOTE: u8 = 1;
@@ -48,7 +49,7 @@ enum Command {
     /// Serve the demo service on one or more endpoints until SIGINT or SIGTERM.
     #[command(after_help = "Examples:
   rpc serve --listen udp://127.0.0.1:0
-  rpc serve --listen udp://127.0.0.1:4000 --listen udp://[::1]:4000
+  rpc serve --listen udp://127.0.0.1:4000 --listen tcp://127.0.0.1:4000 --listen unix:///tmp/rpc.sock
 
 Methods: sayhi(name), echo(args...), add(a, b), sleep(ms), fail(message),
 subtract(minuend, subtrahend), sum(numbers...), get_data(), update(...),
@@ -213,11 +214,70 @@ pub(crate) async fn udp_endpoint(peer: SocketAddr) -> Result<Endpoint<RpcudpCode
 }
 
 /// A client for `target`, with the transports and codecs built so far.
-pub(crate) async fn udp_client(target: &Target) -> Result<Client<Channel<RpcudpCodec>>, Failure> {
-    match (&target.address, target.codec) {
-        (Address::Udp(peer), CodecName::Msgpack) => Ok(udp_endpoint(*peer).await?.client(*peer)),
-        (Address::Udp(_), codec) => Err(not_supported(format!("the {codec} codec over UDP"))),
-        (other, _) => Err(not_supported(format!("the transport of {other}"))),
+pub(crate) async fn client_for(target: &Target) -> Result<Client<BoxChannel>, Failure> {
+    if target.codec != CodecName::Msgpack {
+        return Err(not_supported(format!("the {} codec", target.codec)));
+    }
+    Ok(match &target.address {
+        Address::Udp(peer) => udp_endpoint(*peer).await?.client(*peer).boxed(),
+        Address::Tcp(addr) => tcp::Builder::new()
+            .connect(*addr, RpcudpCodec::new())
+            .boxed(),
+        Address::Unix(path) => unix::Builder::new()
+            .connect(path, RpcudpCodec::new())
+            .boxed(),
+    })
+}
+
+/// A server started by `rpc serve`.
+enum Running {
+    Udp(Endpoint<RpcudpCodec>),
+    Tcp(tcp::Server<RpcudpCodec>),
+    Unix(unix::Server<RpcudpCodec>),
+}
+
+impl Running {
+    async fn start(target: &Target, url: &str) -> Result<(Self, String), Failure> {
+        if target.codec != CodecName::Msgpack {
+            return Err(not_supported(format!("the {} codec", target.codec)));
+        }
+        let cannot = |e: std::io::Error| Failure::transport(format!("cannot listen on {url}: {e}"));
+        Ok(match &target.address {
+            Address::Udp(addr) => {
+                let e = udp::Builder::new()
+                    .serve(demo::router())
+                    .bind(*addr, RpcudpCodec::new())
+                    .await
+                    .map_err(cannot)?;
+                let url = format!("udp://{}", e.local_addr());
+                (Running::Udp(e), url)
+            }
+            Address::Tcp(addr) => {
+                let s = tcp::Builder::new()
+                    .serve(demo::router())
+                    .bind(*addr, RpcudpCodec::new())
+                    .await
+                    .map_err(cannot)?;
+                let url = format!("tcp://{}", s.local_addr());
+                (Running::Tcp(s), url)
+            }
+            Address::Unix(path) => {
+                let s = unix::Builder::new()
+                    .serve(demo::router())
+                    .bind(path, RpcudpCodec::new())
+                    .await
+                    .map_err(cannot)?;
+                (Running::Unix(s), format!("unix://{}", path.display()))
+            }
+        })
+    }
+
+    async fn shutdown(&self, grace: Duration) -> bool {
+        match self {
+            Running::Udp(e) => e.shutdown(grace).await,
+            Running::Tcp(s) => s.shutdown(grace).await,
+            Running::Unix(s) => s.shutdown(grace).await,
+        }
     }
 }
 
@@ -257,7 +317,7 @@ pub(crate) fn to_json(v: rmpv::Value) -> serde_json::Value {
 async fn call(args: CallArgs) -> Result<(), Failure> {
     let target = Target::parse(&args.target.url, args.target.codec).map_err(Failure::usage)?;
     let values = parse_args(&args.target.args)?;
-    let client = udp_client(&target).await?.with_timeout(args.timeout);
+    let client = client_for(&target).await?.with_timeout(args.timeout);
     if args.notify {
         return client
             .notify(args.target.method, values)
@@ -287,33 +347,23 @@ async fn call(args: CallArgs) -> Result<(), Failure> {
 }
 
 async fn serve(args: ServeArgs) -> Result<(), Failure> {
-    let mut endpoints = Vec::new();
+    let signal = shutdown_signal();
+    let mut running = Vec::new();
     let mut out = std::io::stdout();
     for url in &args.listen {
         let target = Target::parse(url, args.codec).map_err(Failure::usage)?;
-        let endpoint = match (&target.address, target.codec) {
-            (Address::Udp(addr), CodecName::Msgpack) => udp::Builder::new()
-                .serve(demo::router())
-                .bind(*addr, RpcudpCodec::new())
-                .await
-                .map_err(|e| Failure::transport(format!("cannot listen on {url}: {e}")))?,
-            (Address::Udp(_), codec) => {
-                return Err(not_supported(format!("the {codec} codec over UDP")))
-            }
-            (other, _) => return Err(not_supported(format!("the transport of {other}"))),
-        };
-        let _ = writeln!(out, "listening on udp://{}", endpoint.local_addr());
+        let (server, bound) = Running::start(&target, url).await?;
+        let _ = writeln!(out, "listening on {bound}");
         let _ = out.flush();
-        endpoints.push(endpoint);
+        running.push((server, bound));
     }
-    wait_for_signal().await;
+    signal.await;
     let _ = writeln!(out, "shutting down");
     let _ = out.flush();
-    for e in &endpoints {
-        if !e.shutdown(args.grace).await {
+    for (server, url) in &running {
+        if !server.shutdown(args.grace).await {
             eprintln!(
-                "some calls on udp://{} were still running after {:?}",
-                e.local_addr(),
+                "some calls on {url} were still running after {:?}",
                 args.grace
             );
         }
@@ -321,24 +371,30 @@ async fn serve(args: ServeArgs) -> Result<(), Failure> {
     Ok(())
 }
 
-async fn wait_for_signal() {
+/// Resolves on SIGINT or SIGTERM. The handlers are installed when this is called, before the
+/// caller announces that it listens, so a signal sent right after the announcement is not lost.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
+        let term = signal(SignalKind::terminate());
+        let int = signal(SignalKind::interrupt());
+        async move {
+            match (term, int) {
+                (Ok(mut term), Ok(mut int)) => {
+                    tokio::select! {
+                        _ = term.recv() => {}
+                        _ = int.recv() => {}
+                    }
                 }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
+                _ => {
+                    let _ = tokio::signal::ctrl_c().await;
+                }
             }
         }
     }
     #[cfg(not(unix))]
-    {
+    async {
         let _ = tokio::signal::ctrl_c().await;
     }
 }

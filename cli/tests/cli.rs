@@ -116,23 +116,91 @@ fn errors_have_distinct_exit_codes() {
     let (code, _, err) = call(u, "x", &["--codec", "xml"]);
     assert_eq!(code, 2);
     assert!(err.contains("xml"), "{err}");
-    for (url, what) in [
-        ("tcp://127.0.0.1:1", "transport"),
-        ("unix:///tmp/rpc-none.sock", "transport"),
-    ] {
-        let (code, _, err) = call(url, "x", &[]);
-        assert_eq!(code, 2, "{url}");
+    for codec in ["jsonrpc", "raw"] {
+        let url = format!("{u}?codec={codec}");
+        let (code, _, err) = call(&url, "x", &[]);
+        assert_eq!(code, 2, "{codec}");
         assert!(
-            err.contains("not supported yet") && err.contains(what),
+            err.contains("not supported yet") && err.contains(codec),
             "{err}"
         );
     }
-    let url = format!("{u}?codec=jsonrpc");
+    // Nothing listens there: the connection is refused.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("tcp://{}", closed.local_addr().unwrap());
+    drop(closed);
     let (code, _, err) = call(&url, "x", &[]);
-    assert_eq!(code, 2);
-    assert!(err.contains("not supported yet"), "{err}");
+    assert_eq!(code, 4, "{err}");
+    let (code, _, err) = call("unix:///nonexistent/rpc.sock", "x", &[]);
+    assert_eq!(code, 4, "{err}");
     let out = rpc(&["call"]);
     assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn one_service_on_udp_tcp_and_unix_at_once() {
+    let dir = std::env::temp_dir().join(format!("rpc-cli-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let sock = dir.join("rpc.sock");
+    let unix_url = format!("unix://{}", sock.display());
+    let mut child = Command::new(RPC)
+        .args([
+            "serve",
+            "--listen",
+            "udp://127.0.0.1:0",
+            "--listen",
+            "tcp://127.0.0.1:0",
+        ])
+        .args(["--listen", &unix_url])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut urls = Vec::new();
+    for _ in 0..3 {
+        let line = lines.next().unwrap().unwrap();
+        urls.push(line.strip_prefix("listening on ").unwrap().to_string());
+    }
+    assert!(
+        urls[0].starts_with("udp://127.0.0.1:") && urls[1].starts_with("tcp://127.0.0.1:"),
+        "{urls:?}"
+    );
+    assert_eq!(urls[2], unix_url);
+    for url in &urls {
+        assert_eq!(
+            call(url, "add", &["2", "40"]),
+            (0, "42".into(), String::new()),
+            "{url}"
+        );
+        assert_eq!(call(url, "get_data", &[]).1, "[\"hello\",5]", "{url}");
+        let (code, _, err) = call(url, "fail", &["\"x\""]);
+        assert_eq!(code, 1, "{url}: {err}");
+    }
+    let out = rpc(&[
+        "bench",
+        &urls[1],
+        "add",
+        "1",
+        "2",
+        "--concurrency",
+        "8",
+        "--connections",
+        "2",
+        "--duration",
+        "1s",
+        "--json",
+    ]);
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["errors"], 0, "{report}");
+    assert!(report["requests"].as_u64().unwrap() > 100, "{report}");
+    assert!(Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap()
+        .success());
+    assert!(child.wait().unwrap().success());
+    assert!(!sock.exists(), "the socket file is removed on shutdown");
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]

@@ -115,3 +115,16 @@ fn rpc_tool_calls_and_benches_the_python_server() {
     assert!(out.contains("\"errors\":0"), "{out}");
     assert!(!out.contains("\"requests\":0,"), "{out}");
 }
+
+#[test]
+fn transport_swap_calls_every_transport() {
+    let (ok, out) = run(&mut Command::new(example("transport_swap")));
+    assert!(ok, "{out}");
+    for name in [" udp:", " tcp:", "unix:"] {
+        assert!(
+            out.lines()
+                .any(|l| l.starts_with(name) && l.ends_with("add(2, 40) -> 42")),
+            "{name} missing in:\n{out}"
+        );
+    }
+}
