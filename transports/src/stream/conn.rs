@@ -124,10 +124,11 @@ impl<C: Codec> Conn<C> {
         self.closed.is_cancelled()
     }
 
-    /// Closes the connection now; queued frames are still written.
+    /// Closes the connection now; queued frames are still written, calls in flight fail.
     pub(crate) fn close(&self) {
         self.finish_writing();
         self.closed.cancel();
+        self.calls.close_all();
     }
 
     /// Resolves when the connection is finished.
@@ -203,7 +204,7 @@ impl<C: Codec> Conn<C> {
         if self.lost.load(Ordering::Relaxed) {
             Error::Transport(io::Error::new(
                 io::ErrorKind::ConnectionReset,
-                "the connection was lost",
+                "the connection was closed by the peer or lost",
             ))
         } else {
             Error::Closed
@@ -382,7 +383,11 @@ async fn read_loop<C: Codec, R: AsyncRead + Unpin>(
                     return;
                 }
             }
-            Some(None) => break,
+            Some(None) => {
+                // The peer closed its side: what we still send may arrive, calls we wait for won't.
+                conn.lost.store(true, Ordering::Relaxed);
+                break;
+            }
             Some(Some(Ok(frame))) => conn.handle(frame).await,
             Some(Some(Err(e))) => {
                 Counters::add(&conn.counters.bad_frames);
@@ -427,7 +432,7 @@ async fn write_loop<C: Codec, W: AsyncWrite + Unpin>(conn: Arc<Conn<C>>, mut w: 
         }
     }
     let _ = w.shutdown().await;
-    conn.closed.cancel();
+    conn.close();
 }
 
 impl<C: Codec> Drop for Conn<C> {
