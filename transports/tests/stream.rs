@@ -1,0 +1,302 @@
+//! What only stream transports (TCP, Unix) do: framing choices, connection limits, idle timeouts,
+//! permissions, half-closed peers, peers that never read.
+
+use std::os::unix::fs::PermissionsExt;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rpc_codecs::msgpack::{skip_value, RpcudpCodec};
+use rpc_core::{BoxError, Router};
+use rpc_transports::stream::Framing;
+use rpc_transports::{tcp, unix};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::timeout;
+
+const LIMIT: Duration = Duration::from_secs(10);
+
+async fn add(a: i64, b: i64) -> i64 {
+    a + b
+}
+
+fn router() -> Router {
+    Router::new().route("add", add)
+}
+
+fn temp_sock(name: &str) -> std::path::PathBuf {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "rpc-stream-test-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir.join(name)
+}
+
+/// rpcudp frames measure themselves: a 21-byte header, then one msgpack value.
+fn rpcudp_frame(b: &[u8]) -> Result<Option<usize>, BoxError> {
+    if b.len() < 22 {
+        return Ok(None);
+    }
+    match skip_value(&b[21..]) {
+        Ok(n) => Ok(Some(21 + n)),
+        Err(rpc_codecs::msgpack::SkipError::Truncated) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+#[tokio::test]
+async fn self_delimited_framing_end_to_end() {
+    timeout(LIMIT, async {
+        let server = tcp::Builder::new()
+            .framing(Framing::SelfDelimited(rpcudp_frame))
+            .serve(router())
+            .bind("127.0.0.1:0", RpcudpCodec::new())
+            .await
+            .unwrap();
+        let client = tcp::Builder::new()
+            .framing(Framing::SelfDelimited(rpcudp_frame))
+            .connect(server.local_addr(), RpcudpCodec::new());
+        let calls = (0..200).map(|i| client.call::<i64>("add", (i, 1)));
+        for (i, r) in futures::future::join_all(calls).await.into_iter().enumerate() {
+            assert_eq!(r.unwrap(), i as i64 + 1);
+        }
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn large_frames_round_trip() {
+    async fn echo(s: serde_bytes::ByteBuf) -> serde_bytes::ByteBuf {
+        s
+    }
+    timeout(LIMIT, async {
+        let server = tcp::Builder::new()
+            .serve(Router::new().route("echo", echo))
+            .bind("127.0.0.1:0", RpcudpCodec::new())
+            .await
+            .unwrap();
+        let client = tcp::Builder::new().connect(server.local_addr(), RpcudpCodec::new());
+        let big = serde_bytes::ByteBuf::from(vec![7u8; 4 << 20]);
+        let back: serde_bytes::ByteBuf = client.call("echo", (big.clone(),)).await.unwrap();
+        assert_eq!(back, big);
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn connections_over_the_limit_are_closed() {
+    timeout(LIMIT, async {
+        let server = tcp::Builder::new()
+            .max_connections(2)
+            .serve(router())
+            .bind("127.0.0.1:0", RpcudpCodec::new())
+            .await
+            .unwrap();
+        let a = tcp::Builder::new().connect(server.local_addr(), RpcudpCodec::new());
+        let b = tcp::Builder::new().connect(server.local_addr(), RpcudpCodec::new());
+        assert_eq!(a.call::<i64>("add", (1, 1)).await.unwrap(), 2);
+        assert_eq!(b.call::<i64>("add", (1, 1)).await.unwrap(), 2);
+        let c = tcp::Builder::new().connect(server.local_addr(), RpcudpCodec::new());
+        let err = c.call::<i64>("add", (1, 1)).await.unwrap_err();
+        assert!(!err.is_timeout(), "refused at once, not left hanging: {err}");
+        assert_eq!(server.stats().connections_refused, 1);
+        // The first two are unaffected.
+        assert_eq!(a.call::<i64>("add", (2, 2)).await.unwrap(), 4);
+        drop(a);
+        // Room again once one goes.
+        for _ in 0..100 {
+            if server.connections() < 2 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(c.call::<i64>("add", (3, 3)).await.unwrap(), 6);
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn idle_connections_are_closed_and_clients_reconnect() {
+    timeout(LIMIT, async {
+        let server = tcp::Builder::new()
+            .idle_timeout(Some(Duration::from_millis(200)))
+            .serve(router())
+            .bind("127.0.0.1:0", RpcudpCodec::new())
+            .await
+            .unwrap();
+        let channel = tcp::Builder::new().channel(server.local_addr(), RpcudpCodec::new());
+        let client = channel.clone().into_client();
+        assert_eq!(client.call::<i64>("add", (1, 2)).await.unwrap(), 3);
+        assert!(channel.is_connected());
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        assert_eq!(server.stats().idle_closed, 1);
+        assert_eq!(server.connections(), 0);
+        assert!(!channel.is_connected());
+        assert_eq!(client.call::<i64>("add", (2, 2)).await.unwrap(), 4);
+        assert_eq!(channel.stats().connections, 2);
+
+        // A raw connection that sends nothing is closed too.
+        let mut raw = TcpStream::connect(server.local_addr()).await.unwrap();
+        let mut buf = [0u8; 8];
+        assert_eq!(raw.read(&mut buf).await.unwrap(), 0);
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn a_half_closed_peer_still_gets_its_answers() {
+    timeout(LIMIT, async {
+        let server = tcp::Builder::new()
+            .serve(router())
+            .bind("127.0.0.1:0", RpcudpCodec::new())
+            .await
+            .unwrap();
+        // Encode ten requests with the codec, send them, and close our sending side.
+        let client = tcp::Builder::new().channel(server.local_addr(), RpcudpCodec::new());
+        let c = client.into_client();
+        let mut wire = Vec::new();
+        for i in 0..10i64 {
+            let req = c.request("add", &(i, 100)).unwrap();
+            let mut body = bytes::BytesMut::new();
+            rpc_core::Codec::encode_request(
+                &RpcudpCodec::new(),
+                Some(&rpc_codecs::msgpack::MessageId([i as u8; 20])),
+                req.method(),
+                req.args(),
+                &mut body,
+            )
+            .unwrap();
+            wire.extend_from_slice(&(body.len() as u32).to_be_bytes());
+            wire.extend_from_slice(&body);
+        }
+        let mut raw = TcpStream::connect(server.local_addr()).await.unwrap();
+        raw.write_all(&wire).await.unwrap();
+        raw.shutdown().await.unwrap();
+        let mut answers = Vec::new();
+        raw.read_to_end(&mut answers).await.unwrap();
+        // Ten length-prefixed responses, then the server closed.
+        let mut n = 0;
+        let mut rest = &answers[..];
+        while rest.len() >= 4 {
+            let len = u32::from_be_bytes(rest[..4].try_into().unwrap()) as usize;
+            assert_eq!(rest[4], 0x01, "a response");
+            rest = &rest[4 + len..];
+            n += 1;
+        }
+        assert_eq!(n, 10);
+        assert!(rest.is_empty());
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn a_peer_that_never_reads_does_not_stop_the_server() {
+    async fn blob(n: usize) -> serde_bytes::ByteBuf {
+        serde_bytes::ByteBuf::from(vec![1u8; n])
+    }
+    timeout(LIMIT, async {
+        let server = tcp::Builder::new()
+            .serve(Router::new().route("blob", blob).route("add", add))
+            .bind("127.0.0.1:0", RpcudpCodec::new())
+            .await
+            .unwrap();
+        // A raw peer asks for 64 KiB responses, 400 times (25 MiB), and never reads them.
+        let c = tcp::Builder::new()
+            .channel(server.local_addr(), RpcudpCodec::new())
+            .into_client();
+        let req = c.request("blob", &(65536usize,)).unwrap();
+        let mut body = bytes::BytesMut::new();
+        rpc_core::Codec::encode_request(
+            &RpcudpCodec::new(),
+            Some(&rpc_codecs::msgpack::MessageId([9; 20])),
+            req.method(),
+            req.args(),
+            &mut body,
+        )
+        .unwrap();
+        let mut frame = (body.len() as u32).to_be_bytes().to_vec();
+        frame.extend_from_slice(&body);
+        let mut hog = TcpStream::connect(server.local_addr()).await.unwrap();
+        let writer = tokio::spawn(async move {
+            for _ in 0..400 {
+                if hog.write_all(&frame).await.is_err() {
+                    break;
+                }
+            }
+            hog
+        });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        // Everyone else is still served.
+        let other = tcp::Builder::new().connect(server.local_addr(), RpcudpCodec::new());
+        for i in 0..20 {
+            assert_eq!(other.call::<i64>("add", (i, i)).await.unwrap(), 2 * i);
+        }
+        writer.abort();
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn unix_socket_permissions_are_set() {
+    timeout(LIMIT, async {
+        let path = temp_sock("perm.sock");
+        let server = unix::Builder::new()
+            .permissions(0o600)
+            .serve(router())
+            .bind(&path, RpcudpCodec::new())
+            .await
+            .unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let client = unix::Builder::new().connect(&path, RpcudpCodec::new());
+        assert_eq!(client.call::<i64>("add", (1, 2)).await.unwrap(), 3);
+        assert!(server.shutdown(Duration::from_secs(2)).await);
+        assert!(!path.exists());
+        let _ = std::fs::remove_dir_all(path.parent().unwrap());
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn a_server_calls_back_over_the_clients_connection() {
+    async fn ask_back(ctx: rpc_core::Context, x: i64) -> Result<i64, rpc_core::ServerError> {
+        let caller = ctx.caller().expect("a connection can call back");
+        caller
+            .call::<i64>("double", (x,))
+            .await
+            .map_err(|e| rpc_core::ServerError::internal(e.to_string()))
+    }
+    async fn double(x: i64) -> i64 {
+        2 * x
+    }
+    timeout(LIMIT, async {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let server = tcp::Builder::new()
+            .serve(Router::new().route("ask_back", ask_back))
+            .bind("127.0.0.1:0", RpcudpCodec::new())
+            .await
+            .unwrap();
+        let seen = calls.clone();
+        let client = tcp::Builder::new()
+            .serve(Router::new().route("double", move |x: i64| {
+                seen.fetch_add(1, Ordering::Relaxed);
+                double(x)
+            }))
+            .connect(server.local_addr(), RpcudpCodec::new());
+        assert_eq!(client.call::<i64>("ask_back", (21,)).await.unwrap(), 42);
+        assert_eq!(calls.load(Ordering::Relaxed), 1);
+        assert_eq!(server.stats().connections, 1, "one connection carried both directions");
+    })
+    .await
+    .unwrap();
+}
