@@ -12,7 +12,7 @@ use bytes::{Bytes, BytesMut};
 
 use crate::error::{Error, ServerError};
 use crate::format::{Format, Payload};
-use crate::message::Method;
+use crate::message::{Method, Response};
 
 /// One decoded message.
 #[derive(Debug, Clone)]
@@ -33,6 +33,10 @@ pub enum Message<Id> {
         /// The encoded result, or the peer's error.
         result: Result<Bytes, ServerError>,
     },
+    /// Several messages in one frame (a JSON-RPC batch). The transport serves the requests
+    /// concurrently and answers them together with [`Codec::encode_batch`]; members that are not
+    /// valid messages are answered as errors in the same batch.
+    Batch(Vec<Result<Message<Id>, DecodeError<Id>>>),
 }
 
 /// A frame that is not a valid message.
@@ -101,4 +105,15 @@ pub trait Codec: Clone + Send + Sync + 'static {
         result: Result<&Payload, &ServerError>,
         dst: &mut BytesMut,
     ) -> Result<bool, Error>;
+
+    /// Appends the answers to a batch as one frame. Returns `false`, writing nothing, when there is
+    /// nothing to send. Codecs without batches never decode one, so the default is never called.
+    fn encode_batch(
+        &self,
+        responses: &[(Self::Id, Response)],
+        dst: &mut BytesMut,
+    ) -> Result<bool, Error> {
+        let _ = (responses, dst);
+        Err(Error::Codec("this codec has no batches".into()))
+    }
 }

@@ -24,6 +24,7 @@
     attr(deny(warnings, rust_2018_idioms), allow(dead_code, unused_variables))
 ))]
 
+mod dispatch;
 #[cfg(any(feature = "tcp", feature = "unix"))]
 pub mod stream;
 #[cfg(feature = "tcp")]

@@ -6,16 +6,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::task::{Context as TaskContext, Poll};
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use futures::future::BoxFuture;
 use futures::StreamExt;
 use rpc_core::calls::{Delivery, InFlight};
-use rpc_core::codec::{Codec, Message};
+use rpc_core::codec::Codec;
 use rpc_core::context::Origin;
-use rpc_core::{
-    BoxChannel, Client, Context, Error, ErrorCode, Method, Payload, Peer, Request, Response, Serve,
-    ServerError, Service,
-};
+use rpc_core::{BoxChannel, Client, Context, Error, Payload, Peer, Request, Serve, Service};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{Notify, Semaphore};
 use tokio::time::Instant;
@@ -24,9 +21,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::framing::FrameError;
 use super::{Config, Counters};
-use crate::poll_once;
-
-type CallResult = Result<Bytes, ServerError>;
+use crate::dispatch::{self, CallResult, Event, Link};
 
 /// A byte stream that splits into halves the two tasks own.
 pub trait Split: Send + 'static {
@@ -253,95 +248,6 @@ impl<C: Codec> Conn<C> {
         }
     }
 
-    async fn respond(&self, id: &C::Id, response: &Response) {
-        let sent = self
-            .send_frame(|dst| self.codec.encode_response(id, response.result(), dst))
-            .await;
-        let sent = match sent {
-            Err(Error::TooLarge { size, limit }) => {
-                tracing::warn!(peer = %self.peer, size, limit, "response over the frame limit; answering an error");
-                let e = ServerError::new(
-                    ErrorCode::MESSAGE_TOO_LARGE,
-                    format!("the response of {size} bytes exceeds the limit of {limit} bytes"),
-                );
-                self.send_frame(|dst| self.codec.encode_response(id, Err(&e), dst))
-                    .await
-            }
-            other => other,
-        };
-        match sent {
-            Ok(()) => Counters::add(&self.counters.responses_sent),
-            Err(error) => tracing::debug!(peer = %self.peer, %error, "could not send a response"),
-        }
-    }
-
-    async fn handle(self: &Arc<Self>, frame: Bytes) {
-        match self.codec.decode(frame) {
-            Ok(Message::Response { id, result }) => {
-                if self.calls.deliver(&id, &(), result) == Delivery::UnknownId {
-                    Counters::add(&self.counters.unknown_responses);
-                    tracing::debug!(peer = %self.peer, ?id, "dropped a response to no call in flight");
-                }
-            }
-            Ok(Message::Request { id, method, args }) => {
-                Counters::add(&self.counters.requests);
-                self.serve(id, method, args).await;
-            }
-            Err(e) => {
-                Counters::add(&self.counters.malformed);
-                tracing::debug!(peer = %self.peer, error = %e, "malformed frame");
-                if let Some(id) = e.reply_to {
-                    self.respond(&id, &Response::error(e.error)).await;
-                }
-            }
-        }
-    }
-
-    async fn serve(self: &Arc<Self>, id: Option<C::Id>, method: Method, args: Bytes) {
-        let Some(service) = &self.serve else {
-            if let Some(id) = id {
-                self.respond(&id, &ServerError::method_not_found(&method).into())
-                    .await;
-            }
-            return;
-        };
-        let Ok(permit) = self.serving.clone().try_acquire_owned() else {
-            Counters::add(&self.counters.overloaded);
-            if let Some(id) = id {
-                self.respond(&id, &ServerError::from_code(ErrorCode::OVERLOADED).into())
-                    .await;
-            }
-            return;
-        };
-        let mut ctx = Context::from_peer(self.peer.clone());
-        ctx.set_origin(self.clone());
-        let args = Payload::new(args, self.codec.format());
-        let req = match id {
-            Some(_) => Request::new(method, args),
-            None => Request::notification(method, args),
-        }
-        .with_context(ctx);
-        let mut fut = service.call(req);
-        match poll_once(&mut fut) {
-            Poll::Ready(response) => {
-                if let Some(id) = id {
-                    self.respond(&id, &response).await;
-                }
-                drop(permit);
-            }
-            Poll::Pending => {
-                let me = self.clone();
-                tokio::spawn(async move {
-                    let response = fut.await;
-                    if let Some(id) = id {
-                        me.respond(&id, &response).await;
-                    }
-                    drop(permit);
-                });
-            }
-        }
-    }
-
     /// Waits until every request being served has been answered.
     async fn answered(&self) {
         let all = u32::try_from(self.config.max_concurrent_requests).unwrap_or(u32::MAX);
@@ -388,7 +294,7 @@ async fn read_loop<C: Codec, R: AsyncRead + Unpin>(
                 conn.lost.store(true, Ordering::Relaxed);
                 break;
             }
-            Some(Some(Ok(frame))) => conn.handle(frame).await,
+            Some(Some(Ok(frame))) => dispatch::handle(&conn, frame).await,
             Some(Some(Err(e))) => {
                 Counters::add(&conn.counters.bad_frames);
                 tracing::warn!(peer = %conn.peer, error = %e, "closing the connection");
@@ -438,6 +344,52 @@ async fn write_loop<C: Codec, W: AsyncWrite + Unpin>(conn: Arc<Conn<C>>, mut w: 
 impl<C: Codec> Drop for Conn<C> {
     fn drop(&mut self) {
         self.calls.close_all();
+    }
+}
+
+impl<C: Codec> Link<C> for Arc<Conn<C>> {
+    fn codec(&self) -> &C {
+        &self.codec
+    }
+
+    fn service(&self) -> Option<&Serve> {
+        self.serve.as_ref()
+    }
+
+    fn permits(&self) -> &Arc<Semaphore> {
+        &self.serving
+    }
+
+    fn context(&self) -> Context {
+        let mut ctx = Context::from_peer(self.peer.clone());
+        ctx.set_origin(self.clone());
+        ctx
+    }
+
+    async fn send<F>(&self, encode: F) -> Result<(), Error>
+    where
+        F: Fn(&mut BytesMut) -> Result<bool, Error> + Send + Sync,
+    {
+        self.send_frame(encode).await
+    }
+
+    fn deliver(&self, id: C::Id, result: CallResult) {
+        if self.calls.deliver(&id, &(), result) == Delivery::UnknownId {
+            Counters::add(&self.counters.unknown_responses);
+            tracing::debug!(peer = %self.peer, ?id, "dropped a response to no call in flight");
+        }
+    }
+
+    fn count(&self, event: Event) {
+        let c = &self.counters;
+        match event {
+            Event::Request => Counters::add(&c.requests),
+            Event::Malformed => Counters::add(&c.malformed),
+            Event::Overloaded => Counters::add(&c.overloaded),
+            Event::ResponseSent => Counters::add(&c.responses_sent),
+            // The connection is closing; its reader reports why.
+            Event::SendError => {}
+        }
     }
 }
 

@@ -65,14 +65,13 @@ use std::sync::{Arc, OnceLock, Weak};
 use std::task::{Context as TaskContext, Poll};
 use std::time::Duration;
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{BufMut, BytesMut};
 use futures::future::BoxFuture;
 use rpc_core::calls::{Delivery, InFlight};
-use rpc_core::codec::{Codec, Message};
+use rpc_core::codec::Codec;
 use rpc_core::context::Origin;
 use rpc_core::{
-    BoxChannel, BoxError, Client, Context, Error, ErrorCode, Payload, Peer, Request, Response,
-    Serve, ServerError, Service,
+    BoxChannel, BoxError, Client, Context, Error, Payload, Peer, Request, Response, Serve, Service,
 };
 use tokio::net::{ToSocketAddrs, UdpSocket};
 use tokio::sync::Semaphore;
@@ -80,7 +79,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use self::stats::Counters;
-use crate::poll_once;
+use crate::dispatch::{self, CallResult, Event, Link};
 
 /// The default largest payload, as rpcudp: 8192 bytes.
 pub const DEFAULT_MAX_PAYLOAD: usize = 8192;
@@ -92,8 +91,6 @@ pub const DEFAULT_MAX_CONCURRENT_REQUESTS: usize = 1024;
 const MAX_UDP_PAYLOAD: usize = 65_507;
 /// Receive buffers are cut from arenas of this size, so a datagram costs no allocation of its own.
 const RECV_ARENA: usize = 64 * 1024;
-
-type CallResult = Result<Bytes, ServerError>;
 
 /// Configures an [`Endpoint`].
 #[derive(Debug, Clone)]
@@ -472,111 +469,73 @@ impl<C: Codec> Shared<C> {
             Err(e) => Err(Error::Server(e)),
         }
     }
+}
 
-    async fn respond(&self, id: &C::Id, to: SocketAddr, response: &Response) {
-        let sent = self
-            .send_with(to, |dst| {
-                self.codec.encode_response(id, response.result(), dst)
-            })
-            .await;
-        let sent = match sent {
-            Err(Error::TooLarge { size, limit }) => {
-                tracing::warn!(%to, size, limit, "response too large for a datagram; answering an error");
-                let e = ServerError::new(
-                    ErrorCode::MESSAGE_TOO_LARGE,
-                    format!("the response of {size} bytes exceeds the limit of {limit} bytes"),
-                );
-                self.send_with(to, |dst| self.codec.encode_response(id, Err(&e), dst))
-                    .await
+/// The peer a datagram came from, as the dispatcher answers it.
+struct UdpLink<C: Codec> {
+    shared: Arc<Shared<C>>,
+    peer: SocketAddr,
+}
+
+impl<C: Codec> Clone for UdpLink<C> {
+    fn clone(&self) -> Self {
+        Self {
+            shared: self.shared.clone(),
+            peer: self.peer,
+        }
+    }
+}
+
+impl<C: Codec> Link<C> for UdpLink<C> {
+    fn codec(&self) -> &C {
+        &self.shared.codec
+    }
+
+    fn service(&self) -> Option<&Serve> {
+        self.shared.service.get()
+    }
+
+    fn permits(&self) -> &Arc<Semaphore> {
+        &self.shared.permits
+    }
+
+    fn context(&self) -> Context {
+        let mut ctx = Context::from_peer(Peer::Socket(self.peer));
+        ctx.set_origin(self.shared.clone());
+        ctx
+    }
+
+    async fn send<F>(&self, encode: F) -> Result<(), Error>
+    where
+        F: Fn(&mut BytesMut) -> Result<bool, Error> + Send + Sync,
+    {
+        self.shared.send_with(self.peer, encode).await
+    }
+
+    fn deliver(&self, id: C::Id, result: CallResult) {
+        let counters = &self.shared.counters;
+        match self.shared.calls.deliver(&id, &self.peer, result) {
+            Delivery::Delivered => Counters::add(&counters.responses_received),
+            Delivery::UnknownId => {
+                Counters::add(&counters.unknown_responses);
+                tracing::debug!(from = %self.peer, ?id, "dropped a response to no call in flight");
             }
-            other => other,
-        };
-        match sent {
-            Ok(()) => Counters::add(&self.counters.responses_sent),
-            Err(error) => {
-                Counters::add(&self.counters.send_errors);
-                tracing::debug!(%to, %error, "could not send a response");
+            Delivery::WrongPeer => {
+                Counters::add(&counters.spoofed_responses);
+                tracing::warn!(from = %self.peer, ?id, "dropped a response from the wrong address");
             }
         }
     }
 
-    async fn handle(self: &Arc<Self>, frame: Bytes, from: SocketAddr) {
-        match self.codec.decode(frame) {
-            Ok(Message::Response { id, result }) => match self.calls.deliver(&id, &from, result) {
-                Delivery::Delivered => Counters::add(&self.counters.responses_received),
-                Delivery::UnknownId => {
-                    Counters::add(&self.counters.unknown_responses);
-                    tracing::debug!(%from, ?id, "dropped a response to no call in flight");
-                }
-                Delivery::WrongPeer => {
-                    Counters::add(&self.counters.spoofed_responses);
-                    tracing::warn!(%from, ?id, "dropped a response from the wrong address");
-                }
-            },
-            Ok(Message::Request { id, method, args }) => {
-                Counters::add(&self.counters.requests);
-                self.serve(id, method, args, from).await;
-            }
-            Err(e) => {
-                Counters::add(&self.counters.malformed);
-                tracing::debug!(%from, error = %e, "dropped a malformed datagram");
-                if let Some(id) = e.reply_to {
-                    self.respond(&id, from, &Response::error(e.error)).await;
-                }
-            }
-        }
-    }
-
-    async fn serve(
-        self: &Arc<Self>,
-        id: Option<C::Id>,
-        method: rpc_core::Method,
-        args: Bytes,
-        from: SocketAddr,
-    ) {
-        let Some(service) = self.service.get() else {
-            if let Some(id) = id {
-                let response = ServerError::method_not_found(&method).into();
-                self.respond(&id, from, &response).await;
-            }
-            return;
-        };
-        let Ok(permit) = self.permits.clone().try_acquire_owned() else {
-            Counters::add(&self.counters.overloaded);
-            if let Some(id) = id {
-                let response = ServerError::from_code(ErrorCode::OVERLOADED).into();
-                self.respond(&id, from, &response).await;
-            }
-            return;
-        };
-        let mut ctx = Context::from_peer(Peer::Socket(from));
-        ctx.set_origin(self.clone());
-        let args = Payload::new(args, self.codec.format());
-        let req = match id {
-            Some(_) => Request::new(method, args),
-            None => Request::notification(method, args),
-        }
-        .with_context(ctx);
-        let mut fut = service.call(req);
-        // Answer from here when the handler does not wait: no task, no hand-off.
-        let me = self.clone();
-        match poll_once(&mut fut) {
-            Poll::Ready(response) => {
-                drop(permit);
-                if let Some(id) = id {
-                    me.respond(&id, from, &response).await;
-                }
-            }
-            Poll::Pending => {
-                tokio::spawn(async move {
-                    let response = fut.await;
-                    if let Some(id) = id {
-                        me.respond(&id, from, &response).await;
-                    }
-                    drop(permit);
-                });
-            }
-        }
+    fn count(&self, event: Event) {
+        let c = &self.shared.counters;
+        Counters::add(match event {
+            Event::Request => &c.requests,
+            Event::Malformed => &c.malformed,
+            Event::Overloaded => &c.overloaded,
+            Event::ResponseSent => &c.responses_sent,
+            Event::SendError => &c.send_errors,
+        });
     }
 }
 
@@ -608,7 +567,11 @@ async fn receive_loop<C: Codec>(shared: Arc<Shared<C>>) {
             tracing::debug!(%from, "dropped a datagram over the size limit");
             continue;
         }
-        shared.handle(frame, canonical(from)).await;
+        let link = UdpLink {
+            shared: shared.clone(),
+            peer: canonical(from),
+        };
+        dispatch::handle(&link, frame).await;
     }
     shared.calls.close_all();
 }

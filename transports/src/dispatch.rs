@@ -1,0 +1,219 @@
+//! What every transport does with a received frame: route it by shape, serve requests, deliver
+//! responses, answer batches. Transports differ only in how they send and whom they answer, which
+//! they describe as a [`Link`].
+
+use std::future::Future;
+use std::sync::Arc;
+use std::task::Poll;
+
+use bytes::{Bytes, BytesMut};
+use futures::future::BoxFuture;
+use rpc_core::codec::{Codec, DecodeError, Message};
+use rpc_core::{Context, Error, ErrorCode, Method, Payload, Request, Response, Serve, ServerError};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use crate::poll_once;
+
+/// What happened, for a transport's counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Event {
+    Request,
+    Malformed,
+    Overloaded,
+    ResponseSent,
+    SendError,
+}
+
+/// The result a response carries, before it becomes a `Payload`.
+pub(crate) type CallResult = Result<Bytes, ServerError>;
+
+/// One peer as seen by the dispatcher: where answers go and what serves requests.
+pub(crate) trait Link<C: Codec>: Clone + Send + Sync + 'static {
+    fn codec(&self) -> &C;
+    fn service(&self) -> Option<&Serve>;
+    /// Bounds the requests served at once.
+    fn permits(&self) -> &Arc<Semaphore>;
+    /// The context of a request from this peer.
+    fn context(&self) -> Context;
+    /// Encodes one frame with `encode` and sends it to the peer.
+    fn send<F>(&self, encode: F) -> impl Future<Output = Result<(), Error>> + Send
+    where
+        F: Fn(&mut BytesMut) -> Result<bool, Error> + Send + Sync;
+    /// Hands a response to the call waiting for it.
+    fn deliver(&self, id: C::Id, result: CallResult);
+    fn count(&self, event: Event);
+}
+
+/// Handles one received frame.
+pub(crate) async fn handle<C: Codec, L: Link<C>>(link: &L, frame: Bytes) {
+    match link.codec().decode(frame) {
+        Ok(Message::Batch(items)) => batch(link, items).await,
+        Ok(Message::Response { id, result }) => link.deliver(id, result),
+        Ok(Message::Request { id, method, args }) => {
+            link.count(Event::Request);
+            match start(link, id.is_none(), method, args) {
+                Started::Ready(response) => {
+                    if let Some(id) = id {
+                        respond(link, &id, &response).await;
+                    }
+                }
+                Started::Pending(fut, permit) => {
+                    let link = link.clone();
+                    tokio::spawn(async move {
+                        let response = fut.await;
+                        if let Some(id) = id {
+                            respond(&link, &id, &response).await;
+                        }
+                        drop(permit);
+                    });
+                }
+            }
+        }
+        Err(e) => {
+            malformed(link, e, |id, response| async move {
+                respond(link, &id, &response).await;
+            })
+            .await
+        }
+    }
+}
+
+async fn malformed<C, L, F, Fut>(link: &L, e: DecodeError<C::Id>, answer: F)
+where
+    C: Codec,
+    L: Link<C>,
+    F: FnOnce(C::Id, Response) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    link.count(Event::Malformed);
+    tracing::debug!(error = %e, "malformed message");
+    if let Some(id) = e.reply_to {
+        answer(id, Response::error(e.error)).await;
+    }
+}
+
+enum Started {
+    Ready(Response),
+    Pending(BoxFuture<'static, Response>, OwnedSemaphorePermit),
+}
+
+/// Starts serving a request; answers from here when the handler does not wait.
+fn start<C: Codec, L: Link<C>>(
+    link: &L,
+    notification: bool,
+    method: Method,
+    args: Bytes,
+) -> Started {
+    let Some(service) = link.service() else {
+        return Started::Ready(ServerError::method_not_found(&method).into());
+    };
+    let Ok(permit) = link.permits().clone().try_acquire_owned() else {
+        link.count(Event::Overloaded);
+        return Started::Ready(ServerError::from_code(ErrorCode::OVERLOADED).into());
+    };
+    let args = Payload::new(args, link.codec().format());
+    let req = if notification {
+        Request::notification(method, args)
+    } else {
+        Request::new(method, args)
+    }
+    .with_context(link.context());
+    let mut fut = service.call(req);
+    match poll_once(&mut fut) {
+        Poll::Ready(response) => Started::Ready(response),
+        Poll::Pending => Started::Pending(fut, permit),
+    }
+}
+
+/// Sends one response; a response over the size limit is replaced by an error saying so.
+pub(crate) async fn respond<C: Codec, L: Link<C>>(link: &L, id: &C::Id, response: &Response) {
+    let codec = link.codec();
+    let sent = link
+        .send(|dst| codec.encode_response(id, response.result(), dst))
+        .await;
+    let sent = match sent {
+        Err(Error::TooLarge { size, limit }) => {
+            tracing::warn!(
+                size,
+                limit,
+                "response over the size limit; answering an error"
+            );
+            let e = ServerError::new(
+                ErrorCode::MESSAGE_TOO_LARGE,
+                format!("the response of {size} bytes exceeds the limit of {limit} bytes"),
+            );
+            link.send(|dst| codec.encode_response(id, Err(&e), dst))
+                .await
+        }
+        other => other,
+    };
+    match sent {
+        Ok(()) => link.count(Event::ResponseSent),
+        Err(error) => {
+            link.count(Event::SendError);
+            tracing::debug!(%error, "could not send a response");
+        }
+    }
+}
+
+/// Serves a batch's requests concurrently and answers them in one frame.
+async fn batch<C: Codec, L: Link<C>>(
+    link: &L,
+    items: Vec<Result<Message<C::Id>, DecodeError<C::Id>>>,
+) {
+    let mut answers: Vec<(C::Id, Response)> = Vec::new();
+    let mut pending = Vec::new();
+    for item in items {
+        match item {
+            Ok(Message::Request { id, method, args }) => {
+                link.count(Event::Request);
+                match start(link, id.is_none(), method, args) {
+                    Started::Ready(r) => answers.extend(id.map(|id| (id, r))),
+                    Started::Pending(fut, permit) => pending.push(async move {
+                        let r = fut.await;
+                        drop(permit);
+                        id.map(|id| (id, r))
+                    }),
+                }
+            }
+            Ok(Message::Response { id, result }) => link.deliver(id, result),
+            Ok(Message::Batch(_)) => link.count(Event::Malformed),
+            Err(e) => {
+                let answers = &mut answers;
+                malformed(link, e, |id, r| {
+                    answers.push((id, r));
+                    std::future::ready(())
+                })
+                .await
+            }
+        }
+    }
+    if pending.is_empty() {
+        send_batch(link, &answers).await;
+    } else {
+        let link = link.clone();
+        tokio::spawn(async move {
+            answers.extend(
+                futures::future::join_all(pending)
+                    .await
+                    .into_iter()
+                    .flatten(),
+            );
+            send_batch(&link, &answers).await;
+        });
+    }
+}
+
+async fn send_batch<C: Codec, L: Link<C>>(link: &L, answers: &[(C::Id, Response)]) {
+    if answers.is_empty() {
+        return;
+    }
+    let codec = link.codec();
+    match link.send(|dst| codec.encode_batch(answers, dst)).await {
+        Ok(()) => link.count(Event::ResponseSent),
+        Err(error) => {
+            link.count(Event::SendError);
+            tracing::warn!(%error, "could not send a batch's answers");
+        }
+    }
+}
