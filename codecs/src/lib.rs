@@ -8,16 +8,20 @@
 //! | module | format | codec | wire-compatible with |
 //! |---|---|---|---|
 //! | [`msgpack`] | [`MsgPack`](msgpack::MsgPack) | [`RpcudpCodec`](msgpack::RpcudpCodec) | rpcudp 5.0.1, kademlia 2.2.3 |
+//! | [`jsonrpc`] | [`Json`](jsonrpc::Json) | [`JsonRpcCodec`](jsonrpc::JsonRpcCodec) | the JSON-RPC 2.0 specification, jsonrpcserver, jsonrpcclient |
 //!
 //! # Feature flags
 //!
 //! | name | what | default |
 //! |---|---|---|
 //! | `msgpack` | MessagePack values and rpcudp's datagram format | yes |
+//! | `jsonrpc` | JSON values and JSON-RPC 2.0 | yes |
 #![doc(test(
     no_crate_inject,
     attr(deny(warnings, rust_2018_idioms), allow(dead_code, unused_variables))
 ))]
 
+#[cfg(feature = "jsonrpc")]
+pub mod jsonrpc;
 #[cfg(feature = "msgpack")]
 pub mod msgpack;

@@ -1,0 +1,180 @@
+//! The JSON value format, with by-name arguments.
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+
+use bytes::{BufMut, BytesMut};
+use rpc_core::format::DeserializeFn;
+use rpc_core::{BoxError, Format};
+use serde::de::{DeserializeSeed, SeqAccess, Visitor};
+use serde::forward_to_deserialize_any;
+use serde_json::value::RawValue;
+
+/// JSON values, as serde_json writes and reads them.
+///
+/// Argument lists may come as an array (by position) or an object (by name). By name, each
+/// parameter the handler declared with [`Route::params`](rpc_core::Route::params) is taken from the
+/// object: a missing one is `null` (so `Option` parameters may be left out), an unknown one is an
+/// error. A handler that declared no names and takes a single argument receives the whole object
+/// as that argument (a params struct). Absent params are an empty list.
+///
+/// ```
+/// use rpc_codecs::jsonrpc::Json;
+/// use rpc_core::Payload;
+///
+/// let p = Payload::encode(&Json, &("a", 1.5, [1, 2]))?;
+/// assert_eq!(p.bytes().as_ref(), br#"["a",1.5,[1,2]]"#);
+/// # Ok::<(), rpc_core::Error>(())
+/// ```
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Json;
+
+pub(crate) static JSON: Json = Json;
+
+impl Format for Json {
+    fn name(&self) -> &'static str {
+        "json"
+    }
+
+    fn encode(
+        &self,
+        value: &dyn erased_serde::Serialize,
+        dst: &mut BytesMut,
+    ) -> Result<(), BoxError> {
+        let mut ser = serde_json::Serializer::new(dst.writer());
+        erased_serde::serialize(value, &mut ser)?;
+        Ok(())
+    }
+
+    fn decode(
+        &self,
+        src: &[u8],
+        names: Option<&[&'static str]>,
+        visit: &mut DeserializeFn<'_>,
+    ) -> Result<(), BoxError> {
+        match src.iter().find(|b| !b.is_ascii_whitespace()) {
+            None => {
+                let mut de = serde_json::Deserializer::from_slice(b"[]");
+                visit(&mut <dyn erased_serde::Deserializer<'_>>::erase(&mut de))?;
+                Ok(())
+            }
+            Some(b'{') => {
+                let values = match names {
+                    Some(names) => by_name(src, names)?,
+                    None => vec![serde_json::from_slice::<&RawValue>(src)?],
+                };
+                let mut de = RawSeq(values);
+                visit(&mut <dyn erased_serde::Deserializer<'_>>::erase(&mut de))?;
+                Ok(())
+            }
+            Some(_) => {
+                let mut de = serde_json::Deserializer::from_slice(src);
+                visit(&mut <dyn erased_serde::Deserializer<'_>>::erase(&mut de))?;
+                de.end()?;
+                Ok(())
+            }
+        }
+    }
+}
+
+const NULL: &str = "null";
+
+/// The object's members in the order of `names`.
+fn by_name<'a>(src: &'a [u8], names: &[&'static str]) -> Result<Vec<&'a RawValue>, BoxError> {
+    let mut members: HashMap<Cow<'a, str>, &'a RawValue> = serde_json::from_slice(src)?;
+    let null: &'static RawValue = serde_json::from_str(NULL).expect("null is a JSON value");
+    let values = names
+        .iter()
+        .map(|n| members.remove(*n).unwrap_or(null))
+        .collect();
+    if let Some(unknown) = members.keys().next() {
+        return Err(format!("unknown parameter {unknown:?}").into());
+    }
+    Ok(values)
+}
+
+/// A list of raw JSON values, read as a sequence.
+struct RawSeq<'a>(Vec<&'a RawValue>);
+
+impl<'de> serde::Deserializer<'de> for &mut RawSeq<'de> {
+    type Error = serde_json::Error;
+
+    fn deserialize_any<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Self::Error> {
+        visitor.visit_seq(RawSeqAccess(std::mem::take(&mut self.0).into_iter()))
+    }
+
+    forward_to_deserialize_any! {
+        bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes byte_buf
+        option unit unit_struct newtype_struct seq tuple tuple_struct map struct enum
+        identifier ignored_any
+    }
+}
+
+struct RawSeqAccess<'a>(std::vec::IntoIter<&'a RawValue>);
+
+impl<'de> SeqAccess<'de> for RawSeqAccess<'de> {
+    type Error = serde_json::Error;
+
+    fn next_element_seed<T: DeserializeSeed<'de>>(
+        &mut self,
+        seed: T,
+    ) -> Result<Option<T::Value>, Self::Error> {
+        match self.0.next() {
+            None => Ok(None),
+            Some(raw) => {
+                let mut de = serde_json::Deserializer::from_str(raw.get());
+                let v = seed.deserialize(&mut de)?;
+                de.end()?;
+                Ok(Some(v))
+            }
+        }
+    }
+
+    fn size_hint(&self) -> Option<usize> {
+        Some(self.0.len())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rpc_core::format::FromArgs;
+    use rpc_core::Payload;
+
+    fn args<T: FromArgs>(json: &str, names: Option<&[&'static str]>) -> Result<T, String> {
+        let p = Payload::new(bytes::Bytes::copy_from_slice(json.as_bytes()), &JSON);
+        T::from_args(&p, names).map_err(|e| e.message().to_string())
+    }
+
+    #[test]
+    fn positional_and_named_reach_the_same_parameters() {
+        let names: &[&'static str] = &["minuend", "subtrahend"];
+        assert_eq!(args::<(i64, i64)>("[42, 23]", Some(names)), Ok((42, 23)));
+        assert_eq!(
+            args::<(i64, i64)>(r#"{"subtrahend": 23, "minuend": 42}"#, Some(names)),
+            Ok((42, 23))
+        );
+        assert_eq!(
+            args::<(i64, Option<i64>)>(r#"{"minuend": 42}"#, Some(names)),
+            Ok((42, None))
+        );
+        assert!(
+            args::<(i64, i64)>(r#"{"minuend": 42, "x": 1}"#, Some(names))
+                .unwrap_err()
+                .contains("unknown parameter")
+        );
+        assert!(args::<(i64, i64)>("[42]", Some(names)).is_err());
+        assert!(args::<(i64, i64)>("[42, 1, 2]", Some(names)).is_err());
+        assert_eq!(args::<()>("", None), Ok(()));
+        assert_eq!(args::<()>("[]", None), Ok(()));
+    }
+
+    #[test]
+    fn an_object_without_names_is_one_argument() {
+        #[derive(serde::Deserialize, Debug, PartialEq)]
+        struct P {
+            a: i64,
+        }
+        assert_eq!(args::<(P,)>(r#"{"a": 1}"#, None), Ok((P { a: 1 },)));
+    }
+}

@@ -1,0 +1,388 @@
+//! JSON-RPC 2.0: the [`Json`] value format and the [`JsonRpcCodec`].
+//!
+//! ```text
+//! request       {"jsonrpc":"2.0","method":"subtract","params":[42,23],"id":1}
+//! notification  {"jsonrpc":"2.0","method":"update","params":[1,2,3]}
+//! response      {"jsonrpc":"2.0","result":19,"id":1}
+//! error         {"jsonrpc":"2.0","error":{"code":-32601,"message":"method not found: foo"},"id":"1"}
+//! batch         [ ...requests and notifications... ]  ->  [ ...their responses... ]
+//! ```
+//!
+//! The whole specification: params by position or by name (see [`Json`]); notifications, which are
+//! never answered, not even with an error; batches, answered in one array without the
+//! notifications (an empty batch is one Invalid Request error; a batch of notifications gets no
+//! answer at all); ids that are numbers, strings or null, echoed as they came; and the standard
+//! codes: -32700 parse error (id null), -32600 invalid request, -32601 method not found, -32602
+//! invalid params, -32603 internal error, with rpc-stack's own in -32000..-32099 (overloaded,
+//! rate limited, deadline exceeded, message too large).
+//!
+//! Messages are routed by shape, never by id: a message with `method` is a request for us, one
+//! with `result` or `error` answers one of our calls. Both ends of a connection can therefore call
+//! each other with ids that collide. Nothing that looks like a response is ever answered, so two
+//! peers cannot bounce errors at each other.
+//!
+//! The codec frames nothing itself: one message per UDP datagram, and over streams the transport's
+//! framing (length-prefixed by default; `Framing::Newline` for bjsonrpc-style peers,
+//! `Framing::Eot` for rpcbd).
+
+mod format;
+
+pub use self::format::Json;
+
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use rpc_core::codec::{Codec, DecodeError, Message};
+use rpc_core::{Error, ErrorCode, Format, Method, MethodName, Payload, Response, ServerError};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+use self::format::JSON;
+
+/// The default longest batch: 1000 messages.
+pub const DEFAULT_MAX_BATCH: usize = 1000;
+
+/// A JSON-RPC request id: a number, a string, or null.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub enum Id {
+    /// `null` (the id of errors about requests whose id could not be read).
+    Null,
+    /// A number.
+    Number(serde_json::Number),
+    /// A string.
+    String(Arc<str>),
+}
+
+impl Id {
+    fn write(&self, dst: &mut BytesMut) {
+        match self {
+            Id::Null => dst.put_slice(b"null"),
+            Id::Number(n) => dst.put_slice(n.to_string().as_bytes()),
+            Id::String(s) => write_json(dst, &**s),
+        }
+    }
+
+    fn parse(raw: &RawValue) -> Option<Id> {
+        match serde_json::from_str::<serde_json::Value>(raw.get()).ok()? {
+            serde_json::Value::Null => Some(Id::Null),
+            serde_json::Value::Number(n) => Some(Id::Number(n)),
+            serde_json::Value::String(s) => Some(Id::String(s.into())),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Debug for Id {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Id::Null => f.pad("null"),
+            Id::Number(n) => fmt::Display::fmt(n, f),
+            Id::String(s) => fmt::Debug::fmt(s, f),
+        }
+    }
+}
+
+impl From<u64> for Id {
+    fn from(n: u64) -> Self {
+        Id::Number(n.into())
+    }
+}
+
+impl From<&str> for Id {
+    fn from(s: &str) -> Self {
+        Id::String(s.into())
+    }
+}
+
+/// The JSON-RPC 2.0 codec. Clones share the counter that numbers outgoing calls.
+#[derive(Debug, Clone)]
+pub struct JsonRpcCodec {
+    next_id: Arc<AtomicU64>,
+    max_batch: usize,
+}
+
+impl Default for JsonRpcCodec {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl JsonRpcCodec {
+    /// The codec; outgoing calls are numbered from 1.
+    pub fn new() -> Self {
+        Self {
+            next_id: Arc::new(AtomicU64::new(1)),
+            max_batch: DEFAULT_MAX_BATCH,
+        }
+    }
+
+    /// The longest batch accepted; a longer one is answered with one Invalid Request error.
+    /// Default 1000.
+    pub fn max_batch(mut self, n: usize) -> Self {
+        self.max_batch = n.max(1);
+        self
+    }
+}
+
+fn write_json<T: serde::Serialize + ?Sized>(dst: &mut BytesMut, v: &T) {
+    // Strings, numbers and JSON values always serialize.
+    let _ = serde_json::to_writer(dst.writer(), v);
+}
+
+fn check_format(p: &Payload) -> Result<(), Error> {
+    if p.format().name() == JSON.name() {
+        Ok(())
+    } else {
+        Err(Error::Codec(
+            format!("JSON-RPC carries JSON, not {}", p.format().name()).into(),
+        ))
+    }
+}
+
+/// Deserializes a member that may be `null` as present.
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
+    <&RawValue>::deserialize(d).map(Some)
+}
+
+#[derive(Deserialize)]
+struct Envelope<'a> {
+    #[serde(borrow, default, deserialize_with = "present")]
+    jsonrpc: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    method: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    params: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    id: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    result: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    error: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+struct ErrorObject {
+    code: i32,
+    message: String,
+    #[serde(default)]
+    data: Option<serde_json::Value>,
+}
+
+fn first_byte(b: &[u8]) -> Option<u8> {
+    b.iter().copied().find(|b| !b.is_ascii_whitespace())
+}
+
+fn invalid(id: Option<Id>, why: &str) -> DecodeError<Id> {
+    DecodeError {
+        reply_to: Some(id.unwrap_or(Id::Null)),
+        error: ServerError::invalid_request(why),
+    }
+}
+
+fn parse_error(e: impl fmt::Display) -> DecodeError<Id> {
+    DecodeError {
+        reply_to: Some(Id::Null),
+        error: ServerError::new(ErrorCode::PARSE_ERROR, format!("parse error: {e}")),
+    }
+}
+
+/// Decodes one message: `text` is a JSON object (or, within a batch, any JSON value).
+fn decode_one(frame: &Bytes, text: &[u8]) -> Result<Message<Id>, DecodeError<Id>> {
+    if first_byte(text) != Some(b'{') {
+        return Err(invalid(None, "a message must be a JSON object"));
+    }
+    let env: Envelope<'_> = serde_json::from_slice(text).map_err(parse_error)?;
+    let id = match env.id {
+        None => None,
+        Some(raw) => match Id::parse(raw) {
+            Some(id) => Some(id),
+            None => return Err(invalid(None, "the id must be a number, a string or null")),
+        },
+    };
+    if let Some(method) = env.method {
+        if env.jsonrpc.map(RawValue::get) != Some(r#""2.0""#) {
+            return Err(invalid(id, r#""jsonrpc" must be exactly "2.0""#));
+        }
+        let Ok(name) = serde_json::from_str::<std::borrow::Cow<'_, str>>(method.get()) else {
+            return Err(invalid(id, "the method must be a string"));
+        };
+        let name = match name {
+            std::borrow::Cow::Borrowed(s) => {
+                // Unescaped: the name is the raw text between the quotes.
+                let raw = method.get().as_bytes();
+                debug_assert_eq!(&raw[1..raw.len() - 1], s.as_bytes());
+                MethodName::from_utf8(frame.slice_ref(&raw[1..raw.len() - 1]))
+                    .map_err(|_| invalid(id.clone(), "the method is not UTF-8"))?
+            }
+            std::borrow::Cow::Owned(s) => MethodName::from(s),
+        };
+        let args = match env.params {
+            None => Bytes::new(),
+            Some(p) if matches!(first_byte(p.get().as_bytes()), Some(b'[' | b'{')) => {
+                frame.slice_ref(p.get().as_bytes())
+            }
+            Some(_) => return Err(invalid(id, "params must be an array or an object")),
+        };
+        return Ok(Message::Request {
+            id,
+            method: Method::Name(name),
+            args,
+        });
+    }
+    // A response: never answered, whatever is wrong with it.
+    let drop = |why: &str| DecodeError::drop(ServerError::invalid_request(why));
+    let Some(id) = id else {
+        return Err(match (env.result, env.error) {
+            (None, None) => invalid(None, "neither a request nor a response"),
+            _ => drop("a response without an id"),
+        });
+    };
+    match (env.result, env.error) {
+        (Some(result), None) => Ok(Message::Response {
+            id,
+            result: Ok(frame.slice_ref(result.get().as_bytes())),
+        }),
+        (None, Some(error)) => {
+            let e: ErrorObject =
+                serde_json::from_str(error.get()).map_err(|_| drop("a malformed error object"))?;
+            let mut se = ServerError::new(ErrorCode::new(e.code), e.message);
+            if let Some(d) = e.data {
+                se = se.with_data(d);
+            }
+            Ok(Message::Response {
+                id,
+                result: Err(se),
+            })
+        }
+        (Some(_), Some(_)) => Err(drop("a response with both result and error")),
+        (None, None) => Err(invalid(Some(id), "neither a request nor a response")),
+    }
+}
+
+impl Codec for JsonRpcCodec {
+    type Id = Id;
+
+    fn format(&self) -> &'static dyn Format {
+        &JSON
+    }
+
+    fn next_id(&self) -> Id {
+        Id::from(self.next_id.fetch_add(1, Ordering::Relaxed))
+    }
+
+    fn decode(&self, frame: Bytes) -> Result<Message<Id>, DecodeError<Id>> {
+        match first_byte(&frame) {
+            Some(b'[') => {
+                let members: Vec<&RawValue> =
+                    serde_json::from_slice(&frame).map_err(parse_error)?;
+                if members.is_empty() {
+                    return Err(invalid(None, "an empty batch"));
+                }
+                if members.len() > self.max_batch {
+                    return Err(invalid(
+                        None,
+                        &format!(
+                            "a batch of {} messages exceeds the limit of {}",
+                            members.len(),
+                            self.max_batch
+                        ),
+                    ));
+                }
+                Ok(Message::Batch(
+                    members
+                        .iter()
+                        .map(|m| decode_one(&frame, m.get().as_bytes()))
+                        .collect(),
+                ))
+            }
+            Some(b'{') => decode_one(&frame, &frame),
+            _ => match serde_json::from_slice::<serde::de::IgnoredAny>(&frame) {
+                Ok(_) => Err(invalid(None, "a message must be a JSON object or an array")),
+                Err(e) => Err(parse_error(e)),
+            },
+        }
+    }
+
+    fn encode_request(
+        &self,
+        id: Option<&Id>,
+        method: &Method,
+        args: &Payload,
+        dst: &mut BytesMut,
+    ) -> Result<(), Error> {
+        check_format(args)?;
+        let Method::Name(name) = method else {
+            return Err(Error::Codec(
+                "JSON-RPC names its methods; it has no numeric command ids".into(),
+            ));
+        };
+        dst.put_slice(br#"{"jsonrpc":"2.0","method":"#);
+        write_json(dst, name.as_str());
+        let params = args.bytes();
+        if !params.is_empty() && params.as_ref() != b"[]" {
+            dst.put_slice(br#","params":"#);
+            dst.put_slice(params);
+        }
+        if let Some(id) = id {
+            dst.put_slice(br#","id":"#);
+            id.write(dst);
+        }
+        dst.put_u8(b'}');
+        Ok(())
+    }
+
+    fn encode_response(
+        &self,
+        id: &Id,
+        result: Result<&Payload, &ServerError>,
+        dst: &mut BytesMut,
+    ) -> Result<bool, Error> {
+        match result {
+            Ok(p) => {
+                check_format(p)?;
+                dst.put_slice(br#"{"jsonrpc":"2.0","result":"#);
+                if p.bytes().is_empty() {
+                    dst.put_slice(b"null");
+                } else {
+                    dst.put_slice(p.bytes());
+                }
+            }
+            Err(e) => {
+                dst.put_slice(br#"{"jsonrpc":"2.0","error":{"code":"#);
+                dst.put_slice(e.code().code().to_string().as_bytes());
+                dst.put_slice(br#","message":"#);
+                write_json(dst, e.message());
+                if let Some(data) = e.data() {
+                    dst.put_slice(br#","data":"#);
+                    write_json(dst, data);
+                }
+                dst.put_u8(b'}');
+            }
+        }
+        dst.put_slice(br#","id":"#);
+        id.write(dst);
+        dst.put_u8(b'}');
+        Ok(true)
+    }
+
+    fn encode_batch(
+        &self,
+        responses: &[(Id, Response)],
+        dst: &mut BytesMut,
+    ) -> Result<bool, Error> {
+        if responses.is_empty() {
+            return Ok(false);
+        }
+        dst.put_u8(b'[');
+        for (i, (id, r)) in responses.iter().enumerate() {
+            if i > 0 {
+                dst.put_u8(b',');
+            }
+            self.encode_response(id, r.result(), dst)?;
+        }
+        dst.put_u8(b']');
+        Ok(true)
+    }
+}
