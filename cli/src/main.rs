@@ -13,10 +13,11 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
+use futures::future::BoxFuture;
+use rpc_codecs::jsonrpc::JsonRpcCodec;
 use rpc_codecs::msgpack::RpcudpCodec;
-use rpc_core::{BoxChannel, Client, Error};
-use rpc_transports::udp::{self, Endpoint};
-use rpc_transports::{tcp, unix};
+use rpc_core::{BoxChannel, Client, Codec, Error};
+use rpc_transports::{tcp, udp, unix};
 
 use crate::target::{Address, CodecName, Target};
 
@@ -200,85 +201,111 @@ pub(crate) fn parse_args(args: &[String]) -> Result<Vec<serde_json::Value>, Fail
         .collect()
 }
 
-/// A UDP endpoint bound on loopback or any address, of the peer's family.
-pub(crate) async fn udp_endpoint(peer: SocketAddr) -> Result<Endpoint<RpcudpCodec>, Failure> {
-    let local: SocketAddr = match (peer.ip().is_loopback(), peer.is_ipv4()) {
-        (true, true) => "127.0.0.1:0".parse().expect("valid"),
-        (true, false) => "[::1]:0".parse().expect("valid"),
-        (false, true) => "0.0.0.0:0".parse().expect("valid"),
-        (false, false) => "[::]:0".parse().expect("valid"),
+/// A local address to call `peer` from: loopback or any address, of the peer's family.
+fn local_udp_addr(peer: SocketAddr) -> SocketAddr {
+    let ip: std::net::IpAddr = match (peer.ip().is_loopback(), peer.is_ipv4()) {
+        (true, true) => std::net::Ipv4Addr::LOCALHOST.into(),
+        (true, false) => std::net::Ipv6Addr::LOCALHOST.into(),
+        (false, true) => std::net::Ipv4Addr::UNSPECIFIED.into(),
+        (false, false) => std::net::Ipv6Addr::UNSPECIFIED.into(),
     };
-    Endpoint::bind(local, RpcudpCodec::new())
-        .await
-        .map_err(|e| Failure::transport(format!("cannot bind a UDP socket: {e}")))
+    SocketAddr::new(ip, 0)
 }
 
-/// A client for `target`, with the transports and codecs built so far.
+/// A client for `target`.
 pub(crate) async fn client_for(target: &Target) -> Result<Client<BoxChannel>, Failure> {
-    if target.codec != CodecName::Msgpack {
-        return Err(not_supported(format!("the {} codec", target.codec)));
+    match target.codec {
+        CodecName::Msgpack => client_with(&target.address, RpcudpCodec::new()).await,
+        CodecName::JsonRpc => client_with(&target.address, JsonRpcCodec::new()).await,
+        CodecName::Raw => Err(not_supported("the raw codec")),
     }
-    Ok(match &target.address {
-        Address::Udp(peer) => udp_endpoint(*peer).await?.client(*peer).boxed(),
-        Address::Tcp(addr) => tcp::Builder::new()
-            .connect(*addr, RpcudpCodec::new())
-            .boxed(),
-        Address::Unix(path) => unix::Builder::new()
-            .connect(path, RpcudpCodec::new())
-            .boxed(),
+}
+
+async fn client_with<C: Codec>(address: &Address, codec: C) -> Result<Client<BoxChannel>, Failure> {
+    Ok(match address {
+        Address::Udp(peer) => {
+            let local = local_udp_addr(*peer);
+            udp::Endpoint::bind(local, codec)
+                .await
+                .map_err(|e| Failure::transport(format!("cannot bind a UDP socket: {e}")))?
+                .client(*peer)
+                .boxed()
+        }
+        Address::Tcp(addr) => tcp::Builder::new().connect(*addr, codec).boxed(),
+        Address::Unix(path) => unix::Builder::new().connect(path, codec).boxed(),
     })
 }
 
-/// A server started by `rpc serve`.
-enum Running {
-    Udp(Endpoint<RpcudpCodec>),
-    Tcp(tcp::Server<RpcudpCodec>),
-    Unix(unix::Server<RpcudpCodec>),
+/// A server started by `rpc serve`, whatever its transport and codec.
+trait Running: Send + Sync {
+    fn shutdown(&self, grace: Duration) -> BoxFuture<'_, bool>;
 }
 
-impl Running {
-    async fn start(target: &Target, url: &str) -> Result<(Self, String), Failure> {
-        if target.codec != CodecName::Msgpack {
-            return Err(not_supported(format!("the {} codec", target.codec)));
-        }
-        let cannot = |e: std::io::Error| Failure::transport(format!("cannot listen on {url}: {e}"));
-        Ok(match &target.address {
-            Address::Udp(addr) => {
-                let e = udp::Builder::new()
-                    .serve(demo::router())
-                    .bind(*addr, RpcudpCodec::new())
-                    .await
-                    .map_err(cannot)?;
-                let url = format!("udp://{}", e.local_addr());
-                (Running::Udp(e), url)
-            }
-            Address::Tcp(addr) => {
-                let s = tcp::Builder::new()
-                    .serve(demo::router())
-                    .bind(*addr, RpcudpCodec::new())
-                    .await
-                    .map_err(cannot)?;
-                let url = format!("tcp://{}", s.local_addr());
-                (Running::Tcp(s), url)
-            }
-            Address::Unix(path) => {
-                let s = unix::Builder::new()
-                    .serve(demo::router())
-                    .bind(path, RpcudpCodec::new())
-                    .await
-                    .map_err(cannot)?;
-                (Running::Unix(s), format!("unix://{}", path.display()))
-            }
-        })
+impl<C: Codec> Running for udp::Endpoint<C> {
+    fn shutdown(&self, grace: Duration) -> BoxFuture<'_, bool> {
+        Box::pin(udp::Endpoint::shutdown(self, grace))
     }
+}
 
-    async fn shutdown(&self, grace: Duration) -> bool {
-        match self {
-            Running::Udp(e) => e.shutdown(grace).await,
-            Running::Tcp(s) => s.shutdown(grace).await,
-            Running::Unix(s) => s.shutdown(grace).await,
-        }
+impl<C: Codec> Running for tcp::Server<C> {
+    fn shutdown(&self, grace: Duration) -> BoxFuture<'_, bool> {
+        Box::pin(tcp::Server::shutdown(self, grace))
     }
+}
+
+impl<C: Codec> Running for unix::Server<C> {
+    fn shutdown(&self, grace: Duration) -> BoxFuture<'_, bool> {
+        Box::pin(unix::Server::shutdown(self, grace))
+    }
+}
+
+/// Serves the demo service at `target`; returns the server and the URL it listens on.
+async fn start(target: &Target, url: &str) -> Result<(Box<dyn Running>, String), Failure> {
+    match target.codec {
+        CodecName::Msgpack => start_with(&target.address, RpcudpCodec::new(), url).await,
+        CodecName::JsonRpc => start_with(&target.address, JsonRpcCodec::new(), url).await,
+        CodecName::Raw => Err(not_supported("the raw codec")),
+    }
+}
+
+async fn start_with<C: Codec>(
+    address: &Address,
+    codec: C,
+    url: &str,
+) -> Result<(Box<dyn Running>, String), Failure> {
+    let cannot = |e: std::io::Error| Failure::transport(format!("cannot listen on {url}: {e}"));
+    let suffix = match url.split_once('?') {
+        Some((_, query)) => format!("?{query}"),
+        None => String::new(),
+    };
+    Ok(match address {
+        Address::Udp(addr) => {
+            let e = udp::Builder::new()
+                .serve(demo::router())
+                .bind(*addr, codec)
+                .await
+                .map_err(cannot)?;
+            let url = format!("udp://{}{suffix}", e.local_addr());
+            (Box::new(e), url)
+        }
+        Address::Tcp(addr) => {
+            let s = tcp::Builder::new()
+                .serve(demo::router())
+                .bind(*addr, codec)
+                .await
+                .map_err(cannot)?;
+            let url = format!("tcp://{}{suffix}", s.local_addr());
+            (Box::new(s), url)
+        }
+        Address::Unix(path) => {
+            let s = unix::Builder::new()
+                .serve(demo::router())
+                .bind(path, codec)
+                .await
+                .map_err(cannot)?;
+            (Box::new(s), format!("unix://{}{suffix}", path.display()))
+        }
+    })
 }
 
 /// Turns a msgpack value into JSON for printing: byte strings become arrays of numbers, map keys
@@ -352,7 +379,7 @@ async fn serve(args: ServeArgs) -> Result<(), Failure> {
     let mut out = std::io::stdout();
     for url in &args.listen {
         let target = Target::parse(url, args.codec).map_err(Failure::usage)?;
-        let (server, bound) = Running::start(&target, url).await?;
+        let (server, bound) = start(&target, url).await?;
         let _ = writeln!(out, "listening on {bound}");
         let _ = out.flush();
         running.push((server, bound));

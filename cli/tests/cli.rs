@@ -116,7 +116,7 @@ fn errors_have_distinct_exit_codes() {
     let (code, _, err) = call(u, "x", &["--codec", "xml"]);
     assert_eq!(code, 2);
     assert!(err.contains("xml"), "{err}");
-    for codec in ["jsonrpc", "raw"] {
+    for codec in ["raw"] {
         let url = format!("{u}?codec={codec}");
         let (code, _, err) = call(&url, "x", &[]);
         assert_eq!(code, 2, "{codec}");
@@ -151,13 +151,19 @@ fn one_service_on_udp_tcp_and_unix_at_once() {
             "--listen",
             "tcp://127.0.0.1:0",
         ])
-        .args(["--listen", &unix_url])
+        .args([
+            "--listen",
+            &unix_url,
+            "--listen",
+            "tcp://127.0.0.1:0?codec=jsonrpc",
+        ])
+        .args(["--listen", "udp://127.0.0.1:0?codec=jsonrpc"])
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let mut urls = Vec::new();
-    for _ in 0..3 {
+    for _ in 0..5 {
         let line = lines.next().unwrap().unwrap();
         urls.push(line.strip_prefix("listening on ").unwrap().to_string());
     }
@@ -166,6 +172,14 @@ fn one_service_on_udp_tcp_and_unix_at_once() {
         "{urls:?}"
     );
     assert_eq!(urls[2], unix_url);
+    assert!(
+        urls[3].starts_with("tcp://127.0.0.1:") && urls[3].ends_with("?codec=jsonrpc"),
+        "{urls:?}"
+    );
+    assert!(
+        urls[4].starts_with("udp://127.0.0.1:") && urls[4].ends_with("?codec=jsonrpc"),
+        "{urls:?}"
+    );
     for url in &urls {
         assert_eq!(
             call(url, "add", &["2", "40"]),
