@@ -240,3 +240,35 @@ pub fn binary(name: &str) -> PathBuf {
     );
     path
 }
+
+/// The methods of the JSON-RPC 2.0 specification's examples, as rpc-stack handlers:
+/// `subtract(minuend, subtrahend)` by position or name, `sum(numbers...)`, `get_data()`, and
+/// `update`, `notify_hello`, `notify_sum`, which accept anything.
+pub fn jsonrpc_spec_router() -> rpc_core::Router {
+    use rpc_core::handler::raw;
+    use rpc_core::{Request, Route, Router, ServerError};
+
+    async fn subtract(minuend: i64, subtrahend: i64) -> i64 {
+        minuend - subtrahend
+    }
+    async fn sum(req: Request) -> Result<i64, ServerError> {
+        let numbers: Vec<i64> = req.args().decode().map_err(ServerError::invalid_params)?;
+        Ok(numbers.iter().sum())
+    }
+    async fn get_data() -> (&'static str, i64) {
+        ("hello", 5)
+    }
+    async fn accept(_: Request) {}
+
+    Router::new()
+        .add_route(
+            Route::new(subtract)
+                .name("subtract")
+                .params(["minuend", "subtrahend"]),
+        )
+        .route("sum", raw(sum))
+        .route("get_data", get_data)
+        .route("update", raw(accept))
+        .route("notify_hello", raw(accept))
+        .route("notify_sum", raw(accept))
+}

@@ -6,40 +6,14 @@ use std::time::Duration;
 
 use rpc_codecs::jsonrpc::JsonRpcCodec;
 use rpc_codecs::msgpack::RpcudpCodec;
-use rpc_core::handler::raw;
-use rpc_core::{Request, Route, Router, ServerError};
+use rpc_core::Router;
 use rpc_transports::{tcp, udp};
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-async fn subtract(minuend: i64, subtrahend: i64) -> i64 {
-    minuend - subtrahend
-}
-
-async fn sum(req: Request) -> Result<i64, ServerError> {
-    let numbers: Vec<i64> = req.args().decode().map_err(ServerError::invalid_params)?;
-    Ok(numbers.iter().sum())
-}
-
-async fn get_data() -> (&'static str, i64) {
-    ("hello", 5)
-}
-
-async fn accept(_: Request) {}
-
 fn spec_router() -> Router {
-    Router::new()
-        .add_route(
-            Route::new(subtract)
-                .name("subtract")
-                .params(["minuend", "subtrahend"]),
-        )
-        .route("sum", raw(sum))
-        .route("get_data", get_data)
-        .route("update", raw(accept))
-        .route("notify_hello", raw(accept))
-        .route("notify_sum", raw(accept))
+    interop::jsonrpc_spec_router()
 }
 
 struct Conn(TcpStream);

@@ -12,7 +12,8 @@
 //! never answered, not even with an error; batches, answered in one array without the
 //! notifications (an empty batch is one Invalid Request error; a batch of notifications gets no
 //! answer at all); ids that are numbers, strings or null, echoed as they came; and the standard
-//! codes: -32700 parse error (id null), -32600 invalid request, -32601 method not found, -32602
+//! codes: -32700 parse error (id null), -32600 invalid request (also for a request with members
+//! the specification does not define, as jsonrpcserver and rpcbd judge it), -32601 method not found, -32602
 //! invalid params, -32603 internal error, with rpc-stack's own in -32000..-32099 (overloaded,
 //! rate limited, deadline exceeded, message too large).
 //!
@@ -141,25 +142,60 @@ fn check_format(p: &Payload) -> Result<(), Error> {
     }
 }
 
-/// Deserializes a member that may be `null` as present.
-fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
-    <&RawValue>::deserialize(d).map(Some)
+/// The members of a message, as raw JSON; `null` counts as present.
+#[derive(Default)]
+struct Envelope<'a> {
+    jsonrpc: Option<&'a RawValue>,
+    method: Option<&'a RawValue>,
+    params: Option<&'a RawValue>,
+    id: Option<&'a RawValue>,
+    result: Option<&'a RawValue>,
+    error: Option<&'a RawValue>,
+    /// A member the specification does not define (requests with one are invalid).
+    unknown: Option<String>,
 }
 
-#[derive(Deserialize)]
-struct Envelope<'a> {
-    #[serde(borrow, default, deserialize_with = "present")]
-    jsonrpc: Option<&'a RawValue>,
-    #[serde(borrow, default, deserialize_with = "present")]
-    method: Option<&'a RawValue>,
-    #[serde(borrow, default, deserialize_with = "present")]
-    params: Option<&'a RawValue>,
-    #[serde(borrow, default, deserialize_with = "present")]
-    id: Option<&'a RawValue>,
-    #[serde(borrow, default, deserialize_with = "present")]
-    result: Option<&'a RawValue>,
-    #[serde(borrow, default, deserialize_with = "present")]
-    error: Option<&'a RawValue>,
+impl<'de> Deserialize<'de> for Envelope<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Envelope<'de>;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a JSON-RPC message object")
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Self::Value, A::Error> {
+                let mut env = Envelope::default();
+                while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+                    let slot = match &*key {
+                        "jsonrpc" => &mut env.jsonrpc,
+                        "method" => &mut env.method,
+                        "params" => &mut env.params,
+                        "id" => &mut env.id,
+                        "result" => &mut env.result,
+                        "error" => &mut env.error,
+                        _ => {
+                            map.next_value::<serde::de::IgnoredAny>()?;
+                            env.unknown.get_or_insert_with(|| key.into_owned());
+                            continue;
+                        }
+                    };
+                    if slot.is_some() {
+                        return Err(serde::de::Error::custom(format_args!(
+                            "duplicate member {key:?}"
+                        )));
+                    }
+                    *slot = Some(map.next_value()?);
+                }
+                Ok(env)
+            }
+        }
+        d.deserialize_map(V)
+    }
 }
 
 #[derive(Deserialize)]
@@ -174,9 +210,11 @@ fn first_byte(b: &[u8]) -> Option<u8> {
     b.iter().copied().find(|b| !b.is_ascii_whitespace())
 }
 
-fn invalid(id: Option<Id>, why: &str) -> DecodeError<Id> {
+/// An Invalid Request error. Its id is null, as the specification asks when a request is invalid,
+/// even where the id could be read (jsonrpcserver does the same).
+fn invalid(why: &str) -> DecodeError<Id> {
     DecodeError {
-        reply_to: Some(id.unwrap_or(Id::Null)),
+        reply_to: Some(Id::Null),
         error: ServerError::invalid_request(why),
     }
 }
@@ -191,22 +229,25 @@ fn parse_error(e: impl fmt::Display) -> DecodeError<Id> {
 /// Decodes one message: `text` is a JSON object (or, within a batch, any JSON value).
 fn decode_one(frame: &Bytes, text: &[u8]) -> Result<Message<Id>, DecodeError<Id>> {
     if first_byte(text) != Some(b'{') {
-        return Err(invalid(None, "a message must be a JSON object"));
+        return Err(invalid("a message must be a JSON object"));
     }
     let env: Envelope<'_> = serde_json::from_slice(text).map_err(parse_error)?;
     let id = match env.id {
         None => None,
         Some(raw) => match Id::parse(raw) {
             Some(id) => Some(id),
-            None => return Err(invalid(None, "the id must be a number, a string or null")),
+            None => return Err(invalid("the id must be a number, a string or null")),
         },
     };
     if let Some(method) = env.method {
         if env.jsonrpc.map(RawValue::get) != Some(r#""2.0""#) {
-            return Err(invalid(id, r#""jsonrpc" must be exactly "2.0""#));
+            return Err(invalid(r#""jsonrpc" must be exactly "2.0""#));
+        }
+        if let Some(member) = env.unknown {
+            return Err(invalid(&format!("unknown member {member:?} in a request")));
         }
         let Ok(name) = serde_json::from_str::<std::borrow::Cow<'_, str>>(method.get()) else {
-            return Err(invalid(id, "the method must be a string"));
+            return Err(invalid("the method must be a string"));
         };
         let name = match name {
             std::borrow::Cow::Borrowed(s) => {
@@ -214,7 +255,7 @@ fn decode_one(frame: &Bytes, text: &[u8]) -> Result<Message<Id>, DecodeError<Id>
                 let raw = method.get().as_bytes();
                 debug_assert_eq!(&raw[1..raw.len() - 1], s.as_bytes());
                 MethodName::from_utf8(frame.slice_ref(&raw[1..raw.len() - 1]))
-                    .map_err(|_| invalid(id.clone(), "the method is not UTF-8"))?
+                    .map_err(|_| invalid("the method is not UTF-8"))?
             }
             std::borrow::Cow::Owned(s) => MethodName::from(s),
         };
@@ -223,7 +264,7 @@ fn decode_one(frame: &Bytes, text: &[u8]) -> Result<Message<Id>, DecodeError<Id>
             Some(p) if matches!(first_byte(p.get().as_bytes()), Some(b'[' | b'{')) => {
                 frame.slice_ref(p.get().as_bytes())
             }
-            Some(_) => return Err(invalid(id, "params must be an array or an object")),
+            Some(_) => return Err(invalid("params must be an array or an object")),
         };
         return Ok(Message::Request {
             id,
@@ -235,7 +276,7 @@ fn decode_one(frame: &Bytes, text: &[u8]) -> Result<Message<Id>, DecodeError<Id>
     let drop = |why: &str| DecodeError::drop(ServerError::invalid_request(why));
     let Some(id) = id else {
         return Err(match (env.result, env.error) {
-            (None, None) => invalid(None, "neither a request nor a response"),
+            (None, None) => invalid("neither a request nor a response"),
             _ => drop("a response without an id"),
         });
     };
@@ -257,7 +298,7 @@ fn decode_one(frame: &Bytes, text: &[u8]) -> Result<Message<Id>, DecodeError<Id>
             })
         }
         (Some(_), Some(_)) => Err(drop("a response with both result and error")),
-        (None, None) => Err(invalid(Some(id), "neither a request nor a response")),
+        (None, None) => Err(invalid("neither a request nor a response")),
     }
 }
 
@@ -278,17 +319,14 @@ impl Codec for JsonRpcCodec {
                 let members: Vec<&RawValue> =
                     serde_json::from_slice(&frame).map_err(parse_error)?;
                 if members.is_empty() {
-                    return Err(invalid(None, "an empty batch"));
+                    return Err(invalid("an empty batch"));
                 }
                 if members.len() > self.max_batch {
-                    return Err(invalid(
-                        None,
-                        &format!(
-                            "a batch of {} messages exceeds the limit of {}",
-                            members.len(),
-                            self.max_batch
-                        ),
-                    ));
+                    return Err(invalid(&format!(
+                        "a batch of {} messages exceeds the limit of {}",
+                        members.len(),
+                        self.max_batch
+                    )));
                 }
                 Ok(Message::Batch(
                     members
@@ -299,7 +337,7 @@ impl Codec for JsonRpcCodec {
             }
             Some(b'{') => decode_one(&frame, &frame),
             _ => match serde_json::from_slice::<serde::de::IgnoredAny>(&frame) {
-                Ok(_) => Err(invalid(None, "a message must be a JSON object or an array")),
+                Ok(_) => Err(invalid("a message must be a JSON object or an array")),
                 Err(e) => Err(parse_error(e)),
             },
         }
