@@ -128,3 +128,14 @@ fn transport_swap_calls_every_transport() {
         );
     }
 }
+
+#[test]
+fn jsonrpc_bidirectional_calls_both_ways() {
+    let (ok, out) = run(&mut Command::new(example("jsonrpc_bidirectional")));
+    assert!(ok, "{out}");
+    assert!(out.contains("progress: Counted to 3"), "{out}");
+    assert!(
+        out.contains(r#"ask -> the client says "how long is this" -> "16""#),
+        "{out}"
+    );
+}

@@ -1,0 +1,118 @@
+//! Randomized inputs to the JSON-RPC codec: whatever the bytes, the codec either yields messages
+//! or an error that encodes as a valid JSON-RPC error response, or nothing; it never panics.
+//! (Deterministic: a fixed-seed generator, so a failure reproduces.)
+
+use bytes::{Bytes, BytesMut};
+use rpc_codecs::jsonrpc::{Id, JsonRpcCodec};
+use rpc_core::codec::{Codec, DecodeError, Message};
+use serde_json::Value;
+
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+}
+
+const SEEDS: &[&str] = &[
+    r#"{"jsonrpc": "2.0", "method": "subtract", "params": [42, 23], "id": 1}"#,
+    r#"{"jsonrpc": "2.0", "method": "subtract", "params": {"subtrahend": 23, "minuend": 42}, "id": "x"}"#,
+    r#"{"jsonrpc": "2.0", "method": "update", "params": [1,2,3,4,5]}"#,
+    r#"{"jsonrpc": "2.0", "result": 19, "id": 1}"#,
+    r#"{"jsonrpc": "2.0", "error": {"code": -32601, "message": "Method not found", "data": [1]}, "id": "1"}"#,
+    r#"[{"jsonrpc": "2.0", "method": "sum", "params": [1,2,4], "id": "1"}, {"foo": "boo"}, 1]"#,
+    r#"[]"#,
+];
+
+const STANDARD: &[i64] = &[-32700, -32600];
+
+fn check_error_reply(codec: &JsonRpcCodec, e: &DecodeError<Id>, input: &[u8]) {
+    let Some(id) = &e.reply_to else { return };
+    let mut dst = BytesMut::new();
+    assert!(codec
+        .encode_response(id, Err(&e.error), &mut dst)
+        .expect("an error always encodes"));
+    let v: Value = serde_json::from_slice(&dst).unwrap_or_else(|err| {
+        panic!(
+            "invalid JSON ({err}) for input {:?}",
+            String::from_utf8_lossy(input)
+        )
+    });
+    assert_eq!(v["jsonrpc"], "2.0");
+    assert!(v.get("result").is_none());
+    assert!(
+        STANDARD.contains(&v["error"]["code"].as_i64().unwrap()),
+        "{v}"
+    );
+    assert!(v["error"]["message"].is_string());
+    assert!(v.get("id").is_some());
+}
+
+fn check(codec: &JsonRpcCodec, input: Vec<u8>) {
+    let frame = Bytes::from(input.clone());
+    match codec.decode(frame) {
+        Ok(Message::Batch(items)) => {
+            for item in items {
+                if let Err(e) = item {
+                    check_error_reply(codec, &e, &input);
+                }
+            }
+        }
+        Ok(_) => {}
+        Err(e) => check_error_reply(codec, &e, &input),
+    }
+}
+
+#[test]
+fn random_bytes() {
+    let codec = JsonRpcCodec::new();
+    let mut rng = Rng(0x9e3779b97f4a7c15);
+    for _ in 0..20_000 {
+        let len = rng.below(64);
+        let input: Vec<u8> = (0..len).map(|_| rng.next() as u8).collect();
+        check(&codec, input);
+    }
+}
+
+#[test]
+fn mutated_messages() {
+    let codec = JsonRpcCodec::new();
+    let mut rng = Rng(0x2545f4914f6cdd1d);
+    let alphabet = br#"{}[]",:0123456789-.eE truefalsenull\u"#;
+    for _ in 0..50_000 {
+        let mut input = SEEDS[rng.below(SEEDS.len())].as_bytes().to_vec();
+        for _ in 0..1 + rng.below(4) {
+            let at = rng.below(input.len() + 1);
+            match rng.below(4) {
+                0 if at < input.len() => {
+                    input.remove(at);
+                }
+                1 => input.insert(at, alphabet[rng.below(alphabet.len())]),
+                2 if at < input.len() => input[at] = rng.next() as u8,
+                _ => input.truncate(at),
+            }
+        }
+        check(&codec, input);
+    }
+}
+
+#[test]
+fn deep_nesting_is_refused_not_overflowed() {
+    let codec = JsonRpcCodec::new();
+    for depth in [100, 10_000, 1_000_000] {
+        let mut input = b"{\"jsonrpc\":\"2.0\",\"method\":\"m\",\"params\":".to_vec();
+        input.extend(std::iter::repeat_n(b'[', depth));
+        input.extend(std::iter::repeat_n(b']', depth));
+        input.extend_from_slice(b",\"id\":1}");
+        check(&codec, input.clone());
+        check(&codec, std::iter::repeat_n(b'[', depth).collect());
+    }
+}
