@@ -60,7 +60,11 @@ async fn self_delimited_framing_end_to_end() {
             .framing(Framing::SelfDelimited(rpcudp_frame))
             .connect(server.local_addr(), RpcudpCodec::new());
         let calls = (0..200).map(|i| client.call::<i64>("add", (i, 1)));
-        for (i, r) in futures::future::join_all(calls).await.into_iter().enumerate() {
+        for (i, r) in futures::future::join_all(calls)
+            .await
+            .into_iter()
+            .enumerate()
+        {
             assert_eq!(r.unwrap(), i as i64 + 1);
         }
     })
@@ -103,7 +107,10 @@ async fn connections_over_the_limit_are_closed() {
         assert_eq!(b.call::<i64>("add", (1, 1)).await.unwrap(), 2);
         let c = tcp::Builder::new().connect(server.local_addr(), RpcudpCodec::new());
         let err = c.call::<i64>("add", (1, 1)).await.unwrap_err();
-        assert!(!err.is_timeout(), "refused at once, not left hanging: {err}");
+        assert!(
+            !err.is_timeout(),
+            "refused at once, not left hanging: {err}"
+        );
         assert_eq!(server.stats().connections_refused, 1);
         // The first two are unaffected.
         assert_eq!(a.call::<i64>("add", (2, 2)).await.unwrap(), 4);
@@ -295,7 +302,11 @@ async fn a_server_calls_back_over_the_clients_connection() {
             .connect(server.local_addr(), RpcudpCodec::new());
         assert_eq!(client.call::<i64>("ask_back", (21,)).await.unwrap(), 42);
         assert_eq!(calls.load(Ordering::Relaxed), 1);
-        assert_eq!(server.stats().connections, 1, "one connection carried both directions");
+        assert_eq!(
+            server.stats().connections,
+            1,
+            "one connection carried both directions"
+        );
     })
     .await
     .unwrap();
