@@ -119,6 +119,14 @@ impl<C: Codec> Conn<C> {
         self.closed.is_cancelled()
     }
 
+    /// Whether new calls may use the connection: not finished, not closing, and the peer has not
+    /// gone (a connection whose read side ended can still send answers, but no call would get one).
+    pub(crate) fn accepts_calls(&self) -> bool {
+        !self.is_closed()
+            && !self.lost.load(Ordering::Relaxed)
+            && !self.out.closing.load(Ordering::Acquire)
+    }
+
     /// Closes the connection now; queued frames are still written, calls in flight fail.
     pub(crate) fn close(&self) {
         self.finish_writing();
@@ -208,7 +216,7 @@ impl<C: Codec> Conn<C> {
 
     /// Sends a call and waits for its response.
     pub(crate) async fn call(&self, req: Request) -> Result<Payload, Error> {
-        if self.is_closed() {
+        if !self.accepts_calls() {
             return Err(self.closed_error());
         }
         let format = self.codec.format();
@@ -231,7 +239,7 @@ impl<C: Codec> Conn<C> {
                 break w;
             }
         };
-        if self.is_closed() {
+        if !self.accepts_calls() {
             return Err(self.closed_error());
         }
         self.send_frame(|dst| {
@@ -290,14 +298,18 @@ async fn read_loop<C: Codec, R: AsyncRead + Unpin>(
                 }
             }
             Some(None) => {
-                // The peer closed its side: what we still send may arrive, calls we wait for won't.
+                // The peer closed its side: what we still send may arrive, calls we wait for
+                // won't, so they fail now rather than when the requests being served are done.
                 conn.lost.store(true, Ordering::Relaxed);
+                conn.calls.close_all();
                 break;
             }
             Some(Some(Ok(frame))) => dispatch::handle(&conn, frame).await,
             Some(Some(Err(e))) => {
                 Counters::add(&conn.counters.bad_frames);
                 tracing::warn!(peer = %conn.peer, error = %e, "closing the connection");
+                conn.lost.store(true, Ordering::Relaxed);
+                conn.calls.close_all();
                 conn.answered().await;
                 conn.fail(&e);
                 return;

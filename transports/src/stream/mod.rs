@@ -386,7 +386,7 @@ impl<C: Codec, T: Transport> ClientShared<C, T> {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .as_ref()
-            .filter(|c| !c.is_closed())
+            .filter(|c| c.accepts_calls())
             .cloned()
     }
 
