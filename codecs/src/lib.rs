@@ -9,6 +9,7 @@
 //! |---|---|---|---|
 //! | [`msgpack`] | [`MsgPack`](msgpack::MsgPack) | [`RpcudpCodec`](msgpack::RpcudpCodec) | rpcudp 5.0.1, kademlia 2.2.3 |
 //! | [`jsonrpc`] | [`Json`](jsonrpc::Json) | [`JsonRpcCodec`](jsonrpc::JsonRpcCodec) | the JSON-RPC 2.0 specification, jsonrpcserver, jsonrpcclient |
+//! | [`raw`] | [`Le`](raw::Le) | — (values only) | basic-socket-rpc 0.6.1 (arguments and results) |
 //!
 //! # Feature flags
 //!
@@ -16,6 +17,7 @@
 //! |---|---|---|
 //! | `msgpack` | MessagePack values and rpcudp's datagram format | yes |
 //! | `jsonrpc` | JSON values and JSON-RPC 2.0 | yes |
+//! | `raw` | little-endian binary values (basic-socket-rpc) | yes |
 #![doc(test(
     no_crate_inject,
     attr(deny(warnings, rust_2018_idioms), allow(dead_code, unused_variables))
@@ -25,3 +27,5 @@
 pub mod jsonrpc;
 #[cfg(feature = "msgpack")]
 pub mod msgpack;
+#[cfg(feature = "raw")]
+pub mod raw;

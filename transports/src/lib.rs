@@ -6,6 +6,7 @@
 //! | [`udp`] | UDP datagrams | one datagram, one message | any: one socket serves and calls everyone |
 //! | [`tcp`] | TCP | [`Framing`](stream::Framing): length-prefixed by default | one per connection, both ways |
 //! | [`unix`] | Unix stream sockets | as TCP | as TCP, with peer credentials |
+//! | [`raw`] | TCP or Unix | basic-socket-rpc's frames | one call at a time per connection, with sessions |
 //!
 //! Every transport gives the same two things: a way to serve a router (or any
 //! `Service<Request, Response = Response>`), and per peer a client `Service<Request,
@@ -19,12 +20,15 @@
 //! | `udp` | the UDP transport | yes |
 //! | `tcp` | the TCP transport | yes |
 //! | `unix` | the Unix socket transport (Unix platforms) | yes |
+//! | `raw` | basic-socket-rpc's protocol over TCP and Unix sockets | yes |
 #![doc(test(
     no_crate_inject,
     attr(deny(warnings, rust_2018_idioms), allow(dead_code, unused_variables))
 ))]
 
 mod dispatch;
+#[cfg(all(unix, feature = "raw"))]
+pub mod raw;
 #[cfg(any(feature = "tcp", feature = "unix"))]
 pub mod stream;
 #[cfg(feature = "tcp")]

@@ -168,25 +168,61 @@ impl<T> Builder<T> {
         listener: A,
         codec: C,
     ) -> (Arc<ServerShared>, CancellationToken) {
-        let shared = Arc::new(ServerShared {
-            live: AtomicUsize::new(0),
-            all_closed: Notify::new(),
-            drain: CancellationToken::new(),
-            force: CancellationToken::new(),
-            counters: Arc::new(Counters::default()),
-        });
-        let stop = CancellationToken::new();
-        tokio::spawn(accept_loop(
+        let config = Arc::new(self.config);
+        let serve = self.service;
+        start_accepting(
             listener,
-            codec,
-            Arc::new(self.config),
-            self.service,
             self.max_connections,
-            shared.clone(),
-            stop.clone(),
-        ));
-        (shared, stop)
+            move |stream, peer, shared| {
+                let conn = Conn::spawn(
+                    stream,
+                    peer,
+                    codec.clone(),
+                    config.clone(),
+                    serve.clone(),
+                    shared.counters.clone(),
+                    shared.drain.child_token(),
+                );
+                async move {
+                    tokio::select! {
+                        _ = conn.closed() => {}
+                        _ = shared.force.cancelled() => conn.close(),
+                    }
+                }
+            },
+        )
     }
+}
+
+/// Starts an accept loop: each accepted connection is handed to `handle`, whose future runs until
+/// the connection is done. Returns the state a server handle shares, and the token that stops
+/// accepting.
+pub(crate) fn start_accepting<A, F, Fut>(
+    listener: A,
+    max_connections: usize,
+    handle: F,
+) -> (Arc<ServerShared>, CancellationToken)
+where
+    A: Accept,
+    F: Fn(A::Stream, Peer, Arc<ServerShared>) -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let shared = Arc::new(ServerShared {
+        live: AtomicUsize::new(0),
+        all_closed: Notify::new(),
+        drain: CancellationToken::new(),
+        force: CancellationToken::new(),
+        counters: Arc::new(Counters::default()),
+    });
+    let stop = CancellationToken::new();
+    tokio::spawn(accept_loop(
+        listener,
+        max_connections,
+        shared.clone(),
+        stop.clone(),
+        handle,
+    ));
+    (shared, stop)
 }
 
 impl<T: fmt::Debug> fmt::Debug for Builder<T> {
@@ -226,15 +262,15 @@ pub struct Stats {
 
 #[derive(Debug, Default)]
 pub(crate) struct Counters {
-    connections: AtomicU64,
-    connections_refused: AtomicU64,
-    idle_closed: AtomicU64,
-    bad_frames: AtomicU64,
-    malformed: AtomicU64,
-    requests: AtomicU64,
-    responses_sent: AtomicU64,
-    unknown_responses: AtomicU64,
-    overloaded: AtomicU64,
+    pub(crate) connections: AtomicU64,
+    pub(crate) connections_refused: AtomicU64,
+    pub(crate) idle_closed: AtomicU64,
+    pub(crate) bad_frames: AtomicU64,
+    pub(crate) malformed: AtomicU64,
+    pub(crate) requests: AtomicU64,
+    pub(crate) responses_sent: AtomicU64,
+    pub(crate) unknown_responses: AtomicU64,
+    pub(crate) overloaded: AtomicU64,
 }
 
 impl Counters {
@@ -264,9 +300,9 @@ pub(crate) struct ServerShared {
     live: AtomicUsize,
     all_closed: Notify,
     /// Graceful shutdown: connections stop reading, answer what they accepted, and close.
-    drain: CancellationToken,
+    pub(crate) drain: CancellationToken,
     /// The grace period is over: close what is left.
-    force: CancellationToken,
+    pub(crate) force: CancellationToken,
     pub(crate) counters: Arc<Counters>,
 }
 
@@ -296,15 +332,17 @@ impl ServerShared {
     }
 }
 
-async fn accept_loop<C: Codec, A: Accept>(
+async fn accept_loop<A, F, Fut>(
     mut listener: A,
-    codec: C,
-    config: Arc<Config>,
-    serve: Option<Serve>,
     max_connections: usize,
     shared: Arc<ServerShared>,
     stop: CancellationToken,
-) {
+    handle: F,
+) where
+    A: Accept,
+    F: Fn(A::Stream, Peer, Arc<ServerShared>) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
     loop {
         let accepted = tokio::select! {
             biased;
@@ -328,21 +366,10 @@ async fn accept_loop<C: Codec, A: Accept>(
         }
         Counters::add(&shared.counters.connections);
         shared.live.fetch_add(1, Ordering::AcqRel);
-        let conn = Conn::spawn(
-            stream,
-            peer,
-            codec.clone(),
-            config.clone(),
-            serve.clone(),
-            shared.counters.clone(),
-            shared.drain.child_token(),
-        );
+        let done = handle(stream, peer, shared.clone());
         let shared = shared.clone();
         tokio::spawn(async move {
-            tokio::select! {
-                _ = conn.closed() => {}
-                _ = shared.force.cancelled() => conn.close(),
-            }
+            done.await;
             shared.live.fetch_sub(1, Ordering::AcqRel);
             shared.all_closed.notify_waiters();
         });

@@ -86,12 +86,7 @@ impl Builder {
         let listener = TcpListener::bind(addr).await?;
         let local_addr = listener.local_addr()?;
         let (shared, stop) = self.start_server(listener, codec);
-        Ok(Server {
-            shared,
-            stop,
-            local_addr,
-            _codec: std::marker::PhantomData,
-        })
+        Ok(Server::new(shared, stop, local_addr))
     }
 
     /// A typed client for the server at `addr`; it connects on its first call.
@@ -115,6 +110,19 @@ pub struct Server<C> {
 }
 
 impl<C> Server<C> {
+    pub(crate) fn new(
+        shared: Arc<ServerShared>,
+        stop: CancellationToken,
+        local_addr: SocketAddr,
+    ) -> Self {
+        Self {
+            shared,
+            stop,
+            local_addr,
+            _codec: std::marker::PhantomData,
+        }
+    }
+
     /// The bound address.
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr

@@ -89,7 +89,30 @@ impl stream::Transport for Unix {
     }
 }
 
-struct Listener(UnixListener);
+pub(crate) struct Listener(UnixListener);
+
+/// Binds a socket file: refuses a live one, replaces a stale one, sets the permissions.
+pub(crate) async fn listen(path: &Path, mode: Option<u32>) -> io::Result<Listener> {
+    if path.exists() {
+        match UnixStream::connect(path).await {
+            Ok(_) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::AddrInUse,
+                    format!("a server is already listening on {}", path.display()),
+                ))
+            }
+            Err(_) => {
+                tracing::info!(path = %path.display(), "replacing a stale socket file");
+                std::fs::remove_file(path)?;
+            }
+        }
+    }
+    let listener = UnixListener::bind(path)?;
+    if let Some(mode) = mode {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
+    }
+    Ok(Listener(listener))
+}
 
 impl Accept for Listener {
     type Stream = UnixStream;
@@ -113,31 +136,9 @@ impl Builder {
     /// Fails with `AddrInUse` if a server is listening there; replaces a stale socket file.
     pub async fn bind<C: Codec>(self, path: impl AsRef<Path>, codec: C) -> io::Result<Server<C>> {
         let path = path.as_ref().to_path_buf();
-        if path.exists() {
-            match UnixStream::connect(&path).await {
-                Ok(_) => {
-                    return Err(io::Error::new(
-                        io::ErrorKind::AddrInUse,
-                        format!("a server is already listening on {}", path.display()),
-                    ))
-                }
-                Err(_) => {
-                    tracing::info!(path = %path.display(), "replacing a stale socket file");
-                    std::fs::remove_file(&path)?;
-                }
-            }
-        }
-        let listener = UnixListener::bind(&path)?;
-        if let Some(mode) = self.extra.mode {
-            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))?;
-        }
-        let (shared, stop) = self.start_server(Listener(listener), codec);
-        Ok(Server {
-            shared,
-            stop,
-            path,
-            _codec: std::marker::PhantomData,
-        })
+        let listener = listen(&path, self.extra.mode).await?;
+        let (shared, stop) = self.start_server(listener, codec);
+        Ok(Server::new(shared, stop, path))
     }
 
     /// A typed client for the server at `path`; it connects on its first call.
@@ -162,6 +163,15 @@ pub struct Server<C> {
 }
 
 impl<C> Server<C> {
+    pub(crate) fn new(shared: Arc<ServerShared>, stop: CancellationToken, path: PathBuf) -> Self {
+        Self {
+            shared,
+            stop,
+            path,
+            _codec: std::marker::PhantomData,
+        }
+    }
+
     /// The socket file's path.
     pub fn path(&self) -> &Path {
         &self.path

@@ -1,0 +1,605 @@
+//! basic-socket-rpc 0.6.1's protocol: binary frames, 16-bit command ids, one call at a time per
+//! connection, an INIT handshake, and optional exclusive access. Over TCP or Unix sockets.
+//!
+//! Commands are a [`Router`](rpc_core::Router)'s routes registered by id
+//! ([`Router::command`](rpc_core::Router::command), or a [`Route`](rpc_core::Route) with both a
+//! name and an id). Arguments and results are in the little-endian format of
+//! `rpc_codecs::raw` (`u32`-prefixed strings, fixed-width integers, ...), so typed handlers work
+//! unchanged; a [`raw`](rpc_core::handler::raw) handler sees the argument bytes as they came.
+//!
+//! ```
+//! use rpc_core::Router;
+//! use rpc_transports::raw;
+//!
+//! async fn hello(name: String) -> String {
+//!     format!("hello {name}")
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let server = raw::Builder::new()
+//!     .serve(Router::new().command(0, hello))
+//!     .bind_tcp("127.0.0.1:0")
+//!     .await?;
+//! let client = raw::Builder::new().connect_tcp(server.local_addr());
+//! let greeting: String = client.call(0u16, ("Robert",)).await?;
+//! assert_eq!(greeting, "hello Robert");
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # How it behaves
+//!
+//! - A connection must start with INIT. The server grants a session (`01`) unless
+//!   [`Builder::max_sessions`] are taken; then it answers `00` and the client sends INIT again
+//!   later. Waiting clients get the session in the order they first asked (FIFO).
+//!   [`Builder::exclusive`] is one session at a time, as basic-socket-rpc's exclusive server.
+//! - Protocol errors (RPC before INIT, a second INIT, an unknown type or command, a short command
+//!   id, a size field under 5, arguments that do not decode, trailing bytes) are answered with an
+//!   exception frame and the connection stays usable. A size field over the maximum frame length
+//!   (default 8 MiB) gets an exception frame and the connection is closed; the claimed size is
+//!   never allocated.
+//! - Exception frames carry a name (`ProtocolError` or `ServerRpcError`) and the error's message,
+//!   never a traceback; [`Builder::detailed_errors`] adds the code and data.
+//! - The client sends one call at a time per connection, connects and sends INIT on first use,
+//!   retries INIT every 4.5 s while the server is busy (up to the call's deadline), and reconnects
+//!   after a failure.
+
+mod frame;
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::io;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context as TaskContext, Poll};
+use std::time::Duration;
+
+use bytes::BytesMut;
+use futures::future::BoxFuture;
+use futures::StreamExt;
+use rpc_codecs::raw::LE;
+use rpc_core::{
+    BoxError, Client, Context, Error, ErrorCode, Format, Method, Payload, Peer, Request, Response,
+    Serve, ServerError, Service,
+};
+use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, ToSocketAddrs};
+use tokio::time::Instant;
+use tokio_util::codec::FramedRead;
+
+use self::frame::{put_exception, put_frame, Frame, FrameDecoder, EXCEPTION, INIT, RPC, VERSION};
+use crate::stream::{self, Accept, ServerShared, Split};
+use crate::{tcp, unix};
+
+/// Marks servers of this protocol ([`tcp::Server<Raw>`], [`unix::Server<Raw>`]).
+#[derive(Debug, Clone, Copy)]
+pub enum Raw {}
+
+/// How long a client waits before sending INIT again to a busy server: 4.5 s, as basic-socket-rpc.
+pub const INIT_RETRY_INTERVAL: Duration = Duration::from_millis(4500);
+
+/// Configures basic-socket-rpc servers and clients.
+#[derive(Clone)]
+pub struct Builder {
+    max_frame: usize,
+    max_connections: usize,
+    max_sessions: usize,
+    idle_timeout: Option<Duration>,
+    timeout: Duration,
+    init_retry: Duration,
+    detailed_errors: bool,
+    service: Option<Serve>,
+}
+
+impl Default for Builder {
+    fn default() -> Self {
+        Self {
+            max_frame: stream::DEFAULT_MAX_FRAME_LENGTH,
+            max_connections: stream::DEFAULT_MAX_CONNECTIONS,
+            max_sessions: usize::MAX,
+            idle_timeout: Some(stream::DEFAULT_IDLE_TIMEOUT),
+            timeout: Duration::from_secs(20),
+            init_retry: INIT_RETRY_INTERVAL,
+            detailed_errors: false,
+            service: None,
+        }
+    }
+}
+
+impl fmt::Debug for Builder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Builder")
+            .field("max_frame", &self.max_frame)
+            .field("max_connections", &self.max_connections)
+            .field("max_sessions", &self.max_sessions)
+            .field("idle_timeout", &self.idle_timeout)
+            .field("timeout", &self.timeout)
+            .field("detailed_errors", &self.detailed_errors)
+            .field("serving", &self.service.is_some())
+            .finish()
+    }
+}
+
+impl Builder {
+    /// A builder with the defaults.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The largest frame sent or accepted, in bytes. Default 8 MiB.
+    pub fn max_frame_length(mut self, bytes: usize) -> Self {
+        self.max_frame = bytes.clamp(frame::HEADER, u32::MAX as usize);
+        self
+    }
+
+    /// How many connections a server keeps; more are closed at once. Default 1024.
+    pub fn max_connections(mut self, n: usize) -> Self {
+        self.max_connections = n.max(1);
+        self
+    }
+
+    /// How many clients may hold a session at once; the others are answered "busy" at INIT and
+    /// served in the order they asked. Default: no limit.
+    pub fn max_sessions(mut self, n: usize) -> Self {
+        self.max_sessions = n.max(1);
+        self
+    }
+
+    /// One client at a time, as basic-socket-rpc's exclusive-access server.
+    pub fn exclusive(self) -> Self {
+        self.max_sessions(1)
+    }
+
+    /// Closes a server's connection after this long without a frame. Default 5 minutes.
+    pub fn idle_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.idle_timeout = timeout;
+        self
+    }
+
+    /// How long a client's call (connecting and waiting for a session included) may take when its
+    /// request has no deadline. Default 20 s, as basic-socket-rpc.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// How long a client waits before sending INIT again to a busy server. Default 4.5 s.
+    pub fn init_retry_interval(mut self, interval: Duration) -> Self {
+        self.init_retry = interval;
+        self
+    }
+
+    /// Exception frames also carry the error's code and data. Off by default: an exception says
+    /// what went wrong, not how the server is built.
+    pub fn detailed_errors(mut self, on: bool) -> Self {
+        self.detailed_errors = on;
+        self
+    }
+
+    /// Serves `service` (a router with command ids) on every connection.
+    pub fn serve<S>(mut self, service: S) -> Self
+    where
+        S: Service<Request, Response = Response> + Clone + Send + Sync + 'static,
+        S::Error: Into<BoxError>,
+        S::Future: Send + 'static,
+    {
+        self.service = Some(Serve::new(service));
+        self
+    }
+
+    fn start<A: Accept>(
+        self,
+        listener: A,
+    ) -> (Arc<ServerShared>, tokio_util::sync::CancellationToken) {
+        let max_connections = self.max_connections;
+        let server = Arc::new(ServerState {
+            gate: Gate::new(self.max_sessions),
+            next_conn: AtomicU64::new(0),
+            config: self,
+        });
+        stream::start_accepting(listener, max_connections, move |io, peer, shared| {
+            serve_connection(server.clone(), io, peer, shared)
+        })
+    }
+
+    /// Serves on a TCP address.
+    pub async fn bind_tcp(self, addr: impl ToSocketAddrs) -> io::Result<tcp::Server<Raw>> {
+        let listener = TcpListener::bind(addr).await?;
+        let local_addr = listener.local_addr()?;
+        let (shared, stop) = self.start(listener);
+        Ok(tcp::Server::new(shared, stop, local_addr))
+    }
+
+    /// Serves on a Unix socket file (see [`unix`] for how the file is handled).
+    pub async fn bind_unix(self, path: impl AsRef<Path>) -> io::Result<unix::Server<Raw>> {
+        let path = path.as_ref().to_path_buf();
+        let listener = unix::listen(&path, None).await?;
+        let (shared, stop) = self.start(listener);
+        Ok(unix::Server::new(shared, stop, path))
+    }
+
+    /// A typed client of the server at `addr`; it connects on its first call.
+    pub fn connect_tcp(self, addr: SocketAddr) -> Client<Channel<tcp::Tcp>> {
+        Client::new(self.channel::<tcp::Tcp>(addr), &LE)
+    }
+
+    /// A typed client of the server at the socket file `path`; it connects on its first call.
+    pub fn connect_unix(self, path: impl AsRef<Path>) -> Client<Channel<unix::Unix>> {
+        Client::new(self.channel::<unix::Unix>(path.as_ref().to_path_buf()), &LE)
+    }
+
+    /// A channel (a `tower::Service`) to the server at `addr`, over transport `T`.
+    pub fn channel<T: stream::Transport>(self, addr: T::Addr) -> Channel<T> {
+        Channel {
+            shared: Arc::new(ClientShared {
+                addr,
+                conn: tokio::sync::Mutex::new(None),
+                config: self,
+            }),
+        }
+    }
+}
+
+// ===== sessions =====
+
+/// Who holds a session and who waits for one, in order.
+struct Gate {
+    max: usize,
+    state: Mutex<GateState>,
+}
+
+struct GateState {
+    active: usize,
+    waiting: VecDeque<u64>,
+}
+
+impl Gate {
+    fn new(max: usize) -> Self {
+        Self {
+            max,
+            state: Mutex::new(GateState {
+                active: 0,
+                waiting: VecDeque::new(),
+            }),
+        }
+    }
+
+    /// Grants connection `id` a session if one is free and no one asked before it.
+    fn try_enter(&self, id: u64) -> bool {
+        let mut s = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let first = s.waiting.front().is_none_or(|w| *w == id);
+        if s.active < self.max && first {
+            if s.waiting.front() == Some(&id) {
+                s.waiting.pop_front();
+            }
+            s.active += 1;
+            true
+        } else {
+            if !s.waiting.contains(&id) {
+                s.waiting.push_back(id);
+            }
+            false
+        }
+    }
+
+    fn leave(&self, id: u64, had_session: bool) {
+        let mut s = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        if had_session {
+            s.active -= 1;
+        }
+        s.waiting.retain(|w| *w != id);
+    }
+}
+
+// ===== server =====
+
+struct ServerState {
+    config: Builder,
+    gate: Gate,
+    next_conn: AtomicU64,
+}
+
+async fn send<W: AsyncWrite + Unpin>(w: &mut W, buf: &mut BytesMut) -> io::Result<()> {
+    let r = w.write_all(buf).await;
+    buf.clear();
+    r
+}
+
+fn protocol_error(why: impl Into<std::borrow::Cow<'static, str>>) -> ServerError {
+    ServerError::new(ErrorCode::INVALID_REQUEST, why)
+}
+
+async fn serve_connection<S: Split>(
+    server: Arc<ServerState>,
+    io: S,
+    peer: Peer,
+    shared: Arc<ServerShared>,
+) {
+    let id = server.next_conn.fetch_add(1, Ordering::Relaxed);
+    let config = &server.config;
+    let (read, mut w) = io.split();
+    let mut frames = FramedRead::new(
+        read,
+        FrameDecoder {
+            max: config.max_frame,
+        },
+    );
+    let mut out = BytesMut::with_capacity(1024);
+    let mut session = false;
+    loop {
+        let next = tokio::select! {
+            biased;
+            _ = shared.drain.cancelled() => break,
+            r = async {
+                match config.idle_timeout {
+                    Some(t) => tokio::time::timeout(t, frames.next()).await.ok(),
+                    None => Some(frames.next().await),
+                }
+            } => r,
+        };
+        let frame = match next {
+            None => {
+                stream::Counters::add(&shared.counters.idle_closed);
+                break;
+            }
+            Some(None) => break,
+            Some(Some(Ok(f))) => f,
+            Some(Some(Err(e))) => {
+                stream::Counters::add(&shared.counters.bad_frames);
+                tracing::warn!(%peer, error = %e, "closing the connection");
+                put_exception(&mut out, &protocol_error(e.to_string()), false);
+                let _ = send(&mut w, &mut out).await;
+                break;
+            }
+        };
+        let error = match frame {
+            Frame::TooSmall(size) => Some(protocol_error(format!(
+                "reported message size too small: {size}"
+            ))),
+            Frame::Msg {
+                kind: INIT,
+                payload,
+            } => {
+                if session {
+                    Some(protocol_error("initialization already occurred"))
+                } else if payload.len() < 3 || payload[0] != VERSION[0] {
+                    Some(protocol_error(format!(
+                        "incorrect protocol version {:?}; expected major {}",
+                        &payload[..payload.len().min(3)],
+                        VERSION[0]
+                    )))
+                } else {
+                    session = server.gate.try_enter(id);
+                    let _ = put_frame(&mut out, INIT, usize::MAX, |b| {
+                        b.extend_from_slice(&[u8::from(session)])
+                    });
+                    None
+                }
+            }
+            Frame::Msg { kind: RPC, payload } if !session => {
+                let _ = payload;
+                Some(protocol_error("need to initialize the connection first"))
+            }
+            Frame::Msg { kind: RPC, payload } if payload.len() < 2 => {
+                let _ = payload;
+                Some(protocol_error("insufficient bytes in command"))
+            }
+            Frame::Msg { kind: RPC, payload } => {
+                stream::Counters::add(&shared.counters.requests);
+                let cmd = u16::from_le_bytes([payload[0], payload[1]]);
+                let args = Payload::new(payload.slice(2..), &LE);
+                let response = match &config.service {
+                    Some(service) => {
+                        let mut ctx = Context::from_peer(peer.clone());
+                        if let Some(t) = config.idle_timeout {
+                            ctx.set_timeout(t);
+                        }
+                        service
+                            .call(Request::new(Method::Id(cmd), args).with_context(ctx))
+                            .await
+                    }
+                    None => Response::error(ServerError::method_not_found(Method::Id(cmd))),
+                };
+                match response.result() {
+                    Ok(p) => match put_frame(&mut out, RPC, config.max_frame, |b| {
+                        b.extend_from_slice(p.bytes())
+                    }) {
+                        Ok(()) => None,
+                        Err((size, limit)) => Some(ServerError::new(
+                            ErrorCode::MESSAGE_TOO_LARGE,
+                            format!(
+                                "the response of {size} bytes exceeds the limit of {limit} bytes"
+                            ),
+                        )),
+                    },
+                    Err(e) => Some(e.clone()),
+                }
+            }
+            Frame::Msg { kind, .. } => {
+                Some(protocol_error(format!("unexpected message type {kind}")))
+            }
+        };
+        if let Some(e) = error {
+            stream::Counters::add(&shared.counters.malformed);
+            put_exception(&mut out, &e, config.detailed_errors);
+        }
+        if send(&mut w, &mut out).await.is_err() {
+            break;
+        }
+        stream::Counters::add(&shared.counters.responses_sent);
+    }
+    server.gate.leave(id, session);
+    let _ = w.shutdown().await;
+}
+
+// ===== client =====
+
+/// A `tower::Service` of calls to one basic-socket-rpc server, one at a time over one connection,
+/// opened (with its INIT handshake) on first use and again after a failure.
+pub struct Channel<T: stream::Transport> {
+    shared: Arc<ClientShared<T>>,
+}
+
+struct ClientShared<T: stream::Transport> {
+    addr: T::Addr,
+    conn: tokio::sync::Mutex<Option<ClientConn<T::Stream>>>,
+    config: Builder,
+}
+
+struct ClientConn<S: Split> {
+    frames: FramedRead<S::Read, FrameDecoder>,
+    w: S::Write,
+    out: BytesMut,
+}
+
+impl<S: Split> ClientConn<S> {
+    async fn exchange(&mut self) -> Result<Frame, Error> {
+        send(&mut self.w, &mut self.out).await?;
+        match self.frames.next().await {
+            Some(Ok(f)) => Ok(f),
+            Some(Err(e)) => Err(Error::Transport(e)),
+            None => Err(Error::Transport(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "the server closed the connection",
+            ))),
+        }
+    }
+}
+
+fn unexpected(f: &Frame) -> Error {
+    Error::Transport(io::Error::new(
+        io::ErrorKind::InvalidData,
+        format!("unexpected frame from the server: {f:?}"),
+    ))
+}
+
+impl<T: stream::Transport> ClientShared<T> {
+    async fn connect(&self) -> Result<ClientConn<T::Stream>, Error> {
+        let (io, _) = T::connect(&self.addr).await?;
+        let (read, w) = io.split();
+        let mut conn = ClientConn {
+            frames: FramedRead::new(
+                read,
+                FrameDecoder {
+                    max: self.config.max_frame,
+                },
+            ),
+            w,
+            out: BytesMut::with_capacity(1024),
+        };
+        loop {
+            let _ = put_frame(&mut conn.out, INIT, usize::MAX, |b| {
+                b.extend_from_slice(&VERSION)
+            });
+            match conn.exchange().await? {
+                Frame::Msg {
+                    kind: INIT,
+                    payload,
+                } if payload.first() == Some(&1) => return Ok(conn),
+                Frame::Msg { kind: INIT, .. } => {
+                    tracing::debug!(addr = ?self.addr, "the server is busy; asking again");
+                    tokio::time::sleep(self.config.init_retry).await;
+                }
+                Frame::Msg {
+                    kind: EXCEPTION,
+                    payload,
+                } => return Err(Error::Server(frame::parse_exception(payload))),
+                other => return Err(unexpected(&other)),
+            }
+        }
+    }
+
+    async fn call(&self, req: Request) -> Result<Payload, Error> {
+        let Method::Id(cmd) = *req.method() else {
+            return Err(Error::Codec(
+                "basic-socket-rpc calls commands by numeric id, not by name".into(),
+            ));
+        };
+        if req.args().format().name() != LE.name() {
+            return Err(Error::Codec(
+                format!(
+                    "basic-socket-rpc carries the le format, not {}",
+                    req.args().format().name()
+                )
+                .into(),
+            ));
+        }
+        let deadline = req
+            .context()
+            .deadline()
+            .unwrap_or_else(|| Instant::now() + self.config.timeout);
+        let attempt = async {
+            let mut slot = self.conn.lock().await;
+            if slot.is_none() {
+                *slot = Some(self.connect().await?);
+            }
+            let conn = slot.as_mut().expect("connected above");
+            let args = req.args().bytes();
+            if let Err((size, limit)) = put_frame(&mut conn.out, RPC, self.config.max_frame, |b| {
+                b.extend_from_slice(&cmd.to_le_bytes());
+                b.extend_from_slice(args);
+            }) {
+                return Err(Error::TooLarge { size, limit });
+            }
+            let reply = conn.exchange().await;
+            if reply.is_err() {
+                *slot = None;
+            }
+            match reply? {
+                Frame::Msg { kind: RPC, payload } => Ok(Payload::new(payload, &LE)),
+                Frame::Msg {
+                    kind: EXCEPTION,
+                    payload,
+                } => Err(Error::Server(frame::parse_exception(payload))),
+                other => {
+                    *slot = None;
+                    Err(unexpected(&other))
+                }
+            }
+        };
+        match tokio::time::timeout_at(deadline, attempt).await {
+            Ok(r) => r,
+            Err(_) => {
+                // The answer may still come: this connection can no longer be trusted.
+                if let Ok(mut slot) = self.conn.try_lock() {
+                    *slot = None;
+                }
+                Err(Error::Timeout)
+            }
+        }
+    }
+}
+
+impl<T: stream::Transport> Clone for Channel<T> {
+    fn clone(&self) -> Self {
+        Self {
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl<T: stream::Transport> fmt::Debug for Channel<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Channel")
+            .field("addr", &self.shared.addr)
+            .finish()
+    }
+}
+
+impl<T: stream::Transport> Service<Request> for Channel<T> {
+    type Response = Payload;
+    type Error = Error;
+    type Future = BoxFuture<'static, Result<Payload, Error>>;
+
+    fn poll_ready(&mut self, _: &mut TaskContext<'_>) -> Poll<Result<(), Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request) -> Self::Future {
+        let shared = self.shared.clone();
+        Box::pin(async move { shared.call(req).await })
+    }
+}
