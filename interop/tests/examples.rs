@@ -139,3 +139,61 @@ fn jsonrpc_bidirectional_calls_both_ways() {
         "{out}"
     );
 }
+
+fn start_greet_server() -> (Program, String) {
+    let server = Program::start(
+        &example("greet_server"),
+        &["--address", "127.0.0.1", "-p", "0"],
+    );
+    let port = server
+        .first_line
+        .strip_prefix("listening on tcp://127.0.0.1:")
+        .unwrap_or_else(|| panic!("unexpected first line {:?}", server.first_line))
+        .to_string();
+    (server, port)
+}
+
+#[test]
+fn greet_client_and_greet_server() {
+    let (_server, port) = start_greet_server();
+    let (ok, out) =
+        run(Command::new(example("greet_client")).args(["--address", "127.0.0.1", "-p", &port]));
+    assert!(ok, "{out}");
+    assert!(
+        out.contains(r#"hello("Robert") -> "hello Robert""#),
+        "{out}"
+    );
+    assert!(out.contains("add_2_words(1000, 2050) -> 3050"), "{out}");
+    assert!(out.ends_with("all answers right"), "{out}");
+}
+
+#[test]
+fn python_greet_client_and_rust_greet_server() {
+    let (_server, port) = start_greet_server();
+    let (ok, out) = run(Command::new(python())
+        .arg(py_dir().join("bsr_peer.py"))
+        .args(["client", &format!("127.0.0.1:{port}")]));
+    assert!(ok, "{out}");
+    assert!(out.ends_with("all passed"), "{out}");
+}
+
+#[test]
+fn greet_client_and_python_greet_server() {
+    let peer = PeerProcess::start("bsr_peer.py", &["server"]);
+    let port = peer.listen_addr().port().to_string();
+    let (ok, out) = run(Command::new(example("greet_client")).args(["-p", &port]));
+    assert!(ok, "{out}");
+    assert!(out.ends_with("all answers right"), "{out}");
+}
+
+#[test]
+fn greet_client_fails_without_a_server() {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port().to_string();
+    drop(closed);
+    let out = Command::new(example("greet_client"))
+        .args(["-p", &port])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+}
