@@ -16,7 +16,7 @@ use serde::Serialize;
 use tokio::time::Instant;
 
 use crate::target::Target;
-use crate::{client_for, parse_args, BenchArgs, Failure};
+use crate::{client_for, request_for, BenchArgs, Failure};
 
 /// Errors by kind.
 #[derive(Debug, Default, Clone, Copy, Serialize)]
@@ -73,7 +73,6 @@ fn histogram() -> Histogram<u64> {
 
 pub(crate) async fn run(args: BenchArgs) -> Result<(), Failure> {
     let target = Target::parse(&args.target.url, args.target.codec).map_err(Failure::usage)?;
-    let values = parse_args(&args.target.args)?;
     if let Some(rate) = args.rate {
         if !(rate.is_finite() && rate > 0.0) {
             return Err(Failure::usage(
@@ -113,9 +112,7 @@ pub(crate) async fn run(args: BenchArgs) -> Result<(), Failure> {
     let mut workers = tokio::task::JoinSet::new();
     for i in 0..args.concurrency {
         let client = clients[i as usize % clients.len()].clone();
-        let request = client
-            .request(args.target.method.clone(), &values)
-            .map_err(|e| Failure::usage(e.to_string()))?;
+        let request = request_for(&target, &client, &args.target.method, &args.target.args)?;
         let done = done.clone();
         let timeout = args.timeout;
         workers.spawn(async move {

@@ -5,6 +5,7 @@
 
 mod bench;
 mod demo;
+mod raw_args;
 mod target;
 
 use std::io::Write;
@@ -17,7 +18,7 @@ use futures::future::BoxFuture;
 use rpc_codecs::jsonrpc::JsonRpcCodec;
 use rpc_codecs::msgpack::RpcudpCodec;
 use rpc_core::{BoxChannel, Client, Codec, Error};
-use rpc_transports::{tcp, udp, unix};
+use rpc_transports::{raw, tcp, udp, unix};
 
 use crate::target::{Address, CodecName, Target};
 
@@ -117,6 +118,10 @@ pub(crate) struct CallArgs {
     /// Send a notification: no answer is expected or printed.
     #[arg(long)]
     notify: bool,
+    /// Raw codec only: the result's types, comma-separated (u32, str, bytes, ...); without it the
+    /// result is printed as hex.
+    #[arg(long, value_name = "TYPES")]
+    returns: Option<String>,
 }
 
 #[derive(Args)]
@@ -182,10 +187,6 @@ impl Failure {
     }
 }
 
-fn not_supported(what: impl std::fmt::Display) -> Failure {
-    Failure::usage(format!("{what} is not supported yet"))
-}
-
 /// Parses each ARG as JSON.
 pub(crate) fn parse_args(args: &[String]) -> Result<Vec<serde_json::Value>, Failure> {
     args.iter()
@@ -217,8 +218,40 @@ pub(crate) async fn client_for(target: &Target) -> Result<Client<BoxChannel>, Fa
     match target.codec {
         CodecName::Msgpack => client_with(&target.address, RpcudpCodec::new()).await,
         CodecName::JsonRpc => client_with(&target.address, JsonRpcCodec::new()).await,
-        CodecName::Raw => Err(not_supported("the raw codec")),
+        CodecName::Raw => match &target.address {
+            Address::Tcp(addr) => Ok(raw::Builder::new().connect_tcp(*addr).boxed()),
+            Address::Unix(path) => Ok(raw::Builder::new().connect_unix(path).boxed()),
+            Address::Udp(_) => Err(Failure::usage(
+                "the raw codec (basic-socket-rpc) runs over tcp:// or unix://, not udp://",
+            )),
+        },
     }
+}
+
+/// The request for METHOD and ARGs in `target`'s codec: named methods and JSON arguments, or for
+/// the raw codec a command id and typed arguments.
+pub(crate) fn request_for(
+    target: &Target,
+    client: &Client<BoxChannel>,
+    method: &str,
+    args: &[String],
+) -> Result<rpc_core::Request, Failure> {
+    if target.codec == CodecName::Raw {
+        let id: u16 = method.parse().map_err(|_| {
+            Failure::usage(format!(
+                "the raw codec calls commands by number (0-65535), not {method:?}"
+            ))
+        })?;
+        let bytes = raw_args::encode(args)?;
+        return Ok(rpc_core::Request::new(
+            id,
+            rpc_core::Payload::new(bytes.into(), &rpc_codecs::raw::LE),
+        ));
+    }
+    let values = parse_args(args)?;
+    client
+        .request(method.to_string(), &values)
+        .map_err(|e| Failure::from_call(&e))
 }
 
 async fn client_with<C: Codec>(address: &Address, codec: C) -> Result<Client<BoxChannel>, Failure> {
@@ -247,13 +280,13 @@ impl<C: Codec> Running for udp::Endpoint<C> {
     }
 }
 
-impl<C: Codec> Running for tcp::Server<C> {
+impl<C: 'static> Running for tcp::Server<C> {
     fn shutdown(&self, grace: Duration) -> BoxFuture<'_, bool> {
         Box::pin(tcp::Server::shutdown(self, grace))
     }
 }
 
-impl<C: Codec> Running for unix::Server<C> {
+impl<C: 'static> Running for unix::Server<C> {
     fn shutdown(&self, grace: Duration) -> BoxFuture<'_, bool> {
         Box::pin(unix::Server::shutdown(self, grace))
     }
@@ -264,7 +297,25 @@ async fn start(target: &Target, url: &str) -> Result<(Box<dyn Running>, String),
     match target.codec {
         CodecName::Msgpack => start_with(&target.address, RpcudpCodec::new(), url).await,
         CodecName::JsonRpc => start_with(&target.address, JsonRpcCodec::new(), url).await,
-        CodecName::Raw => Err(not_supported("the raw codec")),
+        CodecName::Raw => {
+            let builder = raw::Builder::new().serve(demo::router());
+            let cannot =
+                |e: std::io::Error| Failure::transport(format!("cannot listen on {url}: {e}"));
+            match &target.address {
+                Address::Tcp(addr) => {
+                    let s = builder.bind_tcp(*addr).await.map_err(cannot)?;
+                    let url = format!("tcp://{}?codec=raw", s.local_addr());
+                    Ok((Box::new(s), url))
+                }
+                Address::Unix(path) => {
+                    let s = builder.bind_unix(path).await.map_err(cannot)?;
+                    Ok((Box::new(s), format!("unix://{}?codec=raw", path.display())))
+                }
+                Address::Udp(_) => Err(Failure::usage(
+                    "the raw codec (basic-socket-rpc) runs over tcp:// or unix://, not udp://",
+                )),
+            }
+        }
     }
 }
 
@@ -343,17 +394,19 @@ pub(crate) fn to_json(v: rmpv::Value) -> serde_json::Value {
 
 async fn call(args: CallArgs) -> Result<(), Failure> {
     let target = Target::parse(&args.target.url, args.target.codec).map_err(Failure::usage)?;
-    let values = parse_args(&args.target.args)?;
     let client = client_for(&target).await?.with_timeout(args.timeout);
+    let request = request_for(&target, &client, &args.target.method, &args.target.args)?;
     if args.notify {
+        if target.codec == CodecName::Raw {
+            return Err(Failure::usage("basic-socket-rpc has no notifications"));
+        }
+        let (method, payload, _) = request.into_parts();
         return client
-            .notify(args.target.method, values)
+            .send(rpc_core::Request::notification(method, payload))
             .await
+            .map(drop)
             .map_err(|e| Failure::from_call(&e));
     }
-    let request = client
-        .request(args.target.method, &values)
-        .map_err(|e| Failure::from_call(&e))?;
     let mut attempt = 0;
     let result = loop {
         // Each attempt gets the whole timeout.
@@ -365,11 +418,14 @@ async fn call(args: CallArgs) -> Result<(), Failure> {
             other => break other,
         }
     };
-    let value: rmpv::Value = result
-        .and_then(|p| p.decode())
-        .map_err(|e| Failure::from_call(&e))?;
+    let payload = result.map_err(|e| Failure::from_call(&e))?;
+    let json = if target.codec == CodecName::Raw {
+        raw_args::decode(payload.bytes(), args.returns.as_deref())?
+    } else {
+        to_json(payload.decode().map_err(|e| Failure::from_call(&e))?)
+    };
     let mut out = std::io::stdout().lock();
-    let _ = writeln!(out, "{}", to_json(value));
+    let _ = writeln!(out, "{json}");
     Ok(())
 }
 

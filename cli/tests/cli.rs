@@ -116,13 +116,11 @@ fn errors_have_distinct_exit_codes() {
     let (code, _, err) = call(u, "x", &["--codec", "xml"]);
     assert_eq!(code, 2);
     assert!(err.contains("xml"), "{err}");
+    // basic-socket-rpc runs over streams only.
     let url = format!("{u}?codec=raw");
-    let (code, _, err) = call(&url, "x", &[]);
+    let (code, _, err) = call(&url, "0", &[]);
     assert_eq!(code, 2);
-    assert!(
-        err.contains("not supported yet") && err.contains("raw"),
-        "{err}"
-    );
+    assert!(err.contains("tcp://"), "{err}");
     // Nothing listens there: the connection is refused.
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("tcp://{}", closed.local_addr().unwrap());
@@ -213,6 +211,61 @@ fn one_service_on_udp_tcp_and_unix_at_once() {
     assert!(child.wait().unwrap().success());
     assert!(!sock.exists(), "the socket file is removed on shutdown");
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn the_raw_codec_with_typed_arguments() {
+    let mut child = Command::new(RPC)
+        .args(["serve", "--listen", "tcp://127.0.0.1:0?codec=raw"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let url = line
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap()
+        .to_string();
+    assert!(url.ends_with("?codec=raw"), "{url}");
+    assert_eq!(
+        call(&url, "2", &["u32:1000", "u32:2050", "--returns", "u32"]),
+        (0, "3050".into(), String::new())
+    );
+    assert_eq!(
+        call(&url, "0", &["\"Robert\"", "--returns", "str"]),
+        (0, "\"hello Robert\"".into(), String::new())
+    );
+    // Without --returns: the bytes, as hex.
+    assert_eq!(call(&url, "2", &["u32:1", "u32:2"]).1, "\"03000000\"");
+    assert_eq!(call(&url, "3", &[]).1, "null");
+    let (code, _, err) = call(&url, "99", &[]);
+    assert_eq!(code, 1, "{err}");
+    let (code, _, err) = call(&url, "2", &["1000", "2050"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("u32:1000"), "{err}");
+    let (code, _, err) = call(&url, "hello", &[]);
+    assert_eq!(code, 2, "{err}");
+    let out = rpc(&[
+        "bench",
+        &url,
+        "2",
+        "u32:1",
+        "u32:2",
+        "--duration",
+        "1s",
+        "--connections",
+        "2",
+        "--concurrency",
+        "4",
+        "--json",
+    ]);
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["errors"], 0, "{report}");
+    let _ = child.kill();
+    let _ = child.wait();
 }
 
 #[test]
