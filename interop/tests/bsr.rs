@@ -296,3 +296,35 @@ async fn sessions_are_granted_in_the_order_asked() {
     assert_eq!(rx.recv().await, Some("second"));
     assert_eq!(rx.recv().await, Some("third"));
 }
+
+#[tokio::test]
+async fn over_a_unix_socket_with_detailed_errors() {
+    let dir = std::env::temp_dir().join(format!("rpc-bsr-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("greet.sock");
+    let server = raw::Builder::new()
+        .detailed_errors(true)
+        .serve(greet())
+        .bind_unix(&path)
+        .await
+        .unwrap();
+    let client = raw::Builder::new().connect_unix(&path);
+    let hello: String = client.call(0u16, ("Unix",)).await.unwrap();
+    assert_eq!(hello, "hello Unix");
+    // With detail on, the exception text carries the code.
+    let err = client
+        .call::<u32>(2u16, ("not a number",))
+        .await
+        .unwrap_err();
+    let text = err.to_string();
+    assert!(
+        err.is_invalid_params() && text.contains("code -32602"),
+        "{text}"
+    );
+    // By name the raw protocol cannot call.
+    let err = client.call::<String>("hello", ("x",)).await.unwrap_err();
+    assert!(matches!(err, rpc_core::Error::Codec(_)), "{err}");
+    assert!(server.shutdown(Duration::from_secs(1)).await);
+    assert!(!path.exists());
+    let _ = std::fs::remove_dir_all(&dir);
+}
