@@ -249,8 +249,12 @@ pub enum Error {
     Codec(BoxError),
     /// The endpoint or connection is closed.
     Closed,
-    /// Local middleware refused the call before it was sent (load shedding, a rate or concurrency limit).
+    /// Local middleware shed the call before it was sent (tower's load shedding).
     Overloaded,
+    /// Local middleware refused the call before it was sent (a rate or concurrency limit); the
+    /// error says why, with the same codes a server would use (and a retry-after hint in its data
+    /// where there is one).
+    Rejected(ServerError),
     /// Any other failure raised by middleware.
     Other(BoxError),
 }
@@ -263,11 +267,15 @@ impl Error {
 
     /// Whether the call was refused for load, locally or by the peer.
     pub fn is_overloaded(&self) -> bool {
-        matches!(self, Error::Overloaded)
-            || matches!(
-                self.code(),
-                Some(ErrorCode::OVERLOADED) | Some(ErrorCode::RATE_LIMITED)
-            )
+        let code = match self {
+            Error::Overloaded => return true,
+            Error::Rejected(e) => Some(e.code()),
+            _ => self.code(),
+        };
+        matches!(
+            code,
+            Some(ErrorCode::OVERLOADED) | Some(ErrorCode::RATE_LIMITED)
+        )
     }
 
     /// Whether the endpoint or connection is closed.
@@ -342,6 +350,7 @@ impl fmt::Display for Error {
             Error::Codec(e) => write!(f, "codec error: {e}"),
             Error::Closed => f.pad("the endpoint is closed"),
             Error::Overloaded => f.pad("rejected by local middleware: overloaded"),
+            Error::Rejected(e) => write!(f, "rejected by local middleware: {e}"),
             Error::Other(e) => write!(f, "{e}"),
         }
     }
@@ -351,7 +360,7 @@ impl std::error::Error for Error {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             Error::Transport(e) => Some(e),
-            Error::Server(e) => Some(e),
+            Error::Server(e) | Error::Rejected(e) => Some(e),
             Error::Codec(e) | Error::Other(e) => Some(&**e),
             _ => None,
         }

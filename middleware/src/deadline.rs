@@ -1,0 +1,173 @@
+//! Deadlines: a call's time budget, set by the caller and enforced by the server.
+//!
+//! A request's deadline lives in its [`Context`](rpc_core::Context). On the client side,
+//! [`SetDeadlineLayer`] (or `Client::with_timeout`) sets it, and transports stop waiting at it, so
+//! the caller sees [`Error::Timeout`](rpc_core::Error::Timeout). On the server side,
+//! [`DeadlineLayer`] answers a request whose deadline has already passed with
+//! [`ErrorCode::DEADLINE_EXCEEDED`] without running it, and drops (cancels) a handler still running
+//! at the deadline, answering the same.
+
+use std::task::{Context as TaskContext, Poll};
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use rpc_core::{ErrorCode, Request, Response, ServerError, Service};
+use tokio::time::Instant;
+use tower::Layer;
+
+/// Sets every request's deadline to `timeout` from when it is sent, unless it has an earlier one.
+///
+/// ```
+/// use std::time::Duration;
+/// use rpc_middleware::deadline::SetDeadlineLayer;
+/// let layer = SetDeadlineLayer::new(Duration::from_millis(500));
+/// # let _ = layer;
+/// ```
+#[derive(Debug, Clone, Copy)]
+pub struct SetDeadlineLayer {
+    timeout: Duration,
+}
+
+impl SetDeadlineLayer {
+    /// A layer giving calls `timeout`.
+    pub const fn new(timeout: Duration) -> Self {
+        Self { timeout }
+    }
+}
+
+impl<S> Layer<S> for SetDeadlineLayer {
+    type Service = SetDeadline<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        SetDeadline {
+            inner,
+            timeout: self.timeout,
+        }
+    }
+}
+
+/// Sets request deadlines; see [`SetDeadlineLayer`].
+#[derive(Debug, Clone)]
+pub struct SetDeadline<S> {
+    inner: S,
+    timeout: Duration,
+}
+
+impl<S: Service<Request>> Service<Request> for SetDeadline<S> {
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn poll_ready(&mut self, cx: &mut TaskContext<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request) -> Self::Future {
+        req.context_mut().set_timeout(self.timeout);
+        self.inner.call(req)
+    }
+}
+
+/// Enforces request deadlines on a server.
+///
+/// ```
+/// use std::time::Duration;
+/// use rpc_middleware::deadline::DeadlineLayer;
+/// // Requests without a deadline get 30 s; none may ask for more than 60 s.
+/// let layer = DeadlineLayer::new()
+///     .default_timeout(Duration::from_secs(30))
+///     .max_timeout(Duration::from_secs(60));
+/// # let _ = layer;
+/// ```
+#[derive(Debug, Clone, Copy, Default)]
+pub struct DeadlineLayer {
+    default: Option<Duration>,
+    max: Option<Duration>,
+}
+
+impl DeadlineLayer {
+    /// Enforces the deadlines requests carry; requests without one run unbounded.
+    pub const fn new() -> Self {
+        Self {
+            default: None,
+            max: None,
+        }
+    }
+
+    /// Gives requests without a deadline this one.
+    pub const fn default_timeout(mut self, timeout: Duration) -> Self {
+        self.default = Some(timeout);
+        self
+    }
+
+    /// Caps every request's deadline at this long from its arrival.
+    pub const fn max_timeout(mut self, timeout: Duration) -> Self {
+        self.max = Some(timeout);
+        self
+    }
+}
+
+impl<S> Layer<S> for DeadlineLayer {
+    type Service = Deadline<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Deadline {
+            inner,
+            config: *self,
+        }
+    }
+}
+
+/// Enforces deadlines; see [`DeadlineLayer`].
+#[derive(Debug, Clone)]
+pub struct Deadline<S> {
+    inner: S,
+    config: DeadlineLayer,
+}
+
+fn exceeded() -> Response {
+    Response::error(ServerError::from_code(ErrorCode::DEADLINE_EXCEEDED))
+}
+
+impl<S> Service<Request> for Deadline<S>
+where
+    S: Service<Request, Response = Response>,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+{
+    type Response = Response;
+    type Error = S::Error;
+    type Future = BoxFuture<'static, Result<Response, S::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut TaskContext<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request) -> Self::Future {
+        let now = Instant::now();
+        let ctx = req.context_mut();
+        if ctx.deadline().is_none() {
+            if let Some(d) = self.config.default {
+                ctx.set_deadline(Some(now + d));
+            }
+        }
+        if let Some(max) = self.config.max {
+            ctx.set_timeout(max);
+        }
+        let Some(deadline) = ctx.deadline() else {
+            let fut = self.inner.call(req);
+            return Box::pin(fut);
+        };
+        if deadline <= now {
+            tracing::debug!(method = %req.method(), "refusing a call whose deadline has passed");
+            return Box::pin(futures::future::ready(Ok(exceeded())));
+        }
+        let fut = self.inner.call(req);
+        Box::pin(async move {
+            match tokio::time::timeout_at(deadline, fut).await {
+                Ok(r) => r,
+                Err(_) => Ok(exceeded()),
+            }
+        })
+    }
+}

@@ -1,0 +1,14 @@
+//! Rate and concurrency limits, global or keyed by peer (or any key taken from the request).
+//!
+//! Global concurrency limits and load shedding are tower's (`ServiceBuilder::concurrency_limit`,
+//! `load_shed`); an exclusive, one-at-a-time service is `concurrency_limit(1)`. The layers here add
+//! keys: each peer (or key) has its own limit, so one noisy peer cannot starve the others. State
+//! per key is evicted once idle, so memory stays bounded whatever the number of peers.
+
+mod concurrency;
+mod key;
+mod rate;
+
+pub use self::concurrency::{KeyedConcurrencyLimit, KeyedConcurrencyLimitLayer};
+pub use self::key::{ByPeer, Global, KeyFn};
+pub use self::rate::{RateLimit, RateLimitLayer};

@@ -1,0 +1,220 @@
+//! Retries that fit RPC: only what provably did not run, unless the method is idempotent; under a
+//! budget, so a server that is down does not get a retry storm; with exponential backoff and jitter.
+//!
+//! [`RetryPolicy`] is a `tower::retry::Policy`; wrap a client with
+//! `tower::retry::RetryLayer::new(policy)` (or `ServiceBuilder::retry`). Requests are cloned as
+//! encoded bytes, so a retry costs no serialization.
+//!
+//! A failure is retried when it proves the call did not run:
+//! - the connection could not be made (refused, unreachable), or
+//! - the call was refused before running: [`Error::Overloaded`], [`Error::Rejected`], or the
+//!   peer's overloaded or rate-limited answer;
+//!
+//! and, for methods marked [`idempotent`](RetryPolicy::idempotent), also when it may have run:
+//! no response in time (a lost datagram), or a connection lost mid-call. Never past the call's
+//! deadline, never beyond the budget.
+
+use std::collections::HashSet;
+use std::io;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use rpc_core::{Error, ErrorCode, Method, Payload, Request};
+use tokio::time::Instant;
+use tower::retry::backoff::{Backoff, ExponentialBackoff, ExponentialBackoffMaker, MakeBackoff};
+use tower::retry::budget::{Budget, TpsBudget};
+use tower::retry::Policy;
+use tower::util::rng::HasherRng;
+
+/// Whether `error` proves the call did not run.
+pub fn not_processed(error: &Error) -> bool {
+    match error {
+        Error::Overloaded | Error::Rejected(_) => true,
+        Error::Server(e) => matches!(e.code(), ErrorCode::OVERLOADED | ErrorCode::RATE_LIMITED),
+        Error::Transport(e) => matches!(
+            e.kind(),
+            io::ErrorKind::ConnectionRefused
+                | io::ErrorKind::NotConnected
+                | io::ErrorKind::AddrNotAvailable
+                | io::ErrorKind::NotFound
+                | io::ErrorKind::HostUnreachable
+                | io::ErrorKind::NetworkUnreachable
+        ),
+        _ => false,
+    }
+}
+
+/// Whether `error` says the call may have been lost, so that an idempotent method may be retried.
+fn maybe_lost(error: &Error) -> bool {
+    match error {
+        Error::Timeout => true,
+        Error::Transport(e) => matches!(
+            e.kind(),
+            io::ErrorKind::ConnectionReset
+                | io::ErrorKind::ConnectionAborted
+                | io::ErrorKind::BrokenPipe
+                | io::ErrorKind::UnexpectedEof
+        ),
+        _ => false,
+    }
+}
+
+/// The retry policy; see the [module docs](self). Cloning shares the budget.
+#[derive(Clone)]
+pub struct RetryPolicy {
+    budget: Arc<TpsBudget>,
+    backoff: ExponentialBackoff<HasherRng>,
+    idempotent: Arc<HashSet<Method>>,
+    max_attempts: u32,
+    attempts: u32,
+}
+
+impl std::fmt::Debug for RetryPolicy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RetryPolicy")
+            .field("idempotent", &self.idempotent)
+            .field("max_attempts", &self.max_attempts)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl RetryPolicy {
+    /// A policy with a budget of 20% retries over 10 s (and at least 10 retries a second),
+    /// backoff from 10 ms to 1 s with 50% jitter, and at most 5 attempts a call.
+    pub fn new() -> Self {
+        Self::with_budget(TpsBudget::new(Duration::from_secs(10), 10, 0.2))
+    }
+
+    /// A policy drawing on `budget` (share one budget among all of a client's calls).
+    pub fn with_budget(budget: TpsBudget) -> Self {
+        Self {
+            budget: Arc::new(budget),
+            backoff: ExponentialBackoffMaker::new(
+                Duration::from_millis(10),
+                Duration::from_secs(1),
+                0.5,
+                HasherRng::default(),
+            )
+            .expect("valid backoff")
+            .make_backoff(),
+            idempotent: Arc::new(HashSet::new()),
+            max_attempts: 5,
+            attempts: 1,
+        }
+    }
+
+    /// Backoff between attempts: from `min`, doubling, up to `max`, each jittered by up to
+    /// `jitter` (0 to 1) of itself.
+    ///
+    /// # Panics
+    ///
+    /// If `min > max`, `max` is zero, or `jitter` is outside 0..=1.
+    pub fn backoff(mut self, min: Duration, max: Duration, jitter: f64) -> Self {
+        self.backoff = ExponentialBackoffMaker::new(min, max, jitter * 100.0, HasherRng::default())
+            .expect("valid backoff settings")
+            .make_backoff();
+        self
+    }
+
+    /// At most this many attempts per call, the first included. Default 5.
+    pub fn max_attempts(mut self, n: u32) -> Self {
+        self.max_attempts = n.max(1);
+        self
+    }
+
+    /// Marks methods safe to run more than once: they are also retried when the call may have
+    /// been lost (no response in time, connection lost mid-call).
+    pub fn idempotent<M: Into<Method>>(mut self, methods: impl IntoIterator<Item = M>) -> Self {
+        let set = Arc::make_mut(&mut self.idempotent);
+        set.extend(methods.into_iter().map(Into::into));
+        self
+    }
+
+    fn should_retry(&self, req: &Request, error: &Error) -> bool {
+        (not_processed(error) || (maybe_lost(error) && self.idempotent.contains(req.method())))
+            && self.attempts < self.max_attempts
+            && req.context().deadline().is_none_or(|d| d > Instant::now())
+    }
+}
+
+impl<E> Policy<Request, Payload, E> for RetryPolicy
+where
+    E: RetryableError,
+{
+    type Future = BoxFuture<'static, ()>;
+
+    fn retry(
+        &mut self,
+        req: &mut Request,
+        result: &mut Result<Payload, E>,
+    ) -> Option<Self::Future> {
+        match result {
+            Ok(_) => {
+                self.budget.deposit();
+                None
+            }
+            Err(e) => {
+                let retry = e.with_error(|e| self.should_retry(req, e));
+                if !retry {
+                    return None;
+                }
+                if !self.budget.withdraw() {
+                    tracing::debug!(method = %req.method(), "retry budget exhausted");
+                    return None;
+                }
+                self.attempts += 1;
+                tracing::debug!(method = %req.method(), attempt = self.attempts, "retrying");
+                let wait = self.backoff.next_backoff();
+                // Never sleep past the deadline: the attempt would fail at once anyway.
+                let deadline = req.context().deadline();
+                Some(Box::pin(async move {
+                    match deadline {
+                        Some(d) => {
+                            let _ = tokio::time::timeout_at(d, wait).await;
+                        }
+                        None => wait.await,
+                    }
+                }))
+            }
+        }
+    }
+
+    fn clone_request(&mut self, req: &Request) -> Option<Request> {
+        Some(req.clone())
+    }
+}
+
+/// The error types a [`RetryPolicy`] can judge: [`Error`], and the `BoxError` of stacks with
+/// tower layers inside.
+pub trait RetryableError {
+    /// Runs `f` on the error, seen as an [`Error`].
+    fn with_error(&self, f: impl FnOnce(&Error) -> bool) -> bool;
+}
+
+impl RetryableError for Error {
+    fn with_error(&self, f: impl FnOnce(&Error) -> bool) -> bool {
+        f(self)
+    }
+}
+
+impl RetryableError for rpc_core::BoxError {
+    fn with_error(&self, f: impl FnOnce(&Error) -> bool) -> bool {
+        if let Some(e) = self.downcast_ref::<Error>() {
+            return f(e);
+        }
+        if self.is::<tower::timeout::error::Elapsed>() {
+            return f(&Error::Timeout);
+        }
+        if self.is::<tower::load_shed::error::Overloaded>() {
+            return f(&Error::Overloaded);
+        }
+        false
+    }
+}

@@ -1,0 +1,208 @@
+//! Observability: a tracing span per call, and counters to export.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context as TaskContext, Poll};
+
+use futures::future::BoxFuture;
+use rpc_core::{ErrorCode, Request, Response, Service};
+use tokio::time::Instant;
+use tower::Layer;
+use tracing::Instrument;
+
+/// Counters of the calls a [`TraceLayer`] saw. Cloning shares them.
+#[derive(Debug, Clone, Default)]
+pub struct Metrics {
+    inner: Arc<Counters>,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    started: AtomicU64,
+    ok: AtomicU64,
+    failed: AtomicU64,
+    refused: AtomicU64,
+    deadline_exceeded: AtomicU64,
+    latency_us_total: AtomicU64,
+    latency_us_max: AtomicU64,
+}
+
+/// A reading of [`Metrics`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct MetricsSnapshot {
+    /// Calls started.
+    pub started: u64,
+    /// Calls that succeeded.
+    pub ok: u64,
+    /// Calls that failed (refused and timed-out ones included).
+    pub failed: u64,
+    /// Calls refused as overloaded or rate limited.
+    pub refused: u64,
+    /// Calls that ran out of time.
+    pub deadline_exceeded: u64,
+    /// Calls started and not finished.
+    pub in_flight: u64,
+    /// The sum of finished calls' latencies, in microseconds (divide by `ok + failed` for the mean).
+    pub latency_us_total: u64,
+    /// The longest latency seen, in microseconds.
+    pub latency_us_max: u64,
+}
+
+impl Metrics {
+    /// New counters at zero.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The counters now.
+    pub fn snapshot(&self) -> MetricsSnapshot {
+        let c = &self.inner;
+        let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let (started, ok, failed) = (g(&c.started), g(&c.ok), g(&c.failed));
+        MetricsSnapshot {
+            started,
+            ok,
+            failed,
+            refused: g(&c.refused),
+            deadline_exceeded: g(&c.deadline_exceeded),
+            in_flight: started.saturating_sub(ok + failed),
+            latency_us_total: g(&c.latency_us_total),
+            latency_us_max: g(&c.latency_us_max),
+        }
+    }
+
+    fn finish(&self, start: Instant, code: Option<ErrorCode>) {
+        let c = &self.inner;
+        let us = u64::try_from(start.elapsed().as_micros()).unwrap_or(u64::MAX);
+        c.latency_us_total.fetch_add(us, Ordering::Relaxed);
+        c.latency_us_max.fetch_max(us, Ordering::Relaxed);
+        match code {
+            None => c.ok.fetch_add(1, Ordering::Relaxed),
+            Some(code) => {
+                match code {
+                    ErrorCode::OVERLOADED | ErrorCode::RATE_LIMITED => {
+                        c.refused.fetch_add(1, Ordering::Relaxed);
+                    }
+                    ErrorCode::DEADLINE_EXCEEDED => {
+                        c.deadline_exceeded.fetch_add(1, Ordering::Relaxed);
+                    }
+                    _ => {}
+                }
+                c.failed.fetch_add(1, Ordering::Relaxed)
+            }
+        };
+    }
+}
+
+/// The outcome of a call, as the trace layer reads it from either side's result.
+pub trait Outcome {
+    /// `None` for success, else the error's code (`INTERNAL_ERROR` for failures without one).
+    fn code(&self) -> Option<ErrorCode>;
+}
+
+impl<E> Outcome for Result<Response, E> {
+    fn code(&self) -> Option<ErrorCode> {
+        match self {
+            Ok(r) => r.result().err().map(|e| e.code()),
+            Err(_) => Some(ErrorCode::INTERNAL_ERROR),
+        }
+    }
+}
+
+impl Outcome for Result<rpc_core::Payload, rpc_core::Error> {
+    fn code(&self) -> Option<ErrorCode> {
+        match self {
+            Ok(_) => None,
+            Err(e) if e.is_timeout() => Some(ErrorCode::DEADLINE_EXCEEDED),
+            Err(e) if e.is_overloaded() => Some(ErrorCode::OVERLOADED),
+            Err(e) => Some(e.code().unwrap_or(ErrorCode::INTERNAL_ERROR)),
+        }
+    }
+}
+
+/// Wraps each call in a `tracing` span (`rpc` with `method`, `peer`, and at the end `outcome` and
+/// `latency_us`) and counts it in [`Metrics`].
+///
+/// ```
+/// use rpc_middleware::trace::{Metrics, TraceLayer};
+/// let metrics = Metrics::new();
+/// let layer = TraceLayer::new(metrics.clone());
+/// assert_eq!(metrics.snapshot().started, 0);
+/// # let _ = layer;
+/// ```
+#[derive(Debug, Clone, Default)]
+pub struct TraceLayer {
+    metrics: Metrics,
+}
+
+impl TraceLayer {
+    /// A layer counting into `metrics`.
+    pub fn new(metrics: Metrics) -> Self {
+        Self { metrics }
+    }
+}
+
+impl<S> Layer<S> for TraceLayer {
+    type Service = Trace<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Trace {
+            inner,
+            metrics: self.metrics.clone(),
+        }
+    }
+}
+
+/// Traces and counts calls; see [`TraceLayer`].
+#[derive(Debug, Clone)]
+pub struct Trace<S> {
+    inner: S,
+    metrics: Metrics,
+}
+
+impl<S> Service<Request> for Trace<S>
+where
+    S: Service<Request>,
+    S::Future: Send + 'static,
+    S::Response: Send + 'static,
+    S::Error: Send + 'static,
+    Result<S::Response, S::Error>: Outcome,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = BoxFuture<'static, Result<S::Response, S::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut TaskContext<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request) -> Self::Future {
+        let span = tracing::info_span!(
+            "rpc",
+            method = %req.method(),
+            peer = req.context().peer().map(|p| p.to_string()).unwrap_or_default(),
+            outcome = tracing::field::Empty,
+            latency_us = tracing::field::Empty,
+        );
+        self.metrics.inner.started.fetch_add(1, Ordering::Relaxed);
+        let start = Instant::now();
+        let metrics = self.metrics.clone();
+        let fut = self.inner.call(req);
+        Box::pin(
+            async move {
+                let result = fut.await;
+                let code = result.code();
+                let span = tracing::Span::current();
+                span.record("latency_us", start.elapsed().as_micros() as u64);
+                match code {
+                    None => span.record("outcome", "ok"),
+                    Some(c) => span.record("outcome", c.code()),
+                };
+                metrics.finish(start, code);
+                result
+            }
+            .instrument(span),
+        )
+    }
+}
