@@ -74,7 +74,10 @@ fn sayhi_response() -> Vec<u8> {
 fn sayhi_request_decodes() {
     let frame = sayhi_request();
     assert_eq!(frame.len(), 44);
-    let Ok(Message::Request { id, method, args }) = decode(&frame) else {
+    let Ok(Message::Request {
+        id, method, args, ..
+    }) = decode(&frame)
+    else {
         panic!("not a request: {:?}", decode(&frame));
     };
     assert_eq!(id, Some(id_from_hex(SAYHI_ID)));

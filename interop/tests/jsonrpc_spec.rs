@@ -316,3 +316,69 @@ async fn one_router_over_msgpack_udp_and_jsonrpc_tcp_at_once() {
         assert_eq!((x, y), (a - b, a - b));
     }
 }
+
+#[tokio::test]
+async fn deadlines_travel_with_the_request_when_both_ends_opt_in() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+
+    use rpc_core::Context;
+    use rpc_middleware::deadline::DeadlineLayer;
+
+    let finished = Arc::new(AtomicBool::new(false));
+    let done = finished.clone();
+    let router = Router::new()
+        .route("remaining_ms", |ctx: Context| async move {
+            ctx.remaining().map(|d| d.as_millis() as u64)
+        })
+        .route("slow", move || {
+            let done = done.clone();
+            async move {
+                tokio::time::sleep(Duration::from_millis(800)).await;
+                done.store(true, Ordering::SeqCst);
+            }
+        });
+    let service = tower::ServiceBuilder::new()
+        .layer(DeadlineLayer::new())
+        .service(router);
+    let server = tcp::Builder::new()
+        .serve(service)
+        .bind("127.0.0.1:0", JsonRpcCodec::new().with_deadlines())
+        .await
+        .unwrap();
+    let client = tcp::Builder::new()
+        .connect(server.local_addr(), JsonRpcCodec::new().with_deadlines())
+        .with_timeout(Duration::from_millis(300));
+
+    // The handler sees the caller's deadline.
+    let left: Option<u64> = client.call("remaining_ms", ()).await.unwrap();
+    let left = left.expect("the server knows the deadline");
+    assert!(left > 100 && left <= 300, "{left} ms left");
+
+    // The server gives up on its own when the deadline passes, and the handler is cancelled.
+    let start = std::time::Instant::now();
+    let err = client.call::<()>("slow", ()).await.unwrap_err();
+    assert!(err.is_timeout(), "{err}");
+    assert!(
+        start.elapsed() < Duration::from_millis(700),
+        "{:?}",
+        start.elapsed()
+    );
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert!(
+        !finished.load(Ordering::SeqCst),
+        "the handler ran past its deadline"
+    );
+
+    // A strict server (the default) refuses the extension member.
+    let strict = tcp::Builder::new()
+        .serve(spec_router())
+        .bind("127.0.0.1:0", JsonRpcCodec::new())
+        .await
+        .unwrap();
+    let mut c = Conn(TcpStream::connect(strict.local_addr()).await.unwrap());
+    let r = c
+        .exchange(r#"{"jsonrpc": "2.0", "method": "get_data", "id": 1, "timeout_ms": 100}"#)
+        .await;
+    assert_eq!(error_code(&r), -32600);
+}

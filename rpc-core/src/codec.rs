@@ -7,6 +7,7 @@
 
 use std::fmt;
 use std::hash::Hash;
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 
@@ -25,6 +26,9 @@ pub enum Message<Id> {
         method: Method,
         /// The encoded arguments, in the codec's [`Format`].
         args: Bytes,
+        /// The time the caller allows the call, where the codec carries it: the server's
+        /// [`Context`](crate::Context) gets the deadline it implies.
+        timeout: Option<Duration>,
     },
     /// The answer to one of our calls.
     Response {
@@ -87,6 +91,20 @@ pub trait Codec: Clone + Send + Sync + 'static {
 
     /// Decodes one frame.
     fn decode(&self, frame: Bytes) -> Result<Message<Self::Id>, DecodeError<Self::Id>>;
+
+    /// Appends a request that allows the peer `timeout` to answer, for codecs that can carry it;
+    /// the default ignores the timeout.
+    fn encode_request_with_timeout(
+        &self,
+        id: Option<&Self::Id>,
+        method: &Method,
+        args: &Payload,
+        timeout: Option<Duration>,
+        dst: &mut BytesMut,
+    ) -> Result<(), Error> {
+        let _ = timeout;
+        self.encode_request(id, method, args, dst)
+    }
 
     /// Appends a request to `dst`; `id` is `None` for a notification.
     fn encode_request(

@@ -49,9 +49,14 @@ pub(crate) async fn handle<C: Codec, L: Link<C>>(link: &L, frame: Bytes) {
     match link.codec().decode(frame) {
         Ok(Message::Batch(items)) => batch(link, items).await,
         Ok(Message::Response { id, result }) => link.deliver(id, result),
-        Ok(Message::Request { id, method, args }) => {
+        Ok(Message::Request {
+            id,
+            method,
+            args,
+            timeout,
+        }) => {
             link.count(Event::Request);
-            match start(link, id.is_none(), method, args) {
+            match start(link, id.is_none(), method, args, timeout) {
                 Started::Ready(response) => {
                     if let Some(id) = id {
                         respond(link, &id, &response).await;
@@ -103,6 +108,7 @@ fn start<C: Codec, L: Link<C>>(
     notification: bool,
     method: Method,
     args: Bytes,
+    timeout: Option<std::time::Duration>,
 ) -> Started {
     let Some(service) = link.service() else {
         return Started::Ready(ServerError::method_not_found(&method).into());
@@ -118,6 +124,10 @@ fn start<C: Codec, L: Link<C>>(
         Request::new(method, args)
     }
     .with_context(link.context());
+    let mut req = req;
+    if let Some(t) = timeout {
+        req.context_mut().set_timeout(t);
+    }
     let mut fut = service.call(req);
     match poll_once(&mut fut) {
         Poll::Ready(response) => Started::Ready(response),
@@ -165,9 +175,14 @@ async fn batch<C: Codec, L: Link<C>>(
     let mut pending = Vec::new();
     for item in items {
         match item {
-            Ok(Message::Request { id, method, args }) => {
+            Ok(Message::Request {
+                id,
+                method,
+                args,
+                timeout,
+            }) => {
                 link.count(Event::Request);
-                match start(link, id.is_none(), method, args) {
+                match start(link, id.is_none(), method, args, timeout) {
                     Started::Ready(r) => answers.extend(id.map(|id| (id, r))),
                     Started::Pending(fut, permit) => pending.push(async move {
                         let r = fut.await;

@@ -102,6 +102,7 @@ impl From<&str> for Id {
 pub struct JsonRpcCodec {
     next_id: Arc<AtomicU64>,
     max_batch: usize,
+    deadlines: bool,
 }
 
 impl Default for JsonRpcCodec {
@@ -116,7 +117,17 @@ impl JsonRpcCodec {
         Self {
             next_id: Arc::new(AtomicU64::new(1)),
             max_batch: DEFAULT_MAX_BATCH,
+            deadlines: false,
         }
+    }
+
+    /// Carries each call's remaining time as a `"timeout_ms"` member (an rpc-stack extension),
+    /// and accepts it in requests: the server's handlers then see the caller's deadline, and its
+    /// deadline layer enforces it. Both ends must turn it on: strict JSON-RPC peers (and this codec
+    /// without it) refuse a request with a member the specification does not define.
+    pub fn with_deadlines(mut self) -> Self {
+        self.deadlines = true;
+        self
     }
 
     /// The longest batch accepted; a longer one is answered with one Invalid Request error.
@@ -151,6 +162,7 @@ struct Envelope<'a> {
     id: Option<&'a RawValue>,
     result: Option<&'a RawValue>,
     error: Option<&'a RawValue>,
+    timeout_ms: Option<&'a RawValue>,
     /// A member the specification does not define (requests with one are invalid).
     unknown: Option<String>,
 }
@@ -178,6 +190,7 @@ impl<'de> Deserialize<'de> for Envelope<'de> {
                         "id" => &mut env.id,
                         "result" => &mut env.result,
                         "error" => &mut env.error,
+                        "timeout_ms" => &mut env.timeout_ms,
                         _ => {
                             map.next_value::<serde::de::IgnoredAny>()?;
                             env.unknown.get_or_insert_with(|| key.into_owned());
@@ -227,7 +240,7 @@ fn parse_error(e: impl fmt::Display) -> DecodeError<Id> {
 }
 
 /// Decodes one message: `text` is a JSON object (or, within a batch, any JSON value).
-fn decode_one(frame: &Bytes, text: &[u8]) -> Result<Message<Id>, DecodeError<Id>> {
+fn decode_one(frame: &Bytes, text: &[u8], deadlines: bool) -> Result<Message<Id>, DecodeError<Id>> {
     if first_byte(text) != Some(b'{') {
         return Err(invalid("a message must be a JSON object"));
     }
@@ -246,6 +259,16 @@ fn decode_one(frame: &Bytes, text: &[u8]) -> Result<Message<Id>, DecodeError<Id>
         if let Some(member) = env.unknown {
             return Err(invalid(&format!("unknown member {member:?} in a request")));
         }
+        let timeout = match env.timeout_ms {
+            None => None,
+            Some(_) if !deadlines => {
+                return Err(invalid(r#"unknown member "timeout_ms" in a request"#))
+            }
+            Some(raw) => match serde_json::from_str::<u64>(raw.get()) {
+                Ok(ms) => Some(std::time::Duration::from_millis(ms)),
+                Err(_) => return Err(invalid(r#""timeout_ms" must be a whole number"#)),
+            },
+        };
         let Ok(name) = serde_json::from_str::<std::borrow::Cow<'_, str>>(method.get()) else {
             return Err(invalid("the method must be a string"));
         };
@@ -270,6 +293,7 @@ fn decode_one(frame: &Bytes, text: &[u8]) -> Result<Message<Id>, DecodeError<Id>
             id,
             method: Method::Name(name),
             args,
+            timeout,
         });
     }
     // A response: never answered, whatever is wrong with it.
@@ -331,11 +355,11 @@ impl Codec for JsonRpcCodec {
                 Ok(Message::Batch(
                     members
                         .iter()
-                        .map(|m| decode_one(&frame, m.get().as_bytes()))
+                        .map(|m| decode_one(&frame, m.get().as_bytes(), self.deadlines))
                         .collect(),
                 ))
             }
-            Some(b'{') => decode_one(&frame, &frame),
+            Some(b'{') => decode_one(&frame, &frame, self.deadlines),
             _ => match serde_json::from_slice::<serde::de::IgnoredAny>(&frame) {
                 Ok(_) => Err(invalid("a message must be a JSON object or an array")),
                 Err(e) => Err(parse_error(e)),
@@ -350,6 +374,17 @@ impl Codec for JsonRpcCodec {
         args: &Payload,
         dst: &mut BytesMut,
     ) -> Result<(), Error> {
+        self.encode_request_with_timeout(id, method, args, None, dst)
+    }
+
+    fn encode_request_with_timeout(
+        &self,
+        id: Option<&Id>,
+        method: &Method,
+        args: &Payload,
+        timeout: Option<std::time::Duration>,
+        dst: &mut BytesMut,
+    ) -> Result<(), Error> {
         check_format(args)?;
         let Method::Name(name) = method else {
             return Err(Error::Codec(
@@ -362,6 +397,10 @@ impl Codec for JsonRpcCodec {
         if !params.is_empty() && params.as_ref() != b"[]" {
             dst.put_slice(br#","params":"#);
             dst.put_slice(params);
+        }
+        if let (true, Some(t)) = (self.deadlines, timeout) {
+            dst.put_slice(br#","timeout_ms":"#);
+            dst.put_slice(t.as_millis().to_string().as_bytes());
         }
         if let Some(id) = id {
             dst.put_slice(br#","id":"#);

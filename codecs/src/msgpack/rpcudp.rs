@@ -160,6 +160,7 @@ fn decode_request(
                 id: Some(id),
                 method: Method::Name(name),
                 args,
+                timeout: None,
             })
         }
         _ => Err(bad("a request body must be the array [name, args]")),

@@ -242,9 +242,10 @@ impl<C: Codec> Conn<C> {
         if !self.accepts_calls() {
             return Err(self.closed_error());
         }
+        let timeout = Some(deadline.saturating_duration_since(Instant::now()));
         self.send_frame(|dst| {
             self.codec
-                .encode_request(Some(waiter.id()), &method, &args, dst)
+                .encode_request_with_timeout(Some(waiter.id()), &method, &args, timeout, dst)
                 .map(|()| true)
         })
         .await?;

@@ -458,9 +458,10 @@ impl<C: Codec> Shared<C> {
         if self.closed.is_cancelled() {
             return Err(Error::Closed);
         }
+        let timeout = Some(deadline.saturating_duration_since(Instant::now()));
         self.send_with(peer, |dst| {
             self.codec
-                .encode_request(Some(waiter.id()), &method, &args, dst)
+                .encode_request_with_timeout(Some(waiter.id()), &method, &args, timeout, dst)
                 .map(|()| true)
         })
         .await?;
