@@ -109,6 +109,67 @@ async fn sum(req: Request) -> Result<Num, ServerError> {
 /// Accepts anything, answers null: for notifications.
 async fn accept(_: Request) {}
 
+/// Server-side limits for the demo service.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub(crate) struct Limits {
+    /// Calls per second allowed to each peer; over it, calls are refused as rate limited.
+    #[arg(long, value_name = "N")]
+    rate_per_peer: Option<u32>,
+    /// Calls per second allowed in all; over it, calls are refused as rate limited.
+    #[arg(long, value_name = "N")]
+    rate: Option<u32>,
+    /// Calls served at once per peer; more are refused as overloaded.
+    #[arg(long, value_name = "N")]
+    max_concurrent_per_peer: Option<usize>,
+    /// Calls served at once in all; more are refused as overloaded (load shedding).
+    #[arg(long, value_name = "N")]
+    max_concurrent: Option<usize>,
+    /// The time a call may take when its caller set no deadline; longer calls are cancelled.
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    request_timeout: Option<Duration>,
+}
+
+/// The demo router under the limits asked for: per-peer and global rate limits, per-peer
+/// concurrency, load shedding over a global concurrency limit, and deadlines (outermost first).
+pub(crate) fn service(limits: &Limits) -> Service {
+    use rpc_middleware::deadline::DeadlineLayer;
+    use rpc_middleware::limit::{KeyedConcurrencyLimitLayer, RateLimitLayer};
+    use tower::{Layer, ServiceBuilder, ServiceExt};
+
+    let second = Duration::from_secs(1);
+    let mut deadline = DeadlineLayer::new();
+    if let Some(t) = limits.request_timeout {
+        deadline = deadline.default_timeout(t);
+    }
+    let mut svc = Service::new(
+        deadline
+            .layer(router())
+            .map_err(|e: std::convert::Infallible| -> rpc_core::BoxError { match e {} }),
+    );
+    if let Some(n) = limits.max_concurrent {
+        svc = Service::new(
+            ServiceBuilder::new()
+                .load_shed()
+                .concurrency_limit(n)
+                .service(svc),
+        );
+    }
+    if let Some(n) = limits.max_concurrent_per_peer {
+        svc = Service::new(KeyedConcurrencyLimitLayer::per_peer(n).layer(svc));
+    }
+    if let Some(n) = limits.rate {
+        svc = Service::new(RateLimitLayer::global(n, second).layer(svc));
+    }
+    if let Some(n) = limits.rate_per_peer {
+        svc = Service::new(RateLimitLayer::per_peer(n, second).layer(svc));
+    }
+    svc
+}
+
+/// The demo service with its layers, type-erased.
+pub(crate) type Service =
+    tower::util::BoxCloneSyncService<Request, rpc_core::Response, rpc_core::BoxError>;
+
 /// The demo router.
 pub(crate) fn router() -> Router {
     Router::new()

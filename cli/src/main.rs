@@ -52,6 +52,7 @@ enum Command {
     #[command(after_help = "Examples:
   rpc serve --listen udp://127.0.0.1:0
   rpc serve --listen udp://127.0.0.1:4000 --listen tcp://127.0.0.1:4000 --listen unix:///tmp/rpc.sock
+  rpc serve --listen tcp://127.0.0.1:4000 --rate-per-peer 100 --max-concurrent 256 --request-timeout 10s
 
 Methods: sayhi(name), echo(args...), add(a, b), sleep(ms), fail(message),
 subtract(minuend, subtrahend), sum(numbers...), get_data(), update(...),
@@ -88,6 +89,8 @@ struct ServeArgs {
     /// How long shutdown waits for calls in progress.
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     grace: Duration,
+    #[command(flatten)]
+    limits: demo::Limits,
 }
 
 /// What to call: the endpoint, the method and its arguments.
@@ -293,12 +296,16 @@ impl<C: 'static> Running for unix::Server<C> {
 }
 
 /// Serves the demo service at `target`; returns the server and the URL it listens on.
-async fn start(target: &Target, url: &str) -> Result<(Box<dyn Running>, String), Failure> {
+async fn start(
+    target: &Target,
+    url: &str,
+    limits: &demo::Limits,
+) -> Result<(Box<dyn Running>, String), Failure> {
     match target.codec {
-        CodecName::Msgpack => start_with(&target.address, RpcudpCodec::new(), url).await,
-        CodecName::JsonRpc => start_with(&target.address, JsonRpcCodec::new(), url).await,
+        CodecName::Msgpack => start_with(&target.address, RpcudpCodec::new(), url, limits).await,
+        CodecName::JsonRpc => start_with(&target.address, JsonRpcCodec::new(), url, limits).await,
         CodecName::Raw => {
-            let builder = raw::Builder::new().serve(demo::router());
+            let builder = raw::Builder::new().serve(demo::service(limits));
             let cannot =
                 |e: std::io::Error| Failure::transport(format!("cannot listen on {url}: {e}"));
             match &target.address {
@@ -323,6 +330,7 @@ async fn start_with<C: Codec>(
     address: &Address,
     codec: C,
     url: &str,
+    limits: &demo::Limits,
 ) -> Result<(Box<dyn Running>, String), Failure> {
     let cannot = |e: std::io::Error| Failure::transport(format!("cannot listen on {url}: {e}"));
     let suffix = match url.split_once('?') {
@@ -332,7 +340,7 @@ async fn start_with<C: Codec>(
     Ok(match address {
         Address::Udp(addr) => {
             let e = udp::Builder::new()
-                .serve(demo::router())
+                .serve(demo::service(limits))
                 .bind(*addr, codec)
                 .await
                 .map_err(cannot)?;
@@ -341,7 +349,7 @@ async fn start_with<C: Codec>(
         }
         Address::Tcp(addr) => {
             let s = tcp::Builder::new()
-                .serve(demo::router())
+                .serve(demo::service(limits))
                 .bind(*addr, codec)
                 .await
                 .map_err(cannot)?;
@@ -350,7 +358,7 @@ async fn start_with<C: Codec>(
         }
         Address::Unix(path) => {
             let s = unix::Builder::new()
-                .serve(demo::router())
+                .serve(demo::service(limits))
                 .bind(path, codec)
                 .await
                 .map_err(cannot)?;
@@ -435,7 +443,7 @@ async fn serve(args: ServeArgs) -> Result<(), Failure> {
     let mut out = std::io::stdout();
     for url in &args.listen {
         let target = Target::parse(url, args.codec).map_err(Failure::usage)?;
-        let (server, bound) = start(&target, url).await?;
+        let (server, bound) = start(&target, url, &args.limits).await?;
         let _ = writeln!(out, "listening on {bound}");
         let _ = out.flush();
         running.push((server, bound));

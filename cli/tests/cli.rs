@@ -398,3 +398,77 @@ fn help_shows_examples() {
     let text = String::from_utf8_lossy(&rpc(&["--help"]).stdout).to_string();
     assert!(text.contains("Exit codes:"), "{text}");
 }
+
+#[test]
+fn server_side_limits() {
+    let mut child = Command::new(RPC)
+        .args([
+            "serve",
+            "--listen",
+            "udp://127.0.0.1:0",
+            "--rate-per-peer",
+            "20",
+        ])
+        .args(["--max-concurrent", "2", "--request-timeout", "200ms"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let url = line
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap()
+        .to_string();
+
+    // A call that outlives the server's timeout is cancelled and answered "deadline exceeded".
+    let start = Instant::now();
+    let (code, _, err) = call(&url, "sleep", &["2000", "--timeout", "5s"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("-32002"), "{err}");
+    assert!(
+        start.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        start.elapsed()
+    );
+
+    // One peer pushing hard is rate limited: most of its calls are refused.
+    let out = rpc(&[
+        "bench",
+        &url,
+        "add",
+        "1",
+        "2",
+        "--concurrency",
+        "4",
+        "--duration",
+        "1s",
+        "--json",
+    ]);
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let remote = report["errors_by_kind"]["remote"].as_u64().unwrap();
+    let ok = report["requests"].as_u64().unwrap() - report["errors"].as_u64().unwrap();
+    assert!(remote > 0 && ok <= 45, "{report}");
+
+    // Over the limits (two at once, 20 a second), calls are refused rather than queued.
+    let out = rpc(&[
+        "bench",
+        &url,
+        "sleep",
+        "50",
+        "--concurrency",
+        "6",
+        "--duration",
+        "1s",
+        "--json",
+    ]);
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        report["errors_by_kind"]["remote"].as_u64().unwrap() > 0,
+        "{report}"
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+}
