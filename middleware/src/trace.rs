@@ -181,7 +181,7 @@ where
         let span = tracing::info_span!(
             "rpc",
             method = %req.method(),
-            peer = req.context().peer().map(|p| p.to_string()).unwrap_or_default(),
+            peer = tracing::field::debug(req.context().peer()),
             outcome = tracing::field::Empty,
             latency_us = tracing::field::Empty,
         );

@@ -9,6 +9,7 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use governor::clock::{Clock, DefaultClock};
 use governor::state::keyed::DefaultKeyedStateStore;
+use governor::state::{InMemoryState, NotKeyed};
 use governor::{Quota, RateLimiter};
 use rpc_core::{ErrorCode, Request, ServerError, Service};
 use tokio::time::Instant;
@@ -17,7 +18,39 @@ use tower::Layer;
 use super::key::{ByPeer, Global, KeyFn};
 use crate::Reject;
 
-type Limiter<K> = RateLimiter<K, DefaultKeyedStateStore<K>, DefaultClock>;
+type Keyed<K> = RateLimiter<K, DefaultKeyedStateStore<K>, DefaultClock>;
+type Direct = RateLimiter<NotKeyed, InMemoryState, DefaultClock>;
+
+/// A keyed limiter, or a direct one when there is a single key (cheaper: no map).
+enum Limiter<K: Clone + Eq + std::hash::Hash> {
+    Keyed(Keyed<K>),
+    Direct(Direct),
+}
+
+impl<K: Clone + Eq + std::hash::Hash> Limiter<K> {
+    fn len(&self) -> usize {
+        match self {
+            Limiter::Keyed(l) => l.len(),
+            Limiter::Direct(_) => 1,
+        }
+    }
+
+    fn evict_idle(&self) {
+        if let Limiter::Keyed(l) = self {
+            l.retain_recent();
+            l.shrink_to_fit();
+        }
+    }
+
+    fn check(&self, key: &K) -> Result<(), Duration> {
+        match self {
+            Limiter::Keyed(l) => l
+                .check_key(key)
+                .map_err(|n| n.wait_time_from(l.clock().now())),
+            Limiter::Direct(l) => l.check().map_err(|n| n.wait_time_from(l.clock().now())),
+        }
+    }
+}
 
 /// The default number of keys kept before idle ones are evicted.
 const DEFAULT_MAX_KEYS: usize = 100_000;
@@ -84,7 +117,10 @@ fn quota(n: u32, period: Duration) -> Quota {
 impl RateLimitLayer<Global> {
     /// One limit for all calls: `n` per `period`.
     pub fn global(n: u32, period: Duration) -> Self {
-        Self::keyed(Global, n, period)
+        Self::new(
+            Global,
+            Limiter::Direct(RateLimiter::direct(quota(n, period))),
+        )
     }
 }
 
@@ -103,9 +139,13 @@ impl<K: KeyFn> RateLimitLayer<K> {
 
     /// A limit per key with a governor [`Quota`] (for bursts other than `n`).
     pub fn with_quota(key: K, quota: Quota) -> Self {
+        Self::new(key, Limiter::Keyed(RateLimiter::dashmap(quota)))
+    }
+
+    fn new(key: K, limiter: Limiter<K::Key>) -> Self {
         Self {
             shared: Arc::new(Shared {
-                limiter: RateLimiter::dashmap(quota),
+                limiter,
                 key,
                 wait: false,
                 max_keys: DEFAULT_MAX_KEYS,
@@ -177,16 +217,13 @@ impl<K: KeyFn> Shared<K> {
     fn check(&self, key: &K::Key) -> Result<(), Duration> {
         let n = self.checks.fetch_add(1, Ordering::Relaxed);
         if n % 1024 == 1023 || self.limiter.len() > self.max_keys {
-            self.limiter.retain_recent();
-            self.limiter.shrink_to_fit();
+            self.limiter.evict_idle();
         }
         // Full of keys that are all still busy: refuse until some age out, rather than grow.
         if self.limiter.len() > self.max_keys {
             return Err(Duration::from_secs(1));
         }
-        self.limiter
-            .check_key(key)
-            .map_err(|not_until| not_until.wait_time_from(DefaultClock::default().now()))
+        self.limiter.check(key)
     }
 }
 
