@@ -176,7 +176,7 @@ impl Builder {
             max_payload,
             timeout: self.timeout,
             calls: InFlight::new(),
-            service: OnceLock::from_iter(self.service),
+            service: self.service.map_or_else(OnceLock::new, OnceLock::from),
             permits: Arc::new(Semaphore::new(self.max_concurrent_requests)),
             max_concurrent_requests: self.max_concurrent_requests,
             counters: Counters::default(),
@@ -187,20 +187,6 @@ impl Builder {
             shared,
             guard: Arc::new(CloseOnDrop(closed)),
         })
-    }
-}
-
-trait OnceLockExt<T> {
-    fn from_iter(value: Option<T>) -> Self;
-}
-
-impl<T> OnceLockExt<T> for OnceLock<T> {
-    fn from_iter(value: Option<T>) -> Self {
-        let lock = OnceLock::new();
-        if let Some(v) = value {
-            let _ = lock.set(v);
-        }
-        lock
     }
 }
 
