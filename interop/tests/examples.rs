@@ -197,3 +197,32 @@ fn greet_client_fails_without_a_server() {
         .unwrap();
     assert!(!out.status.success());
 }
+
+#[test]
+fn middleware_stack_refuses_and_times_out_over_udp_and_tcp() {
+    let (ok, out) = run(&mut Command::new(example("middleware_stack")));
+    assert!(ok, "{out}");
+    for name in ["udp", "tcp"] {
+        assert!(out.contains(&format!("{name}: add(2, 40) -> 42")), "{out}");
+        assert!(
+            out.lines()
+                .any(|l| l.starts_with(&format!("{name}: a noisy peer's"))
+                    && l.contains("refused (rate limited")
+                    && l.ends_with("ours: 3 of 3 right")),
+            "{name}: no rate-limited refusal in:\n{out}"
+        );
+        assert!(
+            out.lines()
+                .any(|l| l.starts_with(&format!("{name}: slow(2000) -> "))
+                    && l.contains("deadline exceeded")),
+            "{name}: no deadline in:\n{out}"
+        );
+        assert!(
+            out.lines()
+                .any(|l| l.starts_with(&format!("{name}: server metrics:"))
+                    && l.contains("deadline exceeded 1, in flight 0")),
+            "{name}: no metrics in:\n{out}"
+        );
+    }
+    assert!(out.ends_with("all outcomes as expected"), "{out}");
+}

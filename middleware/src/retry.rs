@@ -64,7 +64,10 @@ fn maybe_lost(error: &Error) -> bool {
 #[derive(Clone)]
 pub struct RetryPolicy {
     budget: Arc<TpsBudget>,
-    backoff: ExponentialBackoff<HasherRng>,
+    /// Backoff settings: least and most wait, and jitter as a fraction of the wait.
+    backoff_settings: (Duration, Duration, f64),
+    /// The backoff of one call, made at its first retry with its own random numbers.
+    backoff: Option<ExponentialBackoff<HasherRng>>,
     idempotent: Arc<HashSet<Method>>,
     max_attempts: u32,
     attempts: u32,
@@ -96,31 +99,40 @@ impl RetryPolicy {
     pub fn with_budget(budget: TpsBudget) -> Self {
         Self {
             budget: Arc::new(budget),
-            backoff: ExponentialBackoffMaker::new(
-                Duration::from_millis(10),
-                Duration::from_secs(1),
-                0.5,
-                HasherRng::default(),
-            )
-            .expect("valid backoff")
-            .make_backoff(),
+            backoff_settings: (Duration::from_millis(10), Duration::from_secs(1), 0.5),
+            backoff: None,
             idempotent: Arc::new(HashSet::new()),
             max_attempts: 5,
             attempts: 1,
         }
     }
 
-    /// Backoff between attempts: from `min`, doubling, up to `max`, each jittered by up to
-    /// `jitter` (0 to 1) of itself.
+    /// Backoff between attempts: from `min`, doubling, up to `max`, each lengthened by a random
+    /// part of up to `jitter` (0 to 1) of itself. Default 10 ms to 1 s, jitter 0.5.
     ///
     /// # Panics
     ///
     /// If `min > max`, `max` is zero, or `jitter` is outside 0..=1.
     pub fn backoff(mut self, min: Duration, max: Duration, jitter: f64) -> Self {
-        self.backoff = ExponentialBackoffMaker::new(min, max, jitter * 100.0, HasherRng::default())
-            .expect("valid backoff settings")
-            .make_backoff();
+        assert!((0.0..=1.0).contains(&jitter), "jitter must be within 0..=1");
+        // Checked now rather than at the first retry.
+        let _ = ExponentialBackoffMaker::new(min, max, jitter, HasherRng::default())
+            .expect("valid backoff settings");
+        self.backoff_settings = (min, max, jitter);
         self
+    }
+
+    /// The wait before the next attempt of this call.
+    fn next_wait(&mut self) -> tokio::time::Sleep {
+        let (min, max, jitter) = self.backoff_settings;
+        self.backoff
+            .get_or_insert_with(|| {
+                // A fresh generator per call, so calls that fail together do not retry together.
+                ExponentialBackoffMaker::new(min, max, jitter, HasherRng::default())
+                    .expect("checked when set")
+                    .make_backoff()
+            })
+            .next_backoff()
     }
 
     /// At most this many attempts per call, the first included. Default 5.
@@ -165,23 +177,22 @@ where
                 if !retry {
                     return None;
                 }
+                let wait = self.next_wait();
+                // An attempt at or after the deadline would be wasted (and, over UDP, sent anyway).
+                if req
+                    .context()
+                    .deadline()
+                    .is_some_and(|d| wait.deadline() >= d)
+                {
+                    return None;
+                }
                 if !self.budget.withdraw() {
                     tracing::debug!(method = %req.method(), "retry budget exhausted");
                     return None;
                 }
                 self.attempts += 1;
                 tracing::debug!(method = %req.method(), attempt = self.attempts, "retrying");
-                let wait = self.backoff.next_backoff();
-                // Never sleep past the deadline: the attempt would fail at once anyway.
-                let deadline = req.context().deadline();
-                Some(Box::pin(async move {
-                    match deadline {
-                        Some(d) => {
-                            let _ = tokio::time::timeout_at(d, wait).await;
-                        }
-                        None => wait.await,
-                    }
-                }))
+                Some(Box::pin(wait))
             }
         }
     }

@@ -23,6 +23,7 @@ struct Counters {
     failed: AtomicU64,
     refused: AtomicU64,
     deadline_exceeded: AtomicU64,
+    cancelled: AtomicU64,
     latency_us_total: AtomicU64,
     latency_us_max: AtomicU64,
 }
@@ -41,6 +42,9 @@ pub struct MetricsSnapshot {
     pub refused: u64,
     /// Calls that ran out of time.
     pub deadline_exceeded: u64,
+    /// Calls dropped before they finished (cancelled by their caller or an outer layer); they
+    /// count as failed.
+    pub cancelled: u64,
     /// Calls started and not finished.
     pub in_flight: u64,
     /// The sum of finished calls' latencies, in microseconds (divide by `ok + failed` for the mean).
@@ -66,6 +70,7 @@ impl Metrics {
             failed,
             refused: g(&c.refused),
             deadline_exceeded: g(&c.deadline_exceeded),
+            cancelled: g(&c.cancelled),
             in_flight: started.saturating_sub(ok + failed),
             latency_us_total: g(&c.latency_us_total),
             latency_us_max: g(&c.latency_us_max),
@@ -117,6 +122,28 @@ impl Outcome for Result<rpc_core::Payload, rpc_core::Error> {
             Err(e) if e.is_timeout() => Some(ErrorCode::DEADLINE_EXCEEDED),
             Err(e) if e.is_overloaded() => Some(ErrorCode::OVERLOADED),
             Err(e) => Some(e.code().unwrap_or(ErrorCode::INTERNAL_ERROR)),
+        }
+    }
+}
+
+/// Records a call dropped before it finished.
+struct Unfinished {
+    metrics: Option<Metrics>,
+    start: Instant,
+}
+
+impl Unfinished {
+    fn defuse(mut self) -> Self {
+        self.metrics = None;
+        self
+    }
+}
+
+impl Drop for Unfinished {
+    fn drop(&mut self) {
+        if let Some(m) = self.metrics.take() {
+            m.inner.cancelled.fetch_add(1, Ordering::Relaxed);
+            m.finish(self.start, Some(ErrorCode::INTERNAL_ERROR));
         }
     }
 }
@@ -189,9 +216,15 @@ where
         let start = Instant::now();
         let metrics = self.metrics.clone();
         let fut = self.inner.call(req);
+        // Counts the call as cancelled if its future is dropped before it finishes.
+        let guard = Unfinished {
+            metrics: Some(metrics.clone()),
+            start,
+        };
         Box::pin(
             async move {
                 let result = fut.await;
+                drop(guard.defuse());
                 let code = result.code();
                 let span = tracing::Span::current();
                 span.record("latency_us", start.elapsed().as_micros() as u64);

@@ -1,7 +1,6 @@
 //! At most N calls at once per key.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context as TaskContext, Poll};
 
@@ -30,7 +29,6 @@ struct Shared<K: KeyFn> {
     key: K,
     n: usize,
     slots: Mutex<HashMap<K::Key, Arc<Semaphore>>>,
-    calls: AtomicU64,
 }
 
 impl<K: KeyFn> Clone for KeyedConcurrencyLimitLayer<K> {
@@ -64,7 +62,6 @@ impl<K: KeyFn> KeyedConcurrencyLimitLayer<K> {
                 key,
                 n: n.max(1),
                 slots: Mutex::new(HashMap::new()),
-                calls: AtomicU64::new(0),
             }),
         }
     }
@@ -80,19 +77,53 @@ impl<K: KeyFn> Shared<K> {
         self.slots.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn acquire(&self, key: K::Key) -> Option<tokio::sync::OwnedSemaphorePermit> {
+    fn acquire(self: &Arc<Self>, key: K::Key) -> Option<Slot<K>> {
         let mut slots = self.lock();
-        if self.calls.fetch_add(1, Ordering::Relaxed) % 256 == 255 {
-            // Drop keys with nothing in flight (no permit out, no one else holding the semaphore).
-            let n = self.n;
-            slots.retain(|_, s| Arc::strong_count(s) > 1 || s.available_permits() < n);
-        }
         let sem = slots
-            .entry(key)
+            .entry(key.clone())
             .or_insert_with(|| Arc::new(Semaphore::new(self.n)))
             .clone();
-        drop(slots);
-        sem.try_acquire_owned().ok()
+        let permit = sem.clone().try_acquire_owned().ok();
+        drop(sem);
+        match permit {
+            Some(permit) => Some(Slot {
+                permit: Some(permit),
+                key: Some(key),
+                shared: self.clone(),
+            }),
+            None => {
+                drop(slots);
+                None
+            }
+        }
+    }
+
+    /// Drops `key`'s state if nothing is in flight for it.
+    fn release(&self, key: &K::Key) {
+        let mut slots = self.lock();
+        if slots
+            .get(key)
+            .is_some_and(|s| Arc::strong_count(s) == 1 && s.available_permits() == self.n)
+        {
+            slots.remove(key);
+        }
+    }
+}
+
+/// One call's place under its key's limit; leaving it frees the place, and the key's state once
+/// nothing else is in flight for it.
+struct Slot<K: KeyFn> {
+    permit: Option<tokio::sync::OwnedSemaphorePermit>,
+    key: Option<K::Key>,
+    shared: Arc<Shared<K>>,
+}
+
+impl<K: KeyFn> Drop for Slot<K> {
+    fn drop(&mut self) {
+        drop(self.permit.take());
+        if let Some(key) = self.key.take() {
+            self.shared.release(&key);
+        }
     }
 }
 
@@ -148,11 +179,11 @@ where
     fn call(&mut self, req: Request) -> Self::Future {
         let key = self.shared.key.key(&req);
         match self.shared.acquire(key) {
-            Some(permit) => {
+            Some(slot) => {
                 let fut = self.inner.call(req);
                 Box::pin(async move {
                     let r = fut.await;
-                    drop(permit);
+                    drop(slot);
                     r
                 })
             }
