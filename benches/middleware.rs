@@ -4,7 +4,8 @@
 //! flight and over UDP with one, alternating three times; prints calls/s and the ratio.
 //!
 //! Run with `cargo bench -p rpc-benches --bench middleware`. Each run is bounded (3 × 2 s per
-//! shape and stack).
+//! shape and stack). `RPC_BENCH_SKIP=trace,rate,conc,shed,deadline` leaves server layers out and
+//! `RPC_BENCH_NO_CLIENT_STACK=1` the client stack, to see what each part costs.
 
 use std::time::{Duration, Instant};
 
@@ -29,26 +30,51 @@ fn server_stack() -> rpc_transports::stream::Builder<tcp::Tcp> {
     tcp::Builder::new()
 }
 
-fn layered_router() -> impl tower::Service<
-    rpc_core::Request,
-    Response = rpc_core::Response,
-    Error = rpc_core::BoxError,
-    Future = impl Send + 'static,
-> + Clone
-       + Send
-       + Sync
-       + 'static {
-    ServiceBuilder::new()
-        .layer(TraceLayer::new(Metrics::new()))
-        .layer(RateLimitLayer::per_peer(10_000_000, Duration::from_secs(1)))
-        .layer(KeyedConcurrencyLimitLayer::per_peer(100_000))
-        .load_shed()
-        .concurrency_limit(100_000)
-        .layer(DeadlineLayer::new().default_timeout(Duration::from_secs(10)))
-        .service(Router::new().route("add", add))
+type ServerStack =
+    tower::util::BoxCloneSyncService<rpc_core::Request, rpc_core::Response, rpc_core::BoxError>;
+
+/// The server stack; `RPC_BENCH_SKIP=trace,rate,conc,shed,deadline` leaves layers out, to see
+/// what each costs.
+fn layered_router() -> ServerStack {
+    use tower::{Layer, ServiceExt};
+    let skip = |l: &str| std::env::var("RPC_BENCH_SKIP").is_ok_and(|v| v.contains(l));
+    let router = Router::new().route("add", add);
+    let mut svc = ServerStack::new(
+        router.map_err(|e: std::convert::Infallible| -> rpc_core::BoxError { match e {} }),
+    );
+    if !skip("deadline") {
+        svc = ServerStack::new(
+            DeadlineLayer::new()
+                .default_timeout(Duration::from_secs(10))
+                .layer(svc),
+        );
+    }
+    if !skip("shed") {
+        svc = ServerStack::new(
+            ServiceBuilder::new()
+                .load_shed()
+                .concurrency_limit(100_000)
+                .service(svc),
+        );
+    }
+    if !skip("conc") {
+        svc = ServerStack::new(KeyedConcurrencyLimitLayer::per_peer(100_000).layer(svc));
+    }
+    if !skip("rate") {
+        svc = ServerStack::new(
+            RateLimitLayer::per_peer(10_000_000, Duration::from_secs(1)).layer(svc),
+        );
+    }
+    if !skip("trace") {
+        svc = ServerStack::new(TraceLayer::new(Metrics::new()).layer(svc));
+    }
+    svc
 }
 
 fn client_stack(client: Client<BoxChannel>) -> Client<BoxChannel> {
+    if std::env::var_os("RPC_BENCH_NO_CLIENT_STACK").is_some() {
+        return client;
+    }
     client
         .layer(
             ServiceBuilder::new()
