@@ -84,10 +84,10 @@ impl<K: KeyFn> Shared<K> {
             .or_insert_with(|| Arc::new(Semaphore::new(self.n)))
             .clone();
         let permit = sem.clone().try_acquire_owned().ok();
-        drop(sem);
         match permit {
             Some(permit) => Some(Slot {
                 permit: Some(permit),
+                sem,
                 key: Some(key),
                 shared: self.clone(),
             }),
@@ -101,9 +101,10 @@ impl<K: KeyFn> Shared<K> {
     /// Drops `key`'s state if nothing is in flight for it.
     fn release(&self, key: &K::Key) {
         let mut slots = self.lock();
+        // Our slot still holds one reference while this runs.
         if slots
             .get(key)
-            .is_some_and(|s| Arc::strong_count(s) == 1 && s.available_permits() == self.n)
+            .is_some_and(|s| Arc::strong_count(s) <= 2 && s.available_permits() == self.n)
         {
             slots.remove(key);
         }
@@ -114,6 +115,7 @@ impl<K: KeyFn> Shared<K> {
 /// nothing else is in flight for it.
 struct Slot<K: KeyFn> {
     permit: Option<tokio::sync::OwnedSemaphorePermit>,
+    sem: Arc<Semaphore>,
     key: Option<K::Key>,
     shared: Arc<Shared<K>>,
 }
@@ -121,7 +123,11 @@ struct Slot<K: KeyFn> {
 impl<K: KeyFn> Drop for Slot<K> {
     fn drop(&mut self) {
         drop(self.permit.take());
-        if let Some(key) = self.key.take() {
+        // Only the last call of a key looks at the map: held by the map, this slot and its
+        // permit's semaphore handle (now dropped), with every permit back.
+        let last =
+            Arc::strong_count(&self.sem) <= 2 && self.sem.available_permits() == self.shared.n;
+        if let (true, Some(key)) = (last, self.key.take()) {
             self.shared.release(&key);
         }
     }
