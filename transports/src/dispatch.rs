@@ -42,6 +42,24 @@ pub(crate) trait Link<C: Codec>: Clone + Send + Sync + 'static {
     /// Hands a response to the call waiting for it.
     fn deliver(&self, id: C::Id, result: CallResult);
     fn count(&self, event: Event);
+    /// Whether to serve the request `id`; `false` drops it (a transport with a duplicate-request
+    /// cache answers a retransmission itself).
+    fn admit(&self, id: &C::Id) -> impl Future<Output = bool> + Send {
+        let _ = id;
+        std::future::ready(true)
+    }
+    /// Sends the response to request `id`.
+    fn send_response<F>(
+        &self,
+        id: &C::Id,
+        encode: F,
+    ) -> impl Future<Output = Result<(), Error>> + Send
+    where
+        F: Fn(&mut BytesMut) -> Result<bool, Error> + Send + Sync,
+    {
+        let _ = id;
+        self.send(encode)
+    }
 }
 
 /// Handles one received frame.
@@ -56,6 +74,11 @@ pub(crate) async fn handle<C: Codec, L: Link<C>>(link: &L, frame: Bytes) {
             timeout,
         }) => {
             link.count(Event::Request);
+            if let Some(id) = &id {
+                if !link.admit(id).await {
+                    return;
+                }
+            }
             match start(link, id.is_none(), method, args, timeout) {
                 Started::Ready(response) => {
                     if let Some(id) = id {
@@ -139,7 +162,7 @@ fn start<C: Codec, L: Link<C>>(
 pub(crate) async fn respond<C: Codec, L: Link<C>>(link: &L, id: &C::Id, response: &Response) {
     let codec = link.codec();
     let sent = link
-        .send(|dst| codec.encode_response(id, response.result(), dst))
+        .send_response(id, |dst| codec.encode_response(id, response.result(), dst))
         .await;
     let sent = match sent {
         Err(Error::TooLarge { size, limit }) => {

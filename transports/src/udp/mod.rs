@@ -53,6 +53,7 @@
 //! # }
 //! ```
 
+mod dedup;
 mod stats;
 
 pub use self::stats::Stats;
@@ -65,7 +66,7 @@ use std::sync::{Arc, OnceLock, Weak};
 use std::task::{Context as TaskContext, Poll};
 use std::time::Duration;
 
-use bytes::{BufMut, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 use futures::future::BoxFuture;
 use rpc_core::calls::{Delivery, InFlight};
 use rpc_core::codec::Codec;
@@ -99,6 +100,8 @@ pub struct Builder {
     timeout: Duration,
     max_concurrent_requests: usize,
     service: Option<Serve>,
+    at_most_once: Option<(usize, Duration)>,
+    retransmit: Option<Duration>,
 }
 
 impl Default for Builder {
@@ -108,6 +111,8 @@ impl Default for Builder {
             timeout: DEFAULT_TIMEOUT,
             max_concurrent_requests: DEFAULT_MAX_CONCURRENT_REQUESTS,
             service: None,
+            at_most_once: None,
+            retransmit: None,
         }
     }
 }
@@ -135,6 +140,24 @@ impl Builder {
     /// How many requests are served at once before more are refused as overloaded. Default 1024.
     pub fn max_concurrent_requests(mut self, n: usize) -> Self {
         self.max_concurrent_requests = n.max(1);
+        self
+    }
+
+    /// Runs each request at most once: a retransmitted request (same sender, same id) is not run
+    /// again but answered with the response already sent, from a cache of at most `capacity`
+    /// requests kept for at most `max_age` (as ONC RPC servers' duplicate-request caches). A copy
+    /// arriving while the first still runs is dropped. Off by default.
+    pub fn at_most_once(mut self, capacity: usize, max_age: Duration) -> Self {
+        self.at_most_once = Some((capacity, max_age));
+        self
+    }
+
+    /// Sends each call's request again, with the same id, every `interval` until it is answered
+    /// or its deadline passes. Against a server with [`at_most_once`](Builder::at_most_once) the
+    /// call then survives lost datagrams without running twice; against other servers a
+    /// retransmitted request may run again, so use it for idempotent methods there. Off by default.
+    pub fn retransmit_every(mut self, interval: Duration) -> Self {
+        self.retransmit = Some(interval.max(Duration::from_millis(1)));
         self
     }
 
@@ -175,8 +198,12 @@ impl Builder {
             codec,
             max_payload,
             timeout: self.timeout,
+            retransmit: self.retransmit,
             calls: InFlight::new(),
             service: self.service.map_or_else(OnceLock::new, OnceLock::from),
+            dedup: self
+                .at_most_once
+                .map(|(capacity, age)| dedup::Dedup::new(capacity, age)),
             permits: Arc::new(Semaphore::new(self.max_concurrent_requests)),
             max_concurrent_requests: self.max_concurrent_requests,
             counters: Counters::default(),
@@ -208,8 +235,10 @@ struct Shared<C: Codec> {
     max_payload: usize,
     max_datagram: usize,
     timeout: Duration,
+    retransmit: Option<Duration>,
     calls: Arc<InFlight<C::Id, SocketAddr, CallResult>>,
     service: OnceLock<Serve>,
+    dedup: Option<dedup::Dedup<C::Id>>,
     permits: Arc<Semaphore>,
     max_concurrent_requests: usize,
     counters: Counters,
@@ -265,6 +294,11 @@ impl<C: Codec> Endpoint<C> {
     /// Counters of what the endpoint received, sent and dropped.
     pub fn stats(&self) -> Stats {
         self.shared.counters.snapshot()
+    }
+
+    /// The number of requests the at-most-once cache remembers.
+    pub fn remembered_requests(&self) -> usize {
+        self.shared.dedup.as_ref().map_or(0, |d| d.len())
     }
 
     /// The number of calls waiting for a response.
@@ -387,11 +421,24 @@ impl<C: Codec> Shared<C> {
         to: SocketAddr,
         encode: impl FnOnce(&mut BytesMut) -> Result<bool, Error>,
     ) -> Result<(), Error> {
+        self.send_keeping(to, encode, &mut None).await
+    }
+
+    /// As `send_with`, also putting a copy of the datagram in `keep` if it is `Some`.
+    async fn send_keeping(
+        &self,
+        to: SocketAddr,
+        encode: impl FnOnce(&mut BytesMut) -> Result<bool, Error>,
+        keep: &mut Option<Bytes>,
+    ) -> Result<(), Error> {
         let encoded = SEND_BUF.with(|buf| {
             let mut buf = buf.borrow_mut();
             buf.clear();
             if !encode(&mut buf)? {
                 return Ok(Encoded::Nothing);
+            }
+            if let Some(k) = keep.as_mut() {
+                *k = Bytes::copy_from_slice(&buf);
             }
             if buf.len() > self.max_datagram {
                 return Err(Error::TooLarge {
@@ -445,13 +492,36 @@ impl<C: Codec> Shared<C> {
             return Err(Error::Closed);
         }
         let timeout = Some(deadline.saturating_duration_since(Instant::now()));
-        self.send_with(peer, |dst| {
-            self.codec
-                .encode_request_with_timeout(Some(waiter.id()), &method, &args, timeout, dst)
-                .map(|()| true)
-        })
+        let mut copy = self.retransmit.map(|_| Bytes::new());
+        self.send_keeping(
+            peer,
+            |dst| {
+                self.codec
+                    .encode_request_with_timeout(Some(waiter.id()), &method, &args, timeout, dst)
+                    .map(|()| true)
+            },
+            &mut copy,
+        )
         .await?;
-        match waiter.wait(deadline).await? {
+        let answer = waiter.wait(deadline);
+        let result = match (self.retransmit, copy) {
+            (Some(every), Some(datagram)) => {
+                // The same datagram, same id, again and again until answered: with the server's
+                // at-most-once cache, lost requests and lost answers are both recovered.
+                tokio::pin!(answer);
+                let mut tick = tokio::time::interval_at(Instant::now() + every, every);
+                loop {
+                    tokio::select! {
+                        r = &mut answer => break r,
+                        _ = tick.tick() => {
+                            let _ = self.socket.send_to(&datagram, peer).await;
+                        }
+                    }
+                }
+            }
+            _ => answer.await,
+        };
+        match result? {
             Ok(bytes) => Ok(Payload::new(bytes, format)),
             Err(e) => Err(Error::Server(e)),
         }
@@ -512,6 +582,41 @@ impl<C: Codec> Link<C> for UdpLink<C> {
                 tracing::warn!(from = %self.peer, ?id, "dropped a response from the wrong address");
             }
         }
+    }
+
+    async fn admit(&self, id: &C::Id) -> bool {
+        let Some(dedup) = &self.shared.dedup else {
+            return true;
+        };
+        match dedup.check(self.peer, id) {
+            dedup::Seen::New => true,
+            dedup::Seen::Running => {
+                Counters::add(&self.shared.counters.duplicates);
+                false
+            }
+            dedup::Seen::Done(datagram) => {
+                Counters::add(&self.shared.counters.duplicates);
+                if !datagram.is_empty() {
+                    let _ = self.shared.socket.send_to(&datagram, self.peer).await;
+                }
+                false
+            }
+        }
+    }
+
+    async fn send_response<F>(&self, id: &C::Id, encode: F) -> Result<(), Error>
+    where
+        F: Fn(&mut BytesMut) -> Result<bool, Error> + Send + Sync,
+    {
+        let Some(dedup) = &self.shared.dedup else {
+            return self.shared.send_with(self.peer, encode).await;
+        };
+        let mut keep = Some(Bytes::new());
+        let sent = self.shared.send_keeping(self.peer, encode, &mut keep).await;
+        if sent.is_ok() {
+            dedup.done(self.peer, id, keep.unwrap_or_default());
+        }
+        sent
     }
 
     fn count(&self, event: Event) {

@@ -25,6 +25,8 @@ pub struct Stats {
     pub overloaded: u64,
     /// Datagrams that could not be sent.
     pub send_errors: u64,
+    /// Retransmitted requests not run again (with [`at_most_once`](super::Builder::at_most_once)).
+    pub duplicates: u64,
 }
 
 #[derive(Debug, Default)]
@@ -38,6 +40,7 @@ pub(super) struct Counters {
     pub(super) spoofed_responses: AtomicU64,
     pub(super) overloaded: AtomicU64,
     pub(super) send_errors: AtomicU64,
+    pub(super) duplicates: AtomicU64,
 }
 
 impl Counters {
@@ -57,6 +60,7 @@ impl Counters {
             spoofed_responses: get(&self.spoofed_responses),
             overloaded: get(&self.overloaded),
             send_errors: get(&self.send_errors),
+            duplicates: get(&self.duplicates),
         }
     }
 }
