@@ -1,0 +1,870 @@
+//! Floods: what hostile or broken peers do to a server, and what it must survive. Garbage
+//! datagrams, 4 GiB length prefixes, connections that stall half-way through a frame, peers that
+//! open connections without end, peers that never read their answers, giant and deeply nested
+//! JSON-RPC. In each, a separate well-behaved client keeps calling during the attack, and must keep
+//! getting right answers, each within `GOOD_LATENCY`; the process's resident memory (RSS) must not
+//! grow by more than `RSS_BOUND`.
+//!
+//! Everything is on loopback; every loop is bounded in count and in time, and every test runs under
+//! a timeout. The tests run one at a time (`serial`): RSS is per process, so a test's measurement
+//! would otherwise include its neighbours' buffers. Each test prints what it measured (run with
+//! `--nocapture` to see it).
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use rpc_codecs::jsonrpc::JsonRpcCodec;
+use rpc_codecs::msgpack::{MessageId, RpcudpCodec};
+use rpc_core::{Codec, Router};
+use rpc_transports::{tcp, udp};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::task::JoinHandle;
+use tokio::time::{timeout, Instant};
+
+/// Each test's time limit (they take 1-3 s each; the whole file about 10 s).
+const LIMIT: Duration = Duration::from_secs(20);
+/// How long each attack lasts.
+const ATTACK: Duration = Duration::from_secs(2);
+/// The slowest a well-behaved client's call may be during an attack.
+const GOOD_LATENCY: Duration = Duration::from_secs(1);
+/// How much the process's RSS may grow during one attack.
+const RSS_BOUND: u64 = 64 << 20;
+/// A good client stops after this many calls, whatever the time.
+const MAX_GOOD_CALLS: i64 = 20_000;
+
+async fn add(a: i64, b: i64) -> i64 {
+    a + b
+}
+
+async fn blob(n: usize) -> serde_bytes::ByteBuf {
+    serde_bytes::ByteBuf::from(vec![1u8; n])
+}
+
+fn router() -> Router {
+    Router::new().route("add", add).route("blob", blob)
+}
+
+/// Runs one test: alone (see the module's comment), on a 2-worker runtime, within `LIMIT`.
+fn serial<F: Future<Output = ()>>(test: F) {
+    static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+    let _alone = ONE_AT_A_TIME.lock().unwrap_or_else(PoisonError::into_inner);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        timeout(LIMIT, test)
+            .await
+            .expect("the test did not finish in time")
+    });
+    rt.shutdown_timeout(Duration::from_secs(1));
+}
+
+// ---- memory ------------------------------------------------------------------------------------
+
+/// The process's resident set size (VmRSS), in bytes.
+fn rss_bytes() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .expect("a VmRSS line");
+    let kib: u64 = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .expect("VmRSS in kB");
+    kib * 1024
+}
+
+/// Samples the RSS every few milliseconds from `start` to `finish`, to see the peak, not just the
+/// end.
+struct RssProbe {
+    before: u64,
+    peak: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+    task: JoinHandle<()>,
+}
+
+impl RssProbe {
+    fn start() -> Self {
+        let before = rss_bytes();
+        let peak = Arc::new(AtomicU64::new(before));
+        let stop = Arc::new(AtomicBool::new(false));
+        let task = {
+            let (peak, stop) = (peak.clone(), stop.clone());
+            tokio::spawn(async move {
+                // Bounded: at most 60 s of samples even if never stopped.
+                for _ in 0..12_000 {
+                    if stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    peak.fetch_max(rss_bytes(), Ordering::Relaxed);
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            })
+        };
+        Self {
+            before,
+            peak,
+            stop,
+            task,
+        }
+    }
+
+    /// Stops sampling; returns the growth from the start to the peak (or the end, if higher),
+    /// and prints it.
+    async fn finish(self, what: &str) -> u64 {
+        self.stop.store(true, Ordering::Relaxed);
+        let _ = self.task.await;
+        let after = rss_bytes();
+        let peak = self.peak.load(Ordering::Relaxed).max(after);
+        let growth = peak.saturating_sub(self.before);
+        println!(
+            "[{what}] RSS before {:.1} MiB, peak {:.1} MiB, after {:.1} MiB: growth {:.1} MiB",
+            mib(self.before),
+            mib(peak),
+            mib(after),
+            mib(growth)
+        );
+        growth
+    }
+}
+
+fn mib(b: u64) -> f64 {
+    b as f64 / (1 << 20) as f64
+}
+
+// ---- the well-behaved client -------------------------------------------------------------------
+
+/// What a well-behaved client saw.
+#[derive(Debug, Default)]
+struct Served {
+    ok: u64,
+    failed: u64,
+    max_latency: Duration,
+    first_error: Option<String>,
+}
+
+impl Served {
+    /// The client was served throughout: every call right, none slow, and at least `min` of them.
+    fn assert_served(&self, what: &str, min: u64) {
+        println!(
+            "[{what}] good client: {} calls ok, {} failed, max latency {:?}",
+            self.ok, self.failed, self.max_latency
+        );
+        assert_eq!(
+            self.failed, 0,
+            "[{what}] good client calls failed: first {:?}",
+            self.first_error
+        );
+        assert!(
+            self.ok >= min,
+            "[{what}] only {} good calls in the attack",
+            self.ok
+        );
+        assert!(
+            self.max_latency < GOOD_LATENCY,
+            "[{what}] a good call took {:?}",
+            self.max_latency
+        );
+    }
+}
+
+/// Calls `call(i)` (which must answer `i + 1000`) again and again, a few milliseconds apart, until
+/// `stop` is set (and at most `MAX_GOOD_CALLS` times); counts right answers and the slowest one.
+/// A call that takes over 3 s is given up and counted as failed.
+fn good_client<F, Fut>(mut call: F, stop: Arc<AtomicBool>) -> JoinHandle<Served>
+where
+    F: FnMut(i64) -> Fut + Send + 'static,
+    Fut: Future<Output = Result<i64, rpc_core::Error>> + Send,
+{
+    tokio::spawn(async move {
+        let mut s = Served::default();
+        for i in 0..MAX_GOOD_CALLS {
+            if stop.load(Ordering::Relaxed) {
+                break;
+            }
+            let t = Instant::now();
+            let r = timeout(Duration::from_secs(3), call(i)).await;
+            s.max_latency = s.max_latency.max(t.elapsed());
+            match r {
+                Ok(Ok(n)) if n == i + 1000 => s.ok += 1,
+                other => {
+                    s.failed += 1;
+                    s.first_error
+                        .get_or_insert_with(|| format!("call {i}: {other:?}"));
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        s
+    })
+}
+
+/// A good TCP client of `addr` (rpcudp codec), started at once.
+fn good_tcp_client(addr: SocketAddr, stop: Arc<AtomicBool>) -> JoinHandle<Served> {
+    let client = tcp::Builder::new().connect(addr, RpcudpCodec::new());
+    good_client(
+        move |i| {
+            let c = client.clone();
+            async move { c.call::<i64>("add", (i, 1000)).await }
+        },
+        stop,
+    )
+}
+
+/// Stops a good client and returns what it saw.
+async fn stop_good(stop: &AtomicBool, good: JoinHandle<Served>) -> Served {
+    stop.store(true, Ordering::Relaxed);
+    good.await.unwrap()
+}
+
+// ---- wire helpers ------------------------------------------------------------------------------
+
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+
+    fn fill(&mut self, b: &mut [u8]) {
+        for chunk in b.chunks_mut(8) {
+            let r = self.next().to_le_bytes();
+            chunk.copy_from_slice(&r[..chunk.len()]);
+        }
+    }
+}
+
+/// A length-prefixed frame.
+fn frame(body: &[u8]) -> Vec<u8> {
+    let mut f = (body.len() as u32).to_be_bytes().to_vec();
+    f.extend_from_slice(body);
+    f
+}
+
+/// Reads one length-prefixed frame.
+async fn read_frame(s: &mut TcpStream) -> std::io::Result<Vec<u8>> {
+    let mut len = [0u8; 4];
+    s.read_exact(&mut len).await?;
+    let mut body = vec![0u8; u32::from_be_bytes(len) as usize];
+    s.read_exact(&mut body).await?;
+    Ok(body)
+}
+
+/// An rpcudp request frame (length-prefixed) for `method(args)`.
+fn rpcudp_request(method: &'static str, args: impl rpc_core::format::Args) -> Vec<u8> {
+    let codec = RpcudpCodec::new();
+    let c = tcp::Builder::new()
+        .channel("127.0.0.1:9".parse().unwrap(), codec)
+        .into_client();
+    let req = c.request(method, &args).unwrap();
+    let mut body = bytes::BytesMut::new();
+    codec
+        .encode_request(
+            Some(&MessageId([9; 20])),
+            req.method(),
+            req.args(),
+            &mut body,
+        )
+        .unwrap();
+    frame(&body)
+}
+
+/// Waits for the peer to close `s`: `Ok(elapsed)` on end of stream or a reset, `Err` if it is
+/// still open after `within` (bytes that arrive meanwhile are read and ignored).
+async fn closed_within(s: &mut TcpStream, within: Duration) -> Result<Duration, Duration> {
+    let t = Instant::now();
+    let mut buf = [0u8; 256];
+    let end = t + within;
+    loop {
+        match tokio::time::timeout_at(end, s.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return Ok(t.elapsed()),
+            Ok(Ok(_)) => continue,
+            Err(_) => return Err(t.elapsed()),
+        }
+    }
+}
+
+/// The process's soft limit on open files.
+fn open_files_limit() -> u64 {
+    let limits = std::fs::read_to_string("/proc/self/limits").unwrap_or_default();
+    limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .and_then(|l| l.split_whitespace().nth(3))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(1024)
+}
+
+// ---- 1. UDP garbage ----------------------------------------------------------------------------
+
+/// One garbage datagram of a random kind into `buf`; returns its length.
+fn garbage(rng: &mut Rng, buf: &mut [u8]) -> usize {
+    let n = match rng.below(8) {
+        // Shorter than the 21-byte header.
+        0 => rng.below(22),
+        // Over the 8192-byte payload limit, up to the largest datagram.
+        1 => 8214 + rng.below(65_507 - 8214),
+        // Just over the limit.
+        2 => 8214 + rng.below(16),
+        // A request header, then a body that is not [name, args].
+        3 => {
+            let n = 22 + rng.below(200);
+            rng.fill(&mut buf[..n]);
+            buf[0] = 0x00;
+            buf[21] = 0xc1;
+            return n;
+        }
+        // A response header with a deeply nested body (never matches a call).
+        4 => {
+            let n = 22 + rng.below(8000);
+            rng.fill(&mut buf[..21]);
+            buf[0] = 0x01;
+            buf[21..n].fill(0x91);
+            return n;
+        }
+        // Anything up to the limit.
+        _ => rng.below(8214),
+    };
+    rng.fill(&mut buf[..n]);
+    n
+}
+
+#[test]
+fn udp_garbage_flood_is_dropped_and_counted() {
+    serial(async {
+        let server = udp::Builder::new()
+            .serve(router())
+            .bind("127.0.0.1:0", RpcudpCodec::new())
+            .await
+            .unwrap();
+        let addr = server.local_addr();
+        // The garbage is made beforehand (so its own memory is not counted, and sending it costs
+        // the attackers little): 128 datagrams for each attacker, sent in a shuffled cycle.
+        let pools: Vec<Vec<Vec<u8>>> = (0..2u64)
+            .map(|f| {
+                let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ (f + 1));
+                let mut buf = vec![0u8; 65_507];
+                (0..128)
+                    .map(|_| {
+                        let n = garbage(&mut rng, &mut buf);
+                        buf[..n].to_vec()
+                    })
+                    .collect()
+            })
+            .collect();
+        let rss = RssProbe::start();
+
+        let stop = Arc::new(AtomicBool::new(false));
+        // Past what the server drains, the kernel drops datagrams from everyone alike (the socket's
+        // receive buffer is full): a UDP client sees its request or the answer lost, and must send
+        // it again. Every 25 ms; `add` may run twice.
+        let caller = udp::Builder::new()
+            .timeout(Duration::from_secs(2))
+            .retransmit_every(Duration::from_millis(25))
+            .bind("127.0.0.1:0", RpcudpCodec::new())
+            .await
+            .unwrap();
+        let client = caller.client(addr);
+        let good = good_client(
+            move |i| {
+                let c = client.clone();
+                async move { c.call::<i64>("add", (i, 1000)).await }
+            },
+            stop.clone(),
+        );
+
+        // The attackers run on threads of their own, as another process would, rather than
+        // taking turns with the server on the runtime's two workers.
+        let sent = Arc::new(AtomicU64::new(0));
+        let floods: Vec<_> = pools
+            .into_iter()
+            .enumerate()
+            .map(|(f, pool)| {
+                let sent = sent.clone();
+                std::thread::spawn(move || {
+                    let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+                    let mut rng = Rng(0x2545_f491_4f6c_dd1d ^ (f as u64 + 1));
+                    let end = std::time::Instant::now() + ATTACK;
+                    // At most a million datagrams per thread.
+                    for i in 0..1_000_000u32 {
+                        if i % 64 == 0 && std::time::Instant::now() >= end {
+                            break;
+                        }
+                        let d = &pool[rng.below(pool.len())];
+                        if sock.send_to(d, addr).is_ok() {
+                            sent.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                })
+            })
+            .collect();
+        while !floods.iter().all(|f| f.is_finished()) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        for f in floods {
+            f.join().unwrap();
+        }
+        let served = stop_good(&stop, good).await;
+        let growth = rss.finish("udp garbage").await;
+
+        let stats = server.stats();
+        println!(
+            "[udp garbage] {} datagrams sent; server stats {stats:?}",
+            sent.load(Ordering::Relaxed)
+        );
+        served.assert_served("udp garbage", 20);
+        assert!(stats.malformed > 0, "{stats:?}");
+        assert!(stats.oversize > 0, "{stats:?}");
+        // Still answering, to a new peer too.
+        let fresh = udp::Endpoint::bind("127.0.0.1:0", RpcudpCodec::new())
+            .await
+            .unwrap();
+        assert_eq!(
+            fresh
+                .client(addr)
+                .call::<i64>("add", (20, 22))
+                .await
+                .unwrap(),
+            42
+        );
+        assert!(growth < RSS_BOUND, "RSS grew by {:.1} MiB", mib(growth));
+    });
+}
+
+// ---- 2. TCP: 4 GiB length prefixes -------------------------------------------------------------
+
+#[test]
+fn tcp_four_gib_length_prefixes_are_refused_at_once() {
+    const PEERS: usize = 200;
+    serial(async {
+        let server = tcp::Builder::new()
+            .serve(router())
+            .bind("127.0.0.1:0", RpcudpCodec::new())
+            .await
+            .unwrap();
+        let addr = server.local_addr();
+        let rss = RssProbe::start();
+        let stop = Arc::new(AtomicBool::new(false));
+        let good = good_tcp_client(addr, stop.clone());
+
+        let peers = (0..PEERS).map(|_| async move {
+            let mut s = TcpStream::connect(addr).await.unwrap();
+            s.write_all(b"\xff\xff\xff\xffhello").await.unwrap();
+            closed_within(&mut s, Duration::from_secs(2)).await
+        });
+        let closed = futures::future::join_all(peers).await;
+        let slowest = closed
+            .iter()
+            .map(|r| *r.as_ref().unwrap_or_else(|e| e))
+            .max()
+            .unwrap();
+        let still_open = closed.iter().filter(|r| r.is_err()).count();
+        // Let the good client run a little longer than the attack itself.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let served = stop_good(&stop, good).await;
+        let growth = rss.finish("tcp 4 GiB prefixes").await;
+
+        let stats = server.stats();
+        println!("[tcp 4 GiB prefixes] slowest close {slowest:?}; server stats {stats:?}");
+        assert_eq!(still_open, 0, "connections still open after 2 s");
+        assert_eq!(stats.bad_frames, PEERS as u64, "{stats:?}");
+        served.assert_served("tcp 4 GiB prefixes", 10);
+        assert!(growth < RSS_BOUND, "RSS grew by {:.1} MiB", mib(growth));
+    });
+}
+
+// ---- 3. TCP: connections stalled inside a frame ------------------------------------------------
+
+#[test]
+fn tcp_stalled_half_frames_are_closed_when_idle() {
+    serial(async {
+        // Each stalled connection costs two descriptors (ours and the server's); keep 200 spare.
+        // With a soft limit under ~2200, fewer connections are opened than the 1000 wanted.
+        let fits = (open_files_limit().saturating_sub(200) / 2) as usize;
+        let stalled = 1000.min(fits);
+        if stalled < 1000 {
+            println!(
+                "[tcp stalled] open files limit {}: only {stalled} connections",
+                open_files_limit()
+            );
+        }
+        let server = tcp::Builder::new()
+            .idle_timeout(Some(Duration::from_millis(500)))
+            .max_connections(2000)
+            .serve(router())
+            .bind("127.0.0.1:0", RpcudpCodec::new())
+            .await
+            .unwrap();
+        let addr = server.local_addr();
+        let rss = RssProbe::start();
+        let stop = Arc::new(AtomicBool::new(false));
+        let good = good_tcp_client(addr, stop.clone());
+
+        // A length prefix of 100, then 10 of those bytes, and never more.
+        let mut half = 100u32.to_be_bytes().to_vec();
+        half.extend_from_slice(&[0u8; 10]);
+        let opened = Instant::now();
+        let mut peers = Vec::with_capacity(stalled);
+        for _ in 0..stalled {
+            let mut s = TcpStream::connect(addr).await.unwrap();
+            s.write_all(&half).await.unwrap();
+            peers.push(s);
+        }
+        let open_for = opened.elapsed();
+        let peak_connections = server.connections();
+        println!(
+            "[tcp stalled] {stalled} connections opened in {open_for:?}; server has {peak_connections}"
+        );
+
+        // The server closes each about 500 ms after its last byte: all well within 2 s.
+        let closes = peers
+            .iter_mut()
+            .map(|s| closed_within(s, Duration::from_secs(2)));
+        let closed = futures::future::join_all(closes).await;
+        let since_open = opened.elapsed();
+        let still_open = closed.iter().filter(|r| r.is_err()).count();
+        let served = stop_good(&stop, good).await;
+        // The accept loop's count follows the close promptly.
+        let t = Instant::now();
+        while server.connections() > 2 && t.elapsed() < Duration::from_secs(1) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let growth = rss.finish("tcp stalled").await;
+        let stats = server.stats();
+        println!(
+            "[tcp stalled] all closed {since_open:?} after the first opened; {} left; stats {stats:?}",
+            server.connections()
+        );
+        drop(peers);
+
+        assert!(
+            peak_connections > stalled / 2,
+            "the stalled connections were open together ({peak_connections})"
+        );
+        assert_eq!(still_open, 0, "stalled connections not closed within 2 s");
+        // Only the good client's connection (and at most one it is reopening) remains.
+        assert!(server.connections() <= 2, "{}", server.connections());
+        assert!(stats.idle_closed >= stalled as u64, "{stats:?}");
+        served.assert_served("tcp stalled", 20);
+        assert!(growth < RSS_BOUND, "RSS grew by {:.1} MiB", mib(growth));
+    });
+}
+
+// ---- 4. TCP: connections without end -----------------------------------------------------------
+
+#[test]
+fn tcp_connection_flood_is_capped_and_existing_clients_served() {
+    const MAX: usize = 100;
+    serial(async {
+        let server = Arc::new(
+            tcp::Builder::new()
+                .max_connections(MAX)
+                .serve(router())
+                .bind("127.0.0.1:0", RpcudpCodec::new())
+                .await
+                .unwrap(),
+        );
+        let addr = server.local_addr();
+        // The good client's connection exists before the flood.
+        let client = tcp::Builder::new().connect(addr, RpcudpCodec::new());
+        assert_eq!(client.call::<i64>("add", (1, 1)).await.unwrap(), 2);
+        let rss = RssProbe::start();
+        let stop = Arc::new(AtomicBool::new(false));
+        let good = good_client(
+            move |i| {
+                let c = client.clone();
+                async move { c.call::<i64>("add", (i, 1000)).await }
+            },
+            stop.clone(),
+        );
+
+        // Watches the server's count of connections, every millisecond.
+        let most = Arc::new(AtomicUsize::new(0));
+        let watch = {
+            let (server, most, stop) = (server.clone(), most.clone(), stop.clone());
+            tokio::spawn(async move {
+                for _ in 0..10_000 {
+                    if stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    most.fetch_max(server.connections(), Ordering::Relaxed);
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+            })
+        };
+
+        // At most 5000 connections, for at most 2 s, all held until the end.
+        let mut held = Vec::new();
+        let mut failed_connects = 0;
+        let began = Instant::now();
+        let end = began + ATTACK;
+        while held.len() < 5000 && Instant::now() < end {
+            match tokio::time::timeout_at(end, TcpStream::connect(addr)).await {
+                Ok(Ok(s)) => held.push(s),
+                Ok(Err(_)) => failed_connects += 1,
+                Err(_) => break,
+            }
+        }
+        let opened = held.len();
+        let flood_took = began.elapsed();
+        let served = stop_good(&stop, good).await;
+        watch.await.unwrap();
+        drop(held);
+        let growth = rss.finish("tcp connection flood").await;
+
+        let stats = server.stats();
+        let most = most.load(Ordering::Relaxed);
+        println!(
+            "[tcp connection flood] {opened} connections opened in {flood_took:?} ({failed_connects} \
+             connects failed), \
+             at most {most} on the server; stats {stats:?}"
+        );
+        assert!(most <= MAX + 2, "the server held {most} connections");
+        assert!(stats.connections_refused > 0, "{stats:?}");
+        served.assert_served("tcp connection flood", 20);
+        assert!(growth < RSS_BOUND, "RSS grew by {:.1} MiB", mib(growth));
+        // Room again once the flood is gone.
+        let t = Instant::now();
+        while server.connections() > 1 && t.elapsed() < Duration::from_secs(2) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let late = tcp::Builder::new().connect(addr, RpcudpCodec::new());
+        assert_eq!(late.call::<i64>("add", (2, 3)).await.unwrap(), 5);
+    });
+}
+
+// ---- 5. TCP: peers that never read -------------------------------------------------------------
+
+#[test]
+fn tcp_peers_that_never_read_keep_memory_bounded() {
+    const HOGS: usize = 4;
+    /// Requests per write.
+    const CHUNK: usize = 1000;
+    const MAX_REQUESTS: usize = 1_000_000;
+    serial(async {
+        let server = tcp::Builder::new()
+            .serve(router())
+            .bind("127.0.0.1:0", RpcudpCodec::new())
+            .await
+            .unwrap();
+        let addr = server.local_addr();
+        // Each hog asks for 64 KiB answers as fast as it can write for 2 s (at most a million
+        // requests, 37 MB of them, asking for 64 GiB of answers), and never reads one.
+        let chunk = Arc::new(rpcudp_request("blob", (65_536usize,)).repeat(CHUNK));
+        let rss = RssProbe::start();
+        let stop = Arc::new(AtomicBool::new(false));
+        let good = good_tcp_client(addr, stop.clone());
+
+        let end = Instant::now() + ATTACK;
+        let hogs: Vec<_> = (0..HOGS)
+            .map(|_| {
+                let chunk = chunk.clone();
+                tokio::spawn(async move {
+                    let mut hog = TcpStream::connect(addr).await.unwrap();
+                    let mut sent = 0;
+                    let mut blocked = false;
+                    while sent < MAX_REQUESTS {
+                        match tokio::time::timeout_at(end, hog.write_all(&chunk)).await {
+                            Ok(Ok(())) => sent += CHUNK,
+                            Ok(Err(e)) => panic!("the server dropped a hog: {e}"),
+                            Err(_) => {
+                                blocked = true;
+                                break;
+                            }
+                        }
+                    }
+                    // Holds the connection, unread, to the end of the attack.
+                    tokio::time::sleep_until(end).await;
+                    (hog, sent, blocked)
+                })
+            })
+            .collect();
+        let mut held = Vec::new();
+        let mut requests = 0;
+        let mut blocked = 0;
+        for h in hogs {
+            let (hog, sent, b) = h.await.unwrap();
+            requests += sent;
+            blocked += usize::from(b);
+            held.push(hog);
+        }
+        let served = stop_good(&stop, good).await;
+        let growth = rss.finish("tcp never read").await;
+        let stats = server.stats();
+        println!(
+            "[tcp never read] {HOGS} hogs wrote {requests} requests ({blocked} of them blocked \
+             writing); the server read {} and answered {}; stats {stats:?}",
+            stats.requests, stats.responses_sent
+        );
+        drop(held);
+
+        served.assert_served("tcp never read", 20);
+        assert!(requests > 10_000, "the hogs sent only {requests} requests");
+        // The server stopped reading the hogs when their answers piled up: it read a small part.
+        assert!(
+            stats.requests < (requests / 10) as u64,
+            "the server read {} of {requests} requests",
+            stats.requests
+        );
+        assert!(growth < RSS_BOUND, "RSS grew by {:.1} MiB", mib(growth));
+    });
+}
+
+// ---- 6. JSON-RPC: giant batches, deep nesting --------------------------------------------------
+
+/// A batch of `n` add requests.
+fn giant_batch(n: usize) -> Vec<u8> {
+    let mut b = b"[".to_vec();
+    for i in 0..n {
+        if i > 0 {
+            b.push(b',');
+        }
+        b.extend_from_slice(
+            format!(r#"{{"jsonrpc":"2.0","method":"add","params":[{i},1],"id":{i}}}"#).as_bytes(),
+        );
+    }
+    b.push(b']');
+    b
+}
+
+/// The error code of a JSON-RPC error response (the first one, in a batch's answer).
+fn error_code(answer: &str) -> Option<i64> {
+    let at = answer.find(r#""code":"#)? + r#""code":"#.len();
+    let rest = &answer[at..];
+    let end = rest.find(|c: char| c != '-' && !c.is_ascii_digit())?;
+    rest[..end].parse().ok()
+}
+
+#[test]
+fn jsonrpc_giant_batches_and_deep_nesting_are_refused() {
+    const DEEP: usize = 100_000;
+    const ROUNDS: usize = 10;
+    serial(async {
+        let server = tcp::Builder::new()
+            .serve(router())
+            .bind("127.0.0.1:0", JsonRpcCodec::new().max_batch(100))
+            .await
+            .unwrap();
+        let addr = server.local_addr();
+        let rss = RssProbe::start();
+        let stop = Arc::new(AtomicBool::new(false));
+        let client = tcp::Builder::new().connect(addr, JsonRpcCodec::new());
+        let good = good_client(
+            move |i| {
+                let c = client.clone();
+                async move { c.call::<i64>("add", (i, 1000)).await }
+            },
+            stop.clone(),
+        );
+
+        // (what, frame, whether the answer is a batch's array, the expected error code)
+        let attacks: Vec<(&str, Vec<u8>, bool, i64)> = vec![
+            // Over max_batch: one Invalid Request error, not 10 000 answers.
+            ("a batch of 10 000", giant_batch(10_000), false, -32600),
+            // Unterminated nesting: not JSON at all.
+            (
+                "100 000 unclosed [",
+                "[".repeat(DEEP).into_bytes(),
+                false,
+                -32700,
+            ),
+            (
+                "100 000 unclosed {\"a\":",
+                r#"{"a":"#.repeat(DEEP).into_bytes(),
+                false,
+                -32700,
+            ),
+            // Well-formed but 100 000 deep: valid JSON, so not a parse error but an invalid
+            // message (the codec skips nested values without recursing or building them).
+            (
+                "a batch nested 100 000 deep",
+                format!("{}{}", "[".repeat(DEEP), "]".repeat(DEEP)).into_bytes(),
+                true,
+                -32600,
+            ),
+            (
+                "an object nested 100 000 deep",
+                format!("{}1{}", r#"{"a":"#.repeat(DEEP), "}".repeat(DEEP)).into_bytes(),
+                false,
+                -32600,
+            ),
+            // Params 100 000 deep reach the handler, whose decoding refuses them.
+            (
+                "params nested 100 000 deep",
+                format!(
+                    r#"{{"jsonrpc":"2.0","method":"add","params":{}{},"id":7}}"#,
+                    "[".repeat(DEEP),
+                    "]".repeat(DEEP)
+                )
+                .into_bytes(),
+                false,
+                -32602,
+            ),
+        ];
+
+        let t = Instant::now();
+        let mut slowest = Duration::ZERO;
+        let mut conns = Vec::new();
+        for _ in 0..2 {
+            conns.push(TcpStream::connect(addr).await.unwrap());
+        }
+        for round in 0..ROUNDS {
+            let s = &mut conns[round % 2];
+            for (what, body, batch, code) in &attacks {
+                let sent = Instant::now();
+                s.write_all(&frame(body)).await.unwrap();
+                let answer = timeout(Duration::from_secs(2), read_frame(s))
+                    .await
+                    .unwrap_or_else(|_| panic!("no answer to {what} within 2 s"))
+                    .unwrap_or_else(|e| panic!("connection lost after {what}: {e}"));
+                slowest = slowest.max(sent.elapsed());
+                let answer = String::from_utf8(answer).unwrap();
+                assert!(
+                    answer.len() < 1000,
+                    "{what}: a long answer: {}...",
+                    &answer[..1000]
+                );
+                assert_eq!(answer.starts_with('['), *batch, "{what}: answered {answer}");
+                assert_eq!(
+                    error_code(&answer),
+                    Some(*code),
+                    "{what}: answered {answer}"
+                );
+            }
+            // The same connection still serves a proper request.
+            let ok = frame(br#"{"jsonrpc":"2.0","method":"add","params":[40,2],"id":"x"}"#);
+            s.write_all(&ok).await.unwrap();
+            let answer = timeout(Duration::from_secs(2), read_frame(s))
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(answer, br#"{"jsonrpc":"2.0","result":42,"id":"x"}"#);
+        }
+        let took = t.elapsed();
+        let served = stop_good(&stop, good).await;
+        let growth = rss.finish("jsonrpc floods").await;
+        let stats = server.stats();
+        println!(
+            "[jsonrpc floods] {} attacks in {took:?}, slowest answer {slowest:?}; stats {stats:?}",
+            ROUNDS * attacks.len()
+        );
+        served.assert_served("jsonrpc floods", 5);
+        assert_eq!(stats.bad_frames, 0, "{stats:?}");
+        assert!(growth < RSS_BOUND, "RSS grew by {:.1} MiB", mib(growth));
+    });
+}
