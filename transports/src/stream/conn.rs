@@ -65,6 +65,8 @@ pub(crate) struct Conn<C: Codec> {
     peer: Peer,
     /// The connection is finished; calls fail.
     closed: CancellationToken,
+    /// Mirrors `closed` for the hot path (reading a token takes a lock).
+    done: AtomicBool,
     /// Stop reading new requests, answer those being served, then close (graceful shutdown).
     drain: CancellationToken,
     /// It ended by failure (reset, bad frame), not by either side closing it cleanly.
@@ -98,6 +100,7 @@ impl<C: Codec> Conn<C> {
             serve,
             peer,
             closed: CancellationToken::new(),
+            done: AtomicBool::new(false),
             drain,
             lost: AtomicBool::new(false),
             serving: Arc::new(Semaphore::new(config.max_concurrent_requests)),
@@ -116,7 +119,7 @@ impl<C: Codec> Conn<C> {
 
     /// Whether the connection is finished.
     pub(crate) fn is_closed(&self) -> bool {
-        self.closed.is_cancelled()
+        self.done.load(Ordering::Acquire)
     }
 
     /// Whether new calls may use the connection: not finished, not closing, and the peer has not
@@ -130,6 +133,7 @@ impl<C: Codec> Conn<C> {
     /// Closes the connection now; queued frames are still written, calls in flight fail.
     pub(crate) fn close(&self) {
         self.finish_writing();
+        self.done.store(true, Ordering::Release);
         self.closed.cancel();
         self.calls.close_all();
     }
@@ -156,51 +160,65 @@ impl<C: Codec> Conn<C> {
         encode: impl Fn(&mut BytesMut) -> Result<bool, Error>,
     ) -> Result<(), Error> {
         loop {
+            if let Some(done) = self.try_send_frame(&encode) {
+                return done;
+            }
+            // The outbox is full: wait for the writer to drain it. Register first, then look
+            // again, so a drain between the two is not missed.
             let room = self.out.drained.notified();
             tokio::pin!(room);
             room.as_mut().enable();
-            {
-                if self.out.closing.load(Ordering::Acquire) || self.is_closed() {
-                    return Err(self.closed_error());
-                }
-                let mut buf = self.out.lock();
-                if buf.len() < HIGH_WATER {
-                    let mark = buf.len();
-                    let framing = self.config.framing;
-                    let start = framing.begin_frame(&mut buf);
-                    let written = match encode(&mut buf) {
-                        Ok(true) => framing.end_frame(&mut buf, start, self.config.max_frame),
-                        Ok(false) => {
-                            buf.truncate(mark);
-                            return Ok(());
-                        }
-                        Err(e) => {
-                            buf.truncate(mark);
-                            return Err(e);
-                        }
-                    };
-                    if let Err(e) = written {
-                        buf.truncate(mark);
-                        return Err(match e {
-                            FrameError::TooLarge { size, limit } => Error::TooLarge { size, limit },
-                            FrameError::ContainsDelimiter => Error::Codec(
-                                "the encoded message contains the framing's delimiter".into(),
-                            ),
-                        });
-                    }
-                    let first = mark == 0;
-                    drop(buf);
-                    if first {
-                        self.out.ready.notify_one();
-                    }
-                    return Ok(());
-                }
+            if let Some(done) = self.try_send_frame(&encode) {
+                return done;
             }
             tokio::select! {
                 _ = room => {}
                 _ = self.closed.cancelled() => return Err(self.closed_error()),
             }
         }
+    }
+
+    /// Appends a frame if the outbox has room; `None` if it is full.
+    fn try_send_frame(
+        &self,
+        encode: &impl Fn(&mut BytesMut) -> Result<bool, Error>,
+    ) -> Option<Result<(), Error>> {
+        if self.out.closing.load(Ordering::Acquire) || self.is_closed() {
+            return Some(Err(self.closed_error()));
+        }
+        let mut buf = self.out.lock();
+        if buf.len() >= HIGH_WATER {
+            return None;
+        }
+        let mark = buf.len();
+        let framing = self.config.framing;
+        let start = framing.begin_frame(&mut buf);
+        let written = match encode(&mut buf) {
+            Ok(true) => framing.end_frame(&mut buf, start, self.config.max_frame),
+            Ok(false) => {
+                buf.truncate(mark);
+                return Some(Ok(()));
+            }
+            Err(e) => {
+                buf.truncate(mark);
+                return Some(Err(e));
+            }
+        };
+        if let Err(e) = written {
+            buf.truncate(mark);
+            return Some(Err(match e {
+                FrameError::TooLarge { size, limit } => Error::TooLarge { size, limit },
+                FrameError::ContainsDelimiter => {
+                    Error::Codec("the encoded message contains the framing's delimiter".into())
+                }
+            }));
+        }
+        let first = mark == 0;
+        drop(buf);
+        if first {
+            self.out.ready.notify_one();
+        }
+        Some(Ok(()))
     }
 
     fn closed_error(&self) -> Error {
