@@ -58,15 +58,19 @@ impl Format for Json {
                 visit(&mut <dyn erased_serde::Deserializer<'_>>::erase(&mut de))?;
                 Ok(())
             }
-            Some(b'{') => {
-                let values = match names {
-                    Some(names) => by_name(src, names)?,
-                    None => vec![serde_json::from_slice::<&RawValue>(src)?],
-                };
-                let mut de = RawSeq(values);
-                visit(&mut <dyn erased_serde::Deserializer<'_>>::erase(&mut de))?;
-                Ok(())
-            }
+            Some(b'{') => match names {
+                Some(names) => {
+                    let mut de = RawSeq(by_name(src, names)?);
+                    visit(&mut <dyn erased_serde::Deserializer<'_>>::erase(&mut de))?;
+                    Ok(())
+                }
+                None => {
+                    let raw = serde_json::from_slice::<&RawValue>(src)?;
+                    let mut de = ObjectOrArgs(raw);
+                    visit(&mut <dyn erased_serde::Deserializer<'_>>::erase(&mut de))?;
+                    Ok(())
+                }
+            },
             Some(_) => {
                 let mut de = serde_json::Deserializer::from_slice(src);
                 visit(&mut <dyn erased_serde::Deserializer<'_>>::erase(&mut de))?;
@@ -91,6 +95,109 @@ fn by_name<'a>(src: &'a [u8], names: &[&'static str]) -> Result<Vec<&'a RawValue
         return Err(format!("unknown parameter {unknown:?}").into());
     }
     Ok(values)
+}
+
+/// A JSON object: itself to anything that reads a value (a result, a map, a struct), and a list
+/// of one argument to what reads an argument list (a tuple), so a handler taking one params struct
+/// receives the whole object.
+struct ObjectOrArgs<'a>(&'a RawValue);
+
+macro_rules! forward_to_json {
+    ($($method:ident),* $(,)?) => {$(
+        fn $method<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Self::Error> {
+            let mut de = serde_json::Deserializer::from_str(self.0.get());
+            let v = serde::Deserializer::$method(&mut de, visitor)?;
+            de.end()?;
+            Ok(v)
+        }
+    )*};
+}
+
+impl<'de> serde::Deserializer<'de> for &mut ObjectOrArgs<'de> {
+    type Error = serde_json::Error;
+
+    forward_to_json!(
+        deserialize_any,
+        deserialize_bool,
+        deserialize_i8,
+        deserialize_i16,
+        deserialize_i32,
+        deserialize_i64,
+        deserialize_i128,
+        deserialize_u8,
+        deserialize_u16,
+        deserialize_u32,
+        deserialize_u64,
+        deserialize_u128,
+        deserialize_f32,
+        deserialize_f64,
+        deserialize_char,
+        deserialize_str,
+        deserialize_string,
+        deserialize_bytes,
+        deserialize_byte_buf,
+        deserialize_option,
+        deserialize_unit,
+        deserialize_seq,
+        deserialize_map,
+        deserialize_identifier,
+        deserialize_ignored_any,
+    );
+
+    fn deserialize_tuple<V: Visitor<'de>>(
+        self,
+        _len: usize,
+        visitor: V,
+    ) -> Result<V::Value, Self::Error> {
+        visitor.visit_seq(RawSeqAccess(vec![self.0].into_iter()))
+    }
+
+    fn deserialize_tuple_struct<V: Visitor<'de>>(
+        self,
+        _name: &'static str,
+        _len: usize,
+        visitor: V,
+    ) -> Result<V::Value, Self::Error> {
+        visitor.visit_seq(RawSeqAccess(vec![self.0].into_iter()))
+    }
+
+    fn deserialize_unit_struct<V: Visitor<'de>>(
+        self,
+        name: &'static str,
+        visitor: V,
+    ) -> Result<V::Value, Self::Error> {
+        let mut de = serde_json::Deserializer::from_str(self.0.get());
+        serde::Deserializer::deserialize_unit_struct(&mut de, name, visitor)
+    }
+
+    fn deserialize_newtype_struct<V: Visitor<'de>>(
+        self,
+        name: &'static str,
+        visitor: V,
+    ) -> Result<V::Value, Self::Error> {
+        let mut de = serde_json::Deserializer::from_str(self.0.get());
+        serde::Deserializer::deserialize_newtype_struct(&mut de, name, visitor)
+    }
+
+    fn deserialize_struct<V: Visitor<'de>>(
+        self,
+        name: &'static str,
+        fields: &'static [&'static str],
+        visitor: V,
+    ) -> Result<V::Value, Self::Error> {
+        let mut de = serde_json::Deserializer::from_str(self.0.get());
+        serde::Deserializer::deserialize_struct(&mut de, name, fields, visitor)
+    }
+
+    fn deserialize_enum<V: Visitor<'de>>(
+        self,
+        name: &'static str,
+        variants: &'static [&'static str],
+        visitor: V,
+    ) -> Result<V::Value, Self::Error> {
+        let mut de = serde_json::Deserializer::from_str(self.0.get());
+        serde::Deserializer::deserialize_enum(&mut de, name, variants, visitor)
+    }
 }
 
 /// A list of raw JSON values, read as a sequence.

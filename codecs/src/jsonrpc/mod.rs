@@ -215,8 +215,15 @@ impl<'de> Deserialize<'de> for Envelope<'de> {
 struct ErrorObject {
     code: i32,
     message: String,
-    #[serde(default)]
+    /// Present, even as `null`, is `Some`.
+    #[serde(default, deserialize_with = "present_value")]
     data: Option<serde_json::Value>,
+}
+
+fn present_value<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<serde_json::Value>, D::Error> {
+    serde_json::Value::deserialize(d).map(Some)
 }
 
 fn first_byte(b: &[u8]) -> Option<u8> {

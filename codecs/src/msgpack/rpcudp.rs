@@ -172,14 +172,19 @@ fn decode_error(body: &[u8]) -> Option<ServerError> {
     if !exactly_one_value(body) {
         return None;
     }
+    // The same depth limit as every other msgpack value: nested data must not overflow the stack.
+    fn read<T: serde::de::DeserializeOwned>(body: &[u8]) -> Option<T> {
+        let mut de = rmp_serde::Deserializer::from_read_ref(body);
+        de.set_max_depth(super::MAX_DEPTH);
+        serde::Deserialize::deserialize(&mut de).ok()
+    }
     match array_len(body)?.0 {
         2 => {
-            let (code, message): (i32, String) = rmp_serde::from_slice(body).ok()?;
+            let (code, message): (i32, String) = read(body)?;
             Some(ServerError::new(ErrorCode::new(code), message))
         }
         3 => {
-            let (code, message, data): (i32, String, serde_json::Value) =
-                rmp_serde::from_slice(body).ok()?;
+            let (code, message, data): (i32, String, serde_json::Value) = read(body)?;
             Some(ServerError::new(ErrorCode::new(code), message).with_data(data))
         }
         _ => None,
