@@ -38,6 +38,47 @@ pub mod udp;
 #[cfg(all(unix, feature = "unix"))]
 pub mod unix;
 
+/// Entry points for the fuzz targets in `fuzz/` (built only under `cargo fuzz`).
+#[cfg(fuzzing)]
+#[doc(hidden)]
+pub mod fuzzing {
+    use bytes::BytesMut;
+    use tokio_util::codec::Decoder;
+
+    /// Cuts `data` into frames with framing `kind` (0 length-prefixed, 1 newline, 2 EOT) and a
+    /// 4 KiB limit, fed in pieces of `chunk` bytes; stops at the first error, as a connection does.
+    pub fn framing(kind: u8, chunk: usize, data: &[u8]) {
+        let framing = match kind % 3 {
+            0 => crate::stream::Framing::LengthPrefixed,
+            1 => crate::stream::Framing::Newline,
+            _ => crate::stream::Framing::Eot,
+        };
+        let mut decoder = framing.decoder(4096);
+        let mut buf = BytesMut::new();
+        for piece in data.chunks(chunk.max(1)) {
+            buf.extend_from_slice(piece);
+            loop {
+                match decoder.decode(&mut buf) {
+                    Ok(Some(frame)) => assert!(frame.len() <= 4096),
+                    Ok(None) => break,
+                    Err(_) => return,
+                }
+            }
+            assert!(buf.capacity() <= 64 * 1024, "the claimed size was reserved");
+        }
+        let _ = decoder.decode_eof(&mut buf);
+    }
+
+    /// Cuts `data` into basic-socket-rpc frames with a 4 KiB limit.
+    #[cfg(all(unix, feature = "raw"))]
+    pub fn raw_frames(data: &[u8]) {
+        let mut decoder = crate::raw::frame_decoder(4096);
+        let mut buf = BytesMut::from(data);
+        while let Ok(Some(_)) = decoder.decode(&mut buf) {}
+        assert!(buf.capacity() <= 64 * 1024, "the claimed size was reserved");
+    }
+}
+
 /// Polls a future once, without a waker that will ever fire: transports use it to answer from the
 /// receive loop when a handler completes at once, and hand the future to a task otherwise.
 fn poll_once<F: std::future::Future + Unpin>(fut: &mut F) -> std::task::Poll<F::Output> {

@@ -74,6 +74,12 @@ use self::frame::{put_exception, put_frame, Frame, FrameDecoder, EXCEPTION, INIT
 use crate::stream::{self, Accept, ServerShared, Split};
 use crate::{tcp, unix};
 
+/// A frame decoder with a limit, for the fuzz targets.
+#[cfg(fuzzing)]
+pub(crate) fn frame_decoder(max: usize) -> FrameDecoder {
+    FrameDecoder { max }
+}
+
 /// Marks servers of this protocol ([`tcp::Server<Raw>`], [`unix::Server<Raw>`]).
 #[derive(Debug, Clone, Copy)]
 pub enum Raw {}
