@@ -103,6 +103,31 @@ fn ensure_venv() -> PathBuf {
     python_in(&venv)
 }
 
+/// Runs the Python client `python interop/py/<script> client <addr>` against an rpc-stack server
+/// of this process, and panics with its output unless it exits 0 printing `all passed`.
+///
+/// # Panics
+///
+/// If the client fails, or runs longer than 60 s.
+pub async fn python_client_passes(script: &str, addr: &str) {
+    let out = tokio::time::timeout(
+        std::time::Duration::from_secs(60),
+        tokio::process::Command::new(python())
+            .arg(py_dir().join(script))
+            .args(["client", addr])
+            .output(),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("{script} client finished within 60 s"))
+    .unwrap_or_else(|e| panic!("{script} client ran: {e}"));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("all passed"),
+        "{script} client against rpc-stack:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// A Python peer process, killed on drop.
 #[derive(Debug)]
 pub struct PeerProcess {

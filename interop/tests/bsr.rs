@@ -162,29 +162,12 @@ async fn bad_input_gets_exceptions_and_the_connection_stays_usable() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_client_calls_the_rpc_stack_greet_server() {
-    let python = python();
     let server = raw::Builder::new()
         .serve(greet())
         .bind_tcp("127.0.0.1:0")
         .await
         .unwrap();
-    let out = tokio::time::timeout(
-        Duration::from_secs(60),
-        tokio::process::Command::new(python)
-            .arg(py_dir().join("bsr_peer.py"))
-            .arg("client")
-            .arg(server.local_addr().to_string())
-            .output(),
-    )
-    .await
-    .expect("the Python client finished within 60 s")
-    .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success() && stdout.contains("all passed"),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    interop::python_client_passes("bsr_peer.py", &server.local_addr().to_string()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -182,28 +182,11 @@ async fn agrees_with_jsonrpcserver() {
 
 #[tokio::test]
 async fn jsonrpcclient_calls_rpc_stack() {
-    let python = python();
     let server = tcp::Builder::new()
         .framing(Framing::Newline)
         .serve(jsonrpc_spec_router())
         .bind("127.0.0.1:0", JsonRpcCodec::new())
         .await
         .unwrap();
-    let out = tokio::time::timeout(
-        Duration::from_secs(60),
-        tokio::process::Command::new(python)
-            .arg(py_dir().join("jsonrpc_peer.py"))
-            .arg("client")
-            .arg(server.local_addr().to_string())
-            .output(),
-    )
-    .await
-    .expect("the Python client finished within 60 s")
-    .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success() && stdout.contains("all passed"),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    interop::python_client_passes("jsonrpc_peer.py", &server.local_addr().to_string()).await;
 }

@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use interop::{py_dir, python, PeerProcess};
+use interop::PeerProcess;
 use rmpv::Value;
 use rpc_codecs::msgpack::RpcudpCodec;
 use rpc_core::handler::raw;
@@ -58,29 +58,12 @@ fn demo_router() -> Router {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_client_calls_rpc_stack_server() {
-    let python = python();
     let server = Builder::new()
         .serve(demo_router())
         .bind("127.0.0.1:0", RpcudpCodec::new())
         .await
         .unwrap();
-    let out = tokio::time::timeout(
-        Duration::from_secs(60),
-        tokio::process::Command::new(python)
-            .arg(py_dir().join("rpcudp_peer.py"))
-            .arg("client")
-            .arg(server.local_addr().to_string())
-            .output(),
-    )
-    .await
-    .expect("the Python client finished within 60 s")
-    .expect("the Python client ran");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success() && stdout.contains("all passed"),
-        "Python rpcudp client against rpc-stack:\n{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    interop::python_client_passes("rpcudp_peer.py", &server.local_addr().to_string()).await;
     let stats = server.stats();
     assert!(stats.requests >= 139, "{stats:?}");
     assert_eq!(stats.malformed, 0, "{stats:?}");
