@@ -13,8 +13,20 @@ struct Server {
 
 impl Server {
     fn start() -> Self {
+        let s = Self::start_with(&["--listen", "udp://127.0.0.1:0"]);
+        assert!(
+            s.url.starts_with("udp://127.0.0.1:") && !s.url.ends_with(":0"),
+            "{}",
+            s.url
+        );
+        s
+    }
+
+    /// Runs `rpc serve ARGS` and reads the URL of its first `listening on` line.
+    fn start_with(args: &[&str]) -> Self {
         let mut child = Command::new(RPC)
-            .args(["serve", "--listen", "udp://127.0.0.1:0"])
+            .arg("serve")
+            .args(args)
             .stdout(Stdio::piped())
             .spawn()
             .expect("rpc serve starts");
@@ -27,10 +39,6 @@ impl Server {
             .strip_prefix("listening on ")
             .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
             .to_string();
-        assert!(
-            url.starts_with("udp://127.0.0.1:") && !url.ends_with(":0"),
-            "{url}"
-        );
         Self { child, url }
     }
 }
@@ -215,20 +223,8 @@ fn one_service_on_udp_tcp_and_unix_at_once() {
 
 #[test]
 fn the_raw_codec_with_typed_arguments() {
-    let mut child = Command::new(RPC)
-        .args(["serve", "--listen", "tcp://127.0.0.1:0?codec=raw"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let url = line
-        .trim()
-        .strip_prefix("listening on ")
-        .unwrap()
-        .to_string();
+    let server = Server::start_with(&["--listen", "tcp://127.0.0.1:0?codec=raw"]);
+    let url = server.url.clone();
     assert!(url.ends_with("?codec=raw"), "{url}");
     assert_eq!(
         call(&url, "2", &["u32:1000", "u32:2050", "--returns", "u32"]),
@@ -264,8 +260,7 @@ fn the_raw_codec_with_typed_arguments() {
     ]);
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(report["errors"], 0, "{report}");
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(server);
 }
 
 #[test]
@@ -401,27 +396,17 @@ fn help_shows_examples() {
 
 #[test]
 fn server_side_limits() {
-    let mut child = Command::new(RPC)
-        .args([
-            "serve",
-            "--listen",
-            "udp://127.0.0.1:0",
-            "--rate-per-peer",
-            "20",
-        ])
-        .args(["--max-concurrent", "2", "--request-timeout", "200ms"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let url = line
-        .trim()
-        .strip_prefix("listening on ")
-        .unwrap()
-        .to_string();
+    let server = Server::start_with(&[
+        "--listen",
+        "udp://127.0.0.1:0",
+        "--rate-per-peer",
+        "20",
+        "--max-concurrent",
+        "2",
+        "--request-timeout",
+        "200ms",
+    ]);
+    let url = server.url.clone();
 
     // A call that outlives the server's timeout is cancelled and answered "deadline exceeded".
     let start = Instant::now();
@@ -469,6 +454,5 @@ fn server_side_limits() {
         report["errors_by_kind"]["remote"].as_u64().unwrap() > 0,
         "{report}"
     );
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(server);
 }
