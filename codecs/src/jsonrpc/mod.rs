@@ -276,18 +276,15 @@ fn decode_one(frame: &Bytes, text: &[u8], deadlines: bool) -> Result<Message<Id>
                 Err(_) => return Err(invalid(r#""timeout_ms" must be a whole number"#)),
             },
         };
-        let Ok(name) = serde_json::from_str::<std::borrow::Cow<'_, str>>(method.get()) else {
+        // A name without escapes is the raw text between its quotes: shared with the frame, not
+        // copied. (serde gives `Cow<str>` owned always, so borrowing is tried as `&str` first.)
+        let name = if let Ok(s) = serde_json::from_str::<&str>(method.get()) {
+            MethodName::from_utf8(frame.slice_ref(s.as_bytes()))
+                .map_err(|_| invalid("the method is not UTF-8"))?
+        } else if let Ok(s) = serde_json::from_str::<String>(method.get()) {
+            MethodName::from(s)
+        } else {
             return Err(invalid("the method must be a string"));
-        };
-        let name = match name {
-            std::borrow::Cow::Borrowed(s) => {
-                // Unescaped: the name is the raw text between the quotes.
-                let raw = method.get().as_bytes();
-                debug_assert_eq!(&raw[1..raw.len() - 1], s.as_bytes());
-                MethodName::from_utf8(frame.slice_ref(&raw[1..raw.len() - 1]))
-                    .map_err(|_| invalid("the method is not UTF-8"))?
-            }
-            std::borrow::Cow::Owned(s) => MethodName::from(s),
         };
         let args = match env.params {
             None => Bytes::new(),
