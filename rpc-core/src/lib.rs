@@ -72,7 +72,7 @@ pub use format::{Format, Payload};
 pub use handler::{Handler, IntoReply};
 pub use message::{Method, MethodName, Request, Response};
 pub use router::{Route, Router};
-pub use serve::Serve;
+pub use serve::{LocalServe, Serve};
 
 #[doc(inline)]
 pub use tower::{Layer, Service};

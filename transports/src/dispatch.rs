@@ -9,7 +9,9 @@ use std::task::Poll;
 use bytes::{Bytes, BytesMut};
 use futures::future::BoxFuture;
 use rpc_core::codec::{Codec, DecodeError, Message};
-use rpc_core::{Context, Error, ErrorCode, Method, Payload, Request, Response, Serve, ServerError};
+use rpc_core::{
+    Context, Error, ErrorCode, LocalServe, Method, Payload, Request, Response, ServerError,
+};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::poll_once;
@@ -30,7 +32,6 @@ pub(crate) type CallResult = Result<Bytes, ServerError>;
 /// One peer as seen by the dispatcher: where answers go and what serves requests.
 pub(crate) trait Link<C: Codec>: Clone + Send + Sync + 'static {
     fn codec(&self) -> &C;
-    fn service(&self) -> Option<&Serve>;
     /// Bounds the requests served at once.
     fn permits(&self) -> &Arc<Semaphore>;
     /// The context of a request from this peer.
@@ -62,10 +63,15 @@ pub(crate) trait Link<C: Codec>: Clone + Send + Sync + 'static {
     }
 }
 
-/// Handles one received frame.
-pub(crate) async fn handle<C: Codec, L: Link<C>>(link: &L, frame: Bytes) {
+/// Handles one received frame; `serve` is the receive loop's instance of the link's service
+/// (see [`Serve::local`](rpc_core::Serve::local)).
+pub(crate) async fn handle<C: Codec, L: Link<C>>(
+    link: &L,
+    serve: Option<&mut LocalServe>,
+    frame: Bytes,
+) {
     match link.codec().decode(frame) {
-        Ok(Message::Batch(items)) => batch(link, items).await,
+        Ok(Message::Batch(items)) => batch(link, serve, items).await,
         Ok(Message::Response { id, result }) => link.deliver(id, result),
         Ok(Message::Request {
             id,
@@ -79,7 +85,7 @@ pub(crate) async fn handle<C: Codec, L: Link<C>>(link: &L, frame: Bytes) {
                     return;
                 }
             }
-            match start(link, id.is_none(), method, args, timeout) {
+            match start(link, serve, id.is_none(), method, args, timeout) {
                 Started::Ready(response) => {
                     if let Some(id) = id {
                         respond(link, &id, &response).await;
@@ -128,12 +134,13 @@ enum Started {
 /// Starts serving a request; answers from here when the handler does not wait.
 fn start<C: Codec, L: Link<C>>(
     link: &L,
+    service: Option<&mut LocalServe>,
     notification: bool,
     method: Method,
     args: Bytes,
     timeout: Option<std::time::Duration>,
 ) -> Started {
-    let Some(service) = link.service() else {
+    let Some(service) = service else {
         return Started::Ready(ServerError::method_not_found(&method).into());
     };
     let Ok(permit) = link.permits().clone().try_acquire_owned() else {
@@ -192,6 +199,7 @@ pub(crate) async fn respond<C: Codec, L: Link<C>>(link: &L, id: &C::Id, response
 /// Serves a batch's requests concurrently and answers them in one frame.
 async fn batch<C: Codec, L: Link<C>>(
     link: &L,
+    mut serve: Option<&mut LocalServe>,
     items: Vec<Result<Message<C::Id>, DecodeError<C::Id>>>,
 ) {
     let mut answers: Vec<(C::Id, Response)> = Vec::new();
@@ -205,7 +213,14 @@ async fn batch<C: Codec, L: Link<C>>(
                 timeout,
             }) => {
                 link.count(Event::Request);
-                match start(link, id.is_none(), method, args, timeout) {
+                match start(
+                    link,
+                    serve.as_deref_mut(),
+                    id.is_none(),
+                    method,
+                    args,
+                    timeout,
+                ) {
                     Started::Ready(r) => answers.extend(id.map(|id| (id, r))),
                     Started::Pending(fut, permit) => pending.push(async move {
                         let r = fut.await;

@@ -335,6 +335,8 @@ async fn serve_connection<S: Split>(
     );
     let mut out = BytesMut::with_capacity(1024);
     let mut session = false;
+    // The connection's own instance of the service.
+    let mut serve = config.service.as_ref().map(Serve::local);
     loop {
         let next = tokio::select! {
             biased;
@@ -397,7 +399,7 @@ async fn serve_connection<S: Split>(
                 stream::Counters::add(&shared.counters.requests);
                 let cmd = u16::from_le_bytes([payload[0], payload[1]]);
                 let args = Payload::new(payload.slice(2..), &LE);
-                let response = match &config.service {
+                let response = match &mut serve {
                     Some(service) => {
                         let mut ctx = Context::from_peer(peer.clone());
                         if let Some(t) = config.idle_timeout {

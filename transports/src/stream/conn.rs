@@ -294,6 +294,8 @@ async fn read_loop<C: Codec, R: AsyncRead + Unpin>(
     mut frames: FramedRead<R, super::framing::FrameDecoder>,
 ) {
     let idle = conn.config.idle_timeout;
+    // The connection's own instance of the service.
+    let mut serve = conn.serve.as_ref().map(rpc_core::Serve::local);
     loop {
         let next = tokio::select! {
             biased;
@@ -323,7 +325,7 @@ async fn read_loop<C: Codec, R: AsyncRead + Unpin>(
                 conn.calls.close_all();
                 break;
             }
-            Some(Some(Ok(frame))) => dispatch::handle(&conn, frame).await,
+            Some(Some(Ok(frame))) => dispatch::handle(&conn, serve.as_mut(), frame).await,
             Some(Some(Err(e))) => {
                 Counters::add(&conn.counters.bad_frames);
                 tracing::warn!(peer = %conn.peer, error = %e, "closing the connection");
@@ -381,10 +383,6 @@ impl<C: Codec> Drop for Conn<C> {
 impl<C: Codec> Link<C> for Arc<Conn<C>> {
     fn codec(&self) -> &C {
         &self.codec
-    }
-
-    fn service(&self) -> Option<&Serve> {
-        self.serve.as_ref()
     }
 
     fn permits(&self) -> &Arc<Semaphore> {

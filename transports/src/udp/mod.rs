@@ -548,10 +548,6 @@ impl<C: Codec> Link<C> for UdpLink<C> {
         &self.shared.codec
     }
 
-    fn service(&self) -> Option<&Serve> {
-        self.shared.service.get()
-    }
-
     fn permits(&self) -> &Arc<Semaphore> {
         &self.shared.permits
     }
@@ -634,6 +630,8 @@ impl<C: Codec> Link<C> for UdpLink<C> {
 async fn receive_loop<C: Codec>(shared: Arc<Shared<C>>) {
     let limit = shared.max_datagram + 1;
     let mut buf = BytesMut::with_capacity(RECV_ARENA.max(limit));
+    // The loop's own instance of the service, once the endpoint has one.
+    let mut serve = None;
     loop {
         if buf.capacity() < limit {
             buf.reserve(RECV_ARENA.max(limit));
@@ -663,7 +661,10 @@ async fn receive_loop<C: Codec>(shared: Arc<Shared<C>>) {
             shared: shared.clone(),
             peer: canonical(from),
         };
-        dispatch::handle(&link, frame).await;
+        if serve.is_none() {
+            serve = shared.service.get().map(Serve::local);
+        }
+        dispatch::handle(&link, serve.as_mut(), frame).await;
     }
     shared.calls.close_all();
 }
