@@ -16,7 +16,7 @@
 use std::error::Error as StdError;
 use std::time::Duration;
 
-use futures::future::{join_all, BoxFuture};
+use futures::future::join_all;
 use rpc_codecs::msgpack::RpcudpCodec;
 use rpc_core::{BoxError, Client, Error, ErrorCode, Payload, Request, Response, Router, Service};
 use rpc_middleware::deadline::DeadlineLayer;
@@ -52,12 +52,8 @@ async fn slow(ms: u64) -> u64 {
 /// The server stack, outermost first, around the router.
 fn server_stack(
     metrics: &Metrics,
-) -> impl Service<
-    Request,
-    Response = Response,
-    Error = BoxError,
-    Future = BoxFuture<'static, Result<Response, BoxError>>,
-> + Clone
+) -> impl Service<Request, Response = Response, Error = BoxError, Future: Send + 'static>
+       + Clone
        + Send
        + Sync
        + 'static {

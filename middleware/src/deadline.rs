@@ -7,10 +7,12 @@
 //! [`ErrorCode::DEADLINE_EXCEEDED`] without running it, and drops (cancels) a handler still running
 //! at the deadline, answering the same.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::task::{Context as TaskContext, Poll};
 use std::time::Duration;
 
-use futures::future::BoxFuture;
+use pin_project::pin_project;
 use rpc_core::{ErrorCode, Request, Response, ServerError, Service};
 use tokio::time::Instant;
 use tower::Layer;
@@ -129,15 +131,55 @@ fn exceeded() -> Response {
     Response::error(ServerError::from_code(ErrorCode::DEADLINE_EXCEEDED))
 }
 
+/// The future of a [`Deadline`] call: the inner call, bounded by the deadline if there is one.
+///
+/// The timer is set only once the inner call has to wait: a call that finishes when first
+/// polled (most handlers) costs no timer.
+#[pin_project]
+#[derive(Debug)]
+pub struct DeadlineFuture<F> {
+    /// `None` once refused: the deadline had already passed.
+    #[pin]
+    inner: Option<F>,
+    deadline: Option<Instant>,
+    #[pin]
+    timer: Option<tokio::time::Sleep>,
+}
+
+impl<F, E> Future for DeadlineFuture<F>
+where
+    F: Future<Output = Result<Response, E>>,
+{
+    type Output = Result<Response, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        let Some(inner) = this.inner.as_pin_mut() else {
+            return Poll::Ready(Ok(exceeded()));
+        };
+        if let Poll::Ready(r) = inner.poll(cx) {
+            return Poll::Ready(r);
+        }
+        let Some(deadline) = *this.deadline else {
+            return Poll::Pending;
+        };
+        if this.timer.is_none() {
+            this.timer.set(Some(tokio::time::sleep_until(deadline)));
+        }
+        match this.timer.as_pin_mut().map(|t| t.poll(cx)) {
+            Some(Poll::Ready(())) => Poll::Ready(Ok(exceeded())),
+            _ => Poll::Pending,
+        }
+    }
+}
+
 impl<S> Service<Request> for Deadline<S>
 where
     S: Service<Request, Response = Response>,
-    S::Future: Send + 'static,
-    S::Error: Send + 'static,
 {
     type Response = Response;
     type Error = S::Error;
-    type Future = BoxFuture<'static, Result<Response, S::Error>>;
+    type Future = DeadlineFuture<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut TaskContext<'_>) -> Poll<Result<(), S::Error>> {
         self.inner.poll_ready(cx)
@@ -152,22 +194,22 @@ where
             }
         }
         if let Some(max) = self.config.max {
-            ctx.set_timeout(max);
+            let cap = now + max;
+            ctx.set_deadline(Some(ctx.deadline().map_or(cap, |d| d.min(cap))));
         }
-        let Some(deadline) = ctx.deadline() else {
-            let fut = self.inner.call(req);
-            return Box::pin(fut);
-        };
-        if deadline <= now {
+        let deadline = ctx.deadline();
+        if deadline.is_some_and(|d| d <= now) {
             tracing::debug!(method = %req.method(), "refusing a call whose deadline has passed");
-            return Box::pin(futures::future::ready(Ok(exceeded())));
+            return DeadlineFuture {
+                inner: None,
+                deadline,
+                timer: None,
+            };
         }
-        let fut = self.inner.call(req);
-        Box::pin(async move {
-            match tokio::time::timeout_at(deadline, fut).await {
-                Ok(r) => r,
-                Err(_) => Ok(exceeded()),
-            }
-        })
+        DeadlineFuture {
+            inner: Some(self.inner.call(req)),
+            deadline,
+            timer: None,
+        }
     }
 }

@@ -1,14 +1,15 @@
 //! Observability: a tracing span per call, and counters to export.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context as TaskContext, Poll};
 
-use futures::future::BoxFuture;
+use pin_project::pin_project;
 use rpc_core::{ErrorCode, Request, Response, Service};
 use tokio::time::Instant;
 use tower::Layer;
-use tracing::Instrument;
 
 /// Counters of the calls a [`TraceLayer`] saw. Cloning shares them.
 #[derive(Debug, Clone, Default)]
@@ -132,13 +133,6 @@ struct Unfinished {
     start: Instant,
 }
 
-impl Unfinished {
-    fn defuse(mut self) -> Self {
-        self.metrics = None;
-        self
-    }
-}
-
 impl Drop for Unfinished {
     fn drop(&mut self) {
         if let Some(m) = self.metrics.take() {
@@ -188,17 +182,60 @@ pub struct Trace<S> {
     metrics: Metrics,
 }
 
+/// The future of a [`Trace`] call: the inner call inside its span, counted when it ends.
+#[pin_project]
+pub struct TraceFuture<F> {
+    #[pin]
+    inner: F,
+    span: tracing::Span,
+    /// The metrics while the call runs; counts it as cancelled if dropped before it ends.
+    unfinished: Unfinished,
+}
+
+impl<F> std::fmt::Debug for TraceFuture<F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TraceFuture")
+            .field("span", &self.span)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<F, T, E> Future for TraceFuture<F>
+where
+    F: Future<Output = Result<T, E>>,
+    Result<T, E>: Outcome,
+{
+    type Output = Result<T, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let _entered = this.span.enter();
+        let result = std::task::ready!(this.inner.poll(cx));
+        let start = this.unfinished.start;
+        let code = result.code();
+        if !this.span.is_disabled() {
+            this.span
+                .record("latency_us", start.elapsed().as_micros() as u64);
+            match code {
+                None => this.span.record("outcome", "ok"),
+                Some(c) => this.span.record("outcome", c.code()),
+            };
+        }
+        if let Some(metrics) = this.unfinished.metrics.take() {
+            metrics.finish(start, code);
+        }
+        Poll::Ready(result)
+    }
+}
+
 impl<S> Service<Request> for Trace<S>
 where
     S: Service<Request>,
-    S::Future: Send + 'static,
-    S::Response: Send + 'static,
-    S::Error: Send + 'static,
     Result<S::Response, S::Error>: Outcome,
 {
     type Response = S::Response;
     type Error = S::Error;
-    type Future = BoxFuture<'static, Result<S::Response, S::Error>>;
+    type Future = TraceFuture<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut TaskContext<'_>) -> Poll<Result<(), S::Error>> {
         self.inner.poll_ready(cx)
@@ -214,28 +251,17 @@ where
         );
         self.metrics.inner.started.fetch_add(1, Ordering::Relaxed);
         let start = Instant::now();
-        let metrics = self.metrics.clone();
-        let fut = self.inner.call(req);
-        // Counts the call as cancelled if its future is dropped before it finishes.
-        let guard = Unfinished {
-            metrics: Some(metrics.clone()),
-            start,
+        let inner = {
+            let _entered = span.enter();
+            self.inner.call(req)
         };
-        Box::pin(
-            async move {
-                let result = fut.await;
-                drop(guard.defuse());
-                let code = result.code();
-                let span = tracing::Span::current();
-                span.record("latency_us", start.elapsed().as_micros() as u64);
-                match code {
-                    None => span.record("outcome", "ok"),
-                    Some(c) => span.record("outcome", c.code()),
-                };
-                metrics.finish(start, code);
-                result
-            }
-            .instrument(span),
-        )
+        TraceFuture {
+            inner,
+            span,
+            unfinished: Unfinished {
+                metrics: Some(self.metrics.clone()),
+                start,
+            },
+        }
     }
 }

@@ -942,7 +942,7 @@ async fn keyed_concurrency_sweeps_idle_keys() {
 async fn keyed_concurrency_drops_a_key_with_nothing_in_flight() {
     let layer = KeyedConcurrencyLimitLayer::per_peer(2);
     let mut service = layer.layer(instant());
-    for port in 1..=10 {
+    for port in 1..=1000 {
         service
             .ready()
             .await
@@ -951,7 +951,8 @@ async fn keyed_concurrency_drops_a_key_with_nothing_in_flight() {
             .await
             .unwrap();
     }
-    assert_eq!(layer.keys(), 0);
+    // Up to 32 idle keys stay (a steady peer costs no map insertion per call); no more.
+    assert!(layer.keys() <= 33, "{} keys", layer.keys());
 }
 
 // --- TraceLayer and Metrics ----------------------------------------------------------------------

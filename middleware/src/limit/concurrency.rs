@@ -1,20 +1,23 @@
 //! At most N calls at once per key.
 
 use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context as TaskContext, Poll};
 
-use futures::future::BoxFuture;
+use pin_project::pin_project;
 use rpc_core::{ErrorCode, Request, ServerError, Service};
-use tokio::sync::Semaphore;
 use tower::Layer;
 
 use super::key::{ByPeer, KeyFn};
 use crate::Reject;
 
 /// Allows at most `n` calls at once per key (per peer by default); more are refused at once
-/// with [`ErrorCode::OVERLOADED`]. A key's state is dropped once it has nothing in flight.
-/// Cloning shares the limits.
+/// with [`ErrorCode::OVERLOADED`]. A key's state (a count) is dropped once it has nothing in
+/// flight (up to 32 idle keys are kept, so that a steady peer does not cost a map insertion per
+/// call), so memory follows the calls in flight, not the peers ever seen. Cloning shares the
+/// limits.
 ///
 /// ```
 /// use rpc_middleware::limit::KeyedConcurrencyLimitLayer;
@@ -28,7 +31,8 @@ pub struct KeyedConcurrencyLimitLayer<K: KeyFn> {
 struct Shared<K: KeyFn> {
     key: K,
     n: usize,
-    slots: Mutex<HashMap<K::Key, Arc<Semaphore>>>,
+    /// Calls in flight per key; a key is here only while it has some.
+    in_flight: Mutex<HashMap<K::Key, usize>>,
 }
 
 impl<K: KeyFn> Clone for KeyedConcurrencyLimitLayer<K> {
@@ -61,7 +65,7 @@ impl<K: KeyFn> KeyedConcurrencyLimitLayer<K> {
             shared: Arc::new(Shared {
                 key,
                 n: n.max(1),
-                slots: Mutex::new(HashMap::new()),
+                in_flight: Mutex::new(HashMap::new()),
             }),
         }
     }
@@ -73,62 +77,52 @@ impl<K: KeyFn> KeyedConcurrencyLimitLayer<K> {
 }
 
 impl<K: KeyFn> Shared<K> {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<K::Key, Arc<Semaphore>>> {
-        self.slots.lock().unwrap_or_else(PoisonError::into_inner)
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<K::Key, usize>> {
+        self.in_flight
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// Takes a place under `key`'s limit, if there is one left.
     fn acquire(self: &Arc<Self>, key: K::Key) -> Option<Slot<K>> {
-        let mut slots = self.lock();
-        let sem = slots
-            .entry(key.clone())
-            .or_insert_with(|| Arc::new(Semaphore::new(self.n)))
-            .clone();
-        let permit = sem.clone().try_acquire_owned().ok();
-        match permit {
-            Some(permit) => Some(Slot {
-                permit: Some(permit),
-                sem,
-                key: Some(key),
-                shared: self.clone(),
-            }),
+        let mut in_flight = self.lock();
+        match in_flight.get_mut(&key) {
+            Some(n) if *n >= self.n => return None,
+            Some(n) => *n += 1,
             None => {
-                drop(slots);
-                None
+                in_flight.insert(key.clone(), 1);
             }
         }
-    }
-
-    /// Drops `key`'s state if nothing is in flight for it.
-    fn release(&self, key: &K::Key) {
-        let mut slots = self.lock();
-        // Our slot still holds one reference while this runs.
-        if slots
-            .get(key)
-            .is_some_and(|s| Arc::strong_count(s) <= 2 && s.available_permits() == self.n)
-        {
-            slots.remove(key);
-        }
+        drop(in_flight);
+        Some(Slot {
+            key,
+            shared: self.clone(),
+        })
     }
 }
 
-/// One call's place under its key's limit; leaving it frees the place, and the key's state once
-/// nothing else is in flight for it.
+/// One call's place under its key's limit; dropping it frees the place, and the key's state
+/// once nothing else is in flight for it.
 struct Slot<K: KeyFn> {
-    permit: Option<tokio::sync::OwnedSemaphorePermit>,
-    sem: Arc<Semaphore>,
-    key: Option<K::Key>,
+    key: K::Key,
     shared: Arc<Shared<K>>,
 }
 
+/// Below this many keys, a key's count stays in the map at zero when idle: a peer calling one
+/// call at a time would otherwise cost an insertion and a removal per call.
+const KEEP_IDLE: usize = 32;
+
 impl<K: KeyFn> Drop for Slot<K> {
     fn drop(&mut self) {
-        drop(self.permit.take());
-        // Only the last call of a key looks at the map: held by the map, this slot and its
-        // permit's semaphore handle (now dropped), with every permit back.
-        let last =
-            Arc::strong_count(&self.sem) <= 2 && self.sem.available_permits() == self.shared.n;
-        if let (true, Some(key)) = (last, self.key.take()) {
-            self.shared.release(&key);
+        let mut in_flight = self.shared.lock();
+        let len = in_flight.len();
+        if let Some(n) = in_flight.get_mut(&self.key) {
+            *n = n.saturating_sub(1);
+            // Idle keys are kept only while the map is small, so there are never more than
+            // `KEEP_IDLE` of them.
+            if *n == 0 && len > KEEP_IDLE {
+                in_flight.remove(&self.key);
+            }
         }
     }
 }
@@ -166,17 +160,53 @@ impl<S, K: KeyFn> std::fmt::Debug for KeyedConcurrencyLimit<S, K> {
     }
 }
 
+/// The future of a [`KeyedConcurrencyLimit`] call: holds the call's place until it finishes
+/// or is dropped.
+#[pin_project]
+pub struct KeyedConcurrencyFuture<F, T, E, K: KeyFn> {
+    #[pin]
+    inner: Option<F>,
+    refused: Option<Result<T, E>>,
+    slot: Option<Slot<K>>,
+}
+
+impl<F, T, E, K: KeyFn> std::fmt::Debug for KeyedConcurrencyFuture<F, T, E, K> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyedConcurrencyFuture")
+            .field("refused", &self.inner.is_none())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<F, T, E, K> Future for KeyedConcurrencyFuture<F, T, E, K>
+where
+    F: Future<Output = Result<T, E>>,
+    K: KeyFn,
+{
+    type Output = Result<T, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        match this.inner.as_pin_mut() {
+            Some(f) => {
+                let r = std::task::ready!(f.poll(cx));
+                drop(this.slot.take());
+                Poll::Ready(r)
+            }
+            None => Poll::Ready(this.refused.take().expect("polled after completion")),
+        }
+    }
+}
+
 impl<S, K> Service<Request> for KeyedConcurrencyLimit<S, K>
 where
     K: KeyFn,
     S: Service<Request>,
-    S::Response: Reject<S::Error> + Send + 'static,
-    S::Error: Send + 'static,
-    S::Future: Send + 'static,
+    S::Response: Reject<S::Error>,
 {
     type Response = S::Response;
     type Error = S::Error;
-    type Future = BoxFuture<'static, Result<S::Response, S::Error>>;
+    type Future = KeyedConcurrencyFuture<S::Future, S::Response, S::Error, K>;
 
     fn poll_ready(&mut self, cx: &mut TaskContext<'_>) -> Poll<Result<(), S::Error>> {
         self.inner.poll_ready(cx)
@@ -185,20 +215,19 @@ where
     fn call(&mut self, req: Request) -> Self::Future {
         let key = self.shared.key.key(&req);
         match self.shared.acquire(key) {
-            Some(slot) => {
-                let fut = self.inner.call(req);
-                Box::pin(async move {
-                    let r = fut.await;
-                    drop(slot);
-                    r
-                })
-            }
-            None => Box::pin(futures::future::ready(S::Response::reject(
-                ServerError::new(
+            Some(slot) => KeyedConcurrencyFuture {
+                inner: Some(self.inner.call(req)),
+                refused: None,
+                slot: Some(slot),
+            },
+            None => KeyedConcurrencyFuture {
+                inner: None,
+                refused: Some(S::Response::reject(ServerError::new(
                     ErrorCode::OVERLOADED,
                     format!("more than {} calls at once from this peer", self.shared.n),
-                ),
-            ))),
+                ))),
+                slot: None,
+            },
         }
     }
 }

@@ -9,6 +9,8 @@ mod concurrency;
 mod key;
 mod rate;
 
-pub use self::concurrency::{KeyedConcurrencyLimit, KeyedConcurrencyLimitLayer};
-pub use self::key::{ByPeer, Global, KeyFn};
-pub use self::rate::{RateLimit, RateLimitLayer};
+pub use self::concurrency::{
+    KeyedConcurrencyFuture, KeyedConcurrencyLimit, KeyedConcurrencyLimitLayer,
+};
+pub use self::key::{ByPeer, Global, KeyFn, PeerKey};
+pub use self::rate::{RateLimit, RateLimitFuture, RateLimitLayer};

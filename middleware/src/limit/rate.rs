@@ -1,7 +1,9 @@
 //! GCRA rate limiting (the governor crate), global or keyed.
 
+use std::future::Future;
 use std::num::NonZeroU32;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context as TaskContext, Poll};
 use std::time::Duration;
@@ -11,6 +13,7 @@ use governor::clock::{Clock, DefaultClock};
 use governor::state::keyed::DefaultKeyedStateStore;
 use governor::state::{InMemoryState, NotKeyed};
 use governor::{Quota, RateLimiter};
+use pin_project::pin_project;
 use rpc_core::{ErrorCode, Request, ServerError, Service};
 use tokio::time::Instant;
 use tower::Layer;
@@ -61,8 +64,11 @@ const DEFAULT_MAX_KEYS: usize = 100_000;
 /// Over the limit, a call is refused at once with [`ErrorCode::RATE_LIMITED`] and a
 /// `{"retry_after_ms": N}` hint in the error's data (the default), or waits for its turn
 /// ([`wait`](RateLimitLayer::wait)) as long as its deadline allows. Keys idle long enough to be
-/// back at a full burst are evicted; past `max_keys` live keys, new keys are refused, so a flood
-/// of spoofed peers cannot grow memory without bound (while full of busy keys, calls are refused). Cloning shares the limiter.
+/// back at a full burst are evicted; past `max_keys` live keys (give or take 1/16: the keys are
+/// counted every few calls, not on each), new keys are refused, so a flood of spoofed peers
+/// cannot grow memory without bound (while full of busy keys, calls are refused). Keys are
+/// hashed with SipHash: they come from the network, so the map must resist chosen collisions.
+/// Cloning shares the limiter.
 ///
 /// ```
 /// use std::time::Duration;
@@ -83,7 +89,10 @@ struct Shared<K: KeyFn> {
     key: K,
     wait: bool,
     max_keys: usize,
+    look_every: u64,
     checks: AtomicU64,
+    /// Over `max_keys` at the last look.
+    full: AtomicBool,
 }
 
 impl<K: KeyFn> Clone for RateLimitLayer<K> {
@@ -149,7 +158,9 @@ impl<K: KeyFn> RateLimitLayer<K> {
                 key,
                 wait: false,
                 max_keys: DEFAULT_MAX_KEYS,
+                look_every: look_every(DEFAULT_MAX_KEYS),
                 checks: AtomicU64::new(0),
+                full: AtomicBool::new(false),
             }),
         }
     }
@@ -166,7 +177,10 @@ impl<K: KeyFn> RateLimitLayer<K> {
 
     /// The most keys kept at once; default 100 000.
     pub fn max_keys(self, n: usize) -> Self {
-        self.edit(|s| s.max_keys = n.max(1))
+        self.edit(|s| {
+            s.max_keys = n.max(1);
+            s.look_every = look_every(s.max_keys);
+        })
     }
 
     /// The number of keys tracked now.
@@ -212,18 +226,70 @@ fn limited(wait: Duration) -> ServerError {
         .with_data(serde_json::json!({ "retry_after_ms": wait.as_millis().max(1) }))
 }
 
+/// Idle keys are evicted at least every this many calls.
+const EVICT_EVERY: u64 = 1024;
+
+/// How often (in calls) the number of keys is looked at: counting them visits every shard of
+/// the map, too slow for every call. Between looks, at most this many new keys get in past
+/// `max_keys`: 1/16 of it, at most 256.
+fn look_every(max_keys: usize) -> u64 {
+    (max_keys as u64 / 16).clamp(1, 256)
+}
+
 impl<K: KeyFn> Shared<K> {
     /// How long `key` must wait for its next call; `Ok` means go now (and the call is counted).
     fn check(&self, key: &K::Key) -> Result<(), Duration> {
         let n = self.checks.fetch_add(1, Ordering::Relaxed);
-        if n % 1024 == 1023 || self.limiter.len() > self.max_keys {
-            self.limiter.evict_idle();
+        if n % self.look_every == self.look_every - 1 {
+            let mut len = self.limiter.len();
+            if n % EVICT_EVERY == EVICT_EVERY - 1 || len > self.max_keys {
+                self.limiter.evict_idle();
+                len = self.limiter.len();
+            }
+            self.full.store(len > self.max_keys, Ordering::Relaxed);
         }
         // Full of keys that are all still busy: refuse until some age out, rather than grow.
-        if self.limiter.len() > self.max_keys {
+        if self.full.load(Ordering::Relaxed) {
             return Err(Duration::from_secs(1));
         }
         self.limiter.check(key)
+    }
+}
+
+/// The future of a [`RateLimit`] call.
+#[pin_project(project = RateLimitProj)]
+pub enum RateLimitFuture<F, T, E> {
+    /// Within the limit: the inner call.
+    Called(#[pin] F),
+    /// Refused at once.
+    Refused(Option<Result<T, E>>),
+    /// Waiting for a turn, then the inner call.
+    Waiting(BoxFuture<'static, Result<T, E>>),
+}
+
+impl<F, T, E> std::fmt::Debug for RateLimitFuture<F, T, E> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let state = match self {
+            RateLimitFuture::Called(_) => "Called",
+            RateLimitFuture::Refused(_) => "Refused",
+            RateLimitFuture::Waiting(_) => "Waiting",
+        };
+        f.debug_tuple("RateLimitFuture").field(&state).finish()
+    }
+}
+
+impl<F, T, E> Future for RateLimitFuture<F, T, E>
+where
+    F: Future<Output = Result<T, E>>,
+{
+    type Output = Result<T, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Self::Output> {
+        match self.project() {
+            RateLimitProj::Called(f) => f.poll(cx),
+            RateLimitProj::Refused(r) => Poll::Ready(r.take().expect("polled after completion")),
+            RateLimitProj::Waiting(f) => f.as_mut().poll(cx),
+        }
     }
 }
 
@@ -237,7 +303,7 @@ where
 {
     type Response = S::Response;
     type Error = S::Error;
-    type Future = BoxFuture<'static, Result<S::Response, S::Error>>;
+    type Future = RateLimitFuture<S::Future, S::Response, S::Error>;
 
     fn poll_ready(&mut self, cx: &mut TaskContext<'_>) -> Poll<Result<(), S::Error>> {
         self.inner.poll_ready(cx)
@@ -246,16 +312,16 @@ where
     fn call(&mut self, req: Request) -> Self::Future {
         let key = self.shared.key.key(&req);
         match self.shared.check(&key) {
-            Ok(()) => Box::pin(self.inner.call(req)),
+            Ok(()) => RateLimitFuture::Called(self.inner.call(req)),
             Err(wait) if !self.shared.wait => {
-                Box::pin(futures::future::ready(S::Response::reject(limited(wait))))
+                RateLimitFuture::Refused(Some(S::Response::reject(limited(wait))))
             }
             Err(_) => {
                 // Take the inner service that was made ready, and wait for a turn.
                 let clone = self.inner.clone();
                 let mut inner = std::mem::replace(&mut self.inner, clone);
                 let shared = self.shared.clone();
-                Box::pin(async move {
+                RateLimitFuture::Waiting(Box::pin(async move {
                     let deadline = req.context().deadline();
                     loop {
                         match shared.check(&key) {
@@ -269,7 +335,7 @@ where
                             }
                         }
                     }
-                })
+                }))
             }
         }
     }
