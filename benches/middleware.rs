@@ -1,16 +1,19 @@
 //! What the full middleware stack costs: the same calls with no layers and with a client stack
 //! (timeout, retry, rate limit, concurrency limit) and a server stack (per-peer rate limit,
 //! per-peer concurrency, load shedding, deadlines, tracing), over loopback TCP with 64 calls in
-//! flight and over UDP with one, alternating three times; prints calls/s and the ratio.
+//! flight and over UDP with one, in alternating pairs; prints calls/s and the ratio.
 //!
-//! Run with `cargo bench -p rpc-benches --bench middleware`. Each run is bounded (3 × 2 s per
-//! shape and stack). `RPC_BENCH_SKIP=trace,rate,conc,shed,deadline` leaves server layers out and
-//! `RPC_BENCH_NO_CLIENT_STACK=1` the client stack, to see what each part costs.
+//! The servers run on one thread and the clients on another, each a single-threaded runtime.
+//!
+//! Run with `cargo bench -p rpc-benches --bench middleware`. Each run is bounded (7 pairs of
+//! 1 s runs per shape, about 30 s in all). `RPC_BENCH_SKIP=trace,rate,conc,shed,deadline` leaves server layers out and
+//! `RPC_BENCH_NO_CLIENT_STACK=1` the client stack, to see what each part costs;
+//! `RPC_BENCH_SHAPE=tcp` or `udp` runs one shape only.
 
 use std::time::{Duration, Instant};
 
 use rpc_codecs::msgpack::RpcudpCodec;
-use rpc_core::{BoxChannel, Client, Router};
+use rpc_core::{Client, Router};
 use rpc_middleware::deadline::DeadlineLayer;
 use rpc_middleware::limit::{KeyedConcurrencyLimitLayer, RateLimitLayer};
 use rpc_middleware::retry::RetryPolicy;
@@ -20,7 +23,10 @@ use tower::retry::RetryLayer;
 use tower::timeout::TimeoutLayer;
 use tower::ServiceBuilder;
 
-const RUN: Duration = Duration::from_secs(2);
+/// One measurement.
+const RUN: Duration = Duration::from_secs(1);
+/// Paired measurements (no layers, full stacks) per shape, in alternating order.
+const ROUNDS: usize = 7;
 
 async fn add(a: i64, b: i64) -> i64 {
     a + b
@@ -30,64 +36,93 @@ fn server_stack() -> rpc_transports::stream::Builder<tcp::Tcp> {
     tcp::Builder::new()
 }
 
-type ServerStack =
-    tower::util::BoxCloneSyncService<rpc_core::Request, rpc_core::Response, rpc_core::BoxError>;
-
-/// The server stack; `RPC_BENCH_SKIP=trace,rate,conc,shed,deadline` leaves layers out, to see
-/// what each costs.
-fn layered_router() -> ServerStack {
-    use tower::{Layer, ServiceExt};
+/// The server stack, composed as an application would (static types, no box per layer);
+/// `RPC_BENCH_SKIP=trace,rate,conc,shed,deadline` leaves layers out, to see what each costs.
+fn layered_router() -> impl tower::Service<
+    rpc_core::Request,
+    Response = rpc_core::Response,
+    Error = rpc_core::BoxError,
+    Future: Send + 'static,
+> + Clone
+       + Send
+       + Sync
+       + 'static {
     let skip = |l: &str| std::env::var("RPC_BENCH_SKIP").is_ok_and(|v| v.contains(l));
-    let router = Router::new().route("add", add);
-    let mut svc = ServerStack::new(
-        router.map_err(|e: std::convert::Infallible| -> rpc_core::BoxError { match e {} }),
-    );
-    if !skip("deadline") {
-        svc = ServerStack::new(
-            DeadlineLayer::new()
-                .default_timeout(Duration::from_secs(10))
-                .layer(svc),
-        );
-    }
-    if !skip("shed") {
-        svc = ServerStack::new(
-            ServiceBuilder::new()
-                .load_shed()
-                .concurrency_limit(100_000)
-                .service(svc),
-        );
-    }
-    if !skip("conc") {
-        svc = ServerStack::new(KeyedConcurrencyLimitLayer::per_peer(100_000).layer(svc));
-    }
-    if !skip("rate") {
-        svc = ServerStack::new(
-            RateLimitLayer::per_peer(10_000_000, Duration::from_secs(1)).layer(svc),
-        );
-    }
-    if !skip("trace") {
-        svc = ServerStack::new(TraceLayer::new(Metrics::new()).layer(svc));
-    }
-    svc
-}
-
-fn client_stack(client: Client<BoxChannel>) -> Client<BoxChannel> {
-    if std::env::var_os("RPC_BENCH_NO_CLIENT_STACK").is_some() {
-        return client;
-    }
-    client
-        .layer(
-            ServiceBuilder::new()
-                .layer(RetryLayer::new(RetryPolicy::new()))
-                .layer(TimeoutLayer::new(Duration::from_secs(5)))
-                .layer(RateLimitLayer::global(10_000_000, Duration::from_secs(1)))
-                .concurrency_limit(100_000)
-                .into_inner(),
+    let on = |l: &str| !skip(l);
+    ServiceBuilder::new()
+        .option_layer(on("trace").then(|| TraceLayer::new(Metrics::new())))
+        .option_layer(
+            on("rate").then(|| RateLimitLayer::per_peer(10_000_000, Duration::from_secs(1))),
         )
-        .boxed()
+        .option_layer(on("conc").then(|| KeyedConcurrencyLimitLayer::per_peer(100_000)))
+        .option_layer(on("shed").then(tower::load_shed::LoadShedLayer::new))
+        .option_layer(on("shed").then(|| tower::limit::ConcurrencyLimitLayer::new(100_000)))
+        .option_layer(
+            on("deadline").then(|| DeadlineLayer::new().default_timeout(Duration::from_secs(10))),
+        )
+        .map_err(Into::<rpc_core::BoxError>::into)
+        .service(Router::new().route("add", add))
 }
 
-async fn load(client: &Client<BoxChannel>, in_flight: usize) -> f64 {
+/// What a client sends through, with or without layers.
+trait Channel:
+    tower::Service<
+        rpc_core::Request,
+        Response = rpc_core::Payload,
+        Error: Into<rpc_core::BoxError>,
+        Future: Send,
+    > + Clone
+    + Send
+    + Sync
+    + 'static
+{
+}
+
+impl<S> Channel for S where
+    S: tower::Service<
+            rpc_core::Request,
+            Response = rpc_core::Payload,
+            Error: Into<rpc_core::BoxError>,
+            Future: Send,
+        > + Clone
+        + Send
+        + Sync
+        + 'static
+{
+}
+
+/// The client stack, composed statically as an application would; `RPC_BENCH_NO_CLIENT_STACK=1`
+/// leaves it out.
+fn client_stack<S>(
+    client: Client<S>,
+) -> Client<
+    impl tower::Service<
+            rpc_core::Request,
+            Response = rpc_core::Payload,
+            Error = rpc_core::BoxError,
+            Future: Send,
+        > + Clone
+        + Send
+        + Sync
+        + 'static,
+>
+where
+    S: Channel,
+    S::Future: 'static,
+{
+    let on = std::env::var_os("RPC_BENCH_NO_CLIENT_STACK").is_none();
+    client.layer(
+        ServiceBuilder::new()
+            .option_layer(on.then(|| RetryLayer::new(RetryPolicy::new())))
+            .option_layer(on.then(|| TimeoutLayer::new(Duration::from_secs(5))))
+            .option_layer(on.then(|| RateLimitLayer::global(10_000_000, Duration::from_secs(1))))
+            .option_layer(on.then(|| tower::limit::ConcurrencyLimitLayer::new(100_000)))
+            .map_err(Into::<rpc_core::BoxError>::into)
+            .into_inner(),
+    )
+}
+
+async fn load<S: Channel>(client: &Client<S>, in_flight: usize) -> f64 {
     let start = Instant::now();
     let mut tasks = Vec::new();
     for w in 0..in_flight {
@@ -117,62 +152,103 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
-async fn main() {
-    // TCP, 64 in flight on one connection.
-    let plain_srv = server_stack()
-        .serve(Router::new().route("add", add))
-        .bind("127.0.0.1:0", RpcudpCodec::new())
-        .await
-        .expect("bind");
-    let layered_srv = server_stack()
-        .serve(layered_router())
-        .bind("127.0.0.1:0", RpcudpCodec::new())
-        .await
-        .expect("bind");
-    let plain = tcp::Builder::new()
-        .connect(plain_srv.local_addr(), RpcudpCodec::new())
-        .boxed();
-    let layered = client_stack(
-        tcp::Builder::new()
-            .connect(layered_srv.local_addr(), RpcudpCodec::new())
-            .boxed(),
-    );
-    let (mut a, mut b) = (Vec::new(), Vec::new());
-    for _ in 0..3 {
-        a.push(load(&plain, 64).await);
-        b.push(load(&layered, 64).await);
+/// Runs `ROUNDS` pairs of measurements, swapping which goes first each round so that drifts in
+/// the machine's speed fall on both alike, and prints the medians and the median ratio.
+async fn compare<P: Channel, L: Channel>(
+    shape: &str,
+    plain: &Client<P>,
+    layered: &Client<L>,
+    in_flight: usize,
+) {
+    let (mut a, mut b, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+    for round in 0..ROUNDS {
+        let (x, y) = if round % 2 == 0 {
+            let x = load(plain, in_flight).await;
+            (x, load(layered, in_flight).await)
+        } else {
+            let y = load(layered, in_flight).await;
+            (load(plain, in_flight).await, y)
+        };
+        a.push(x);
+        b.push(y);
+        ratios.push(y / x);
     }
-    let (a, b) = (median(a), median(b));
+    let (lo, hi) = ratios
+        .iter()
+        .fold((f64::MAX, f64::MIN), |(lo, hi), r| (lo.min(*r), hi.max(*r)));
     println!(
-        "tcp, 64 in flight: no layers {a:.0} calls/s, full stacks {b:.0} calls/s, ratio {:.2}",
-        b / a
+        "{shape}: no layers {:.0} calls/s, full stacks {:.0} calls/s, ratio {:.2} (median of {ROUNDS} pairs; {lo:.2}..{hi:.2})",
+        median(a),
+        median(b),
+        median(ratios),
     );
+}
 
-    // UDP, 1 in flight.
-    let plain_srv = udp::Builder::new()
-        .serve(Router::new().route("add", add))
-        .bind("127.0.0.1:0", RpcudpCodec::new())
-        .await
-        .expect("bind");
-    let layered_srv = udp::Builder::new()
-        .serve(layered_router())
-        .bind("127.0.0.1:0", RpcudpCodec::new())
-        .await
-        .expect("bind");
-    let ep = udp::Endpoint::bind("127.0.0.1:0", RpcudpCodec::new())
-        .await
-        .expect("bind");
-    let plain = ep.client(plain_srv.local_addr()).boxed();
-    let layered = client_stack(ep.client(layered_srv.local_addr()).boxed());
-    let (mut a, mut b) = (Vec::new(), Vec::new());
-    for _ in 0..3 {
-        a.push(load(&plain, 1).await);
-        b.push(load(&layered, 1).await);
-    }
-    let (a, b) = (median(a), median(b));
-    println!(
-        "udp, 1 in flight:  no layers {a:.0} calls/s, full stacks {b:.0} calls/s, ratio {:.2}",
-        b / a
-    );
+/// A single-threaded runtime: each side of the benchmark gets one thread and one core, so runs
+/// do not depend on where work stealing puts the tasks.
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime")
+}
+
+fn main() {
+    // The servers, each kind with and without layers, on a thread of their own.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let server = std::thread::Builder::new().name("server".into());
+    let _ = server.spawn(move || {
+        runtime().block_on(async move {
+            let tcp_plain = server_stack()
+                .serve(Router::new().route("add", add))
+                .bind("127.0.0.1:0", RpcudpCodec::new())
+                .await
+                .expect("bind");
+            let tcp_layered = server_stack()
+                .serve(layered_router())
+                .bind("127.0.0.1:0", RpcudpCodec::new())
+                .await
+                .expect("bind");
+            let udp_plain = udp::Builder::new()
+                .serve(Router::new().route("add", add))
+                .bind("127.0.0.1:0", RpcudpCodec::new())
+                .await
+                .expect("bind");
+            let udp_layered = udp::Builder::new()
+                .serve(layered_router())
+                .bind("127.0.0.1:0", RpcudpCodec::new())
+                .await
+                .expect("bind");
+            tx.send([
+                tcp_plain.local_addr(),
+                tcp_layered.local_addr(),
+                udp_plain.local_addr(),
+                udp_layered.local_addr(),
+            ])
+            .expect("the bench waits");
+            // Served until the process exits.
+            std::future::pending::<()>().await;
+        })
+    });
+    let [tcp_plain, tcp_layered, udp_plain, udp_layered] = rx.recv().expect("servers bound");
+
+    let shape = std::env::var("RPC_BENCH_SHAPE").unwrap_or_default();
+    runtime().block_on(async {
+        // TCP, 64 in flight on one connection.
+        if shape.is_empty() || shape == "tcp" {
+            let plain = tcp::Builder::new().connect(tcp_plain, RpcudpCodec::new());
+            let layered =
+                client_stack(tcp::Builder::new().connect(tcp_layered, RpcudpCodec::new()));
+            compare("tcp, 64 in flight", &plain, &layered, 64).await;
+        }
+        // UDP, 1 in flight.
+        if shape.is_empty() || shape == "udp" {
+            let ep = udp::Endpoint::bind("127.0.0.1:0", RpcudpCodec::new())
+                .await
+                .expect("bind");
+            let plain = ep.client(udp_plain);
+            let layered = client_stack(ep.client(udp_layered));
+            compare("udp, 1 in flight", &plain, &layered, 1).await;
+        }
+    });
 }
