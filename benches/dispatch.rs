@@ -14,12 +14,11 @@ use std::time::{Duration, Instant};
 use criterion::{criterion_group, criterion_main, Criterion};
 use rpc_codecs::msgpack::MsgPack;
 use rpc_core::{BoxError, Client, Context, Payload, Peer, Request, Router, Serve};
-use rpc_middleware::deadline::DeadlineLayer;
+use rpc_middleware::deadline::{DeadlineLayer, SetDeadlineLayer};
 use rpc_middleware::limit::{KeyedConcurrencyLimitLayer, RateLimitLayer};
 use rpc_middleware::retry::RetryPolicy;
 use rpc_middleware::trace::{Metrics, TraceLayer};
 use tower::retry::RetryLayer;
-use tower::timeout::TimeoutLayer;
 use tower::ServiceBuilder;
 
 async fn add(a: i64, b: i64) -> i64 {
@@ -149,8 +148,8 @@ fn dispatch(c: &mut Criterion) {
     let bare = Client::new(channel.clone(), &MsgPack);
     let stacked = Client::new(channel, &MsgPack).layer(
         ServiceBuilder::new()
+            .layer(SetDeadlineLayer::new(Duration::from_secs(5)))
             .layer(RetryLayer::new(RetryPolicy::new()))
-            .layer(TimeoutLayer::new(Duration::from_secs(5)))
             .layer(RateLimitLayer::global(
                 1_000_000_000,
                 Duration::from_secs(1),

@@ -1,5 +1,5 @@
 //! What the full middleware stack costs: the same calls with no layers and with a client stack
-//! (timeout, retry, rate limit, concurrency limit) and a server stack (per-peer rate limit,
+//! (timeout as a deadline, retry, rate limit, concurrency limit) and a server stack (per-peer rate limit,
 //! per-peer concurrency, load shedding, deadlines, tracing), over loopback TCP with 64 calls in
 //! flight and over UDP with one, in alternating pairs; prints calls/s and the ratio.
 //!
@@ -14,13 +14,12 @@ use std::time::{Duration, Instant};
 
 use rpc_codecs::msgpack::RpcudpCodec;
 use rpc_core::{Client, Router};
-use rpc_middleware::deadline::DeadlineLayer;
+use rpc_middleware::deadline::{DeadlineLayer, SetDeadlineLayer};
 use rpc_middleware::limit::{KeyedConcurrencyLimitLayer, RateLimitLayer};
 use rpc_middleware::retry::RetryPolicy;
 use rpc_middleware::trace::{Metrics, TraceLayer};
 use rpc_transports::{tcp, udp};
 use tower::retry::RetryLayer;
-use tower::timeout::TimeoutLayer;
 use tower::ServiceBuilder;
 
 /// One measurement.
@@ -113,8 +112,10 @@ where
     let on = std::env::var_os("RPC_BENCH_NO_CLIENT_STACK").is_none();
     client.layer(
         ServiceBuilder::new()
+            // The timeout is the call's deadline, which the transport enforces with the timer it
+            // has for every call anyway (tower's `TimeoutLayer` would add a second one).
+            .option_layer(on.then(|| SetDeadlineLayer::new(Duration::from_secs(5))))
             .option_layer(on.then(|| RetryLayer::new(RetryPolicy::new())))
-            .option_layer(on.then(|| TimeoutLayer::new(Duration::from_secs(5))))
             .option_layer(on.then(|| RateLimitLayer::global(10_000_000, Duration::from_secs(1))))
             .option_layer(on.then(|| tower::limit::ConcurrencyLimitLayer::new(100_000)))
             .map_err(Into::<rpc_core::BoxError>::into)
