@@ -337,10 +337,12 @@ async fn serve_connection<S: Split>(
     let mut session = false;
     // The connection's own instance of the service.
     let mut serve = config.service.as_ref().map(Serve::local);
+    let drain = shared.drain.cancelled();
+    tokio::pin!(drain);
     loop {
         let next = tokio::select! {
             biased;
-            _ = shared.drain.cancelled() => break,
+            _ = &mut drain => break,
             r = async {
                 match config.idle_timeout {
                     Some(t) => tokio::time::timeout(t, frames.next()).await.ok(),

@@ -23,6 +23,9 @@ use super::framing::FrameError;
 use super::{Config, Counters};
 use crate::dispatch::{self, CallResult, Event, Link};
 
+/// The read buffer a connection starts with.
+const READ_BUFFER: usize = 4 * 1024;
+
 /// A byte stream that splits into halves the two tasks own.
 pub trait Split: Send + 'static {
     /// The read half.
@@ -91,7 +94,8 @@ impl<C: Codec> Conn<C> {
             me: me.clone(),
             codec,
             out: Outbox {
-                buf: Mutex::new(BytesMut::with_capacity(8 * 1024)),
+                // Grown by the first frames: an idle connection holds no buffer.
+                buf: Mutex::new(BytesMut::new()),
                 ready: Notify::new(),
                 drained: Notify::new(),
                 closing: AtomicBool::new(false),
@@ -107,10 +111,11 @@ impl<C: Codec> Conn<C> {
             counters,
             config,
         });
+        // Small to start with (memory per idle connection); grows with the frames.
         let frames = FramedRead::with_capacity(
             read,
             conn.config.framing.decoder(conn.config.max_frame),
-            16 * 1024,
+            READ_BUFFER,
         );
         tokio::spawn(read_loop(conn.clone(), frames));
         tokio::spawn(write_loop(conn.clone(), write));
@@ -249,9 +254,8 @@ impl<C: Codec> Conn<C> {
             .await?;
             return Ok(Payload::empty(format));
         }
-        let deadline = ctx
-            .deadline()
-            .unwrap_or_else(|| Instant::now() + self.config.timeout);
+        let now = Instant::now();
+        let deadline = ctx.deadline().unwrap_or(now + self.config.timeout);
         let waiter = loop {
             if let Some(w) = self.calls.register(self.codec.next_id(), ()) {
                 break w;
@@ -260,7 +264,7 @@ impl<C: Codec> Conn<C> {
         if !self.accepts_calls() {
             return Err(self.closed_error());
         }
-        let timeout = Some(deadline.saturating_duration_since(Instant::now()));
+        let timeout = Some(deadline.saturating_duration_since(now));
         self.send_frame(|dst| {
             self.codec
                 .encode_request_with_timeout(Some(waiter.id()), &method, &args, timeout, dst)
@@ -296,37 +300,44 @@ async fn read_loop<C: Codec, R: AsyncRead + Unpin>(
     let idle = conn.config.idle_timeout;
     // The connection's own instance of the service.
     let mut serve = conn.serve.as_ref().map(rpc_core::Serve::local);
+    // Made once, not per frame.
+    let closed = conn.closed.cancelled();
+    let drain = conn.drain.cancelled();
+    // One timer for idleness, re-armed when it fires rather than on every frame: a connection
+    // is closed between one and two idle timeouts after its last frame.
+    let timer = tokio::time::sleep(idle.unwrap_or(std::time::Duration::MAX / 4));
+    tokio::pin!(closed, drain, timer);
+    let mut active = false;
     loop {
         let next = tokio::select! {
             biased;
-            _ = conn.closed.cancelled() => return,
-            _ = conn.drain.cancelled() => break,
-            r = async {
-                match idle {
-                    Some(t) => tokio::time::timeout(t, frames.next()).await.ok(),
-                    None => Some(frames.next().await),
-                }
-            } => r,
-        };
-        match next {
-            // Idle: nothing received for the idle timeout.
-            None => {
-                if conn.idle() {
+            _ = &mut closed => return,
+            _ = &mut drain => break,
+            r = frames.next() => r,
+            _ = &mut timer, if idle.is_some() => {
+                let t = idle.unwrap_or_default();
+                timer.as_mut().reset(tokio::time::Instant::now() + t);
+                // Idle: nothing received for a whole period, and nothing in flight.
+                if !std::mem::take(&mut active) && conn.idle() {
                     Counters::add(&conn.counters.idle_closed);
                     tracing::debug!(peer = %conn.peer, "closing an idle connection");
                     conn.close();
                     return;
                 }
+                continue;
             }
-            Some(None) => {
+        };
+        active = true;
+        match next {
+            None => {
                 // The peer closed its side: what we still send may arrive, calls we wait for
                 // won't, so they fail now rather than when the requests being served are done.
                 conn.lost.store(true, Ordering::Relaxed);
                 conn.calls.close_all();
                 break;
             }
-            Some(Some(Ok(frame))) => dispatch::handle(&conn, serve.as_mut(), frame).await,
-            Some(Some(Err(e))) => {
+            Some(Ok(frame)) => dispatch::handle(&conn, serve.as_mut(), frame).await,
+            Some(Err(e)) => {
                 Counters::add(&conn.counters.bad_frames);
                 tracing::warn!(peer = %conn.peer, error = %e, "closing the connection");
                 conn.lost.store(true, Ordering::Relaxed);
@@ -343,7 +354,7 @@ async fn read_loop<C: Codec, R: AsyncRead + Unpin>(
 }
 
 async fn write_loop<C: Codec, W: AsyncWrite + Unpin>(conn: Arc<Conn<C>>, mut w: W) {
-    let mut spare = BytesMut::with_capacity(8 * 1024);
+    let mut spare = BytesMut::new();
     loop {
         {
             let mut buf = conn.out.lock();

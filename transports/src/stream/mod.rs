@@ -132,7 +132,9 @@ impl<T> Builder<T> {
     }
 
     /// Closes a connection after this long without frames and with nothing in flight;
-    /// `None` keeps idle connections. Default 5 minutes.
+    /// `None` keeps idle connections. Default 5 minutes. The timer is checked once a period,
+    /// not reset on every frame, so an idle connection closes between one and two periods
+    /// after its last frame.
     pub fn idle_timeout(mut self, timeout: Option<Duration>) -> Self {
         self.config.idle_timeout = timeout;
         self

@@ -479,9 +479,8 @@ impl<C: Codec> Shared<C> {
             .await?;
             return Ok(Payload::empty(format));
         }
-        let deadline = ctx
-            .deadline()
-            .unwrap_or_else(|| Instant::now() + self.timeout);
+        let now = Instant::now();
+        let deadline = ctx.deadline().unwrap_or(now + self.timeout);
         let waiter = loop {
             if let Some(w) = self.calls.register(self.codec.next_id(), peer) {
                 break w;
@@ -491,7 +490,7 @@ impl<C: Codec> Shared<C> {
         if self.closed.is_cancelled() {
             return Err(Error::Closed);
         }
-        let timeout = Some(deadline.saturating_duration_since(Instant::now()));
+        let timeout = Some(deadline.saturating_duration_since(now));
         let mut copy = self.retransmit.map(|_| Bytes::new());
         self.send_keeping(
             peer,
@@ -632,6 +631,9 @@ async fn receive_loop<C: Codec>(shared: Arc<Shared<C>>) {
     let mut buf = BytesMut::with_capacity(RECV_ARENA.max(limit));
     // The loop's own instance of the service, once the endpoint has one.
     let mut serve = None;
+    // Made once, not per datagram.
+    let closed = shared.closed.cancelled();
+    tokio::pin!(closed);
     loop {
         if buf.capacity() < limit {
             buf.reserve(RECV_ARENA.max(limit));
@@ -639,7 +641,7 @@ async fn receive_loop<C: Codec>(shared: Arc<Shared<C>>) {
         let mut room = (&mut buf).limit(limit);
         let received = tokio::select! {
             biased;
-            _ = shared.closed.cancelled() => break,
+            _ = &mut closed => break,
             r = shared.socket.recv_buf_from(&mut room) => r,
         };
         let (n, from) = match received {
