@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::hash::Hash;
+use std::hash::{BuildHasherDefault, Hash, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
@@ -33,16 +33,71 @@ struct Slot<P, V> {
     tx: oneshot::Sender<V>,
 }
 
+/// Hashes the table's ids: a multiply-rotate fold of their bytes, as FxHash does, instead of
+/// SipHash. The table's keys are ids this side chose (random or sequential); a peer can only
+/// look ids up, never insert them, so it cannot build the colliding set a seeded hash guards
+/// against.
+#[derive(Default, Clone, Copy)]
+struct IdHasher(u64);
+
+impl IdHasher {
+    #[inline]
+    fn add(&mut self, word: u64) {
+        self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(0x517c_c1b7_2722_0a95);
+    }
+}
+
+impl Hasher for IdHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        let mut chunks = bytes.chunks_exact(8);
+        for c in &mut chunks {
+            self.add(u64::from_le_bytes(c.try_into().expect("8 bytes")));
+        }
+        let rest = chunks.remainder();
+        if !rest.is_empty() {
+            let mut last = [0u8; 8];
+            last[..rest.len()].copy_from_slice(rest);
+            self.add(u64::from_le_bytes(last));
+        }
+    }
+
+    fn write_u8(&mut self, n: u8) {
+        self.add(n.into());
+    }
+
+    fn write_u16(&mut self, n: u16) {
+        self.add(n.into());
+    }
+
+    fn write_u32(&mut self, n: u32) {
+        self.add(n.into());
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.add(n);
+    }
+
+    fn write_usize(&mut self, n: usize) {
+        self.add(n as u64);
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+type Slots<Id, P, V> = HashMap<Id, Slot<P, V>, BuildHasherDefault<IdHasher>>;
+
 /// Calls in flight, keyed by id; `P` is the peer type and `V` the delivered value.
 pub struct InFlight<Id, P, V> {
-    slots: Mutex<HashMap<Id, Slot<P, V>>>,
+    slots: Mutex<Slots<Id, P, V>>,
     serial: AtomicU64,
 }
 
 impl<Id, P, V> Default for InFlight<Id, P, V> {
     fn default() -> Self {
         Self {
-            slots: Mutex::new(HashMap::new()),
+            slots: Mutex::new(HashMap::default()),
             serial: AtomicU64::new(0),
         }
     }
@@ -54,7 +109,7 @@ impl<Id: Hash + Eq + Clone, P: PartialEq, V> InFlight<Id, P, V> {
         Arc::new(Self::default())
     }
 
-    fn lock(&self) -> MutexGuard<'_, HashMap<Id, Slot<P, V>>> {
+    fn lock(&self) -> MutexGuard<'_, Slots<Id, P, V>> {
         // The map stays consistent across a panic in another holder: no invariant spans two calls.
         self.slots.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -71,6 +126,7 @@ impl<Id: Hash + Eq + Clone, P: PartialEq, V> InFlight<Id, P, V> {
         Some(Waiter {
             rx,
             serial,
+            answered: false,
             table: self.clone(),
             id,
         })
@@ -79,11 +135,14 @@ impl<Id: Hash + Eq + Clone, P: PartialEq, V> InFlight<Id, P, V> {
     /// Hands a response from `from` to the caller waiting on `id`.
     pub fn deliver(&self, id: &Id, from: &P, value: V) -> Delivery {
         let mut slots = self.lock();
-        match slots.get(id) {
+        match slots.remove_entry(id) {
             None => Delivery::UnknownId,
-            Some(slot) if slot.peer != *from => Delivery::WrongPeer,
-            Some(_) => {
-                let slot = slots.remove(id).expect("present under the lock");
+            Some((id, slot)) if slot.peer != *from => {
+                // Spoofed: the call keeps waiting for its peer.
+                slots.insert(id, slot);
+                Delivery::WrongPeer
+            }
+            Some((_, slot)) => {
                 drop(slots);
                 // The caller may have given up between the lookup and now; nothing to do then.
                 let _ = slot.tx.send(value);
@@ -124,6 +183,8 @@ impl<Id, P, V> fmt::Debug for InFlight<Id, P, V> {
 pub struct Waiter<Id: Hash + Eq + Clone, P: PartialEq, V> {
     rx: oneshot::Receiver<V>,
     serial: u64,
+    /// Answered: the table no longer holds the slot.
+    answered: bool,
     table: Arc<InFlight<Id, P, V>>,
     id: Id,
 }
@@ -140,7 +201,10 @@ impl<Id: Hash + Eq + Clone, P: PartialEq, V> Waiter<Id, P, V> {
     /// [`InFlight::close_all`].
     pub async fn wait(mut self, deadline: Instant) -> Result<V, Error> {
         match tokio::time::timeout_at(deadline, &mut self.rx).await {
-            Ok(Ok(v)) => Ok(v),
+            Ok(Ok(v)) => {
+                self.answered = true;
+                Ok(v)
+            }
             Ok(Err(_)) => Err(Error::Closed),
             Err(_) => Err(Error::Timeout),
         }
@@ -149,6 +213,9 @@ impl<Id: Hash + Eq + Clone, P: PartialEq, V> Waiter<Id, P, V> {
 
 impl<Id: Hash + Eq + Clone, P: PartialEq, V> Drop for Waiter<Id, P, V> {
     fn drop(&mut self) {
+        if self.answered {
+            return;
+        }
         // Only remove our own slot: after delivery the id is free and may be in use again.
         let mut slots = self.table.lock();
         if slots.get(&self.id).is_some_and(|s| s.serial == self.serial) {

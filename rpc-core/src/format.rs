@@ -50,7 +50,8 @@ pub trait Format: fmt::Debug + Send + Sync + 'static {
 
 /// Encodes `value` in `format` into fresh bytes.
 pub fn encode<T: Serialize + ?Sized>(format: &dyn Format, value: &T) -> Result<Bytes, Error> {
-    let mut dst = BytesMut::new();
+    // Room for typical arguments and results at once, rather than growing from nothing.
+    let mut dst = BytesMut::with_capacity(64);
     format.encode(&value, &mut dst).map_err(Error::Codec)?;
     Ok(dst.freeze())
 }

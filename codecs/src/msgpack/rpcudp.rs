@@ -203,7 +203,12 @@ impl Codec for RpcudpCodec {
     }
 
     fn next_id(&self) -> MessageId {
-        MessageId(rand::random())
+        // Unpredictable, as rpcudp's own: a peer that could guess the ids of calls to others
+        // could answer them with a forged source address. One fill from the thread's ChaCha
+        // generator (sampling the array would draw a word per byte).
+        let mut id = [0u8; ID_LEN];
+        rand::RngCore::fill_bytes(&mut rand::rng(), &mut id);
+        MessageId(id)
     }
 
     fn decode(&self, frame: Bytes) -> Result<Message<MessageId>, DecodeError<MessageId>> {
