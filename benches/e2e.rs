@@ -461,15 +461,25 @@ async fn load<C: Caller>(conns: &[C], in_flight: usize, secs: Duration) -> Run {
         c.call().await;
     }
     let start = Instant::now();
+    // Callers stop when this is set, rather than each reading the clock once more per call.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let timer = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(secs).await;
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        })
+    };
     let mut tasks = Vec::new();
     for c in conns {
         for _ in 0..in_flight {
             let c = c.clone();
+            let stop = stop.clone();
             tasks.push(tokio::spawn(async move {
                 let mut h = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 2)
                     .expect("histogram bounds");
                 let mut n = 0u64;
-                while start.elapsed() < secs {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                     let t = Instant::now();
                     c.call().await;
                     h.saturating_record(t.elapsed().as_nanos() as u64);
@@ -479,6 +489,7 @@ async fn load<C: Caller>(conns: &[C], in_flight: usize, secs: Duration) -> Run {
             }));
         }
     }
+    timer.await.expect("the timer ran");
     let mut total = 0;
     let mut all = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 2).expect("bounds");
     for t in tasks {
