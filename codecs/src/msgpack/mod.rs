@@ -56,14 +56,15 @@ impl Format for MsgPack {
         _names: Option<&[&'static str]>,
         visit: &mut DeserializeFn<'_>,
     ) -> Result<(), BoxError> {
-        let mut rest = src;
-        let mut de = rmp_serde::Deserializer::new(&mut rest);
+        // Exactly one value: measured first (no allocation, no recursion), so the decoder can
+        // read straight from the slice, strings borrowed rather than copied through `io::Read`.
+        let len = skip_value(src)?;
+        if len != src.len() {
+            return Err(format!("{} trailing byte(s) after the value", src.len() - len).into());
+        }
+        let mut de = rmp_serde::Deserializer::from_read_ref(src);
         de.set_max_depth(MAX_DEPTH);
         visit(&mut <dyn erased_serde::Deserializer<'_>>::erase(&mut de))?;
-        drop(de);
-        if !rest.is_empty() {
-            return Err(format!("{} trailing byte(s) after the value", rest.len()).into());
-        }
         Ok(())
     }
 }
