@@ -48,12 +48,36 @@ pub trait Format: fmt::Debug + Send + Sync + 'static {
     ) -> Result<(), BoxError>;
 }
 
+/// The size of the chunks values are encoded into.
+const ARENA_CHUNK: usize = 4096;
+
+thread_local! {
+    /// Values are encoded into a chunk shared by this thread's recent payloads and split off
+    /// it: a payload costs no allocation of its own (a chunk is freed when its last payload
+    /// goes). A payload kept for long keeps its chunk, at most 4 KiB, alive.
+    static ARENA: std::cell::RefCell<BytesMut> = std::cell::RefCell::new(BytesMut::new());
+}
+
 /// Encodes `value` in `format` into fresh bytes.
 pub fn encode<T: Serialize + ?Sized>(format: &dyn Format, value: &T) -> Result<Bytes, Error> {
-    // Room for typical arguments and results at once, rather than growing from nothing.
-    let mut dst = BytesMut::with_capacity(64);
-    format.encode(&value, &mut dst).map_err(Error::Codec)?;
-    Ok(dst.freeze())
+    ARENA.with(|arena| {
+        // Re-entered only if a value's `Serialize` encodes another payload: give it its own.
+        let Ok(mut arena) = arena.try_borrow_mut() else {
+            let mut dst = BytesMut::new();
+            format.encode(&value, &mut dst).map_err(Error::Codec)?;
+            return Ok(dst.freeze());
+        };
+        if arena.capacity() < ARENA_CHUNK / 16 {
+            *arena = BytesMut::with_capacity(ARENA_CHUNK);
+        }
+        match format.encode(&value, &mut arena) {
+            Ok(()) => Ok(arena.split().freeze()),
+            Err(e) => {
+                arena.clear();
+                Err(Error::Codec(e))
+            }
+        }
+    })
 }
 
 /// Decodes a `T` from `src` in `format`.

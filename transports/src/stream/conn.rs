@@ -8,7 +8,7 @@ use std::task::{Context as TaskContext, Poll};
 
 use bytes::BytesMut;
 use futures::future::BoxFuture;
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use rpc_core::calls::{Delivery, InFlight};
 use rpc_core::codec::Codec;
 use rpc_core::context::Origin;
@@ -22,6 +22,9 @@ use tokio_util::sync::CancellationToken;
 use super::framing::FrameError;
 use super::{Config, Counters};
 use crate::dispatch::{self, CallResult, Event, Link};
+
+/// The most frames a connection's reader takes in a row before it looks at its cancellation.
+const BURST: usize = 64;
 
 /// The read buffer a connection starts with.
 const READ_BUFFER: usize = 4 * 1024;
@@ -308,7 +311,7 @@ async fn read_loop<C: Codec, R: AsyncRead + Unpin>(
     let timer = tokio::time::sleep(idle.unwrap_or(std::time::Duration::MAX / 4));
     tokio::pin!(closed, drain, timer);
     let mut active = false;
-    loop {
+    'frames: loop {
         let next = tokio::select! {
             biased;
             _ = &mut closed => return,
@@ -328,23 +331,40 @@ async fn read_loop<C: Codec, R: AsyncRead + Unpin>(
             }
         };
         active = true;
-        match next {
-            None => {
-                // The peer closed its side: what we still send may arrive, calls we wait for
-                // won't, so they fail now rather than when the requests being served are done.
-                conn.lost.store(true, Ordering::Relaxed);
-                conn.calls.close_all();
+        let mut next = next;
+        // Frames already buffered are taken without going back through the select (whose
+        // cancellation checks cost more than a small frame), up to a burst.
+        let mut burst = 0;
+        loop {
+            match next {
+                None => {
+                    // The peer closed its side: what we still send may arrive, calls we wait
+                    // for won't, so they fail now rather than when the requests being served
+                    // are done.
+                    conn.lost.store(true, Ordering::Relaxed);
+                    conn.calls.close_all();
+                    break 'frames;
+                }
+                Some(Ok(frame)) => dispatch::handle(&conn, serve.as_mut(), frame).await,
+                Some(Err(e)) => {
+                    Counters::add(&conn.counters.bad_frames);
+                    tracing::warn!(peer = %conn.peer, error = %e, "closing the connection");
+                    conn.lost.store(true, Ordering::Relaxed);
+                    conn.calls.close_all();
+                    conn.answered().await;
+                    conn.fail(&e);
+                    return;
+                }
+            }
+            burst += 1;
+            if burst == BURST {
                 break;
             }
-            Some(Ok(frame)) => dispatch::handle(&conn, serve.as_mut(), frame).await,
-            Some(Err(e)) => {
-                Counters::add(&conn.counters.bad_frames);
-                tracing::warn!(peer = %conn.peer, error = %e, "closing the connection");
-                conn.lost.store(true, Ordering::Relaxed);
-                conn.calls.close_all();
-                conn.answered().await;
-                conn.fail(&e);
-                return;
+            // Polled with a no-op waker: if nothing is buffered, the select above polls it
+            // again with this task's waker before waiting.
+            match frames.next().now_or_never() {
+                Some(n) => next = n,
+                None => break,
             }
         }
     }
@@ -355,6 +375,8 @@ async fn read_loop<C: Codec, R: AsyncRead + Unpin>(
 
 async fn write_loop<C: Codec, W: AsyncWrite + Unpin>(conn: Arc<Conn<C>>, mut w: W) {
     let mut spare = BytesMut::new();
+    let closed = conn.closed.cancelled();
+    tokio::pin!(closed);
     loop {
         {
             let mut buf = conn.out.lock();
@@ -366,7 +388,7 @@ async fn write_loop<C: Codec, W: AsyncWrite + Unpin>(conn: Arc<Conn<C>>, mut w: 
             }
             tokio::select! {
                 _ = conn.out.ready.notified() => {}
-                _ = conn.closed.cancelled() => {
+                _ = &mut closed => {
                     // Write what is still queued before going.
                     conn.out.closing.store(true, Ordering::Release);
                 }
