@@ -655,7 +655,12 @@ async fn receive_loop<C: Codec>(shared: Arc<Shared<C>>) {
             None
         };
         let received = match ready {
-            Some(r) => r,
+            Some(r) => {
+                // Counts against the task's budget as a receive through the select would, so
+                // a flood still lets the runtime's other tasks run.
+                tokio::task::consume_budget().await;
+                r
+            }
             None => {
                 burst = 0;
                 tokio::select! {
