@@ -167,6 +167,43 @@ struct Envelope<'a> {
     unknown: Option<String>,
 }
 
+/// A member's name: the ones the envelope knows are matched without allocating (serde_json
+/// hands keys over as owned strings to a `Cow`).
+enum Member {
+    Known(&'static str),
+    Unknown(String),
+}
+
+impl<'de> Deserialize<'de> for Member {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = Member;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a member name")
+            }
+
+            fn visit_str<E: serde::de::Error>(self, name: &str) -> Result<Member, E> {
+                const KNOWN: [&str; 7] = [
+                    "jsonrpc",
+                    "method",
+                    "params",
+                    "id",
+                    "result",
+                    "error",
+                    "timeout_ms",
+                ];
+                Ok(match KNOWN.iter().find(|k| **k == name) {
+                    Some(k) => Member::Known(k),
+                    None => Member::Unknown(name.to_owned()),
+                })
+            }
+        }
+        d.deserialize_identifier(V)
+    }
+}
+
 impl<'de> Deserialize<'de> for Envelope<'de> {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         struct V;
@@ -182,24 +219,28 @@ impl<'de> Deserialize<'de> for Envelope<'de> {
                 mut map: A,
             ) -> Result<Self::Value, A::Error> {
                 let mut env = Envelope::default();
-                while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
-                    let slot = match &*key {
-                        "jsonrpc" => &mut env.jsonrpc,
-                        "method" => &mut env.method,
-                        "params" => &mut env.params,
-                        "id" => &mut env.id,
-                        "result" => &mut env.result,
-                        "error" => &mut env.error,
-                        "timeout_ms" => &mut env.timeout_ms,
-                        _ => {
+                while let Some(key) = map.next_key::<Member>()? {
+                    let slot = match key {
+                        Member::Known("jsonrpc") => &mut env.jsonrpc,
+                        Member::Known("method") => &mut env.method,
+                        Member::Known("params") => &mut env.params,
+                        Member::Known("id") => &mut env.id,
+                        Member::Known("result") => &mut env.result,
+                        Member::Known("error") => &mut env.error,
+                        // The last of the known names.
+                        Member::Known(_) => &mut env.timeout_ms,
+                        Member::Unknown(name) => {
                             map.next_value::<serde::de::IgnoredAny>()?;
-                            env.unknown.get_or_insert_with(|| key.into_owned());
+                            env.unknown.get_or_insert(name);
                             continue;
                         }
                     };
                     if slot.is_some() {
+                        let Member::Known(name) = key else {
+                            unreachable!("unknown members are skipped above")
+                        };
                         return Err(serde::de::Error::custom(format_args!(
-                            "duplicate member {key:?}"
+                            "duplicate member {name:?}"
                         )));
                     }
                     *slot = Some(map.next_value()?);

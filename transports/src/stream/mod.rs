@@ -520,6 +520,10 @@ impl<C: Codec, T: Transport> Service<Request> for Channel<C, T> {
     }
 
     fn call(&mut self, req: Request) -> Self::Future {
+        // Connected: a smaller future than one that may have to connect first.
+        if let Some(conn) = self.shared.live() {
+            return Box::pin(async move { conn.call(req).await });
+        }
         let shared = self.shared.clone();
         Box::pin(async move { shared.conn().await?.call(req).await })
     }
