@@ -9,10 +9,9 @@
 //! parameter names (JSON-RPC's by-name params) map them onto the positions the handler declared.
 
 use std::fmt;
-use std::marker::PhantomData;
 
 use bytes::{Bytes, BytesMut};
-use serde::de::{DeserializeOwned, IgnoredAny, SeqAccess, Visitor};
+use serde::de::{DeserializeOwned, DeserializeSeed, IgnoredAny, SeqAccess, Visitor};
 use serde::ser::SerializeTuple;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
@@ -225,10 +224,34 @@ pub trait FromArgs: Sized {
     fn from_args(payload: &Payload, names: Option<&[&'static str]>) -> Result<Self, ServerError>;
 }
 
-struct ExactSeq<T>(PhantomData<T>);
+/// Decodes an argument tuple into a slot rather than returning it: through `erased_serde` a
+/// returned value is boxed (when over two words), a stored one is not.
+struct SlotSeq<'a, T>(&'a mut Option<T>);
 
-/// An argument tuple decoded with an exact count.
-struct Exact<T>(T);
+/// Decodes one argument into a slot, for the same reason.
+struct Slot<'a, T>(&'a mut Option<T>);
+
+impl<'de, T: Deserialize<'de>> DeserializeSeed<'de> for Slot<'_, T> {
+    type Value = ();
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        *self.0 = Some(T::deserialize(d)?);
+        Ok(())
+    }
+}
+
+/// The next argument of `seq`, of `n` expected, `got` so far.
+fn next_arg<'de, T: Deserialize<'de>, A: SeqAccess<'de>>(
+    seq: &mut A,
+    n: usize,
+    got: usize,
+) -> Result<T, A::Error> {
+    let mut slot = None;
+    seq.next_element_seed(Slot(&mut slot))?;
+    slot.ok_or_else(|| {
+        serde::de::Error::custom(format_args!("expected {n} argument(s), got {got}"))
+    })
+}
 
 macro_rules! tuples {
     ($n:expr; $($t:ident $v:ident),*) => {
@@ -242,46 +265,37 @@ macro_rules! tuples {
             }
         }
 
-        impl<'de, $($t: Deserialize<'de>),*> Visitor<'de> for ExactSeq<($($t,)*)> {
-            type Value = ($($t,)*);
+        impl<'de, $($t: Deserialize<'de>),*> Visitor<'de> for SlotSeq<'_, ($($t,)*)> {
+            type Value = ();
 
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 write!(f, "a list of {} argument(s)", $n)
             }
 
             #[allow(unused_variables, unused_mut, unused_assignments)]
-            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
                 let mut got = 0usize;
                 $(
-                    let $v: $t = match seq.next_element()? {
-                        Some(v) => v,
-                        None => return Err(serde::de::Error::custom(format_args!(
-                            "expected {} argument(s), got {}", $n, got))),
-                    };
+                    let $v: $t = next_arg(&mut seq, $n, got)?;
                     got += 1;
                 )*
                 if seq.next_element::<IgnoredAny>()?.is_some() {
                     return Err(serde::de::Error::custom(format_args!(
                         "expected {} argument(s), got more", $n)));
                 }
-                Ok(($($v,)*))
+                *self.0 = Some(($($v,)*));
+                Ok(())
             }
 
             // Formats that write "no arguments" as null (or leave them out) mean an empty list.
-            fn visit_unit<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+            fn visit_unit<E: serde::de::Error>(self) -> Result<(), E> {
                 self.visit_seq(serde::de::value::SeqDeserializer::<std::iter::Empty<()>, E>::new(
                     std::iter::empty(),
                 ))
             }
 
-            fn visit_none<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+            fn visit_none<E: serde::de::Error>(self) -> Result<(), E> {
                 self.visit_unit()
-            }
-        }
-
-        impl<'de, $($t: Deserialize<'de>),*> Deserialize<'de> for Exact<($($t,)*)> {
-            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-                d.deserialize_tuple($n, ExactSeq::<($($t,)*)>(PhantomData)).map(Exact)
             }
         }
 
@@ -289,7 +303,14 @@ macro_rules! tuples {
             const ARITY: usize = $n;
 
             fn from_args(payload: &Payload, names: Option<&[&'static str]>) -> Result<Self, ServerError> {
-                payload.decode_args::<Exact<Self>>(names).map(|e| e.0)
+                let mut slot = None;
+                payload
+                    .format
+                    .decode(&payload.bytes, names, &mut |de| {
+                        de.deserialize_tuple($n, SlotSeq::<($($t,)*)>(&mut slot))
+                    })
+                    .map_err(ServerError::invalid_params)?;
+                slot.ok_or_else(|| ServerError::invalid_params("the format produced no value"))
             }
         }
     };
