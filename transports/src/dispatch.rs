@@ -29,7 +29,7 @@ pub(crate) enum Event {
 /// The result a response carries, before it becomes a `Payload`.
 pub(crate) type CallResult = Result<Bytes, ServerError>;
 
-/// One peer as seen by the dispatcher: where answers go and what serves requests.
+/// One peer as seen by the dispatcher: where answers go, and how requests are bounded.
 pub(crate) trait Link<C: Codec>: Clone + Send + Sync + 'static {
     fn codec(&self) -> &C;
     /// Bounds the requests served at once.
@@ -63,8 +63,9 @@ pub(crate) trait Link<C: Codec>: Clone + Send + Sync + 'static {
     }
 }
 
-/// Handles one received frame; `serve` is the receive loop's instance of the link's service
-/// (see [`Serve::local`](rpc_core::Serve::local)).
+/// Handles one received frame; `serve` is the receive loop's instance of its service (see
+/// [`Serve::local`](rpc_core::Serve::local)); without one, requests are answered "method not
+/// found".
 pub(crate) async fn handle<C: Codec, L: Link<C>>(
     link: &L,
     serve: Option<&mut LocalServe>,
