@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::hash::{BuildHasherDefault, Hash, Hasher};
+use std::hash::Hash;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
@@ -15,6 +15,7 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use crate::error::Error;
+use crate::hash::FoldState;
 
 /// What became of a delivered response.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,60 +34,9 @@ struct Slot<P, V> {
     tx: oneshot::Sender<V>,
 }
 
-/// Hashes the table's ids: a multiply-rotate fold of their bytes, as FxHash does, instead of
-/// SipHash. The table's keys are ids this side chose (random or sequential); a peer can only
-/// look ids up, never insert them, so it cannot build the colliding set a seeded hash guards
-/// against.
-#[derive(Default, Clone, Copy)]
-struct IdHasher(u64);
-
-impl IdHasher {
-    #[inline]
-    fn add(&mut self, word: u64) {
-        self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(0x517c_c1b7_2722_0a95);
-    }
-}
-
-impl Hasher for IdHasher {
-    fn write(&mut self, bytes: &[u8]) {
-        let mut chunks = bytes.chunks_exact(8);
-        for c in &mut chunks {
-            self.add(u64::from_le_bytes(c.try_into().expect("8 bytes")));
-        }
-        let rest = chunks.remainder();
-        if !rest.is_empty() {
-            let mut last = [0u8; 8];
-            last[..rest.len()].copy_from_slice(rest);
-            self.add(u64::from_le_bytes(last));
-        }
-    }
-
-    fn write_u8(&mut self, n: u8) {
-        self.add(n.into());
-    }
-
-    fn write_u16(&mut self, n: u16) {
-        self.add(n.into());
-    }
-
-    fn write_u32(&mut self, n: u32) {
-        self.add(n.into());
-    }
-
-    fn write_u64(&mut self, n: u64) {
-        self.add(n);
-    }
-
-    fn write_usize(&mut self, n: usize) {
-        self.add(n as u64);
-    }
-
-    fn finish(&self) -> u64 {
-        self.0
-    }
-}
-
-type Slots<Id, P, V> = HashMap<Id, Slot<P, V>, BuildHasherDefault<IdHasher>>;
+/// The table's keys are ids this side chose (random or sequential); a peer can only look ids
+/// up, never insert them, so it cannot build the colliding set a seeded hash guards against.
+type Slots<Id, P, V> = HashMap<Id, Slot<P, V>, FoldState>;
 
 /// Calls in flight, keyed by id; `P` is the peer type and `V` the delivered value.
 pub struct InFlight<Id, P, V> {

@@ -60,6 +60,7 @@ pub mod context;
 pub mod error;
 pub mod format;
 pub mod handler;
+mod hash;
 pub mod message;
 pub mod router;
 pub mod serve;

@@ -10,6 +10,7 @@ use futures::future::{BoxFuture, FutureExt, Map};
 
 use crate::error::ServerError;
 use crate::handler::Handler;
+use crate::hash::FoldState;
 use crate::message::{Method, Request, Response};
 
 type Dispatch =
@@ -139,8 +140,9 @@ impl fmt::Debug for Route {
 /// ```
 #[derive(Clone, Default)]
 pub struct Router {
-    names: Arc<HashMap<Box<str>, Arc<Entry>>>,
-    commands: Arc<HashMap<u16, Arc<Entry>>>,
+    // Keys chosen by the application, looked up by peers: a fold hash is enough.
+    names: Arc<HashMap<Box<str>, Arc<Entry>, FoldState>>,
+    commands: Arc<HashMap<u16, Arc<Entry>, FoldState>>,
 }
 
 impl Router {
