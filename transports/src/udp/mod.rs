@@ -626,9 +626,6 @@ impl<C: Codec> Link<C> for UdpLink<C> {
     }
 }
 
-/// The most datagrams the receive loop takes in a row before it looks at its cancellation.
-const BURST: usize = 64;
-
 async fn receive_loop<C: Codec>(shared: Arc<Shared<C>>) {
     let limit = shared.max_datagram + 1;
     let mut buf = BytesMut::with_capacity(RECV_ARENA.max(limit));
@@ -637,38 +634,15 @@ async fn receive_loop<C: Codec>(shared: Arc<Shared<C>>) {
     // Made once, not per datagram.
     let closed = shared.closed.cancelled();
     tokio::pin!(closed);
-    let mut burst = 0;
     loop {
         if buf.capacity() < limit {
             buf.reserve(RECV_ARENA.max(limit));
         }
         let mut room = (&mut buf).limit(limit);
-        // While datagrams keep coming, take them without going through the select (whose
-        // cancellation check costs more than a small datagram), up to a burst.
-        burst += 1;
-        let ready = if burst < BURST {
-            match shared.socket.try_recv_buf_from(&mut room) {
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => None,
-                r => Some(r),
-            }
-        } else {
-            None
-        };
-        let received = match ready {
-            Some(r) => {
-                // Counts against the task's budget as a receive through the select would, so
-                // a flood still lets the runtime's other tasks run.
-                tokio::task::consume_budget().await;
-                r
-            }
-            None => {
-                burst = 0;
-                tokio::select! {
-                    biased;
-                    _ = &mut closed => break,
-                    r = shared.socket.recv_buf_from(&mut room) => r,
-                }
-            }
+        let received = tokio::select! {
+            biased;
+            _ = &mut closed => break,
+            r = shared.socket.recv_buf_from(&mut room) => r,
         };
         let (n, from) = match received {
             Ok(r) => r,
