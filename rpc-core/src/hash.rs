@@ -1,62 +1,10 @@
 //! A fast hash for maps whose keys this side chooses.
 
-use std::hash::{BuildHasherDefault, Hasher};
-
-/// A multiply-rotate fold of the bytes, as FxHash does, instead of SipHash: for maps whose keys
-/// only this side inserts (call ids, a router's method names and command ids). A peer can look
-/// keys up but never insert one, so it cannot build the colliding set a seeded hash guards
+/// foldhash's fast hash with a fixed seed, instead of SipHash, for maps whose keys only this
+/// side inserts (call ids, a router's method names and command ids). A peer can look keys up
+/// but never insert one, so it cannot build the colliding set a seeded, keyed hash guards
 /// against.
-#[derive(Default, Clone, Copy)]
-pub(crate) struct FoldHasher(u64);
-
-/// Builds [`FoldHasher`]s.
-pub(crate) type FoldState = BuildHasherDefault<FoldHasher>;
-
-impl FoldHasher {
-    #[inline]
-    fn add(&mut self, word: u64) {
-        self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(0x517c_c1b7_2722_0a95);
-    }
-}
-
-impl Hasher for FoldHasher {
-    fn write(&mut self, bytes: &[u8]) {
-        let mut chunks = bytes.chunks_exact(8);
-        for c in &mut chunks {
-            self.add(u64::from_le_bytes(c.try_into().expect("8 bytes")));
-        }
-        let rest = chunks.remainder();
-        if !rest.is_empty() {
-            let mut last = [0u8; 8];
-            last[..rest.len()].copy_from_slice(rest);
-            self.add(u64::from_le_bytes(last));
-        }
-    }
-
-    fn write_u8(&mut self, n: u8) {
-        self.add(n.into());
-    }
-
-    fn write_u16(&mut self, n: u16) {
-        self.add(n.into());
-    }
-
-    fn write_u32(&mut self, n: u32) {
-        self.add(n.into());
-    }
-
-    fn write_u64(&mut self, n: u64) {
-        self.add(n);
-    }
-
-    fn write_usize(&mut self, n: usize) {
-        self.add(n as u64);
-    }
-
-    fn finish(&self) -> u64 {
-        self.0
-    }
-}
+pub(crate) type FoldState = foldhash::fast::FixedState;
 
 #[cfg(test)]
 mod tests {
