@@ -5,8 +5,9 @@
 //! handlers are written once, not per codec.
 //!
 //! Arguments are a positional list. A caller passes a tuple (`()` for none, `(x,)` for one, `(x, y)`,
-//! ...) or a `Vec` of one type; [`Params`] carries an already encoded list. Formats that know
-//! parameter names (JSON-RPC's by-name params) map them onto the positions the handler declared.
+//! ...) or a `Vec` of one type; a [`Request`](crate::Request) can also carry an already encoded
+//! [`Payload`]. Formats that know parameter names (JSON-RPC's by-name params) map them onto the
+//! positions the handler declared.
 
 use std::fmt;
 
@@ -45,6 +46,34 @@ pub trait Format: fmt::Debug + Send + Sync + 'static {
         names: Option<&[&'static str]>,
         visit: &mut DeserializeFn<'_>,
     ) -> Result<(), BoxError>;
+
+    /// Which of rpc-core's own formats this is, if any: typed code encodes and decodes those
+    /// directly instead of through `erased_serde`. Only rpc-core can answer `Some`.
+    #[doc(hidden)]
+    fn native(&self) -> Option<Native> {
+        None
+    }
+}
+
+/// A format rpc-core implements itself (see [`Format::native`]).
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Native {
+    /// [`MsgPack`](crate::msgpack::MsgPack).
+    #[non_exhaustive]
+    MsgPack,
+}
+
+/// Appends `value` in `format` to `dst`, without type erasure when the format is native.
+fn encode_into<T: Serialize + ?Sized>(
+    format: &dyn Format,
+    value: &T,
+    dst: &mut BytesMut,
+) -> Result<(), BoxError> {
+    match format.native() {
+        Some(Native::MsgPack) => crate::msgpack::encode(value, dst),
+        None => format.encode(&value, dst),
+    }
 }
 
 /// The size of the chunks values are encoded into.
@@ -63,13 +92,13 @@ pub fn encode<T: Serialize + ?Sized>(format: &dyn Format, value: &T) -> Result<B
         // Re-entered only if a value's `Serialize` encodes another payload: give it its own.
         let Ok(mut arena) = arena.try_borrow_mut() else {
             let mut dst = BytesMut::new();
-            format.encode(&value, &mut dst).map_err(Error::Codec)?;
+            encode_into(format, value, &mut dst).map_err(Error::Codec)?;
             return Ok(dst.freeze());
         };
         if arena.capacity() < ARENA_CHUNK / 16 {
             *arena = BytesMut::with_capacity(ARENA_CHUNK);
         }
-        match format.encode(&value, &mut arena) {
+        match encode_into(format, value, &mut arena) {
             Ok(()) => Ok(arena.split().freeze()),
             Err(e) => {
                 arena.clear();
@@ -85,6 +114,9 @@ pub fn decode<T: DeserializeOwned>(
     src: &[u8],
     names: Option<&[&'static str]>,
 ) -> Result<T, BoxError> {
+    if let Some(Native::MsgPack) = format.native() {
+        return crate::msgpack::decode(src, |de| Ok(T::deserialize(de)?));
+    }
     let mut out = None;
     format.decode(src, names, &mut |de| {
         out = Some(erased_serde::deserialize::<T>(de)?);
@@ -304,12 +336,14 @@ macro_rules! tuples {
 
             fn from_args(payload: &Payload, names: Option<&[&'static str]>) -> Result<Self, ServerError> {
                 let mut slot = None;
-                payload
-                    .format
-                    .decode(&payload.bytes, names, &mut |de| {
-                        de.deserialize_tuple($n, SlotSeq::<($($t,)*)>(&mut slot))
-                    })
-                    .map_err(ServerError::invalid_params)?;
+                let seq = SlotSeq::<($($t,)*)>(&mut slot);
+                match payload.format.native() {
+                    Some(Native::MsgPack) => crate::msgpack::decode_tuple(&payload.bytes, $n, seq),
+                    None => payload.format.decode(&payload.bytes, names, &mut |de| {
+                        de.deserialize_tuple($n, SlotSeq::<($($t,)*)>(seq.0))
+                    }),
+                }
+                .map_err(ServerError::invalid_params)?;
                 slot.ok_or_else(|| ServerError::invalid_params("the format produced no value"))
             }
         }

@@ -46,7 +46,8 @@
 //! - [`context`]: [`Context`], [`Peer`], [`Extensions`].
 //! - [`handler`], [`router`]: the server side.
 //! - [`client`]: the client side. [`calls`]: matching responses to calls in flight.
-//! - [`format`], [`codec`]: encodings. [`serve`]: what a transport does with a request.
+//! - [`format`](mod@format), [`codec`]: encodings; [`msgpack`]: the MessagePack value format.
+//! - [`serve`]: what a transport does with a request.
 //! - [`error`]: the error model.
 #![doc(test(
     no_crate_inject,
@@ -62,6 +63,7 @@ pub mod format;
 pub mod handler;
 mod hash;
 pub mod message;
+pub mod msgpack;
 pub mod router;
 pub mod serve;
 

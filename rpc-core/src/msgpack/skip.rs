@@ -28,7 +28,7 @@ impl std::error::Error for SkipError {}
 /// recursing), and in time linear in the input: every step consumes at least one byte.
 ///
 /// ```
-/// use rpc_codecs::msgpack::skip_value;
+/// use rpc_core::msgpack::skip_value;
 /// assert_eq!(skip_value(b"\x92\x01\xa1x\xff"), Ok(4));
 /// assert!(skip_value(b"\x92\x01").is_err());
 /// ```
