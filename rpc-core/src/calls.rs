@@ -68,11 +68,11 @@ impl<Id: Hash + Eq + Clone, P: PartialEq, V> InFlight<Id, P, V> {
     pub fn register(self: &Arc<Self>, id: Id, peer: P) -> Option<Waiter<Id, P, V>> {
         let (tx, rx) = oneshot::channel();
         let mut slots = self.lock();
-        if slots.contains_key(&id) {
+        let std::collections::hash_map::Entry::Vacant(free) = slots.entry(id.clone()) else {
             return None;
-        }
+        };
         let serial = self.serial.fetch_add(1, Ordering::Relaxed);
-        slots.insert(id.clone(), Slot { peer, serial, tx });
+        free.insert(Slot { peer, serial, tx });
         Some(Waiter {
             rx,
             serial,
