@@ -435,7 +435,11 @@ fn udp_garbage_flood_is_dropped_and_counted() {
             "[udp garbage] {} datagrams sent; server stats {stats:?}",
             sent.load(Ordering::Relaxed)
         );
-        served.assert_served_within("udp garbage", 10, UDP_FLOOD_LATENCY);
+        // Once the flood fills the socket's receive buffer the kernel drops datagrams from
+        // everyone alike, so how many of the good client's (retransmitted) requests get in is a
+        // lottery the server does not run: 11 to 56 calls in 2 s over 20 runs on a 2-core
+        // machine. The floor checks that it is served throughout, not how fairly the kernel drops.
+        served.assert_served_within("udp garbage", 5, UDP_FLOOD_LATENCY);
         assert!(stats.malformed > 0, "{stats:?}");
         assert!(stats.oversize > 0, "{stats:?}");
         // Still answering, to a new peer too.
