@@ -85,3 +85,13 @@ fn poll_once<F: std::future::Future + Unpin>(fut: &mut F) -> std::task::Poll<F::
     let waker = futures::task::noop_waker();
     std::pin::Pin::new(fut).poll(&mut std::task::Context::from_waker(&waker))
 }
+
+/// How often a call table checks its default timeout: a sixteenth of it, between 1 ms and 1 s.
+/// Calls left to the default timeout fail that much late at most; a deadline a caller sets has
+/// a timer of its own.
+fn sweep_tick(timeout: std::time::Duration) -> std::time::Duration {
+    (timeout / 16).clamp(
+        std::time::Duration::from_millis(1),
+        std::time::Duration::from_secs(1),
+    )
+}

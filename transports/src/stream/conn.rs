@@ -108,7 +108,7 @@ impl<C: Codec> Conn<C> {
                 drained: Notify::new(),
                 closing: AtomicBool::new(false),
             },
-            calls: InFlight::new(),
+            calls: InFlight::with_sweep_every(crate::sweep_tick(config.timeout)),
             serve,
             peer,
             closed: CancellationToken::new(),
@@ -263,9 +263,17 @@ impl<C: Codec> Conn<C> {
             return Ok(Payload::empty(format));
         }
         let now = Instant::now();
-        let deadline = ctx.deadline().unwrap_or(now + self.config.timeout);
+        // A deadline the caller set gets a timer of its own (exact); the default timeout is
+        // the table's to enforce, a tick late at most.
+        let own = ctx.deadline();
+        let deadline = own.unwrap_or(now + self.config.timeout);
         let waiter = loop {
-            if let Some(w) = self.calls.register(self.codec.next_id(), ()) {
+            let id = self.codec.next_id();
+            let w = match own {
+                Some(_) => self.calls.register(id, ()),
+                None => self.calls.register_expiring(id, (), deadline),
+            };
+            if let Some(w) = w {
                 break w;
             }
         };
@@ -279,7 +287,11 @@ impl<C: Codec> Conn<C> {
                 .map(|()| true)
         })
         .await?;
-        match waiter.wait(deadline).await {
+        let answer = match own {
+            Some(_) => waiter.wait(deadline).await,
+            None => waiter.wait_expiring().await,
+        };
+        match answer {
             Ok(Ok(bytes)) => Ok(Payload::new(bytes, format)),
             Ok(Err(e)) => Err(Error::Server(e)),
             Err(Error::Closed) => Err(self.closed_error()),

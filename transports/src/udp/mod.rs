@@ -132,6 +132,10 @@ impl Builder {
     }
 
     /// How long a call waits for its response when its request has no deadline. Default 5 s.
+    ///
+    /// The endpoint's call table enforces it, checking every sixteenth of it (1 ms to 1 s), so
+    /// such a call fails up to that much late; a deadline set on the request (the client's
+    /// `with_timeout`, `SetDeadlineLayer`) has an exact timer of its own.
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
         self
@@ -199,7 +203,7 @@ impl Builder {
             max_payload,
             timeout: self.timeout,
             retransmit: self.retransmit,
-            calls: InFlight::new(),
+            calls: InFlight::with_sweep_every(crate::sweep_tick(self.timeout)),
             service: self.service.map_or_else(OnceLock::new, OnceLock::from),
             dedup: self
                 .at_most_once
@@ -480,9 +484,17 @@ impl<C: Codec> Shared<C> {
             return Ok(Payload::empty(format));
         }
         let now = Instant::now();
-        let deadline = ctx.deadline().unwrap_or(now + self.timeout);
+        // A deadline the caller set gets a timer of its own (exact); the default timeout is
+        // the table's to enforce, a tick late at most.
+        let own = ctx.deadline();
+        let deadline = own.unwrap_or(now + self.timeout);
         let waiter = loop {
-            if let Some(w) = self.calls.register(self.codec.next_id(), peer) {
+            let id = self.codec.next_id();
+            let w = match own {
+                Some(_) => self.calls.register(id, peer),
+                None => self.calls.register_expiring(id, peer, deadline),
+            };
+            if let Some(w) = w {
                 break w;
             }
         };
@@ -502,7 +514,12 @@ impl<C: Codec> Shared<C> {
             &mut copy,
         )
         .await?;
-        let answer = waiter.wait(deadline);
+        let answer = async move {
+            match own {
+                Some(_) => waiter.wait(deadline).await,
+                None => waiter.wait_expiring().await,
+            }
+        };
         let result = match (self.retransmit, copy) {
             (Some(every), Some(datagram)) => {
                 // The same datagram, same id, again and again until answered: with the server's
