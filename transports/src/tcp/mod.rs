@@ -26,7 +26,7 @@
 //! ```
 //!
 //! Connections have `TCP_NODELAY` set: frames are coalesced by the writer, not by Nagle.
-//! Limits and defaults are in [`stream`](crate::stream).
+//! Limits and defaults are in [`stream`].
 
 use std::io;
 use std::net::SocketAddr;
