@@ -320,13 +320,15 @@ async fn read_loop<C: Codec, R: AsyncRead + Unpin>(
     let idle = conn.config.idle_timeout;
     // The connection's own instance of the service.
     let mut serve = conn.serve.as_ref().map(rpc_core::Serve::local);
-    // Made once, not per frame.
+    // Made once, not per frame; polled in full only until they hold this task's waker.
     let closed = conn.closed.cancelled();
     let drain = conn.drain.cancelled();
     // One timer for idleness, re-armed when it fires rather than on every frame: a connection
     // is closed between one and two idle timeouts after its last frame.
     let timer = tokio::time::sleep(idle.unwrap_or(std::time::Duration::MAX / 4));
     tokio::pin!(closed, drain, timer);
+    let mut closed = Armed::new(closed, || conn.is_closed());
+    let mut drain = Armed::new(drain, || conn.drain.is_cancelled());
     let mut active = false;
     'frames: loop {
         let next = tokio::select! {
@@ -395,6 +397,7 @@ async fn write_loop<C: Codec, W: AsyncWrite + Unpin>(conn: Arc<Conn<C>>, mut w: 
     let mut spare = BytesMut::new();
     let closed = conn.closed.cancelled();
     tokio::pin!(closed);
+    let mut closed = Armed::new(closed, || conn.is_closed());
     loop {
         {
             let mut buf = conn.out.lock();
@@ -423,6 +426,48 @@ async fn write_loop<C: Codec, W: AsyncWrite + Unpin>(conn: Arc<Conn<C>>, mut w: 
     }
     let _ = w.shutdown().await;
     conn.close();
+}
+
+/// A cancellation future that is polled in full only until it has registered the task's waker;
+/// after that a wake-up is checked with `fired` alone.
+///
+/// A `WaitForCancellationFuture` takes two locks per poll (the token's state, then its waiter
+/// list), and a loop's select polls it on every wake-up for a frame: about a tenth of a server's
+/// instructions per call at one call in flight. Once registered, the token wakes this task
+/// when it fires, and `fired` (an atomic load, or the token's own check) sees it then. The
+/// task's waker does not change, so the registration stays valid.
+struct Armed<'a, F, C> {
+    fut: std::pin::Pin<&'a mut F>,
+    armed: bool,
+    fired: C,
+}
+
+impl<'a, F: std::future::Future<Output = ()>, C: Fn() -> bool> Armed<'a, F, C> {
+    fn new(fut: std::pin::Pin<&'a mut F>, fired: C) -> Self {
+        Self {
+            fut,
+            armed: false,
+            fired,
+        }
+    }
+}
+
+impl<F: std::future::Future<Output = ()>, C: Fn() -> bool + Unpin> std::future::Future
+    for Armed<'_, F, C>
+{
+    type Output = ();
+
+    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<()> {
+        if (self.fired)() {
+            return Poll::Ready(());
+        }
+        if self.armed {
+            return Poll::Pending;
+        }
+        let ready = self.fut.as_mut().poll(cx);
+        self.armed = ready.is_pending();
+        ready
+    }
 }
 
 impl<C: Codec> Drop for Conn<C> {
