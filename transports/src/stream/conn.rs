@@ -22,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 use super::framing::FrameError;
 use super::{Config, Counters};
 use crate::dispatch::{self, CallResult, Event, Link};
+use crate::Armed;
 
 /// The most frames a connection's reader takes in a row before it yields to the other tasks.
 ///
@@ -426,48 +427,6 @@ async fn write_loop<C: Codec, W: AsyncWrite + Unpin>(conn: Arc<Conn<C>>, mut w: 
     }
     let _ = w.shutdown().await;
     conn.close();
-}
-
-/// A cancellation future that is polled in full only until it has registered the task's waker;
-/// after that a wake-up is checked with `fired` alone.
-///
-/// A `WaitForCancellationFuture` takes two locks per poll (the token's state, then its waiter
-/// list), and a loop's select polls it on every wake-up for a frame: about a tenth of a server's
-/// instructions per call at one call in flight. Once registered, the token wakes this task
-/// when it fires, and `fired` (an atomic load, or the token's own check) sees it then. The
-/// task's waker does not change, so the registration stays valid.
-struct Armed<'a, F, C> {
-    fut: std::pin::Pin<&'a mut F>,
-    armed: bool,
-    fired: C,
-}
-
-impl<'a, F: std::future::Future<Output = ()>, C: Fn() -> bool> Armed<'a, F, C> {
-    fn new(fut: std::pin::Pin<&'a mut F>, fired: C) -> Self {
-        Self {
-            fut,
-            armed: false,
-            fired,
-        }
-    }
-}
-
-impl<F: std::future::Future<Output = ()>, C: Fn() -> bool + Unpin> std::future::Future
-    for Armed<'_, F, C>
-{
-    type Output = ();
-
-    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<()> {
-        if (self.fired)() {
-            return Poll::Ready(());
-        }
-        if self.armed {
-            return Poll::Pending;
-        }
-        let ready = self.fut.as_mut().poll(cx);
-        self.armed = ready.is_pending();
-        ready
-    }
 }
 
 impl<C: Codec> Drop for Conn<C> {

@@ -654,6 +654,7 @@ async fn receive_loop<C: Codec>(shared: Arc<Shared<C>>) {
     // Made once, not per datagram.
     let closed = shared.closed.cancelled();
     tokio::pin!(closed);
+    let mut closed = crate::Armed::new(closed, || shared.closed.is_cancelled());
     let mut burst = 0;
     loop {
         if buf.capacity() < limit {
