@@ -92,6 +92,44 @@ async fn large_frames_round_trip() {
     .unwrap();
 }
 
+/// A call alone on its connection writes its own request, the server's reader writes the answers
+/// of a burst, the writer tasks take what the socket did not: with frames larger than the
+/// socket's buffer, alternating lone and overlapping calls must still get their own answers.
+#[tokio::test]
+async fn direct_and_queued_writes_keep_frames_whole_and_in_order() {
+    async fn echo(s: serde_bytes::ByteBuf) -> serde_bytes::ByteBuf {
+        s
+    }
+    timeout(LIMIT, async {
+        let server = tcp::Builder::new()
+            .serve(Router::new().route("echo", echo))
+            .bind("127.0.0.1:0", RpcudpCodec::new())
+            .await
+            .unwrap();
+        let client = tcp::Builder::new().connect(server.local_addr(), RpcudpCodec::new());
+        let payload = |n: usize, seed: usize| {
+            serde_bytes::ByteBuf::from((0..n).map(|i| (i * 31 + seed) as u8).collect::<Vec<_>>())
+        };
+        for round in 0..4 {
+            let lone = payload(1 << 20, round);
+            let back: serde_bytes::ByteBuf = client.call("echo", (lone.clone(),)).await.unwrap();
+            assert_eq!(back, lone, "round {round}: lone call");
+            let calls = (0..16).map(|i| {
+                let client = client.clone();
+                let p = payload(1 << (4 + i), i);
+                async move {
+                    let back: serde_bytes::ByteBuf =
+                        client.call("echo", (p.clone(),)).await.unwrap();
+                    assert_eq!(back, p, "round {round}: call {i}");
+                }
+            });
+            futures::future::join_all(calls).await;
+        }
+    })
+    .await
+    .unwrap();
+}
+
 #[tokio::test]
 async fn connections_over_the_limit_are_closed() {
     timeout(LIMIT, async {

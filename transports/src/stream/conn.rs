@@ -2,7 +2,7 @@
 
 use std::fmt;
 use std::io;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::task::{Context as TaskContext, Poll};
 
@@ -13,7 +13,7 @@ use rpc_core::calls::{Delivery, InFlight};
 use rpc_core::codec::Codec;
 use rpc_core::context::Origin;
 use rpc_core::{BoxChannel, Client, Context, Error, Payload, Peer, Request, Serve, Service};
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{Notify, Semaphore};
 use tokio::time::Instant;
 use tokio_util::codec::FramedRead;
@@ -35,20 +35,47 @@ const BURST: usize = 32;
 /// The read buffer a connection starts with.
 const READ_BUFFER: usize = 4 * 1024;
 
-/// A byte stream that splits into halves the two tasks own.
+/// A byte stream that splits into a read half, which the reader task owns, and a write half,
+/// which the writer task and direct writers share.
 pub trait Split: Send + 'static {
     /// The read half.
     type Read: AsyncRead + Send + Unpin + 'static;
-    /// The write half.
-    type Write: AsyncWrite + Send + Unpin + 'static;
+    /// The write half. Dropping it shuts the stream down for writing.
+    type Write: WriteHalf + AsyncWrite + Unpin;
     /// Splits the stream.
     fn split(self) -> (Self::Read, Self::Write);
 }
 
+/// The write half of a stream, written through a shared reference: the writer task waits for
+/// room with [`writable`](WriteHalf::writable), and a caller or the reader may write straight
+/// to the socket with [`try_write`](WriteHalf::try_write) when nothing else is being written.
+pub trait WriteHalf: Send + Sync + 'static {
+    /// Writes what the socket takes now, without waiting; `WouldBlock` if it takes nothing.
+    fn try_write(&self, buf: &[u8]) -> io::Result<usize>;
+    /// Resolves when the socket may take more bytes.
+    fn writable(&self) -> impl std::future::Future<Output = io::Result<()>> + Send + '_;
+}
+
+/// A write half as the connection holds it, type-erased.
+trait TryWrite: Send + Sync {
+    fn try_write(&self, buf: &[u8]) -> io::Result<usize>;
+}
+
+impl<W: WriteHalf> TryWrite for W {
+    fn try_write(&self, buf: &[u8]) -> io::Result<usize> {
+        WriteHalf::try_write(self, buf)
+    }
+}
+
 /// Frames waiting to be written. Senders encode straight into `buf`; the writer takes everything
 /// there in one write, so frames queued while a write is under way go out together.
+///
+/// Two writers skip the writer task when nothing else is being written, saving a task wake-up
+/// per write: a call alone on its connection writes its own request, and the reader writes the
+/// answers a burst of frames produced when the burst ends. Both write under the lock, so bytes
+/// leave in the order they were queued; what the socket does not take is left to the writer task.
 struct Outbox {
-    buf: Mutex<BytesMut>,
+    state: Mutex<OutState>,
     /// Wakes the writer: something was queued, or the connection is closing.
     ready: Notify,
     /// Wakes senders waiting for room.
@@ -60,9 +87,45 @@ struct Outbox {
 /// Above this many queued bytes a sender waits for the writer (backpressure).
 const HIGH_WATER: usize = 1 << 20;
 
+struct OutState {
+    buf: BytesMut,
+    /// The writer task is writing bytes it took from `buf`; nobody else may write until it is
+    /// done (it comes back for what was queued meanwhile).
+    writing: bool,
+    /// The reader is handling a burst of frames and writes their answers when it ends.
+    deferred: bool,
+    /// The socket, for direct writes; gone once the writer task has finished.
+    direct: Option<Arc<dyn TryWrite>>,
+}
+
+impl OutState {
+    /// Writes what the socket takes of `buf` now, if nobody else is writing. Whether the writer
+    /// task must be woken for the rest.
+    fn write_direct(&mut self) -> bool {
+        if self.writing || self.buf.is_empty() {
+            return false;
+        }
+        let Some(w) = &self.direct else {
+            return true;
+        };
+        match w.try_write(&self.buf) {
+            Ok(n) => {
+                bytes::Buf::advance(&mut self.buf, n);
+                if self.buf.is_empty() {
+                    self.buf.clear();
+                    return false;
+                }
+                true
+            }
+            // Would block, or failed: the writer task waits for room, or reports the error.
+            Err(_) => true,
+        }
+    }
+}
+
 impl Outbox {
-    fn lock(&self) -> MutexGuard<'_, BytesMut> {
-        self.buf.lock().unwrap_or_else(PoisonError::into_inner)
+    fn lock(&self) -> MutexGuard<'_, OutState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
@@ -85,6 +148,11 @@ pub(crate) struct Conn<C: Codec> {
     lost: AtomicBool,
     serving: Arc<Semaphore>,
     counters: Arc<Counters>,
+    /// Responses delivered during the reader's current burst.
+    delivered: AtomicUsize,
+    /// The reader's last burst delivered at most one response: calls here take turns, one in
+    /// flight at a time, so a call writes its own request rather than wait for the writer task.
+    solo: AtomicBool,
 }
 
 impl<C: Codec> Conn<C> {
@@ -99,12 +167,19 @@ impl<C: Codec> Conn<C> {
         drain: CancellationToken,
     ) -> Arc<Self> {
         let (read, write) = io.split();
+        let write = Arc::new(write);
+        let direct: Arc<dyn TryWrite> = write.clone();
         let conn = Arc::new_cyclic(|me| Conn {
             me: me.clone(),
             codec,
             out: Outbox {
-                // Grown by the first frames: an idle connection holds no buffer.
-                buf: Mutex::new(BytesMut::new()),
+                state: Mutex::new(OutState {
+                    // Grown by the first frames: an idle connection holds no buffer.
+                    buf: BytesMut::new(),
+                    writing: false,
+                    deferred: false,
+                    direct: Some(direct),
+                }),
                 ready: Notify::new(),
                 drained: Notify::new(),
                 closing: AtomicBool::new(false),
@@ -118,6 +193,8 @@ impl<C: Codec> Conn<C> {
             lost: AtomicBool::new(false),
             serving: Arc::new(Semaphore::new(config.max_concurrent_requests)),
             counters,
+            delivered: AtomicUsize::new(0),
+            solo: AtomicBool::new(true),
             config,
         });
         // Small to start with (memory per idle connection); grows with the frames.
@@ -168,13 +245,15 @@ impl<C: Codec> Conn<C> {
         self.out.ready.notify_one();
     }
 
-    /// Encodes one frame with `encode` straight into the outgoing buffer.
+    /// Encodes one frame with `encode` straight into the outgoing buffer; `direct`: and writes it
+    /// to the socket at once if nothing else is being written.
     async fn send_frame(
         &self,
         encode: impl Fn(&mut BytesMut) -> Result<bool, Error>,
+        direct: bool,
     ) -> Result<(), Error> {
         loop {
-            if let Some(done) = self.try_send_frame(&encode) {
+            if let Some(done) = self.try_send_frame(&encode, direct) {
                 return done;
             }
             // The outbox is full: wait for the writer to drain it. Register first, then look
@@ -182,7 +261,7 @@ impl<C: Codec> Conn<C> {
             let room = self.out.drained.notified();
             tokio::pin!(room);
             room.as_mut().enable();
-            if let Some(done) = self.try_send_frame(&encode) {
+            if let Some(done) = self.try_send_frame(&encode, direct) {
                 return done;
             }
             tokio::select! {
@@ -196,19 +275,24 @@ impl<C: Codec> Conn<C> {
     fn try_send_frame(
         &self,
         encode: &impl Fn(&mut BytesMut) -> Result<bool, Error>,
+        direct: bool,
     ) -> Option<Result<(), Error>> {
         if self.out.closing.load(Ordering::Acquire) || self.is_closed() {
             return Some(Err(self.closed_error()));
         }
-        let mut buf = self.out.lock();
-        if buf.len() >= HIGH_WATER {
+        let mut out = self.out.lock();
+        if out.buf.len() >= HIGH_WATER {
+            // Full: make sure the writer task is draining it (a burst's answers wait for none).
+            drop(out);
+            self.out.ready.notify_one();
             return None;
         }
+        let buf = &mut out.buf;
         let mark = buf.len();
         let framing = self.config.framing;
-        let start = framing.begin_frame(&mut buf);
-        let written = match encode(&mut buf) {
-            Ok(true) => framing.end_frame(&mut buf, start, self.config.max_frame),
+        let start = framing.begin_frame(buf);
+        let written = match encode(buf) {
+            Ok(true) => framing.end_frame(buf, start, self.config.max_frame),
             Ok(false) => {
                 buf.truncate(mark);
                 return Some(Ok(()));
@@ -227,12 +311,37 @@ impl<C: Codec> Conn<C> {
                 }
             }));
         }
-        let first = mark == 0;
-        drop(buf);
-        if first {
+        let wake = if out.deferred {
+            // The reader writes it at the end of its burst.
+            false
+        } else if direct {
+            out.write_direct()
+        } else {
+            mark == 0
+        };
+        drop(out);
+        if wake {
             self.out.ready.notify_one();
         }
         Some(Ok(()))
+    }
+
+    /// The reader starts handling a burst of frames: answers wait for its end.
+    fn begin_burst(&self) {
+        self.out.lock().deferred = true;
+    }
+
+    /// The burst is over: its answers are written now, or left to the writer task.
+    fn end_burst(&self) {
+        let delivered = self.delivered.swap(0, Ordering::Relaxed);
+        self.solo.store(delivered <= 1, Ordering::Relaxed);
+        let mut out = self.out.lock();
+        out.deferred = false;
+        let wake = out.write_direct();
+        drop(out);
+        if wake {
+            self.out.ready.notify_one();
+        }
     }
 
     fn closed_error(&self) -> Error {
@@ -255,11 +364,14 @@ impl<C: Codec> Conn<C> {
         let notification = req.is_notification();
         let (method, args, ctx) = req.into_parts();
         if notification {
-            self.send_frame(|dst| {
-                self.codec
-                    .encode_request(None, &method, &args, dst)
-                    .map(|()| true)
-            })
+            self.send_frame(
+                |dst| {
+                    self.codec
+                        .encode_request(None, &method, &args, dst)
+                        .map(|()| true)
+                },
+                false,
+            )
             .await?;
             return Ok(Payload::empty(format));
         }
@@ -282,11 +394,18 @@ impl<C: Codec> Conn<C> {
             return Err(self.closed_error());
         }
         let timeout = Some(deadline.saturating_duration_since(now));
-        self.send_frame(|dst| {
-            self.codec
-                .encode_request_with_timeout(Some(waiter.id()), &method, &args, timeout, dst)
-                .map(|()| true)
-        })
+        // A call alone on the connection writes its request itself; calls that overlap leave
+        // theirs to the writer task, which sends them together. (Right after a burst of answers
+        // the table may hold one call while the other callers are about to run: `solo` tells.)
+        let alone = self.solo.load(Ordering::Relaxed) && self.calls.len() == 1;
+        self.send_frame(
+            |dst| {
+                self.codec
+                    .encode_request_with_timeout(Some(waiter.id()), &method, &args, timeout, dst)
+                    .map(|()| true)
+            },
+            alone,
+        )
         .await?;
         let answer = match own {
             Some(_) => waiter.wait(deadline).await,
@@ -354,38 +473,46 @@ async fn read_loop<C: Codec, R: AsyncRead + Unpin>(
         let mut next = next;
         // Frames already buffered are taken without going back through the select (whose
         // cancellation checks cost more than a small frame), up to a burst.
+        // Answers to the burst's requests are written together when it ends.
+        conn.begin_burst();
         let mut burst = 0;
-        loop {
+        let end = loop {
             match next {
-                None => {
-                    // The peer closed its side: what we still send may arrive, calls we wait
-                    // for won't, so they fail now rather than when the requests being served
-                    // are done.
-                    conn.lost.store(true, Ordering::Relaxed);
-                    conn.calls.close_all();
-                    break 'frames;
-                }
+                None => break BurstEnd::Eof,
                 Some(Ok(frame)) => dispatch::handle(&conn, serve.as_mut(), frame).await,
-                Some(Err(e)) => {
-                    Counters::add(&conn.counters.bad_frames);
-                    tracing::warn!(peer = %conn.peer, error = %e, "closing the connection");
-                    conn.lost.store(true, Ordering::Relaxed);
-                    conn.calls.close_all();
-                    conn.answered().await;
-                    conn.fail(&e);
-                    return;
-                }
+                Some(Err(e)) => break BurstEnd::BadFrame(e),
             }
             burst += 1;
             if burst == BURST {
-                tokio::task::yield_now().await;
-                break;
+                break BurstEnd::Full;
             }
             // Polled with a no-op waker: if nothing is buffered, the select above polls it
             // again with this task's waker before waiting.
             match frames.next().now_or_never() {
                 Some(n) => next = n,
-                None => break,
+                None => break BurstEnd::Drained,
+            }
+        };
+        conn.end_burst();
+        match end {
+            BurstEnd::Drained => {}
+            BurstEnd::Full => tokio::task::yield_now().await,
+            BurstEnd::Eof => {
+                // The peer closed its side: what we still send may arrive, calls we wait
+                // for won't, so they fail now rather than when the requests being served
+                // are done.
+                conn.lost.store(true, Ordering::Relaxed);
+                conn.calls.close_all();
+                break 'frames;
+            }
+            BurstEnd::BadFrame(e) => {
+                Counters::add(&conn.counters.bad_frames);
+                tracing::warn!(peer = %conn.peer, error = %e, "closing the connection");
+                conn.lost.store(true, Ordering::Relaxed);
+                conn.calls.close_all();
+                conn.answered().await;
+                conn.fail(&e);
+                return;
             }
         }
     }
@@ -394,15 +521,29 @@ async fn read_loop<C: Codec, R: AsyncRead + Unpin>(
     conn.finish_writing();
 }
 
-async fn write_loop<C: Codec, W: AsyncWrite + Unpin>(conn: Arc<Conn<C>>, mut w: W) {
+/// How a reader's burst of frames ended.
+enum BurstEnd {
+    /// No more frames buffered.
+    Drained,
+    /// `BURST` frames: yield before the next.
+    Full,
+    /// The peer closed its side.
+    Eof,
+    BadFrame(io::Error),
+}
+
+async fn write_loop<C: Codec, W: WriteHalf>(conn: Arc<Conn<C>>, w: Arc<W>) {
     let mut spare = BytesMut::new();
     let closed = conn.closed.cancelled();
     tokio::pin!(closed);
     let mut closed = Armed::new(closed, || conn.is_closed());
     loop {
         {
-            let mut buf = conn.out.lock();
-            std::mem::swap(&mut *buf, &mut spare);
+            let mut out = conn.out.lock();
+            // Done with the last batch: direct writers may go again, or this takes what they
+            // queued meanwhile.
+            std::mem::swap(&mut out.buf, &mut spare);
+            out.writing = !spare.is_empty();
         }
         if spare.is_empty() {
             if conn.out.closing.load(Ordering::Acquire) {
@@ -417,7 +558,7 @@ async fn write_loop<C: Codec, W: AsyncWrite + Unpin>(conn: Arc<Conn<C>>, mut w: 
             }
             continue;
         }
-        let written = w.write_all(&spare).await;
+        let written = write_all(&*w, &spare).await;
         spare.clear();
         conn.out.drained.notify_waiters();
         if let Err(e) = written {
@@ -425,8 +566,23 @@ async fn write_loop<C: Codec, W: AsyncWrite + Unpin>(conn: Arc<Conn<C>>, mut w: 
             return;
         }
     }
-    let _ = w.shutdown().await;
+    // The last handles on the write half: dropping them shuts the stream down for writing.
+    conn.out.lock().direct = None;
+    drop(w);
     conn.close();
+}
+
+/// Writes all of `buf`, waiting for room as needed.
+async fn write_all<W: WriteHalf>(w: &W, mut buf: &[u8]) -> io::Result<()> {
+    while !buf.is_empty() {
+        match w.try_write(buf) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => buf = &buf[n..],
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => w.writable().await?,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 impl<C: Codec> Drop for Conn<C> {
@@ -454,10 +610,11 @@ impl<C: Codec> Link<C> for Arc<Conn<C>> {
     where
         F: Fn(&mut BytesMut) -> Result<bool, Error> + Send + Sync,
     {
-        self.send_frame(encode).await
+        self.send_frame(encode, false).await
     }
 
     fn deliver(&self, id: C::Id, result: CallResult) {
+        self.delivered.fetch_add(1, Ordering::Relaxed);
         if self.calls.deliver(&id, &(), result) == Delivery::UnknownId {
             Counters::add(&self.counters.unknown_responses);
             tracing::debug!(peer = %self.peer, ?id, "dropped a response to no call in flight");

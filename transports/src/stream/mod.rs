@@ -22,7 +22,7 @@
 mod conn;
 mod framing;
 
-pub use self::conn::Split;
+pub use self::conn::{Split, WriteHalf};
 pub use self::framing::{FrameSplitter, Framing};
 
 use std::fmt;

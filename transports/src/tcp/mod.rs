@@ -38,7 +38,7 @@ use rpc_core::{Client, Peer};
 use tokio::net::{TcpListener, TcpStream, ToSocketAddrs};
 use tokio_util::sync::CancellationToken;
 
-use crate::stream::{self, Accept, ServerShared, Split, Stats};
+use crate::stream::{self, Accept, ServerShared, Split, Stats, WriteHalf};
 
 /// The TCP transport.
 #[derive(Debug, Clone, Copy, Default)]
@@ -56,6 +56,16 @@ impl Split for TcpStream {
 
     fn split(self) -> (Self::Read, Self::Write) {
         self.into_split()
+    }
+}
+
+impl WriteHalf for tokio::net::tcp::OwnedWriteHalf {
+    fn try_write(&self, buf: &[u8]) -> io::Result<usize> {
+        tokio::net::tcp::OwnedWriteHalf::try_write(self, buf)
+    }
+
+    fn writable(&self) -> impl std::future::Future<Output = io::Result<()>> + Send + '_ {
+        tokio::net::tcp::OwnedWriteHalf::writable(self)
     }
 }
 

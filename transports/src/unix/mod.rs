@@ -46,7 +46,7 @@ use rpc_core::{Client, Peer};
 use tokio::net::{UnixListener, UnixStream};
 use tokio_util::sync::CancellationToken;
 
-use crate::stream::{self, Accept, ServerShared, Split, Stats};
+use crate::stream::{self, Accept, ServerShared, Split, Stats, WriteHalf};
 
 /// The Unix socket transport, and its own setting: the socket file's permissions.
 #[derive(Debug, Clone, Copy, Default)]
@@ -66,6 +66,16 @@ impl Split for UnixStream {
 
     fn split(self) -> (Self::Read, Self::Write) {
         self.into_split()
+    }
+}
+
+impl WriteHalf for tokio::net::unix::OwnedWriteHalf {
+    fn try_write(&self, buf: &[u8]) -> io::Result<usize> {
+        tokio::net::unix::OwnedWriteHalf::try_write(self, buf)
+    }
+
+    fn writable(&self) -> impl std::future::Future<Output = io::Result<()>> + Send + '_ {
+        tokio::net::unix::OwnedWriteHalf::writable(self)
     }
 }
 
