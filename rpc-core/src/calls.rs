@@ -14,6 +14,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::future::Future;
 use std::hash::Hash;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
@@ -236,6 +237,14 @@ impl<Id: Hash + Eq + Clone, P: PartialEq, V> InFlight<Id, P, V> {
         self.lock().slots.clear();
     }
 
+    /// Fails every call in flight with the error `error` makes (say, why the connection ended).
+    pub fn fail_all(&self, error: impl Fn() -> Error) {
+        let slots: Vec<_> = self.lock().slots.drain().collect();
+        for (_, slot) in slots {
+            let _ = slot.tx.send(Err(error()));
+        }
+    }
+
     /// Fails the calls in flight to `peer` with [`Error::Closed`].
     pub fn close_peer(&self, peer: &P) {
         self.lock().slots.retain(|_, slot| slot.peer != *peer);
@@ -321,8 +330,18 @@ impl<Id: Hash + Eq + Clone, P: PartialEq, V> Waiter<Id, P, V> {
     /// [`register_expiring`](InFlight::register_expiring): the table fails it with
     /// [`Error::Timeout`] when it expires, [`Error::Closed`] if it is closed.
     pub async fn wait_expiring(mut self) -> Result<V, Error> {
-        let r = (&mut self.rx).await;
-        self.outcome(r)
+        std::future::poll_fn(|cx| self.poll_expiring(cx)).await
+    }
+
+    /// Polls for the response to a call registered with
+    /// [`register_expiring`](InFlight::register_expiring), as
+    /// [`wait_expiring`](Self::wait_expiring) waits for it: for futures that hold the waiter.
+    pub fn poll_expiring(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<V, Error>> {
+        let r = std::task::ready!(std::pin::Pin::new(&mut self.rx).poll(cx));
+        std::task::Poll::Ready(self.outcome(r))
     }
 
     fn outcome(
@@ -462,5 +481,12 @@ mod tests {
             .await
             .unwrap_err()
             .is_closed());
+        let w = t.register(3, ()).unwrap();
+        t.fail_all(|| Error::Overloaded);
+        assert!(matches!(
+            w.wait(Instant::now() + Duration::from_secs(1)).await,
+            Err(Error::Overloaded)
+        ));
+        assert!(t.is_empty());
     }
 }

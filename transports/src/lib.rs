@@ -140,3 +140,101 @@ impl<F: std::future::Future<Output = ()>, C: Fn() -> bool + Unpin> std::future::
         ready
     }
 }
+
+/// The future of a call on a [`udp::Channel`] or a [`stream::Channel`].
+///
+/// A call that needs nothing but its answer (the channel is connected, the request went out at
+/// once, the transport's default timeout applies) registers, encodes and sends in
+/// [`Service::call`](tower::Service::call) itself, and this future only waits for the answer:
+/// no boxed state machine per call. Other calls (connecting first, waiting for room, a deadline
+/// of their own, retransmission) run as a boxed future.
+pub struct CallFuture<Id: std::hash::Hash + Eq + Clone, P: PartialEq> {
+    state: CallState<Id, P>,
+}
+
+enum CallState<Id: std::hash::Hash + Eq + Clone, P: PartialEq> {
+    /// Sent: waiting for the answer, which the call table times out.
+    Waiting {
+        waiter: rpc_core::calls::Waiter<Id, P, dispatch::CallResult>,
+        format: &'static dyn rpc_core::Format,
+    },
+    /// Finished before it had to wait.
+    Ready(Option<Result<rpc_core::Payload, rpc_core::Error>>),
+    /// The general path.
+    Boxed(futures::future::BoxFuture<'static, Result<rpc_core::Payload, rpc_core::Error>>),
+}
+
+impl<Id: std::hash::Hash + Eq + Clone, P: PartialEq> CallFuture<Id, P> {
+    fn waiting(
+        waiter: rpc_core::calls::Waiter<Id, P, dispatch::CallResult>,
+        format: &'static dyn rpc_core::Format,
+    ) -> Self {
+        Self {
+            state: CallState::Waiting { waiter, format },
+        }
+    }
+
+    fn ready(result: Result<rpc_core::Payload, rpc_core::Error>) -> Self {
+        Self {
+            state: CallState::Ready(Some(result)),
+        }
+    }
+
+    fn boxed(
+        fut: impl std::future::Future<Output = Result<rpc_core::Payload, rpc_core::Error>>
+            + Send
+            + 'static,
+    ) -> Self {
+        Self {
+            state: CallState::Boxed(Box::pin(fut)),
+        }
+    }
+}
+
+// Nothing in it is pinned in place: the boxed future is pinned in its box, the waiter's receiver
+// is `Unpin`.
+impl<Id: std::hash::Hash + Eq + Clone, P: PartialEq> Unpin for CallFuture<Id, P> {}
+
+/// An answer as the caller sees it.
+fn answer(
+    r: Result<dispatch::CallResult, rpc_core::Error>,
+    format: &'static dyn rpc_core::Format,
+) -> Result<rpc_core::Payload, rpc_core::Error> {
+    match r? {
+        Ok(bytes) => Ok(rpc_core::Payload::new(bytes, format)),
+        Err(e) => Err(rpc_core::Error::Server(e)),
+    }
+}
+
+impl<Id: std::hash::Hash + Eq + Clone, P: PartialEq> std::future::Future for CallFuture<Id, P> {
+    type Output = Result<rpc_core::Payload, rpc_core::Error>;
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        match &mut self.get_mut().state {
+            CallState::Waiting { waiter, format } => {
+                let format = *format;
+                waiter.poll_expiring(cx).map(|r| answer(r, format))
+            }
+            CallState::Ready(r) => {
+                std::task::Poll::Ready(r.take().unwrap_or_else(|| {
+                    Err(rpc_core::Error::Other("polled after completion".into()))
+                }))
+            }
+            CallState::Boxed(f) => f.as_mut().poll(cx),
+        }
+    }
+}
+
+impl<Id: std::hash::Hash + Eq + Clone, P: PartialEq> std::fmt::Debug for CallFuture<Id, P> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let state = match self.state {
+            CallState::Waiting { .. } => "waiting",
+            CallState::Ready(_) => "ready",
+            CallState::Boxed(_) => "running",
+        };
+        f.debug_struct("CallFuture").field("state", &state).finish()
+    }
+}

@@ -130,6 +130,42 @@ async fn direct_and_queued_writes_keep_frames_whole_and_in_order() {
     .unwrap();
 }
 
+/// Calls waiting on a connection the peer drops fail at once, with a transport error (not
+/// "closed", which means this side closed it): the first call, which connected, and the next,
+/// which went out on the live connection.
+#[tokio::test]
+async fn calls_waiting_on_a_lost_connection_fail_with_a_transport_error() {
+    timeout(LIMIT, async {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        // Reads two requests, answers neither, and drops the connection.
+        tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut buf = [0u8; 256];
+            let mut reads = 0;
+            while reads < 2 {
+                if s.read(&mut buf).await.unwrap() == 0 {
+                    break;
+                }
+                reads += 1;
+            }
+        });
+        let client = tcp::Builder::new().connect(addr, RpcudpCodec::new());
+        let first = tokio::spawn({
+            let client = client.clone();
+            async move { client.call::<i64>("add", (1, 2)).await }
+        });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let second = client.call::<i64>("add", (3, 4)).await.unwrap_err();
+        let first = first.await.unwrap().unwrap_err();
+        for err in [first, second] {
+            assert!(matches!(err, rpc_core::Error::Transport(_)), "{err:?}");
+        }
+    })
+    .await
+    .unwrap();
+}
+
 #[tokio::test]
 async fn connections_over_the_limit_are_closed() {
     timeout(LIMIT, async {

@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 use super::framing::FrameError;
 use super::{Config, Counters};
 use crate::dispatch::{self, CallResult, Event, Link};
-use crate::Armed;
+use crate::{Armed, CallFuture};
 
 /// The most frames a connection's reader takes in a row before it yields to the other tasks.
 ///
@@ -226,7 +226,7 @@ impl<C: Codec> Conn<C> {
         self.finish_writing();
         self.done.store(true, Ordering::Release);
         self.closed.cancel();
-        self.calls.close_all();
+        self.fail_calls();
     }
 
     /// Resolves when the connection is finished.
@@ -344,6 +344,12 @@ impl<C: Codec> Conn<C> {
         }
     }
 
+    /// Fails the calls waiting for answers: a transport error if the connection was lost,
+    /// [`Error::Closed`] if it was closed.
+    fn fail_calls(&self) {
+        self.calls.fail_all(|| self.closed_error());
+    }
+
     fn closed_error(&self) -> Error {
         if self.lost.load(Ordering::Relaxed) {
             Error::Transport(io::Error::new(
@@ -352,6 +358,47 @@ impl<C: Codec> Conn<C> {
             ))
         } else {
             Error::Closed
+        }
+    }
+
+    /// Starts a call. The common one (no deadline of its own, room in the outbox) is registered
+    /// and queued or written here, and its future only waits for the answer; others run in full
+    /// in `call`.
+    pub(crate) fn start(self: &Arc<Self>, req: Request) -> CallFuture<C::Id, ()> {
+        if req.is_notification() || req.context().deadline().is_some() || !self.accepts_calls() {
+            let conn = self.clone();
+            return CallFuture::boxed(async move { conn.call(req).await });
+        }
+        let format = self.codec.format();
+        let deadline = Instant::now() + self.config.timeout;
+        let waiter = loop {
+            if let Some(w) = self
+                .calls
+                .register_expiring(self.codec.next_id(), (), deadline)
+            {
+                break w;
+            }
+        };
+        if !self.accepts_calls() {
+            return CallFuture::ready(Err(self.closed_error()));
+        }
+        let timeout = Some(self.config.timeout);
+        let alone = self.solo.load(Ordering::Relaxed) && self.calls.len() == 1;
+        let (method, args) = (req.method(), req.args());
+        let encode = |dst: &mut BytesMut| {
+            self.codec
+                .encode_request_with_timeout(Some(waiter.id()), method, args, timeout, dst)
+                .map(|()| true)
+        };
+        match self.try_send_frame(&encode, alone) {
+            Some(Ok(())) => CallFuture::waiting(waiter, format),
+            Some(Err(e)) => CallFuture::ready(Err(e)),
+            None => {
+                // The outbox is full: wait for room in a task-held future.
+                drop(waiter);
+                let conn = self.clone();
+                CallFuture::boxed(async move { conn.call(req).await })
+            }
         }
     }
 
@@ -502,14 +549,14 @@ async fn read_loop<C: Codec, R: AsyncRead + Unpin>(
                 // for won't, so they fail now rather than when the requests being served
                 // are done.
                 conn.lost.store(true, Ordering::Relaxed);
-                conn.calls.close_all();
+                conn.fail_calls();
                 break 'frames;
             }
             BurstEnd::BadFrame(e) => {
                 Counters::add(&conn.counters.bad_frames);
                 tracing::warn!(peer = %conn.peer, error = %e, "closing the connection");
                 conn.lost.store(true, Ordering::Relaxed);
-                conn.calls.close_all();
+                conn.fail_calls();
                 conn.answered().await;
                 conn.fail(&e);
                 return;
@@ -587,7 +634,7 @@ async fn write_all<W: WriteHalf>(w: &W, mut buf: &[u8]) -> io::Result<()> {
 
 impl<C: Codec> Drop for Conn<C> {
     fn drop(&mut self) {
-        self.calls.close_all();
+        self.fail_calls();
     }
 }
 

@@ -34,13 +34,13 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context as TaskContext, Poll};
 use std::time::Duration;
 
-use futures::future::BoxFuture;
 use rpc_core::codec::Codec;
 use rpc_core::{BoxError, Client, Error, Payload, Peer, Request, Response, Serve, Service};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use self::conn::Conn;
+use crate::CallFuture;
 
 /// The default largest frame: 8 MiB.
 pub const DEFAULT_MAX_FRAME_LENGTH: usize = 8 * 1024 * 1024;
@@ -517,18 +517,18 @@ impl<C: Codec, T: Transport> fmt::Debug for Channel<C, T> {
 impl<C: Codec, T: Transport> Service<Request> for Channel<C, T> {
     type Response = Payload;
     type Error = Error;
-    type Future = BoxFuture<'static, Result<Payload, Error>>;
+    type Future = CallFuture<C::Id, ()>;
 
     fn poll_ready(&mut self, _: &mut TaskContext<'_>) -> Poll<Result<(), Error>> {
         Poll::Ready(Ok(()))
     }
 
     fn call(&mut self, req: Request) -> Self::Future {
-        // Connected: a smaller future than one that may have to connect first.
+        // Connected: the call is sent here and its future only waits for the answer.
         if let Some(conn) = self.shared.live() {
-            return Box::pin(async move { conn.call(req).await });
+            return Conn::start(&conn, req);
         }
         let shared = self.shared.clone();
-        Box::pin(async move { shared.conn().await?.call(req).await })
+        CallFuture::boxed(async move { shared.conn().await?.call(req).await })
     }
 }

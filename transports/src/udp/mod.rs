@@ -67,7 +67,6 @@ use std::task::{Context as TaskContext, Poll};
 use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
-use futures::future::BoxFuture;
 use rpc_core::calls::{Delivery, InFlight};
 use rpc_core::codec::Codec;
 use rpc_core::context::Origin;
@@ -81,6 +80,7 @@ use tokio_util::sync::CancellationToken;
 
 use self::stats::Counters;
 use crate::dispatch::{self, CallResult, Event, Link};
+use crate::CallFuture;
 
 /// The default largest payload, as rpcudp: 8192 bytes.
 pub const DEFAULT_MAX_PAYLOAD: usize = 8192;
@@ -372,16 +372,14 @@ impl<C: Codec> fmt::Debug for Channel<C> {
 impl<C: Codec> Service<Request> for Channel<C> {
     type Response = Payload;
     type Error = Error;
-    type Future = BoxFuture<'static, Result<Payload, Error>>;
+    type Future = CallFuture<C::Id, SocketAddr>;
 
     fn poll_ready(&mut self, _: &mut TaskContext<'_>) -> Poll<Result<(), Error>> {
         Poll::Ready(Ok(()))
     }
 
     fn call(&mut self, req: Request) -> Self::Future {
-        let shared = self.shared.clone();
-        let peer = self.peer;
-        Box::pin(async move { shared.call(peer, req).await })
+        self.shared.start(self.peer, req)
     }
 }
 
@@ -435,7 +433,30 @@ impl<C: Codec> Shared<C> {
         encode: impl FnOnce(&mut BytesMut) -> Result<bool, Error>,
         keep: &mut Option<Bytes>,
     ) -> Result<(), Error> {
-        let encoded = SEND_BUF.with(|buf| {
+        let encoded = self.try_send(to, encode, keep)?;
+        match encoded {
+            Encoded::Sent | Encoded::Nothing => Ok(()),
+            Encoded::Later(bytes) => self.send_later(to, bytes).await,
+        }
+    }
+
+    /// Sends a datagram the socket had no room for.
+    async fn send_later(&self, to: SocketAddr, bytes: Vec<u8>) -> Result<(), Error> {
+        self.socket
+            .send_to(&bytes, to)
+            .await
+            .map(drop)
+            .map_err(Error::Transport)
+    }
+
+    /// Encodes a datagram and sends it if the socket has room now.
+    fn try_send(
+        &self,
+        to: SocketAddr,
+        encode: impl FnOnce(&mut BytesMut) -> Result<bool, Error>,
+        keep: &mut Option<Bytes>,
+    ) -> Result<Encoded, Error> {
+        SEND_BUF.with(|buf| {
             let mut buf = buf.borrow_mut();
             buf.clear();
             if !encode(&mut buf)? {
@@ -455,15 +476,61 @@ impl<C: Codec> Shared<C> {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(Encoded::Later(buf.to_vec())),
                 Err(e) => Err(Error::Transport(e)),
             }
-        })?;
-        match encoded {
-            Encoded::Sent | Encoded::Nothing => Ok(()),
-            Encoded::Later(bytes) => self
-                .socket
-                .send_to(&bytes, to)
-                .await
-                .map(drop)
-                .map_err(Error::Transport),
+        })
+    }
+
+    /// Starts a call. The common one (no deadline of its own, no retransmission) is registered
+    /// and sent here, and its future only waits for the answer; others run in full in `call`.
+    fn start(self: &Arc<Self>, peer: SocketAddr, req: Request) -> CallFuture<C::Id, SocketAddr> {
+        if self.retransmit.is_some() || req.is_notification() || req.context().deadline().is_some()
+        {
+            let shared = self.clone();
+            return CallFuture::boxed(async move { shared.call(peer, req).await });
+        }
+        if self.closed.is_cancelled() {
+            return CallFuture::ready(Err(Error::Closed));
+        }
+        let format = self.codec.format();
+        let now = Instant::now();
+        let deadline = now + self.timeout;
+        let waiter = loop {
+            if let Some(w) = self
+                .calls
+                .register_expiring(self.codec.next_id(), peer, deadline)
+            {
+                break w;
+            }
+        };
+        // Closed between the first check and the registration: the loop will not deliver.
+        if self.closed.is_cancelled() {
+            return CallFuture::ready(Err(Error::Closed));
+        }
+        let (method, args) = (req.method(), req.args());
+        let sent = self.try_send(
+            peer,
+            |dst| {
+                self.codec
+                    .encode_request_with_timeout(
+                        Some(waiter.id()),
+                        method,
+                        args,
+                        Some(self.timeout),
+                        dst,
+                    )
+                    .map(|()| true)
+            },
+            &mut None,
+        );
+        match sent {
+            Ok(Encoded::Sent | Encoded::Nothing) => CallFuture::waiting(waiter, format),
+            Ok(Encoded::Later(bytes)) => {
+                let shared = self.clone();
+                CallFuture::boxed(async move {
+                    shared.send_later(peer, bytes).await?;
+                    crate::answer(waiter.wait_expiring().await, format)
+                })
+            }
+            Err(e) => CallFuture::ready(Err(e)),
         }
     }
 
