@@ -143,20 +143,25 @@ impl<F: std::future::Future<Output = ()>, C: Fn() -> bool + Unpin> std::future::
 
 /// The future of a call on a [`udp::Channel`] or a [`stream::Channel`].
 ///
-/// A call that needs nothing but its answer (the channel is connected, the request went out at
-/// once, the transport's default timeout applies) registers, encodes and sends in
-/// [`Service::call`](tower::Service::call) itself, and this future only waits for the answer:
-/// no boxed state machine per call. Other calls (connecting first, waiting for room, a deadline
-/// of their own, retransmission) run as a boxed future.
+/// A call that needs nothing but its answer (the channel is connected and the request went out
+/// at once) registers, encodes and sends in [`Service::call`](tower::Service::call) itself, and
+/// this future only waits for the answer — with a timer if the request carries a deadline, else
+/// under the call table's sweep of the transport's default timeout: no boxed state machine per
+/// call. Other calls (connecting first, waiting for room, retransmission) run as a boxed future.
+#[pin_project::pin_project]
 pub struct CallFuture<Id: std::hash::Hash + Eq + Clone, P: PartialEq> {
+    #[pin]
     state: CallState<Id, P>,
 }
 
+#[pin_project::pin_project(project = CallStateProj)]
 enum CallState<Id: std::hash::Hash + Eq + Clone, P: PartialEq> {
-    /// Sent: waiting for the answer, which the call table times out.
+    /// Sent: waiting for the answer until `timer` fires, or until the call table times it out.
     Waiting {
         waiter: rpc_core::calls::Waiter<Id, P, dispatch::CallResult>,
         format: &'static dyn rpc_core::Format,
+        #[pin]
+        timer: Option<tokio::time::Sleep>,
     },
     /// Finished before it had to wait.
     Ready(Option<Result<rpc_core::Payload, rpc_core::Error>>),
@@ -165,12 +170,19 @@ enum CallState<Id: std::hash::Hash + Eq + Clone, P: PartialEq> {
 }
 
 impl<Id: std::hash::Hash + Eq + Clone, P: PartialEq> CallFuture<Id, P> {
+    /// Waits for `waiter`'s answer: until `deadline` with a timer, or, without one, until the
+    /// call table expires it (it was registered with `register_expiring`).
     fn waiting(
         waiter: rpc_core::calls::Waiter<Id, P, dispatch::CallResult>,
         format: &'static dyn rpc_core::Format,
+        deadline: Option<tokio::time::Instant>,
     ) -> Self {
         Self {
-            state: CallState::Waiting { waiter, format },
+            state: CallState::Waiting {
+                waiter,
+                format,
+                timer: deadline.map(tokio::time::sleep_until),
+            },
         }
     }
 
@@ -191,10 +203,6 @@ impl<Id: std::hash::Hash + Eq + Clone, P: PartialEq> CallFuture<Id, P> {
     }
 }
 
-// Nothing in it is pinned in place: the boxed future is pinned in its box, the waiter's receiver
-// is `Unpin`.
-impl<Id: std::hash::Hash + Eq + Clone, P: PartialEq> Unpin for CallFuture<Id, P> {}
-
 /// An answer as the caller sees it.
 fn answer(
     r: Result<dispatch::CallResult, rpc_core::Error>,
@@ -213,17 +221,26 @@ impl<Id: std::hash::Hash + Eq + Clone, P: PartialEq> std::future::Future for Cal
         self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Self::Output> {
-        match &mut self.get_mut().state {
-            CallState::Waiting { waiter, format } => {
-                let format = *format;
-                waiter.poll_expiring(cx).map(|r| answer(r, format))
+        match self.project().state.project() {
+            CallStateProj::Waiting {
+                waiter,
+                format,
+                timer,
+            } => {
+                if let std::task::Poll::Ready(r) = waiter.poll_expiring(cx) {
+                    return std::task::Poll::Ready(answer(r, *format));
+                }
+                match timer.as_pin_mut() {
+                    Some(t) => t.poll(cx).map(|()| Err(rpc_core::Error::Timeout)),
+                    None => std::task::Poll::Pending,
+                }
             }
-            CallState::Ready(r) => {
+            CallStateProj::Ready(r) => {
                 std::task::Poll::Ready(r.take().unwrap_or_else(|| {
                     Err(rpc_core::Error::Other("polled after completion".into()))
                 }))
             }
-            CallState::Boxed(f) => f.as_mut().poll(cx),
+            CallStateProj::Boxed(f) => f.as_mut().poll(cx),
         }
     }
 }

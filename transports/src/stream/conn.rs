@@ -361,28 +361,37 @@ impl<C: Codec> Conn<C> {
         }
     }
 
-    /// Starts a call. The common one (no deadline of its own, room in the outbox) is registered
-    /// and queued or written here, and its future only waits for the answer; others run in full
-    /// in `call`.
+    /// Starts a call. The common one (room in the outbox) is registered and queued or written
+    /// here, and its future only waits for the answer; others run in full in `call`.
     pub(crate) fn start(self: &Arc<Self>, req: Request) -> CallFuture<C::Id, ()> {
-        if req.is_notification() || req.context().deadline().is_some() || !self.accepts_calls() {
+        // Timers and the table's sweeper need the runtime's context.
+        if req.is_notification()
+            || !self.accepts_calls()
+            || tokio::runtime::Handle::try_current().is_err()
+        {
             let conn = self.clone();
             return CallFuture::boxed(async move { conn.call(req).await });
         }
         let format = self.codec.format();
-        let deadline = Instant::now() + self.config.timeout;
+        let now = Instant::now();
+        // A deadline the caller set gets a timer of its own (exact); the default timeout is
+        // the table's to enforce, a tick late at most.
+        let own = req.context().deadline();
+        let deadline = own.unwrap_or(now + self.config.timeout);
         let waiter = loop {
-            if let Some(w) = self
-                .calls
-                .register_expiring(self.codec.next_id(), (), deadline)
-            {
+            let id = self.codec.next_id();
+            let w = match own {
+                Some(_) => self.calls.register(id, ()),
+                None => self.calls.register_expiring(id, (), deadline),
+            };
+            if let Some(w) = w {
                 break w;
             }
         };
         if !self.accepts_calls() {
             return CallFuture::ready(Err(self.closed_error()));
         }
-        let timeout = Some(self.config.timeout);
+        let timeout = Some(deadline.saturating_duration_since(now));
         let alone = self.solo.load(Ordering::Relaxed) && self.calls.len() == 1;
         let (method, args) = (req.method(), req.args());
         let encode = |dst: &mut BytesMut| {
@@ -391,7 +400,7 @@ impl<C: Codec> Conn<C> {
                 .map(|()| true)
         };
         match self.try_send_frame(&encode, alone) {
-            Some(Ok(())) => CallFuture::waiting(waiter, format),
+            Some(Ok(())) => CallFuture::waiting(waiter, format, own),
             Some(Err(e)) => CallFuture::ready(Err(e)),
             None => {
                 // The outbox is full: wait for room in a task-held future.

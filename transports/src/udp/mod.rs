@@ -479,10 +479,13 @@ impl<C: Codec> Shared<C> {
         })
     }
 
-    /// Starts a call. The common one (no deadline of its own, no retransmission) is registered
-    /// and sent here, and its future only waits for the answer; others run in full in `call`.
+    /// Starts a call. The common one (no retransmission, room in the socket) is registered and
+    /// sent here, and its future only waits for the answer; others run in full in `call`.
     fn start(self: &Arc<Self>, peer: SocketAddr, req: Request) -> CallFuture<C::Id, SocketAddr> {
-        if self.retransmit.is_some() || req.is_notification() || req.context().deadline().is_some()
+        // Timers and the table's sweeper need the runtime's context.
+        if self.retransmit.is_some()
+            || req.is_notification()
+            || tokio::runtime::Handle::try_current().is_err()
         {
             let shared = self.clone();
             return CallFuture::boxed(async move { shared.call(peer, req).await });
@@ -492,12 +495,17 @@ impl<C: Codec> Shared<C> {
         }
         let format = self.codec.format();
         let now = Instant::now();
-        let deadline = now + self.timeout;
+        // A deadline the caller set gets a timer of its own (exact); the default timeout is
+        // the table's to enforce, a tick late at most.
+        let own = req.context().deadline();
+        let deadline = own.unwrap_or(now + self.timeout);
         let waiter = loop {
-            if let Some(w) = self
-                .calls
-                .register_expiring(self.codec.next_id(), peer, deadline)
-            {
+            let id = self.codec.next_id();
+            let w = match own {
+                Some(_) => self.calls.register(id, peer),
+                None => self.calls.register_expiring(id, peer, deadline),
+            };
+            if let Some(w) = w {
                 break w;
             }
         };
@@ -514,7 +522,7 @@ impl<C: Codec> Shared<C> {
                         Some(waiter.id()),
                         method,
                         args,
-                        Some(self.timeout),
+                        Some(deadline.saturating_duration_since(now)),
                         dst,
                     )
                     .map(|()| true)
@@ -522,12 +530,16 @@ impl<C: Codec> Shared<C> {
             &mut None,
         );
         match sent {
-            Ok(Encoded::Sent | Encoded::Nothing) => CallFuture::waiting(waiter, format),
+            Ok(Encoded::Sent | Encoded::Nothing) => CallFuture::waiting(waiter, format, own),
             Ok(Encoded::Later(bytes)) => {
                 let shared = self.clone();
                 CallFuture::boxed(async move {
                     shared.send_later(peer, bytes).await?;
-                    crate::answer(waiter.wait_expiring().await, format)
+                    let answer = match own {
+                        Some(deadline) => waiter.wait(deadline).await,
+                        None => waiter.wait_expiring().await,
+                    };
+                    crate::answer(answer, format)
                 })
             }
             Err(e) => CallFuture::ready(Err(e)),
