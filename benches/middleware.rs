@@ -112,8 +112,8 @@ where
     let on = std::env::var_os("RPC_BENCH_NO_CLIENT_STACK").is_none();
     client.layer(
         ServiceBuilder::new()
-            // The timeout is the call's deadline, which the transport enforces with the timer it
-            // has for every call anyway (tower's `TimeoutLayer` would add a second one).
+            // The timeout is the call's deadline, which the transport enforces with a timer in
+            // the call's own future (tower's `TimeoutLayer` would add a second timer and future).
             .option_layer(on.then(|| SetDeadlineLayer::new(Duration::from_secs(5))))
             .option_layer(on.then(|| RetryLayer::new(RetryPolicy::new())))
             .option_layer(on.then(|| RateLimitLayer::global(10_000_000, Duration::from_secs(1))))

@@ -62,6 +62,9 @@ pub enum Native {
     /// [`MsgPack`](crate::msgpack::MsgPack).
     #[non_exhaustive]
     MsgPack,
+    /// [`Json`](crate::json::Json).
+    #[non_exhaustive]
+    Json,
 }
 
 /// Appends `value` in `format` to `dst`, without type erasure when the format is native.
@@ -72,6 +75,7 @@ fn encode_into<T: Serialize + ?Sized>(
 ) -> Result<(), BoxError> {
     match format.native() {
         Some(Native::MsgPack) => crate::msgpack::encode(value, dst),
+        Some(Native::Json) => crate::json::encode(value, dst),
         None => format.encode(&value, dst),
     }
 }
@@ -114,8 +118,14 @@ pub fn decode<T: DeserializeOwned>(
     src: &[u8],
     names: Option<&[&'static str]>,
 ) -> Result<T, BoxError> {
-    if let Some(Native::MsgPack) = format.native() {
-        return crate::msgpack::decode(src, |de| Ok(T::deserialize(de)?));
+    match format.native() {
+        Some(Native::MsgPack) => return crate::msgpack::decode(src, |de| Ok(T::deserialize(de)?)),
+        Some(Native::Json) => {
+            if let Some(src) = crate::json::positional(src) {
+                return crate::json::decode(src, |de| Ok(T::deserialize(de)?));
+            }
+        }
+        None => {}
     }
     let mut out = None;
     format.decode(src, names, &mut |de| {
@@ -337,9 +347,14 @@ macro_rules! tuples {
             fn from_args(payload: &Payload, names: Option<&[&'static str]>) -> Result<Self, ServerError> {
                 let mut slot = None;
                 let seq = SlotSeq::<($($t,)*)>(&mut slot);
-                match payload.format.native() {
-                    Some(Native::MsgPack) => crate::msgpack::decode_tuple(&payload.bytes, $n, seq),
-                    None => payload.format.decode(&payload.bytes, names, &mut |de| {
+                let json = match payload.format.native() {
+                    Some(Native::Json) => crate::json::positional(&payload.bytes),
+                    _ => None,
+                };
+                match (payload.format.native(), json) {
+                    (Some(Native::MsgPack), _) => crate::msgpack::decode_tuple(&payload.bytes, $n, seq),
+                    (_, Some(src)) => crate::json::decode(src, |de| Ok(de.deserialize_tuple($n, seq)?)),
+                    _ => payload.format.decode(&payload.bytes, names, &mut |de| {
                         de.deserialize_tuple($n, SlotSeq::<($($t,)*)>(seq.0))
                     }),
                 }

@@ -46,7 +46,8 @@
 //! - [`context`]: [`Context`], [`Peer`], [`Extensions`].
 //! - [`handler`], [`router`]: the server side.
 //! - [`client`]: the client side. [`calls`]: matching responses to calls in flight.
-//! - [`format`](mod@format), [`codec`]: encodings; [`msgpack`]: the MessagePack value format.
+//! - [`format`](mod@format), [`codec`]: encodings; [`msgpack`] and [`json`]: the MessagePack and
+//!   JSON value formats.
 //! - [`serve`]: what a transport does with a request.
 //! - [`error`]: the error model.
 #![doc(test(
@@ -62,6 +63,7 @@ pub mod error;
 pub mod format;
 pub mod handler;
 mod hash;
+pub mod json;
 pub mod message;
 pub mod msgpack;
 pub mod router;

@@ -26,9 +26,7 @@
 //! framing (length-prefixed by default; `Framing::Newline` for bjsonrpc-style peers,
 //! `Framing::Eot` for rpcbd).
 
-mod format;
-
-pub use self::format::Json;
+pub use rpc_core::json::Json;
 
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -40,7 +38,8 @@ use rpc_core::{Error, ErrorCode, Format, Method, MethodName, Payload, Response, 
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use self::format::JSON;
+/// The format as the codec and its payloads hold it.
+static JSON: Json = Json;
 
 /// The default longest batch: 1000 messages.
 pub const DEFAULT_MAX_BATCH: usize = 1000;

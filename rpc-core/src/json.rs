@@ -1,11 +1,16 @@
-//! The JSON value format, with by-name arguments.
+//! The JSON value format, [`Json`], with by-name arguments.
+//!
+//! It lives here rather than with the JSON-RPC codec so that typed code can call `serde_json`
+//! directly, monomorphized for the value's type, for positional argument lists and for results
+//! (see `Format::native`); argument lists by name still go through
+//! `erased_serde`. `rpc_codecs::jsonrpc` re-exports it.
 
 use std::borrow::Cow;
 use std::collections::HashMap;
 
+use crate::format::{DeserializeFn, Native};
+use crate::{BoxError, Format};
 use bytes::{BufMut, BytesMut};
-use rpc_core::format::DeserializeFn;
-use rpc_core::{BoxError, Format};
 use serde::de::{DeserializeSeed, SeqAccess, Visitor};
 use serde::forward_to_deserialize_any;
 use serde_json::value::RawValue;
@@ -13,13 +18,13 @@ use serde_json::value::RawValue;
 /// JSON values, as serde_json writes and reads them.
 ///
 /// Argument lists may come as an array (by position) or an object (by name). By name, each
-/// parameter the handler declared with [`Route::params`](rpc_core::Route::params) is taken from the
+/// parameter the handler declared with [`Route::params`](crate::Route::params) is taken from the
 /// object: a missing one is `null` (so `Option` parameters may be left out), an unknown one is an
 /// error. A handler that declared no names and takes a single argument receives the whole object
 /// as that argument (a params struct). Absent params are an empty list.
 ///
 /// ```
-/// use rpc_codecs::jsonrpc::Json;
+/// use rpc_core::json::Json;
 /// use rpc_core::Payload;
 ///
 /// let p = Payload::encode(&Json, &("a", 1.5, [1, 2]))?;
@@ -29,7 +34,9 @@ use serde_json::value::RawValue;
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Json;
 
-pub(crate) static JSON: Json = Json;
+/// The format as tests and payloads hold it.
+#[cfg(test)]
+static JSON: Json = Json;
 
 impl Format for Json {
     fn name(&self) -> &'static str {
@@ -78,6 +85,10 @@ impl Format for Json {
                 Ok(())
             }
         }
+    }
+
+    fn native(&self) -> Option<Native> {
+        Some(Native::Json)
     }
 }
 
@@ -242,11 +253,44 @@ impl<'de> SeqAccess<'de> for RawSeqAccess<'de> {
     }
 }
 
+/// Appends the encoding of `value` to `dst`.
+pub(crate) fn encode<T: serde::Serialize + ?Sized>(
+    value: &T,
+    dst: &mut BytesMut,
+) -> Result<(), BoxError> {
+    serde_json::to_writer(dst.writer(), value)?;
+    Ok(())
+}
+
+/// What typed code may read directly from `src`: `Some` with the bytes of one JSON value (`[]`
+/// when there are none); `None` for an object, which by-name parameters and whole-object
+/// arguments read through [`Json`]'s `Format::decode`.
+pub(crate) fn positional(src: &[u8]) -> Option<&[u8]> {
+    match src.iter().find(|b| !b.is_ascii_whitespace()) {
+        None => Some(b"[]"),
+        Some(b'{') => None,
+        Some(_) => Some(src),
+    }
+}
+
+/// Runs `read` over a decoder of `src`, which must hold exactly one value.
+pub(crate) fn decode<'a, R>(
+    src: &'a [u8],
+    read: impl FnOnce(
+        &mut serde_json::Deserializer<serde_json::de::SliceRead<'a>>,
+    ) -> Result<R, BoxError>,
+) -> Result<R, BoxError> {
+    let mut de = serde_json::Deserializer::from_slice(src);
+    let v = read(&mut de)?;
+    de.end()?;
+    Ok(v)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rpc_core::format::FromArgs;
-    use rpc_core::Payload;
+    use crate::format::FromArgs;
+    use crate::Payload;
 
     fn args<T: FromArgs>(json: &str, names: Option<&[&'static str]>) -> Result<T, String> {
         let p = Payload::new(bytes::Bytes::copy_from_slice(json.as_bytes()), &JSON);
@@ -274,6 +318,65 @@ mod tests {
         assert!(args::<(i64, i64)>("[42, 1, 2]", Some(names)).is_err());
         assert_eq!(args::<()>("", None), Ok(()));
         assert_eq!(args::<()>("[]", None), Ok(()));
+    }
+
+    /// The same format reached only through `erased_serde`, as any format rpc-core does not know.
+    #[derive(Debug)]
+    struct Erased;
+
+    impl Format for Erased {
+        fn name(&self) -> &'static str {
+            "json"
+        }
+        fn encode(
+            &self,
+            value: &dyn erased_serde::Serialize,
+            dst: &mut BytesMut,
+        ) -> Result<(), BoxError> {
+            Json.encode(value, dst)
+        }
+        fn decode(
+            &self,
+            src: &[u8],
+            names: Option<&[&'static str]>,
+            visit: &mut DeserializeFn<'_>,
+        ) -> Result<(), BoxError> {
+            Json.decode(src, names, visit)
+        }
+    }
+
+    #[test]
+    fn typed_and_erased_paths_agree() {
+        #[derive(serde::Serialize, serde::Deserialize, Debug, PartialEq)]
+        struct P {
+            a: i64,
+            b: Option<String>,
+        }
+        let value = (P { a: 1, b: None }, "x\u{e9}\"", [1.5, -2.0]);
+        let typed = Payload::encode(&Json, &value).unwrap();
+        let erased = Payload::encode(&Erased, &value).unwrap();
+        assert_eq!(typed.bytes(), erased.bytes());
+        type Args = (P, String, Vec<f64>);
+        for format in [&Json as &'static dyn Format, &Erased] {
+            let p = Payload::new(typed.bytes().clone(), format);
+            assert_eq!(p.decode::<Args>().unwrap().0, P { a: 1, b: None });
+            assert_eq!(Args::from_args(&p, None).unwrap().1, "x\u{e9}\"");
+            assert!(<(P, String)>::from_args(&p, None).is_err());
+            let object = Payload::new(bytes::Bytes::from_static(br#" {"a": 2}"#), format);
+            assert_eq!(object.decode::<P>().unwrap(), P { a: 2, b: None });
+            assert_eq!(<(P,)>::from_args(&object, None).unwrap().0.a, 2);
+            let names: &[&'static str] = &["b", "a"];
+            let two = Payload::new(bytes::Bytes::from_static(br#"{"a": 3}"#), format);
+            assert_eq!(
+                <(Option<String>, i64)>::from_args(&two, Some(names)).unwrap(),
+                (None, 3)
+            );
+            let empty = Payload::new(bytes::Bytes::from_static(b"  "), format);
+            assert_eq!(<()>::from_args(&empty, None), Ok(()));
+            let trailing = Payload::new(bytes::Bytes::from_static(b"[1] 2"), format);
+            assert!(trailing.decode::<Vec<i64>>().is_err());
+            assert!(<(i64,)>::from_args(&trailing, None).is_err());
+        }
     }
 
     #[test]
