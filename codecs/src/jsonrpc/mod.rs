@@ -59,19 +59,138 @@ impl Id {
     fn write(&self, dst: &mut BytesMut) {
         match self {
             Id::Null => dst.put_slice(b"null"),
-            Id::Number(n) => dst.put_slice(n.to_string().as_bytes()),
+            Id::Number(n) => {
+                // Straight into the frame, not through a `String`.
+                let _ = fmt::Write::write_fmt(dst, format_args!("{n}"));
+            }
             Id::String(s) => write_json(dst, &**s),
         }
     }
+}
 
-    fn parse(raw: &RawValue) -> Option<Id> {
-        match serde_json::from_str::<serde_json::Value>(raw.get()).ok()? {
-            serde_json::Value::Null => Some(Id::Null),
-            serde_json::Value::Number(n) => Some(Id::Number(n)),
-            serde_json::Value::String(s) => Some(Id::String(s.into())),
-            _ => None,
+/// A member's value read as what it should be (a request id, a method name), or found not to be:
+/// read once, in the envelope's own pass, and never an error (the message is then invalid, not
+/// unparsable).
+enum Read<T> {
+    Is(T),
+    Not,
+}
+
+/// A method name: borrowed from the frame when it has no escapes.
+enum Text<'a> {
+    Borrowed(&'a str),
+    Owned(String),
+}
+
+/// Visitor methods for the kinds of value a `Read` is not: they read as `Read::Not`.
+macro_rules! not_this {
+    ($($method:ident($ty:ty)),* $(,)?) => {$(
+        fn $method<E: serde::de::Error>(self, _: $ty) -> Result<Self::Value, E> {
+            Ok(Read::Not)
         }
+    )*};
+}
+
+impl<'de> Deserialize<'de> for Read<Id> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Read<Id>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a request id")
+            }
+            fn visit_unit<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+                Ok(Read::Is(Id::Null))
+            }
+            fn visit_u64<E: serde::de::Error>(self, n: u64) -> Result<Self::Value, E> {
+                Ok(Read::Is(Id::Number(n.into())))
+            }
+            fn visit_i64<E: serde::de::Error>(self, n: i64) -> Result<Self::Value, E> {
+                Ok(Read::Is(Id::Number(n.into())))
+            }
+            fn visit_f64<E: serde::de::Error>(self, n: f64) -> Result<Self::Value, E> {
+                Ok(serde_json::Number::from_f64(n).map_or(Read::Not, |n| Read::Is(Id::Number(n))))
+            }
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<Self::Value, E> {
+                Ok(Read::Is(Id::String(s.into())))
+            }
+            not_this!(visit_bool(bool));
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                a: A,
+            ) -> Result<Self::Value, A::Error> {
+                drain_seq(a)
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                a: A,
+            ) -> Result<Self::Value, A::Error> {
+                drain_map(a)
+            }
+        }
+        d.deserialize_any(V)
     }
+}
+
+impl<'de> Deserialize<'de> for Read<Text<'de>> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Read<Text<'de>>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a method name")
+            }
+            fn visit_borrowed_str<E: serde::de::Error>(
+                self,
+                s: &'de str,
+            ) -> Result<Self::Value, E> {
+                Ok(Read::Is(Text::Borrowed(s)))
+            }
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<Self::Value, E> {
+                Ok(Read::Is(Text::Owned(s.to_owned())))
+            }
+            fn visit_string<E: serde::de::Error>(self, s: String) -> Result<Self::Value, E> {
+                Ok(Read::Is(Text::Owned(s)))
+            }
+            fn visit_unit<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+                Ok(Read::Not)
+            }
+            not_this!(
+                visit_bool(bool),
+                visit_u64(u64),
+                visit_i64(i64),
+                visit_f64(f64)
+            );
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                a: A,
+            ) -> Result<Self::Value, A::Error> {
+                drain_seq(a)
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                a: A,
+            ) -> Result<Self::Value, A::Error> {
+                drain_map(a)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// Reads past an array that is not what was wanted.
+fn drain_seq<'de, T, A: serde::de::SeqAccess<'de>>(mut a: A) -> Result<Read<T>, A::Error> {
+    while a.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+    Ok(Read::Not)
+}
+
+/// Reads past an object that is not what was wanted.
+fn drain_map<'de, T, A: serde::de::MapAccess<'de>>(mut a: A) -> Result<Read<T>, A::Error> {
+    while a
+        .next_entry::<serde::de::IgnoredAny, serde::de::IgnoredAny>()?
+        .is_some()
+    {}
+    Ok(Read::Not)
 }
 
 impl fmt::Debug for Id {
@@ -156,9 +275,9 @@ fn check_format(p: &Payload) -> Result<(), Error> {
 #[derive(Default)]
 struct Envelope<'a> {
     jsonrpc: Option<&'a RawValue>,
-    method: Option<&'a RawValue>,
+    method: Option<Read<Text<'a>>>,
     params: Option<&'a RawValue>,
-    id: Option<&'a RawValue>,
+    id: Option<Read<Id>>,
     result: Option<&'a RawValue>,
     error: Option<&'a RawValue>,
     timeout_ms: Option<&'a RawValue>,
@@ -219,36 +338,45 @@ impl<'de> Deserialize<'de> for Envelope<'de> {
             ) -> Result<Self::Value, A::Error> {
                 let mut env = Envelope::default();
                 while let Some(key) = map.next_key::<Member>()? {
-                    let slot = match key {
-                        Member::Known("jsonrpc") => &mut env.jsonrpc,
-                        Member::Known("method") => &mut env.method,
-                        Member::Known("params") => &mut env.params,
-                        Member::Known("id") => &mut env.id,
-                        Member::Known("result") => &mut env.result,
-                        Member::Known("error") => &mut env.error,
-                        // The last of the known names.
-                        Member::Known(_) => &mut env.timeout_ms,
+                    let name = match key {
+                        Member::Known(name) => name,
                         Member::Unknown(name) => {
                             map.next_value::<serde::de::IgnoredAny>()?;
                             env.unknown.get_or_insert(name);
                             continue;
                         }
                     };
-                    if slot.is_some() {
-                        let Member::Known(name) = key else {
-                            unreachable!("unknown members are skipped above")
-                        };
-                        return Err(serde::de::Error::custom(format_args!(
-                            "duplicate member {name:?}"
-                        )));
+                    match name {
+                        "jsonrpc" => put(&mut env.jsonrpc, &mut map, name)?,
+                        "method" => put(&mut env.method, &mut map, name)?,
+                        "params" => put(&mut env.params, &mut map, name)?,
+                        "id" => put(&mut env.id, &mut map, name)?,
+                        "result" => put(&mut env.result, &mut map, name)?,
+                        "error" => put(&mut env.error, &mut map, name)?,
+                        // The last of the known names.
+                        _ => put(&mut env.timeout_ms, &mut map, name)?,
                     }
-                    *slot = Some(map.next_value()?);
                 }
                 Ok(env)
             }
         }
         d.deserialize_map(V)
     }
+}
+
+/// Reads a member's value into its slot; a second one is an error.
+fn put<'de, T: Deserialize<'de>, A: serde::de::MapAccess<'de>>(
+    slot: &mut Option<T>,
+    map: &mut A,
+    name: &str,
+) -> Result<(), A::Error> {
+    if slot.is_some() {
+        return Err(serde::de::Error::custom(format_args!(
+            "duplicate member {name:?}"
+        )));
+    }
+    *slot = Some(map.next_value()?);
+    Ok(())
 }
 
 #[derive(Deserialize)]
@@ -294,10 +422,8 @@ fn decode_one(frame: &Bytes, text: &[u8], deadlines: bool) -> Result<Message<Id>
     let env: Envelope<'_> = serde_json::from_slice(text).map_err(parse_error)?;
     let id = match env.id {
         None => None,
-        Some(raw) => match Id::parse(raw) {
-            Some(id) => Some(id),
-            None => return Err(invalid("the id must be a number, a string or null")),
-        },
+        Some(Read::Is(id)) => Some(id),
+        Some(Read::Not) => return Err(invalid("the id must be a number, a string or null")),
     };
     if let Some(method) = env.method {
         if env.jsonrpc.map(RawValue::get) != Some(r#""2.0""#) {
@@ -318,13 +444,11 @@ fn decode_one(frame: &Bytes, text: &[u8], deadlines: bool) -> Result<Message<Id>
         };
         // A name without escapes is the raw text between its quotes: shared with the frame, not
         // copied. (serde gives `Cow<str>` owned always, so borrowing is tried as `&str` first.)
-        let name = if let Ok(s) = serde_json::from_str::<&str>(method.get()) {
-            MethodName::from_utf8(frame.slice_ref(s.as_bytes()))
-                .map_err(|_| invalid("the method is not UTF-8"))?
-        } else if let Ok(s) = serde_json::from_str::<String>(method.get()) {
-            MethodName::from(s)
-        } else {
-            return Err(invalid("the method must be a string"));
+        let name = match method {
+            Read::Is(Text::Borrowed(s)) => MethodName::from_utf8(frame.slice_ref(s.as_bytes()))
+                .map_err(|_| invalid("the method is not UTF-8"))?,
+            Read::Is(Text::Owned(s)) => MethodName::from(s),
+            Read::Not => return Err(invalid("the method must be a string")),
         };
         let args = match env.params {
             None => Bytes::new(),
