@@ -141,7 +141,8 @@ impl fmt::Debug for Route {
 #[derive(Clone, Default)]
 pub struct Router {
     // Keys chosen by the application, looked up by peers: a fold hash is enough.
-    names: Arc<HashMap<Box<str>, Arc<Entry>, FoldState>>,
+    /// Keyed by the names' bytes: a request's name is looked up without checking its UTF-8 again.
+    names: Arc<HashMap<Box<[u8]>, Arc<Entry>, FoldState>>,
     commands: Arc<HashMap<u16, Arc<Entry>, FoldState>>,
 }
 
@@ -180,7 +181,8 @@ impl Router {
             "a route needs a name or a command id"
         );
         if let Some(name) = route.name {
-            let old = Arc::make_mut(&mut self.names).insert(name.clone(), route.entry.clone());
+            let old =
+                Arc::make_mut(&mut self.names).insert(name.as_bytes().into(), route.entry.clone());
             assert!(old.is_none(), "method {name:?} is routed twice");
         }
         if let Some(id) = route.command {
@@ -198,7 +200,11 @@ impl Router {
     pub fn merge(mut self, other: Router) -> Self {
         for (name, entry) in other.names.iter() {
             let old = Arc::make_mut(&mut self.names).insert(name.clone(), entry.clone());
-            assert!(old.is_none(), "method {name:?} is routed twice");
+            assert!(
+                old.is_none(),
+                "method {:?} is routed twice",
+                String::from_utf8_lossy(name)
+            );
         }
         for (id, entry) in other.commands.iter() {
             let old = Arc::make_mut(&mut self.commands).insert(*id, entry.clone());
@@ -214,7 +220,7 @@ impl Router {
 
     fn entry(&self, method: &Method) -> Option<&Arc<Entry>> {
         match method {
-            Method::Name(n) => self.names.get(n.as_str()),
+            Method::Name(n) => self.names.get(n.as_bytes()),
             Method::Id(id) => self.commands.get(id),
         }
     }
@@ -233,7 +239,11 @@ impl Router {
 
 impl fmt::Debug for Router {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut names: Vec<_> = self.names.keys().collect();
+        let mut names: Vec<_> = self
+            .names
+            .keys()
+            .map(|n| String::from_utf8_lossy(n))
+            .collect();
         names.sort();
         let mut ids: Vec<_> = self.commands.keys().collect();
         ids.sort();
