@@ -129,7 +129,8 @@ where
 
 enum Started {
     Ready(Response),
-    Pending(BoxFuture<'static, Response>, OwnedSemaphorePermit),
+    /// Still running, holding a slot of the limit (`None` past it; see `start`).
+    Pending(BoxFuture<'static, Response>, Option<OwnedSemaphorePermit>),
 }
 
 /// Starts serving a request; answers from here when the handler does not wait.
@@ -144,10 +145,12 @@ fn start<C: Codec, L: Link<C>>(
     let Some(service) = service else {
         return Started::Ready(ServerError::method_not_found(&method).into());
     };
-    let Ok(permit) = link.permits().clone().try_acquire_owned() else {
+    // The limit counts requests still running after their first poll: one that is done at
+    // once never holds a slot, so it costs no acquire and release (the release takes a lock).
+    if link.permits().available_permits() == 0 {
         link.count(Event::Overloaded);
         return Started::Ready(ServerError::from_code(ErrorCode::OVERLOADED).into());
-    };
+    }
     let args = Payload::new(args, link.codec().format());
     let req = if notification {
         Request::notification(method, args)
@@ -162,7 +165,9 @@ fn start<C: Codec, L: Link<C>>(
     let mut fut = service.call(req);
     match poll_once(&mut fut) {
         Poll::Ready(response) => Started::Ready(response),
-        Poll::Pending => Started::Pending(fut, permit),
+        // Another receive loop may have taken the last slot since the check above; the request
+        // runs all the same (it has started), one over the limit for a moment.
+        Poll::Pending => Started::Pending(fut, link.permits().clone().try_acquire_owned().ok()),
     }
 }
 

@@ -152,6 +152,9 @@ impl<T> Builder<T> {
 
     /// How many requests are served at once on one connection before more are refused as
     /// overloaded. Default 1024.
+    ///
+    /// A request counts while its handler is still running after the reader first polled it;
+    /// one whose handler finishes at once never takes a slot.
     pub fn max_concurrent_requests(mut self, n: usize) -> Self {
         self.config.max_concurrent_requests = n.max(1);
         self

@@ -142,6 +142,9 @@ impl Builder {
     }
 
     /// How many requests are served at once before more are refused as overloaded. Default 1024.
+    ///
+    /// A request counts while its handler is still running after the receive loop first polled
+    /// it; one whose handler finishes at once never takes a slot.
     pub fn max_concurrent_requests(mut self, n: usize) -> Self {
         self.max_concurrent_requests = n.max(1);
         self
