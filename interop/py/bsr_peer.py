@@ -125,8 +125,11 @@ def hold(server, seconds):
     print("session at %.3f" % time.time(), flush=True)
     c.hello("x")
     time.sleep(float(seconds))
+    # Stamped before the disconnect: the session ends at or after this moment, so a process
+    # descheduled after closing cannot make the next session look like an overlap.
+    released = time.time()
     c.socket_client_disconnect()
-    print("released at %.3f" % time.time(), flush=True)
+    print("released at %.3f" % released, flush=True)
     return 0
 
 

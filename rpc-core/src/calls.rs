@@ -151,6 +151,33 @@ impl<Id: Hash + Eq + Clone, P: PartialEq, V> InFlight<Id, P, V> {
         Some(waiter)
     }
 
+    /// Registers a call under the first id from `next_id` that is not in flight: with a timer of
+    /// its own if the request carries a deadline (`own`), else left to the table to expire at
+    /// `deadline`. Wait for it with [`Waiter::wait_for`] and the same `own`.
+    pub fn register_call(
+        self: &Arc<Self>,
+        mut next_id: impl FnMut() -> Id,
+        peer: P,
+        own: Option<Instant>,
+        deadline: Instant,
+    ) -> Waiter<Id, P, V>
+    where
+        Id: Send + 'static,
+        P: Clone + Send + 'static,
+        V: Send + 'static,
+    {
+        loop {
+            let id = next_id();
+            let w = match own {
+                Some(_) => self.register(id, peer.clone()),
+                None => self.register_expiring(id, peer.clone(), deadline),
+            };
+            if let Some(w) = w {
+                return w;
+            }
+        }
+    }
+
     fn insert(
         self: &Arc<Self>,
         id: Id,
@@ -331,6 +358,16 @@ impl<Id: Hash + Eq + Clone, P: PartialEq, V> Waiter<Id, P, V> {
     /// [`Error::Timeout`] when it expires, [`Error::Closed`] if it is closed.
     pub async fn wait_expiring(mut self) -> Result<V, Error> {
         std::future::poll_fn(|cx| self.poll_expiring(cx)).await
+    }
+
+    /// Waits for the response to a call registered with
+    /// [`register_call`](InFlight::register_call): until `own` with a timer, or, without one,
+    /// until the table expires it.
+    pub async fn wait_for(self, own: Option<Instant>) -> Result<V, Error> {
+        match own {
+            Some(deadline) => self.wait(deadline).await,
+            None => self.wait_expiring().await,
+        }
     }
 
     /// Polls for the response to a call registered with

@@ -378,16 +378,9 @@ impl<C: Codec> Conn<C> {
         // the table's to enforce, a tick late at most.
         let own = req.context().deadline();
         let deadline = own.unwrap_or(now + self.config.timeout);
-        let waiter = loop {
-            let id = self.codec.next_id();
-            let w = match own {
-                Some(_) => self.calls.register(id, ()),
-                None => self.calls.register_expiring(id, (), deadline),
-            };
-            if let Some(w) = w {
-                break w;
-            }
-        };
+        let waiter = self
+            .calls
+            .register_call(|| self.codec.next_id(), (), own, deadline);
         if !self.accepts_calls() {
             return CallFuture::ready(Err(self.closed_error()));
         }
@@ -436,16 +429,9 @@ impl<C: Codec> Conn<C> {
         // the table's to enforce, a tick late at most.
         let own = ctx.deadline();
         let deadline = own.unwrap_or(now + self.config.timeout);
-        let waiter = loop {
-            let id = self.codec.next_id();
-            let w = match own {
-                Some(_) => self.calls.register(id, ()),
-                None => self.calls.register_expiring(id, (), deadline),
-            };
-            if let Some(w) = w {
-                break w;
-            }
-        };
+        let waiter = self
+            .calls
+            .register_call(|| self.codec.next_id(), (), own, deadline);
         if !self.accepts_calls() {
             return Err(self.closed_error());
         }
@@ -463,11 +449,7 @@ impl<C: Codec> Conn<C> {
             alone,
         )
         .await?;
-        let answer = match own {
-            Some(_) => waiter.wait(deadline).await,
-            None => waiter.wait_expiring().await,
-        };
-        match answer {
+        match waiter.wait_for(own).await {
             Ok(Ok(bytes)) => Ok(Payload::new(bytes, format)),
             Ok(Err(e)) => Err(Error::Server(e)),
             Err(Error::Closed) => Err(self.closed_error()),

@@ -502,16 +502,9 @@ impl<C: Codec> Shared<C> {
         // the table's to enforce, a tick late at most.
         let own = req.context().deadline();
         let deadline = own.unwrap_or(now + self.timeout);
-        let waiter = loop {
-            let id = self.codec.next_id();
-            let w = match own {
-                Some(_) => self.calls.register(id, peer),
-                None => self.calls.register_expiring(id, peer, deadline),
-            };
-            if let Some(w) = w {
-                break w;
-            }
-        };
+        let waiter = self
+            .calls
+            .register_call(|| self.codec.next_id(), peer, own, deadline);
         // Closed between the first check and the registration: the loop will not deliver.
         if self.closed.is_cancelled() {
             return CallFuture::ready(Err(Error::Closed));
@@ -538,11 +531,7 @@ impl<C: Codec> Shared<C> {
                 let shared = self.clone();
                 CallFuture::boxed(async move {
                     shared.send_later(peer, bytes).await?;
-                    let answer = match own {
-                        Some(deadline) => waiter.wait(deadline).await,
-                        None => waiter.wait_expiring().await,
-                    };
-                    crate::answer(answer, format)
+                    crate::answer(waiter.wait_for(own).await, format)
                 })
             }
             Err(e) => CallFuture::ready(Err(e)),
@@ -570,16 +559,9 @@ impl<C: Codec> Shared<C> {
         // the table's to enforce, a tick late at most.
         let own = ctx.deadline();
         let deadline = own.unwrap_or(now + self.timeout);
-        let waiter = loop {
-            let id = self.codec.next_id();
-            let w = match own {
-                Some(_) => self.calls.register(id, peer),
-                None => self.calls.register_expiring(id, peer, deadline),
-            };
-            if let Some(w) = w {
-                break w;
-            }
-        };
+        let waiter = self
+            .calls
+            .register_call(|| self.codec.next_id(), peer, own, deadline);
         // Closed between the first check and the registration: the loop will not deliver.
         if self.closed.is_cancelled() {
             return Err(Error::Closed);
@@ -596,12 +578,7 @@ impl<C: Codec> Shared<C> {
             &mut copy,
         )
         .await?;
-        let answer = async move {
-            match own {
-                Some(_) => waiter.wait(deadline).await,
-                None => waiter.wait_expiring().await,
-            }
-        };
+        let answer = waiter.wait_for(own);
         let result = match (self.retransmit, copy) {
             (Some(every), Some(datagram)) => {
                 // The same datagram, same id, again and again until answered: with the server's
