@@ -596,10 +596,7 @@ impl<C: Codec> Shared<C> {
             }
             _ => answer.await,
         };
-        match result? {
-            Ok(bytes) => Ok(Payload::new(bytes, format)),
-            Err(e) => Err(Error::Server(e)),
-        }
+        crate::answer(result, format)
     }
 }
 
