@@ -67,6 +67,36 @@ pub enum Native {
     Json,
 }
 
+/// A native format reached only through `erased_serde`, as any format rpc-core does not know:
+/// for tests that the typed and the erased paths agree.
+#[cfg(test)]
+#[derive(Debug)]
+pub(crate) struct Erased<F: Format>(pub(crate) F);
+
+#[cfg(test)]
+impl<F: Format> Format for Erased<F> {
+    fn name(&self) -> &'static str {
+        self.0.name()
+    }
+
+    fn encode(
+        &self,
+        value: &dyn erased_serde::Serialize,
+        dst: &mut BytesMut,
+    ) -> Result<(), BoxError> {
+        self.0.encode(value, dst)
+    }
+
+    fn decode(
+        &self,
+        src: &[u8],
+        names: Option<&[&'static str]>,
+        visit: &mut DeserializeFn<'_>,
+    ) -> Result<(), BoxError> {
+        self.0.decode(src, names, visit)
+    }
+}
+
 /// Appends `value` in `format` to `dst`, without type erasure when the format is native.
 fn encode_into<T: Serialize + ?Sized>(
     format: &dyn Format,

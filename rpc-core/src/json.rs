@@ -289,6 +289,7 @@ pub(crate) fn decode<'a, R>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::format::Erased;
     use crate::format::FromArgs;
     use crate::Payload;
 
@@ -320,30 +321,8 @@ mod tests {
         assert_eq!(args::<()>("[]", None), Ok(()));
     }
 
-    /// The same format reached only through `erased_serde`, as any format rpc-core does not know.
-    #[derive(Debug)]
-    struct Erased;
-
-    impl Format for Erased {
-        fn name(&self) -> &'static str {
-            "json"
-        }
-        fn encode(
-            &self,
-            value: &dyn erased_serde::Serialize,
-            dst: &mut BytesMut,
-        ) -> Result<(), BoxError> {
-            Json.encode(value, dst)
-        }
-        fn decode(
-            &self,
-            src: &[u8],
-            names: Option<&[&'static str]>,
-            visit: &mut DeserializeFn<'_>,
-        ) -> Result<(), BoxError> {
-            Json.decode(src, names, visit)
-        }
-    }
+    /// The same format reached only through `erased_serde`.
+    static ERASED: Erased<Json> = Erased(Json);
 
     #[test]
     fn typed_and_erased_paths_agree() {
@@ -354,10 +333,10 @@ mod tests {
         }
         let value = (P { a: 1, b: None }, "x\u{e9}\"", [1.5, -2.0]);
         let typed = Payload::encode(&Json, &value).unwrap();
-        let erased = Payload::encode(&Erased, &value).unwrap();
+        let erased = Payload::encode(&ERASED, &value).unwrap();
         assert_eq!(typed.bytes(), erased.bytes());
         type Args = (P, String, Vec<f64>);
-        for format in [&Json as &'static dyn Format, &Erased] {
+        for format in [&Json as &'static dyn Format, &ERASED] {
             let p = Payload::new(typed.bytes().clone(), format);
             assert_eq!(p.decode::<Args>().unwrap().0, P { a: 1, b: None });
             assert_eq!(Args::from_args(&p, None).unwrap().1, "x\u{e9}\"");

@@ -115,33 +115,12 @@ mod tests {
     use serde::{Deserialize, Serialize};
 
     use super::*;
+    use crate::format::Erased;
     use crate::format::FromArgs;
     use crate::Payload;
 
-    /// The same format reached only through `erased_serde`, as any format rpc-core does not know.
-    #[derive(Debug)]
-    struct Erased;
-
-    impl Format for Erased {
-        fn name(&self) -> &'static str {
-            "msgpack"
-        }
-        fn encode(
-            &self,
-            value: &dyn erased_serde::Serialize,
-            dst: &mut BytesMut,
-        ) -> Result<(), BoxError> {
-            MsgPack.encode(value, dst)
-        }
-        fn decode(
-            &self,
-            src: &[u8],
-            names: Option<&[&'static str]>,
-            visit: &mut DeserializeFn<'_>,
-        ) -> Result<(), BoxError> {
-            MsgPack.decode(src, names, visit)
-        }
-    }
+    /// The same format reached only through `erased_serde`.
+    static ERASED: Erased<MsgPack> = Erased(MsgPack);
 
     #[derive(Debug, PartialEq, Serialize, Deserialize)]
     struct Node {
@@ -165,9 +144,9 @@ mod tests {
 
     #[test]
     fn typed_and_erased_paths_write_the_same_bytes() {
-        assert!(MsgPack.native().is_some() && Erased.native().is_none());
+        assert!(MsgPack.native().is_some() && ERASED.native().is_none());
         let typed = Payload::encode(&MsgPack, &(node(), -3i64, "s", ())).unwrap();
-        let erased = Payload::encode(&Erased, &(node(), -3i64, "s", ())).unwrap();
+        let erased = Payload::encode(&ERASED, &(node(), -3i64, "s", ())).unwrap();
         assert_eq!(typed.bytes(), erased.bytes());
     }
 
@@ -176,7 +155,7 @@ mod tests {
         let bytes = Payload::encode(&MsgPack, &(node(), 42u8))
             .unwrap()
             .into_bytes();
-        for format in [&MsgPack as &'static dyn Format, &Erased] {
+        for format in [&MsgPack as &'static dyn Format, &ERASED] {
             let p = Payload::new(bytes.clone(), format);
             assert_eq!(p.decode::<(Node, u8)>().unwrap(), (node(), 42));
             assert_eq!(<(Node, u8)>::from_args(&p, None).unwrap(), (node(), 42));
@@ -194,7 +173,7 @@ mod tests {
         for bytes in cases {
             let bytes = bytes::Bytes::copy_from_slice(bytes);
             let typed = Payload::new(bytes.clone(), &MsgPack);
-            let erased = Payload::new(bytes, &Erased);
+            let erased = Payload::new(bytes, &ERASED);
             assert!(
                 typed.decode::<serde::de::IgnoredAny>().is_err(),
                 "{typed:?}"
