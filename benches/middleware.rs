@@ -6,9 +6,11 @@
 //! The servers run on one thread and the clients on another, each a single-threaded runtime.
 //!
 //! Run with `cargo bench -p rpc-benches --bench middleware`. Each run is bounded (7 pairs of
-//! 1 s runs per shape, about 30 s in all). `RPC_BENCH_SKIP=trace,rate,conc,shed,deadline` leaves server layers out and
+//! 1 s runs per shape, about 30 s in all; `RPC_BENCH_ROUNDS` and `RPC_BENCH_SECS` change them).
+//! `RPC_BENCH_SKIP=trace,rate,conc,shed,deadline` leaves server layers out and
 //! `RPC_BENCH_NO_CLIENT_STACK=1` the client stack, to see what each part costs;
-//! `RPC_BENCH_SHAPE=tcp` or `udp` runs one shape only.
+//! `RPC_BENCH_SHAPE=tcp` or `udp` runs one shape only, and `RPC_BENCH_ONLY=plain` or `layered`
+//! one side only (for a profiler).
 
 use std::time::{Duration, Instant};
 
@@ -22,32 +24,84 @@ use rpc_transports::{tcp, udp};
 use tower::retry::RetryLayer;
 use tower::ServiceBuilder;
 
-/// One measurement.
-const RUN: Duration = Duration::from_secs(1);
-/// Paired measurements (no layers, full stacks) per shape, in alternating order.
-const ROUNDS: usize = 7;
+/// One measurement (`RPC_BENCH_SECS` to change).
+fn run() -> Duration {
+    Duration::from_secs_f64(env_or("RPC_BENCH_SECS", 1.0))
+}
+
+/// Paired measurements (no layers, full stacks) per shape, in alternating order
+/// (`RPC_BENCH_ROUNDS` to change).
+fn rounds() -> usize {
+    env_or("RPC_BENCH_ROUNDS", 7.0) as usize
+}
+
+fn env_or(name: &str, default: f64) -> f64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|v: &f64| *v > 0.0)
+        .unwrap_or(default)
+}
 
 async fn add(a: i64, b: i64) -> i64 {
     a + b
 }
 
-fn server_stack() -> rpc_transports::stream::Builder<tcp::Tcp> {
-    tcp::Builder::new()
+/// A service stack of either side: a server's answers `Response`s, a client's `Payload`s.
+trait Stack<T>:
+    tower::Service<
+        rpc_core::Request,
+        Response = T,
+        Error: Into<rpc_core::BoxError>,
+        Future: Send + 'static,
+    > + Clone
+    + Send
+    + Sync
+    + 'static
+{
 }
 
-/// The server stack, composed as an application would (static types, no box per layer);
-/// `RPC_BENCH_SKIP=trace,rate,conc,shed,deadline` leaves layers out, to see what each costs.
-fn layered_router() -> impl tower::Service<
-    rpc_core::Request,
-    Response = rpc_core::Response,
-    Error = rpc_core::BoxError,
-    Future: Send + 'static,
-> + Clone
-       + Send
-       + Sync
-       + 'static {
-    let skip = |l: &str| std::env::var("RPC_BENCH_SKIP").is_ok_and(|v| v.contains(l));
-    let on = |l: &str| !skip(l);
+impl<T, S> Stack<T> for S where
+    S: tower::Service<
+            rpc_core::Request,
+            Response = T,
+            Error: Into<rpc_core::BoxError>,
+            Future: Send + 'static,
+        > + Clone
+        + Send
+        + Sync
+        + 'static
+{
+}
+
+/// What the servers serve.
+trait Served: Stack<rpc_core::Response> {}
+
+impl<S: Stack<rpc_core::Response>> Served for S {}
+
+/// What a client sends through, with or without layers.
+trait Channel: Stack<rpc_core::Payload> {}
+
+impl<S: Stack<rpc_core::Payload>> Channel for S {}
+
+/// The server stack, composed statically as an application would (no box, no `Either`).
+fn layered_router() -> impl Served {
+    ServiceBuilder::new()
+        .layer(TraceLayer::new(Metrics::new()))
+        .layer(RateLimitLayer::per_peer(10_000_000, Duration::from_secs(1)))
+        .layer(KeyedConcurrencyLimitLayer::per_peer(100_000))
+        .load_shed()
+        .concurrency_limit(100_000)
+        .layer(DeadlineLayer::new().default_timeout(Duration::from_secs(10)))
+        .map_err(Into::<rpc_core::BoxError>::into)
+        .service(Router::new().route("add", add))
+}
+
+/// The server stack without the layers named in `skip` (of trace, rate, conc, shed, deadline),
+/// to see what each costs. Layers left in cost a little more than in [`layered_router`]: each
+/// is wrapped in an `Either`.
+fn ablated_router(skip: &str) -> impl Served {
+    let on = |l: &str| !skip.contains(l);
     ServiceBuilder::new()
         .option_layer(on("trace").then(|| TraceLayer::new(Metrics::new())))
         .option_layer(
@@ -63,35 +117,22 @@ fn layered_router() -> impl tower::Service<
         .service(Router::new().route("add", add))
 }
 
-/// What a client sends through, with or without layers.
-trait Channel:
-    tower::Service<
-        rpc_core::Request,
-        Response = rpc_core::Payload,
-        Error: Into<rpc_core::BoxError>,
-        Future: Send,
-    > + Clone
-    + Send
-    + Sync
-    + 'static
-{
+/// Serves `service` over TCP and UDP on loopback.
+async fn serve<S: Served>(service: S) -> (tcp::Server<RpcudpCodec>, udp::Endpoint<RpcudpCodec>) {
+    let tcp = tcp::Builder::new()
+        .serve(service.clone())
+        .bind("127.0.0.1:0", RpcudpCodec::new())
+        .await
+        .expect("bind");
+    let udp = udp::Builder::new()
+        .serve(service)
+        .bind("127.0.0.1:0", RpcudpCodec::new())
+        .await
+        .expect("bind");
+    (tcp, udp)
 }
 
-impl<S> Channel for S where
-    S: tower::Service<
-            rpc_core::Request,
-            Response = rpc_core::Payload,
-            Error: Into<rpc_core::BoxError>,
-            Future: Send,
-        > + Clone
-        + Send
-        + Sync
-        + 'static
-{
-}
-
-/// The client stack, composed statically as an application would; `RPC_BENCH_NO_CLIENT_STACK=1`
-/// leaves it out.
+/// The client stack, composed statically as an application would.
 fn client_stack<S>(
     client: Client<S>,
 ) -> Client<
@@ -109,15 +150,14 @@ where
     S: Channel,
     S::Future: 'static,
 {
-    let on = std::env::var_os("RPC_BENCH_NO_CLIENT_STACK").is_none();
     client.layer(
         ServiceBuilder::new()
             // The timeout is the call's deadline, which the transport enforces with a timer in
             // the call's own future (tower's `TimeoutLayer` would add a second timer and future).
-            .option_layer(on.then(|| SetDeadlineLayer::new(Duration::from_secs(5))))
-            .option_layer(on.then(|| RetryLayer::new(RetryPolicy::new())))
-            .option_layer(on.then(|| RateLimitLayer::global(10_000_000, Duration::from_secs(1))))
-            .option_layer(on.then(|| tower::limit::ConcurrencyLimitLayer::new(100_000)))
+            .layer(SetDeadlineLayer::new(Duration::from_secs(5)))
+            .layer(RetryLayer::new(RetryPolicy::new()))
+            .layer(RateLimitLayer::global(10_000_000, Duration::from_secs(1)))
+            .concurrency_limit(100_000)
             .map_err(Into::<rpc_core::BoxError>::into)
             .into_inner(),
     )
@@ -125,12 +165,13 @@ where
 
 async fn load<S: Channel>(client: &Client<S>, in_flight: usize) -> f64 {
     let start = Instant::now();
+    let run = run();
     let mut tasks = Vec::new();
     for w in 0..in_flight {
         let c = client.clone();
         tasks.push(tokio::spawn(async move {
             let mut n = 0u64;
-            while start.elapsed() < RUN {
+            while start.elapsed() < run {
                 let r: i64 = c
                     .call("add", (w as i64, 1))
                     .await
@@ -153,16 +194,29 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-/// Runs `ROUNDS` pairs of measurements, swapping which goes first each round so that drifts in
-/// the machine's speed fall on both alike, and prints the medians and the median ratio.
+/// Runs pairs of measurements, swapping which goes first each round so that drifts in the
+/// machine's speed fall on both alike, and prints the medians and the median ratio.
+/// `RPC_BENCH_ONLY=plain` or `layered` runs one side only (for a profiler's instruction counts).
 async fn compare<P: Channel, L: Channel>(
     shape: &str,
     plain: &Client<P>,
     layered: &Client<L>,
     in_flight: usize,
 ) {
+    let rounds = rounds();
+    match std::env::var("RPC_BENCH_ONLY").as_deref() {
+        Ok("plain") => {
+            let rate = load(plain, in_flight).await;
+            return println!("{shape}: no layers {rate:.0} calls/s");
+        }
+        Ok("layered") => {
+            let rate = load(layered, in_flight).await;
+            return println!("{shape}: full stacks {rate:.0} calls/s");
+        }
+        _ => {}
+    }
     let (mut a, mut b, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
-    for round in 0..ROUNDS {
+    for round in 0..rounds {
         let (x, y) = if round % 2 == 0 {
             let x = load(plain, in_flight).await;
             (x, load(layered, in_flight).await)
@@ -178,7 +232,7 @@ async fn compare<P: Channel, L: Channel>(
         .iter()
         .fold((f64::MAX, f64::MIN), |(lo, hi), r| (lo.min(*r), hi.max(*r)));
     println!(
-        "{shape}: no layers {:.0} calls/s, full stacks {:.0} calls/s, ratio {:.2} (median of {ROUNDS} pairs; {lo:.2}..{hi:.2})",
+        "{shape}: no layers {:.0} calls/s, full stacks {:.0} calls/s, ratio {:.2} (median of {rounds} pairs; {lo:.2}..{hi:.2})",
         median(a),
         median(b),
         median(ratios),
@@ -195,31 +249,22 @@ fn runtime() -> tokio::runtime::Runtime {
 }
 
 fn main() {
+    // A service's usual set-up: tracing installed, recording warnings and errors only (so the
+    // trace layer's spans are disabled, as RPC spans at info level would be in production).
+    tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::WARN)
+        .with_writer(std::io::stderr)
+        .init();
     // The servers, each kind with and without layers, on a thread of their own.
     let (tx, rx) = std::sync::mpsc::channel();
     let server = std::thread::Builder::new().name("server".into());
     let _ = server.spawn(move || {
         runtime().block_on(async move {
-            let tcp_plain = server_stack()
-                .serve(Router::new().route("add", add))
-                .bind("127.0.0.1:0", RpcudpCodec::new())
-                .await
-                .expect("bind");
-            let tcp_layered = server_stack()
-                .serve(layered_router())
-                .bind("127.0.0.1:0", RpcudpCodec::new())
-                .await
-                .expect("bind");
-            let udp_plain = udp::Builder::new()
-                .serve(Router::new().route("add", add))
-                .bind("127.0.0.1:0", RpcudpCodec::new())
-                .await
-                .expect("bind");
-            let udp_layered = udp::Builder::new()
-                .serve(layered_router())
-                .bind("127.0.0.1:0", RpcudpCodec::new())
-                .await
-                .expect("bind");
+            let (tcp_plain, udp_plain) = serve(Router::new().route("add", add)).await;
+            let (tcp_layered, udp_layered) = match std::env::var("RPC_BENCH_SKIP") {
+                Ok(skip) => serve(ablated_router(&skip)).await,
+                Err(_) => serve(layered_router()).await,
+            };
             tx.send([
                 tcp_plain.local_addr(),
                 tcp_layered.local_addr(),
@@ -234,13 +279,17 @@ fn main() {
     let [tcp_plain, tcp_layered, udp_plain, udp_layered] = rx.recv().expect("servers bound");
 
     let shape = std::env::var("RPC_BENCH_SHAPE").unwrap_or_default();
+    let no_client_stack = std::env::var_os("RPC_BENCH_NO_CLIENT_STACK").is_some();
     runtime().block_on(async {
         // TCP, 64 in flight on one connection.
         if shape.is_empty() || shape == "tcp" {
             let plain = tcp::Builder::new().connect(tcp_plain, RpcudpCodec::new());
-            let layered =
-                client_stack(tcp::Builder::new().connect(tcp_layered, RpcudpCodec::new()));
-            compare("tcp, 64 in flight", &plain, &layered, 64).await;
+            let layered = tcp::Builder::new().connect(tcp_layered, RpcudpCodec::new());
+            if no_client_stack {
+                compare("tcp, 64 in flight", &plain, &layered, 64).await;
+            } else {
+                compare("tcp, 64 in flight", &plain, &client_stack(layered), 64).await;
+            }
         }
         // UDP, 1 in flight.
         if shape.is_empty() || shape == "udp" {
@@ -248,8 +297,12 @@ fn main() {
                 .await
                 .expect("bind");
             let plain = ep.client(udp_plain);
-            let layered = client_stack(ep.client(udp_layered));
-            compare("udp, 1 in flight", &plain, &layered, 1).await;
+            let layered = ep.client(udp_layered);
+            if no_client_stack {
+                compare("udp, 1 in flight", &plain, &layered, 1).await;
+            } else {
+                compare("udp, 1 in flight", &plain, &client_stack(layered), 1).await;
+            }
         }
     });
 }

@@ -770,7 +770,6 @@ async fn rate_limit_evicts_idle_keys() {
     assert_eq!(code_of(&answer), None);
     assert_eq!(layer.keys(), 1, "only the newest key is left");
 
-    // Without max_keys, idle keys go within 1024 checks.
     let layer = RateLimitLayer::per_peer(10, Duration::from_millis(100));
     let mut service = layer.layer(instant());
     for port in 1..=100 {
@@ -784,16 +783,48 @@ async fn rate_limit_evicts_idle_keys() {
     }
     assert_eq!(layer.keys(), 100);
     tokio::time::sleep(Duration::from_millis(60)).await;
-    for _ in 0..1024 {
+    // Without max_keys, idle keys go within 1024 lookups: calls whose key is not the one the
+    // instance saw last (only those can add keys).
+    for i in 0..1024 {
         service
             .ready()
             .await
             .unwrap()
-            .call(req_from("m", 7777))
+            .call(req_from("m", 7777 + i % 2))
             .await
             .unwrap();
     }
     assert!(layer.keys() <= 2, "{} keys left", layer.keys());
+}
+
+/// Calls `service` once with a request from `port` and gives the answer's error code.
+async fn code_from<S>(service: &mut S, port: u16) -> Option<ErrorCode>
+where
+    S: Service<Request, Response = Response, Error = Infallible>,
+{
+    let answer = service.ready().await.unwrap();
+    code_of(&answer.call(req_from("m", port)).await.unwrap())
+}
+
+#[tokio::test]
+async fn rate_limit_instances_share_a_key_after_its_state_was_evicted() {
+    // 2 per 200 ms: a key that made one call is evicted 200 ms later.
+    let layer = RateLimitLayer::per_peer(2, Duration::from_millis(200));
+    let mut a = layer.layer(instant());
+    assert_eq!(code_from(&mut a, 1).await, None);
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    // Another instance's 1024 lookups (alternating keys) evict the idle key 1, which `a` still
+    // holds as its last.
+    let mut other = layer.layer(instant());
+    for i in 0..1024 {
+        code_from(&mut other, 2 + i % 2).await;
+    }
+    assert_eq!(layer.keys(), 2, "key 1 was evicted");
+    // A third instance spends key 1's fresh burst; `a` sees the same state, not its old one.
+    let mut b = layer.layer(instant());
+    assert_eq!(code_from(&mut b, 1).await, None);
+    assert_eq!(code_from(&mut b, 1).await, None);
+    assert_eq!(code_from(&mut a, 1).await, Some(ErrorCode::RATE_LIMITED));
 }
 
 #[tokio::test]
@@ -936,6 +967,26 @@ async fn keyed_concurrency_sweeps_idle_keys() {
         Some(ErrorCode::OVERLOADED),
         "the busy key kept its count"
     );
+}
+
+#[tokio::test]
+async fn keyed_concurrency_instances_share_a_key_after_its_count_was_dropped() {
+    let layer = KeyedConcurrencyLimitLayer::per_peer(1);
+    // 40 calls in flight from 40 peers: past 32 keys, an idle key's count is dropped at once.
+    let (mut held, mut handle) = mock::spawn_layer::<Request, Response, _>(layer.clone());
+    let mut in_flight = Vec::new();
+    for port in 100..140 {
+        in_flight.push(call(&mut held, req_from("m", port)));
+        let _ = handle.next_request().await.unwrap();
+    }
+    // `a` calls from peer 1 and finishes: the count is dropped, though `a` keeps it as its last.
+    let mut a = layer.layer(instant());
+    assert_eq!(code_from(&mut a, 1).await, None);
+    assert_eq!(layer.keys(), 40);
+    // A call from peer 1 through another instance is in flight; `a` must see it.
+    let _b = call(&mut held, req_from("m", 1));
+    let _ = handle.next_request().await.unwrap();
+    assert_eq!(code_from(&mut a, 1).await, Some(ErrorCode::OVERLOADED));
 }
 
 #[tokio::test]

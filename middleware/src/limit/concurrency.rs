@@ -1,15 +1,16 @@
 //! At most N calls at once per key.
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::task::{Context as TaskContext, Poll};
 
 use pin_project::pin_project;
 use rpc_core::{ErrorCode, Request, ServerError, Service};
 use tower::Layer;
 
+use super::cells::{self, Cells, Handle, Last};
 use super::key::{ByPeer, KeyFn};
 use crate::Reject;
 
@@ -18,6 +19,9 @@ use crate::Reject;
 /// flight (up to 32 idle keys are kept, so that a steady peer does not cost a map insertion per
 /// call), so memory follows the calls in flight, not the peers ever seen. Cloning shares the
 /// limits.
+///
+/// Each service instance keeps the state of the last key it saw, so a connection's instance
+/// counts its peer's calls without a map lookup.
 ///
 /// ```
 /// use rpc_middleware::limit::KeyedConcurrencyLimitLayer;
@@ -31,8 +35,61 @@ pub struct KeyedConcurrencyLimitLayer<K: KeyFn> {
 struct Shared<K: KeyFn> {
     key: K,
     n: usize,
-    /// Calls in flight per key; a key is here only while it has some.
-    in_flight: Mutex<HashMap<K::Key, usize>>,
+    /// Calls in flight per key; a key is here only while it has some (or while few keys are).
+    in_flight: Cells<K::Key, Count>,
+}
+
+/// A key's calls in flight, with [`RETIRED`] set once the count has left the map.
+#[derive(Default)]
+struct Count(AtomicUsize);
+
+const RETIRED: usize = 1 << (usize::BITS - 1);
+
+/// Why a count refused a call.
+enum Refusal {
+    /// The key has its `n` calls in flight.
+    Full,
+    /// The count has left the map: look the key up again.
+    Retired,
+}
+
+impl Count {
+    fn try_acquire(&self, n: usize) -> Result<(), Refusal> {
+        let mut now = self.0.load(Ordering::Relaxed);
+        loop {
+            if now & RETIRED != 0 {
+                return Err(Refusal::Retired);
+            }
+            if now >= n {
+                return Err(Refusal::Full);
+            }
+            match self
+                .0
+                .compare_exchange_weak(now, now + 1, Ordering::Acquire, Ordering::Relaxed)
+            {
+                Ok(_) => return Ok(()),
+                Err(seen) => now = seen,
+            }
+        }
+    }
+
+    /// Frees a place; true when nothing is left in flight.
+    fn release(&self) -> bool {
+        self.0.fetch_sub(1, Ordering::Release) == 1
+    }
+
+    /// Retires the count if nothing is in flight.
+    fn retire_if_idle(&self) -> bool {
+        self.0
+            .compare_exchange(0, RETIRED, Ordering::AcqRel, Ordering::Relaxed)
+            .is_ok()
+    }
+}
+
+impl cells::Cell for Count {
+    fn is_retired(&self) -> bool {
+        self.0.load(Ordering::Relaxed) & RETIRED != 0
+    }
 }
 
 impl<K: KeyFn> Clone for KeyedConcurrencyLimitLayer<K> {
@@ -64,47 +121,22 @@ impl<K: KeyFn> KeyedConcurrencyLimitLayer<K> {
         Self {
             shared: Arc::new(Shared {
                 key,
-                n: n.max(1),
-                in_flight: Mutex::new(HashMap::new()),
+                n: n.clamp(1, RETIRED - 1),
+                in_flight: Cells::new(),
             }),
         }
     }
 
     /// The number of keys with state now.
     pub fn keys(&self) -> usize {
-        self.shared.lock().len()
-    }
-}
-
-impl<K: KeyFn> Shared<K> {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<K::Key, usize>> {
-        self.in_flight
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// Takes a place under `key`'s limit, if there is one left.
-    fn acquire(self: &Arc<Self>, key: K::Key) -> Option<Slot<K>> {
-        let mut in_flight = self.lock();
-        match in_flight.get_mut(&key) {
-            Some(n) if *n >= self.n => return None,
-            Some(n) => *n += 1,
-            None => {
-                in_flight.insert(key.clone(), 1);
-            }
-        }
-        drop(in_flight);
-        Some(Slot {
-            key,
-            shared: self.clone(),
-        })
+        self.shared.in_flight.len()
     }
 }
 
 /// One call's place under its key's limit; dropping it frees the place, and the key's state
 /// once nothing else is in flight for it.
 struct Slot<K: KeyFn> {
-    key: K::Key,
+    held: Handle<K::Key, Count>,
     shared: Arc<Shared<K>>,
 }
 
@@ -114,15 +146,12 @@ const KEEP_IDLE: usize = 32;
 
 impl<K: KeyFn> Drop for Slot<K> {
     fn drop(&mut self) {
-        let mut in_flight = self.shared.lock();
-        let len = in_flight.len();
-        if let Some(n) = in_flight.get_mut(&self.key) {
-            *n = n.saturating_sub(1);
-            // Idle keys are kept only while the map is small, so there are never more than
-            // `KEEP_IDLE` of them.
-            if *n == 0 && len > KEEP_IDLE {
-                in_flight.remove(&self.key);
-            }
+        // Idle keys are kept only while the map is small, so there are never more than
+        // `KEEP_IDLE` of them.
+        if self.held.cell.release() && self.shared.in_flight.len() > KEEP_IDLE {
+            self.shared
+                .in_flight
+                .remove_if(&self.held.key, &self.held.cell, Count::retire_if_idle);
         }
     }
 }
@@ -134,6 +163,7 @@ impl<K: KeyFn, S> Layer<S> for KeyedConcurrencyLimitLayer<K> {
         KeyedConcurrencyLimit {
             inner,
             shared: self.shared.clone(),
+            last: Last::default(),
         }
     }
 }
@@ -142,6 +172,7 @@ impl<K: KeyFn, S> Layer<S> for KeyedConcurrencyLimitLayer<K> {
 pub struct KeyedConcurrencyLimit<S, K: KeyFn> {
     inner: S,
     shared: Arc<Shared<K>>,
+    last: Last<K::Key, Count>,
 }
 
 impl<S: Clone, K: KeyFn> Clone for KeyedConcurrencyLimit<S, K> {
@@ -149,6 +180,7 @@ impl<S: Clone, K: KeyFn> Clone for KeyedConcurrencyLimit<S, K> {
         Self {
             inner: self.inner.clone(),
             shared: self.shared.clone(),
+            last: self.last.clone(),
         }
     }
 }
@@ -213,12 +245,27 @@ where
     }
 
     fn call(&mut self, req: Request) -> Self::Future {
-        let key = self.shared.key.key(&req);
-        match self.shared.acquire(key) {
-            Some(slot) => KeyedConcurrencyFuture {
+        let mut key = self.shared.key.key(&req);
+        let acquired = loop {
+            let held = self
+                .last
+                .get(key, |k| Some(self.shared.in_flight.lookup(k)))
+                .expect("looked up");
+            match held.cell.try_acquire(self.shared.n) {
+                Ok(()) => break Some(held.clone()),
+                Err(Refusal::Full) => break None,
+                // Retired since it was looked up: look again (the map now has a live count).
+                Err(Refusal::Retired) => key = held.key.clone(),
+            }
+        };
+        match acquired {
+            Some(held) => KeyedConcurrencyFuture {
                 inner: Some(self.inner.call(req)),
                 refused: None,
-                slot: Some(slot),
+                slot: Some(Slot {
+                    held,
+                    shared: self.shared.clone(),
+                }),
             },
             None => KeyedConcurrencyFuture {
                 inner: None,

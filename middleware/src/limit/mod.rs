@@ -5,6 +5,7 @@
 //! keys: each peer (or key) has its own limit, so one noisy peer cannot starve the others. State
 //! per key is evicted once idle, so memory stays bounded whatever the number of peers.
 
+mod cells;
 mod concurrency;
 mod key;
 mod rate;

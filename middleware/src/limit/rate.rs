@@ -3,55 +3,146 @@
 use std::future::Future;
 use std::num::NonZeroU32;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context as TaskContext, Poll};
 use std::time::Duration;
 
 use futures::future::BoxFuture;
 use governor::clock::{Clock, DefaultClock};
-use governor::state::keyed::DefaultKeyedStateStore;
-use governor::state::{InMemoryState, NotKeyed};
+use governor::nanos::Nanos;
+use governor::state::keyed::ShrinkableKeyedStateStore;
+use governor::state::{InMemoryState, NotKeyed, StateStore};
 use governor::{Quota, RateLimiter};
 use pin_project::pin_project;
 use rpc_core::{ErrorCode, Request, ServerError, Service};
 use tokio::time::Instant;
 use tower::Layer;
 
+use super::cells::{self, Cells, Handle, Last};
 use super::key::{ByPeer, Global, KeyFn};
 use crate::Reject;
 
-type Keyed<K> = RateLimiter<K, DefaultKeyedStateStore<K>, DefaultClock>;
+type Keyed<K> = RateLimiter<Handle<K, Tat>, Store<K>, DefaultClock>;
 type Direct = RateLimiter<NotKeyed, InMemoryState, DefaultClock>;
 
 /// A keyed limiter, or a direct one when there is a single key (cheaper: no map).
 enum Limiter<K: Clone + Eq + std::hash::Hash> {
-    Keyed(Keyed<K>),
+    Keyed {
+        limiter: Keyed<K>,
+        /// The limiter's store's cells, to look keys up in.
+        cells: Arc<Cells<K, Tat>>,
+    },
     Direct(Direct),
 }
 
 impl<K: Clone + Eq + std::hash::Hash> Limiter<K> {
     fn len(&self) -> usize {
         match self {
-            Limiter::Keyed(l) => l.len(),
+            Limiter::Keyed { cells, .. } => cells.len(),
             Limiter::Direct(_) => 1,
         }
     }
 
     fn evict_idle(&self) {
-        if let Limiter::Keyed(l) = self {
-            l.retain_recent();
-            l.shrink_to_fit();
+        if let Limiter::Keyed { limiter, .. } = self {
+            limiter.retain_recent();
+            limiter.shrink_to_fit();
+        }
+    }
+}
+
+/// A key's GCRA state, as governor's `InMemoryState` keeps it (the theoretical arrival time in
+/// nanoseconds from the limiter's start, 0 before the first call), or [`RETIRED`].
+#[derive(Default)]
+struct Tat(AtomicU64);
+
+const RETIRED: u64 = u64::MAX;
+
+impl Tat {
+    /// Runs governor's decision `f` on the state and stores its answer, unless another call
+    /// changed the state meanwhile (then again); `None` if the cell is retired.
+    fn measure_and_replace<T, F, E>(&self, f: &F) -> Option<Result<T, E>>
+    where
+        F: Fn(Option<Nanos>) -> Result<(T, Nanos), E>,
+    {
+        let mut prev = self.0.load(Ordering::Acquire);
+        loop {
+            if prev == RETIRED {
+                return None;
+            }
+            let (result, next) = match f((prev != 0).then(|| Nanos::from(prev))) {
+                Ok(decision) => decision,
+                Err(e) => return Some(Err(e)),
+            };
+            match self.0.compare_exchange_weak(
+                prev,
+                next.as_u64(),
+                Ordering::Release,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => return Some(Ok(result)),
+                Err(seen) => prev = seen,
+            }
         }
     }
 
-    fn check(&self, key: &K) -> Result<(), Duration> {
-        match self {
-            Limiter::Keyed(l) => l
-                .check_key(key)
-                .map_err(|n| n.wait_time_from(l.clock().now())),
-            Limiter::Direct(l) => l.check().map_err(|n| n.wait_time_from(l.clock().now())),
+    /// Retires the state if its key is back at a full burst (its theoretical arrival time is at
+    /// or before `drop_below`).
+    fn retire_if_older(&self, drop_below: Nanos) -> bool {
+        let now = self.0.load(Ordering::Acquire);
+        now != RETIRED
+            && now <= drop_below.as_u64()
+            && self
+                .0
+                .compare_exchange(now, RETIRED, Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok()
+    }
+}
+
+impl cells::Cell for Tat {
+    fn is_retired(&self) -> bool {
+        self.0.load(Ordering::Relaxed) == RETIRED
+    }
+}
+
+/// governor's keyed state store, over [`Cells`]: a check goes straight to the cell of the
+/// handle it is given, and to the map only if that cell has been retired.
+struct Store<K>(Arc<Cells<K, Tat>>);
+
+impl<K: Clone + Eq + std::hash::Hash> StateStore for Store<K> {
+    type Key = Handle<K, Tat>;
+
+    fn measure_and_replace<T, F, E>(&self, handle: &Self::Key, f: F) -> Result<T, E>
+    where
+        F: Fn(Option<Nanos>) -> Result<(T, Nanos), E>,
+    {
+        if let Some(r) = handle.cell.measure_and_replace(&f) {
+            return r;
         }
+        loop {
+            if let Some(r) = self.0.lookup(&handle.key).measure_and_replace(&f) {
+                return r;
+            }
+        }
+    }
+}
+
+impl<K: Clone + Eq + std::hash::Hash> ShrinkableKeyedStateStore<Handle<K, Tat>> for Store<K> {
+    fn retain_recent(&self, drop_below: Nanos) {
+        self.0.retire_where(|tat| tat.retire_if_older(drop_below));
+    }
+
+    fn shrink_to_fit(&self) {
+        self.0.shrink_to_fit();
+    }
+
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.len() == 0
     }
 }
 
@@ -64,11 +155,14 @@ const DEFAULT_MAX_KEYS: usize = 100_000;
 /// Over the limit, a call is refused at once with [`ErrorCode::RATE_LIMITED`] and a
 /// `{"retry_after_ms": N}` hint in the error's data (the default), or waits for its turn
 /// ([`wait`](RateLimitLayer::wait)) as long as its deadline allows. Keys idle long enough to be
-/// back at a full burst are evicted; past `max_keys` live keys (give or take 1/16: the keys are
-/// counted every few calls, not on each), new keys are refused, so a flood of spoofed peers
-/// cannot grow memory without bound (while full of busy keys, calls are refused). Keys are
-/// hashed with SipHash: they come from the network, so the map must resist chosen collisions.
-/// Cloning shares the limiter.
+/// back at a full burst are evicted; past `max_keys` live keys, calls from new keys are refused,
+/// so a flood of spoofed peers cannot grow memory without bound. Keys are hashed with SipHash:
+/// they come from the network, so the map must resist chosen collisions. Cloning shares the
+/// limiter.
+///
+/// Each service instance keeps the state of the last key it saw, so a connection's instance
+/// checks its peer's calls without a map lookup; the bookkeeping of keys (eviction, the count
+/// against `max_keys`) happens on lookups, the only calls that can add keys.
 ///
 /// ```
 /// use std::time::Duration;
@@ -89,10 +183,9 @@ struct Shared<K: KeyFn> {
     key: K,
     wait: bool,
     max_keys: usize,
+    /// How often (in lookups) idle keys are evicted while over `max_keys`.
     look_every: u64,
-    checks: AtomicU64,
-    /// Over `max_keys` at the last look.
-    full: AtomicBool,
+    lookups: AtomicU64,
 }
 
 impl<K: KeyFn> Clone for RateLimitLayer<K> {
@@ -148,7 +241,9 @@ impl<K: KeyFn> RateLimitLayer<K> {
 
     /// A limit per key with a governor [`Quota`] (for bursts other than `n`).
     pub fn with_quota(key: K, quota: Quota) -> Self {
-        Self::new(key, Limiter::Keyed(RateLimiter::dashmap(quota)))
+        let cells = Arc::new(Cells::new());
+        let limiter = RateLimiter::new(quota, Store(cells.clone()), DefaultClock::default());
+        Self::new(key, Limiter::Keyed { limiter, cells })
     }
 
     fn new(key: K, limiter: Limiter<K::Key>) -> Self {
@@ -159,8 +254,7 @@ impl<K: KeyFn> RateLimitLayer<K> {
                 wait: false,
                 max_keys: DEFAULT_MAX_KEYS,
                 look_every: look_every(DEFAULT_MAX_KEYS),
-                checks: AtomicU64::new(0),
-                full: AtomicBool::new(false),
+                lookups: AtomicU64::new(0),
             }),
         }
     }
@@ -196,6 +290,7 @@ impl<K: KeyFn, S> Layer<S> for RateLimitLayer<K> {
         RateLimit {
             inner,
             shared: self.shared.clone(),
+            last: Last::default(),
         }
     }
 }
@@ -204,6 +299,7 @@ impl<K: KeyFn, S> Layer<S> for RateLimitLayer<K> {
 pub struct RateLimit<S, K: KeyFn> {
     inner: S,
     shared: Arc<Shared<K>>,
+    last: Last<K::Key, Tat>,
 }
 
 impl<S: Clone, K: KeyFn> Clone for RateLimit<S, K> {
@@ -211,6 +307,7 @@ impl<S: Clone, K: KeyFn> Clone for RateLimit<S, K> {
         Self {
             inner: self.inner.clone(),
             shared: self.shared.clone(),
+            last: self.last.clone(),
         }
     }
 }
@@ -226,33 +323,51 @@ fn limited(wait: Duration) -> ServerError {
         .with_data(serde_json::json!({ "retry_after_ms": wait.as_millis().max(1) }))
 }
 
-/// Idle keys are evicted at least every this many calls.
+/// Idle keys are evicted at least every this many lookups.
 const EVICT_EVERY: u64 = 1024;
 
-/// How often (in calls) the number of keys is looked at: counting them visits every shard of
-/// the map, too slow for every call. Between looks, at most this many new keys get in past
-/// `max_keys`: 1/16 of it, at most 256.
+/// How often (in lookups) idle keys are evicted while there are more than `max_keys`: eviction
+/// visits every key, too slow for every call from a new key when the map is full of busy ones.
 fn look_every(max_keys: usize) -> u64 {
     (max_keys as u64 / 16).clamp(1, 256)
 }
 
+/// How long a call must wait before it can go; none, and counted, if it can go now.
+type Verdict = Result<(), Duration>;
+
 impl<K: KeyFn> Shared<K> {
-    /// How long `key` must wait for its next call; `Ok` means go now (and the call is counted).
-    fn check(&self, key: &K::Key) -> Result<(), Duration> {
-        let n = self.checks.fetch_add(1, Ordering::Relaxed);
-        if n % self.look_every == self.look_every - 1 {
-            let mut len = self.limiter.len();
-            if n % EVICT_EVERY == EVICT_EVERY - 1 || len > self.max_keys {
-                self.limiter.evict_idle();
-                len = self.limiter.len();
+    /// Checks `req` against its key's limit, through `last`, the caller's shortcut.
+    fn check(&self, last: &mut Last<K::Key, Tat>, req: &Request) -> Verdict {
+        match &self.limiter {
+            Limiter::Direct(l) => l.check().map_err(|n| n.wait_time_from(l.clock().now())),
+            Limiter::Keyed { limiter, cells } => {
+                let key = self.key.key(req);
+                let lookup = |key: &K::Key| {
+                    if self.note_lookup() {
+                        // Full of keys that are all still busy: no new ones until some age out.
+                        cells.find(key)
+                    } else {
+                        Some(cells.lookup(key))
+                    }
+                };
+                let Some(handle) = last.get(key, lookup) else {
+                    return Err(Duration::from_secs(1));
+                };
+                limiter
+                    .check_key(handle)
+                    .map_err(|n| n.wait_time_from(limiter.clock().now()))
             }
-            self.full.store(len > self.max_keys, Ordering::Relaxed);
         }
-        // Full of keys that are all still busy: refuse until some age out, rather than grow.
-        if self.full.load(Ordering::Relaxed) {
-            return Err(Duration::from_secs(1));
+    }
+
+    /// Counts a lookup, evicting idle keys when it is time; true when past `max_keys`.
+    fn note_lookup(&self) -> bool {
+        let n = self.lookups.fetch_add(1, Ordering::Relaxed) + 1;
+        let over = |len| len > self.max_keys;
+        if n % EVICT_EVERY == 0 || (over(self.limiter.len()) && n % self.look_every == 0) {
+            self.limiter.evict_idle();
         }
-        self.limiter.check(key)
+        over(self.limiter.len())
     }
 }
 
@@ -310,8 +425,7 @@ where
     }
 
     fn call(&mut self, req: Request) -> Self::Future {
-        let key = self.shared.key.key(&req);
-        match self.shared.check(&key) {
+        match self.shared.check(&mut self.last, &req) {
             Ok(()) => RateLimitFuture::Called(self.inner.call(req)),
             Err(wait) if !self.shared.wait => {
                 RateLimitFuture::Refused(Some(S::Response::reject(limited(wait))))
@@ -321,10 +435,11 @@ where
                 let clone = self.inner.clone();
                 let mut inner = std::mem::replace(&mut self.inner, clone);
                 let shared = self.shared.clone();
+                let mut last = self.last.clone();
                 RateLimitFuture::Waiting(Box::pin(async move {
                     let deadline = req.context().deadline();
                     loop {
-                        match shared.check(&key) {
+                        match shared.check(&mut last, &req) {
                             Ok(()) => return inner.call(req).await,
                             Err(wait) => {
                                 let at = Instant::now() + wait;
