@@ -5,14 +5,18 @@
 //! responses. A response is accepted only from the peer the request went to; one with an unknown
 //! id or from another peer is refused and the caller keeps waiting.
 //!
-//! A call either waits with a timer of its own ([`Waiter::wait`], exact: for deadlines a caller
-//! set) or lets the table expire it ([`InFlight::register_expiring`]): one task per table wakes
-//! every `tick` while such calls are in flight and fails those past their deadline with
-//! [`Error::Timeout`], so they fire up to one tick late. A timer per call costs about 8% of a
-//! client's instructions per call at 64 calls in flight; the sweep costs nothing per call. The
-//! transports use it for their default timeout, whose tick is a sixteenth of it.
+//! A call either waits with a timer of its own ([`Waiter::wait`]) or lets the table expire it
+//! ([`InFlight::register_expiring`]): one task per table fails such calls with
+//! [`Error::Timeout`] at their deadline, without a timer per call (a timer costs about 8% of a
+//! client's instructions per call at 64 calls in flight). Every `tick` the task looks at every
+//! call with a deadline and keeps those due before the next look in a heap, earliest first; it
+//! sleeps until the earliest of them (or the next look), so calls fail at their deadline, a
+//! millisecond late at most (the resolution of tokio's timers). Between looks, a call whose
+//! deadline comes before the next look goes into the heap as it is registered. The transports
+//! expire every call this way.
 
-use std::collections::HashMap;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
 use std::fmt;
 use std::future::Future;
 use std::hash::Hash;
@@ -55,6 +59,40 @@ struct Table<Id, P, V> {
     sweeper: bool,
     /// The sweeper is ticking (calls that expire may be in flight); it stops when none are.
     sweeping: bool,
+    /// The calls that expire before `horizon`, earliest first. Calls answered since are still
+    /// here, and skipped when their turn comes.
+    near: BinaryHeap<Reverse<Near<Id>>>,
+    /// When the sweeper next looks at every call; `None` while it is not sweeping.
+    horizon: Option<Instant>,
+    /// When the sweeper wakes next.
+    next_wake: Option<Instant>,
+}
+
+/// A call that expires before the sweeper's next look at every call.
+struct Near<Id> {
+    at: Instant,
+    serial: u64,
+    id: Id,
+}
+
+impl<Id> PartialEq for Near<Id> {
+    fn eq(&self, other: &Self) -> bool {
+        (self.at, self.serial) == (other.at, other.serial)
+    }
+}
+
+impl<Id> Eq for Near<Id> {}
+
+impl<Id> PartialOrd for Near<Id> {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl<Id> Ord for Near<Id> {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (self.at, self.serial).cmp(&(other.at, other.serial))
+    }
 }
 
 /// Between a table and its sweeper task.
@@ -87,6 +125,9 @@ impl<Id, P, V> InFlight<Id, P, V> {
                 slots: HashMap::default(),
                 sweeper: false,
                 sweeping: false,
+                near: BinaryHeap::new(),
+                horizon: None,
+                next_wake: None,
             }),
             serial: AtomicU64::new(0),
             tick: tick.max(Duration::from_millis(1)),
@@ -103,13 +144,16 @@ impl<Id, P, V> Drop for InFlight<Id, P, V> {
 }
 
 impl<Id: Hash + Eq + Clone, P: PartialEq, V> InFlight<Id, P, V> {
-    /// An empty table whose sweeper (for calls it expires itself) ticks every 100 ms.
+    /// An empty table whose sweeper (for calls it expires itself) looks at every call every
+    /// 100 ms.
     pub fn new() -> Arc<Self> {
         Arc::new(Self::default())
     }
 
-    /// An empty table whose sweeper ticks every `tick` (at least 1 ms): calls registered with
-    /// [`register_expiring`](Self::register_expiring) fail at most one tick after their deadline.
+    /// An empty table whose sweeper looks at every call with a deadline every `tick` (at least
+    /// 1 ms) while there are some; calls fail at their deadline whatever the tick (see the
+    /// [module docs](self)), which only sets how often the sweeper visits the calls far from
+    /// theirs.
     pub fn with_sweep_every(tick: Duration) -> Arc<Self> {
         Arc::new(Self::with_tick(tick))
     }
@@ -125,9 +169,9 @@ impl<Id: Hash + Eq + Clone, P: PartialEq, V> InFlight<Id, P, V> {
         self.insert(id, peer, None).map(|(w, _)| w)
     }
 
-    /// Registers a call that the table fails with [`Error::Timeout`] once `deadline` has passed
-    /// (checked every tick, so up to one tick late); `None` if `id` is already in flight. Await it
-    /// with [`Waiter::wait_expiring`]. Needs a tokio runtime (the sweeper is a task).
+    /// Registers a call that the table fails with [`Error::Timeout`] at `deadline` (a millisecond
+    /// late at most); `None` if `id` is already in flight. Await it with
+    /// [`Waiter::wait_expiring`]. Needs a tokio runtime (the sweeper is a task).
     pub fn register_expiring(
         self: &Arc<Self>,
         id: Id,
@@ -145,20 +189,18 @@ impl<Id: Hash + Eq + Clone, P: PartialEq, V> InFlight<Id, P, V> {
             Wake::Sweeper => self.signal.wake.notify_one(),
             Wake::Spawn => {
                 self.signal.wake.notify_one();
-                tokio::spawn(sweep(Arc::downgrade(self), self.signal.clone(), self.tick));
+                tokio::spawn(sweep(Arc::downgrade(self), self.signal.clone()));
             }
         }
         Some(waiter)
     }
 
-    /// Registers a call under the first id from `next_id` that is not in flight: with a timer of
-    /// its own if the request carries a deadline (`own`), else left to the table to expire at
-    /// `deadline`. Wait for it with [`Waiter::wait_for`] and the same `own`.
+    /// Registers a call under the first id from `next_id` that is not in flight, expiring at
+    /// `deadline` (see [`register_expiring`](Self::register_expiring)).
     pub fn register_call(
         self: &Arc<Self>,
         mut next_id: impl FnMut() -> Id,
         peer: P,
-        own: Option<Instant>,
         deadline: Instant,
     ) -> Waiter<Id, P, V>
     where
@@ -167,12 +209,7 @@ impl<Id: Hash + Eq + Clone, P: PartialEq, V> InFlight<Id, P, V> {
         V: Send + 'static,
     {
         loop {
-            let id = next_id();
-            let w = match own {
-                Some(_) => self.register(id, peer.clone()),
-                None => self.register_expiring(id, peer.clone(), deadline),
-            };
-            if let Some(w) = w {
+            if let Some(w) = self.register_expiring(next_id(), peer.clone(), deadline) {
                 return w;
             }
         }
@@ -197,12 +234,24 @@ impl<Id: Hash + Eq + Clone, P: PartialEq, V> InFlight<Id, P, V> {
             tx,
         });
         let mut wake = Wake::No;
-        if expires.is_some() && !table.sweeping {
-            table.sweeping = true;
-            wake = Wake::Sweeper;
-            if !table.sweeper {
-                table.sweeper = true;
-                wake = Wake::Spawn;
+        if let Some(at) = expires {
+            if !table.sweeping {
+                table.sweeping = true;
+                wake = Wake::Sweeper;
+                if !table.sweeper {
+                    table.sweeper = true;
+                    wake = Wake::Spawn;
+                }
+            } else if table.horizon.is_some_and(|h| at < h) {
+                // Due before the sweeper's next look: it must know now.
+                table.near.push(Reverse(Near {
+                    at,
+                    serial,
+                    id: id.clone(),
+                }));
+                if table.next_wake.is_some_and(|w| at < w) {
+                    wake = Wake::Sweeper;
+                }
             }
         }
         drop(table);
@@ -235,28 +284,68 @@ impl<Id: Hash + Eq + Clone, P: PartialEq, V> InFlight<Id, P, V> {
         }
     }
 
-    /// Fails the calls that expire by `now`; whether any that expire later are left. Stops the
-    /// sweep when none are.
-    fn expire(&self, now: Instant) -> bool {
-        let mut table = self.lock();
+    /// Fails the calls that expire by `now`, and gives when the sweeper must wake next: `None`
+    /// when no call that expires is left (the sweep stops).
+    fn expire(&self, now: Instant) -> Option<Instant> {
+        let mut guard = self.lock();
+        let table = &mut *guard;
         let mut due = Vec::new();
-        let mut later = false;
-        for (id, slot) in &table.slots {
-            match slot.expires {
-                Some(t) if t <= now => due.push(id.clone()),
-                Some(_) => later = true,
-                None => {}
+        let horizon = match table.horizon {
+            Some(h) if now < h => h,
+            _ => {
+                // Time to look at every call: fail the due ones, keep the near ones in order.
+                let horizon = now + self.tick;
+                table.near.clear();
+                let mut later = false;
+                for (id, slot) in &table.slots {
+                    match slot.expires {
+                        Some(at) if at <= now => due.push(id.clone()),
+                        Some(at) => {
+                            later = true;
+                            if at < horizon {
+                                table.near.push(Reverse(Near {
+                                    at,
+                                    serial: slot.serial,
+                                    id: id.clone(),
+                                }));
+                            }
+                        }
+                        None => {}
+                    }
+                }
+                table.horizon = later.then_some(horizon);
+                horizon
+            }
+        };
+        while let Some(Reverse(near)) = table.near.peek() {
+            if near.at > now {
+                break;
+            }
+            let Some(Reverse(near)) = table.near.pop() else {
+                break;
+            };
+            if table
+                .slots
+                .get(&near.id)
+                .is_some_and(|s| s.serial == near.serial)
+            {
+                due.push(near.id);
             }
         }
-        let expired: Vec<_> = due.iter().filter_map(|id| table.slots.remove(id)).collect();
-        if !later {
+        let next = table.horizon.map(|h| match table.near.peek() {
+            Some(Reverse(near)) => near.at.min(h),
+            None => horizon,
+        });
+        table.next_wake = next;
+        if next.is_none() {
             table.sweeping = false;
         }
-        drop(table);
+        let expired: Vec<_> = due.iter().filter_map(|id| table.slots.remove(id)).collect();
+        drop(guard);
         for slot in expired {
             let _ = slot.tx.send(Err(Error::Timeout));
         }
-        later
+        next
     }
 
     /// Fails every call in flight with [`Error::Closed`] (the connection is gone).
@@ -295,9 +384,9 @@ enum Wake {
     Spawn,
 }
 
-/// A table's sweeper: parked while no call that expires is in flight, otherwise failing those
-/// past their deadline every `tick`. Ends when the table is dropped.
-async fn sweep<Id, P, V>(table: Weak<InFlight<Id, P, V>>, signal: Arc<Signal>, tick: Duration)
+/// A table's sweeper: parked while no call that expires is in flight, otherwise failing them
+/// at their deadlines. Ends when the table is dropped.
+async fn sweep<Id, P, V>(table: Weak<InFlight<Id, P, V>>, signal: Arc<Signal>)
 where
     Id: Hash + Eq + Clone,
     P: PartialEq,
@@ -308,13 +397,15 @@ where
             if signal.gone.load(Ordering::Acquire) {
                 return;
             }
-            tokio::time::sleep(tick).await;
             let Some(table) = table.upgrade() else {
                 return;
             };
-            if !table.expire(Instant::now()) {
+            let Some(next) = table.expire(Instant::now()) else {
                 break;
-            }
+            };
+            drop(table);
+            // Woken early when a call due sooner is registered.
+            let _ = tokio::time::timeout_at(next, signal.wake.notified()).await;
         }
     }
 }
@@ -358,16 +449,6 @@ impl<Id: Hash + Eq + Clone, P: PartialEq, V> Waiter<Id, P, V> {
     /// [`Error::Timeout`] when it expires, [`Error::Closed`] if it is closed.
     pub async fn wait_expiring(mut self) -> Result<V, Error> {
         std::future::poll_fn(|cx| self.poll_expiring(cx)).await
-    }
-
-    /// Waits for the response to a call registered with
-    /// [`register_call`](InFlight::register_call): until `own` with a timer, or, without one,
-    /// until the table expires it.
-    pub async fn wait_for(self, own: Option<Instant>) -> Result<V, Error> {
-        match own {
-            Some(deadline) => self.wait(deadline).await,
-            None => self.wait_expiring().await,
-        }
     }
 
     /// Polls for the response to a call registered with
@@ -436,24 +517,53 @@ mod tests {
         assert!(t.is_empty());
     }
 
-    #[tokio::test]
-    async fn expiring_calls_time_out_at_most_a_tick_late() {
-        let tick = Duration::from_millis(20);
-        let t = InFlight::<u32, (), ()>::with_sweep_every(tick);
-        let start = Instant::now();
-        let w = t
-            .register_expiring(1, (), start + Duration::from_millis(50))
-            .unwrap();
+    /// Waits for `w` to time out; how long after `start` it did.
+    async fn timed_out(w: Waiter<u32, (), ()>, start: Instant) -> Duration {
         let err = w.wait_expiring().await.unwrap_err();
-        let took = start.elapsed();
         assert!(err.is_timeout(), "{err:?}");
-        assert!(took >= Duration::from_millis(50), "{took:?}");
-        // One tick late at most, and a scheduling margin.
-        assert!(
-            took < Duration::from_millis(50) + tick + Duration::from_millis(200),
-            "{took:?}"
-        );
+        start.elapsed()
+    }
+
+    #[tokio::test]
+    async fn expiring_calls_time_out_at_their_deadlines_whatever_the_tick() {
+        // The sweeper looks at every call only every 10 s, yet each call fails at its deadline.
+        let t = InFlight::<u32, (), ()>::with_sweep_every(Duration::from_secs(10));
+        let start = Instant::now();
+        let ms = Duration::from_millis;
+        let waiters: Vec<_> = [60, 20, 40]
+            .into_iter()
+            .enumerate()
+            .map(|(id, at)| {
+                let w = t.register_expiring(id as u32, (), start + ms(at)).unwrap();
+                (w, ms(at))
+            })
+            .collect();
+        for (w, at) in waiters {
+            let took = timed_out(w, start).await;
+            // Never early; late only by a scheduling margin.
+            assert!(took >= at, "{took:?} < {at:?}");
+            assert!(took < at + ms(200), "{took:?} for {at:?}");
+        }
         assert!(t.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_call_due_sooner_wakes_the_sleeping_sweeper() {
+        let t = InFlight::<u32, (), ()>::with_sweep_every(Duration::from_secs(10));
+        let far = t
+            .register_expiring(1, (), Instant::now() + Duration::from_secs(60))
+            .unwrap();
+        // The sweeper has looked, and sleeps until its next look in 10 s.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let start = Instant::now();
+        let soon = t
+            .register_expiring(2, (), start + Duration::from_millis(30))
+            .unwrap();
+        let took = timed_out(soon, start).await;
+        assert!(took >= Duration::from_millis(30), "{took:?}");
+        assert!(took < Duration::from_millis(230), "{took:?}");
+        assert_eq!(t.len(), 1, "the far call still waits");
+        drop(far);
     }
 
     #[tokio::test]

@@ -86,9 +86,9 @@ fn poll_once<F: std::future::Future + Unpin>(fut: &mut F) -> std::task::Poll<F::
     std::pin::Pin::new(fut).poll(&mut std::task::Context::from_waker(&waker))
 }
 
-/// How often a call table checks its default timeout: a sixteenth of it, between 1 ms and 1 s.
-/// Calls left to the default timeout fail that much late at most; a deadline a caller sets has
-/// a timer of its own.
+/// How often a call table looks at every call with a deadline: a sixteenth of the default
+/// timeout, between 1 ms and 1 s. Calls fail at their deadlines whatever the tick (see
+/// `rpc_core::calls`); it only sets how often the calls far from theirs are visited.
 fn sweep_tick(timeout: std::time::Duration) -> std::time::Duration {
     (timeout / 16).clamp(
         std::time::Duration::from_millis(1),
@@ -160,8 +160,6 @@ enum CallState<Id: std::hash::Hash + Eq + Clone, P: PartialEq> {
     Waiting {
         waiter: rpc_core::calls::Waiter<Id, P, dispatch::CallResult>,
         format: &'static dyn rpc_core::Format,
-        #[pin]
-        timer: Option<tokio::time::Sleep>,
     },
     /// Finished before it had to wait.
     Ready(Option<Result<rpc_core::Payload, rpc_core::Error>>),
@@ -170,19 +168,14 @@ enum CallState<Id: std::hash::Hash + Eq + Clone, P: PartialEq> {
 }
 
 impl<Id: std::hash::Hash + Eq + Clone, P: PartialEq> CallFuture<Id, P> {
-    /// Waits for `waiter`'s answer: until `deadline` with a timer, or, without one, until the
-    /// call table expires it (it was registered with `register_expiring`).
+    /// Waits for `waiter`'s answer, or for the call table to expire it (it was registered with
+    /// `register_call`).
     fn waiting(
         waiter: rpc_core::calls::Waiter<Id, P, dispatch::CallResult>,
         format: &'static dyn rpc_core::Format,
-        deadline: Option<tokio::time::Instant>,
     ) -> Self {
         Self {
-            state: CallState::Waiting {
-                waiter,
-                format,
-                timer: deadline.map(tokio::time::sleep_until),
-            },
+            state: CallState::Waiting { waiter, format },
         }
     }
 
@@ -222,18 +215,8 @@ impl<Id: std::hash::Hash + Eq + Clone, P: PartialEq> std::future::Future for Cal
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Self::Output> {
         match self.project().state.project() {
-            CallStateProj::Waiting {
-                waiter,
-                format,
-                timer,
-            } => {
-                if let std::task::Poll::Ready(r) = waiter.poll_expiring(cx) {
-                    return std::task::Poll::Ready(answer(r, *format));
-                }
-                match timer.as_pin_mut() {
-                    Some(t) => t.poll(cx).map(|()| Err(rpc_core::Error::Timeout)),
-                    None => std::task::Poll::Pending,
-                }
+            CallStateProj::Waiting { waiter, format } => {
+                waiter.poll_expiring(cx).map(|r| answer(r, *format))
             }
             CallStateProj::Ready(r) => {
                 std::task::Poll::Ready(r.take().unwrap_or_else(|| {

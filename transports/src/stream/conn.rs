@@ -374,13 +374,14 @@ impl<C: Codec> Conn<C> {
         }
         let format = self.codec.format();
         let now = Instant::now();
-        // A deadline the caller set gets a timer of its own (exact); the default timeout is
-        // the table's to enforce, a tick late at most.
-        let own = req.context().deadline();
-        let deadline = own.unwrap_or(now + self.config.timeout);
+        // The caller's deadline, or the default timeout; the table fails the call at it.
+        let deadline = req
+            .context()
+            .deadline()
+            .unwrap_or(now + self.config.timeout);
         let waiter = self
             .calls
-            .register_call(|| self.codec.next_id(), (), own, deadline);
+            .register_call(|| self.codec.next_id(), (), deadline);
         if !self.accepts_calls() {
             return CallFuture::ready(Err(self.closed_error()));
         }
@@ -393,7 +394,7 @@ impl<C: Codec> Conn<C> {
                 .map(|()| true)
         };
         match self.try_send_frame(&encode, alone) {
-            Some(Ok(())) => CallFuture::waiting(waiter, format, own),
+            Some(Ok(())) => CallFuture::waiting(waiter, format),
             Some(Err(e)) => CallFuture::ready(Err(e)),
             None => {
                 // The outbox is full: wait for room in a task-held future.
@@ -425,13 +426,11 @@ impl<C: Codec> Conn<C> {
             return Ok(Payload::empty(format));
         }
         let now = Instant::now();
-        // A deadline the caller set gets a timer of its own (exact); the default timeout is
-        // the table's to enforce, a tick late at most.
-        let own = ctx.deadline();
-        let deadline = own.unwrap_or(now + self.config.timeout);
+        // The caller's deadline, or the default timeout; the table fails the call at it.
+        let deadline = ctx.deadline().unwrap_or(now + self.config.timeout);
         let waiter = self
             .calls
-            .register_call(|| self.codec.next_id(), (), own, deadline);
+            .register_call(|| self.codec.next_id(), (), deadline);
         if !self.accepts_calls() {
             return Err(self.closed_error());
         }
@@ -449,7 +448,7 @@ impl<C: Codec> Conn<C> {
             alone,
         )
         .await?;
-        match waiter.wait_for(own).await {
+        match waiter.wait_expiring().await {
             Ok(Ok(bytes)) => Ok(Payload::new(bytes, format)),
             Ok(Err(e)) => Err(Error::Server(e)),
             Err(Error::Closed) => Err(self.closed_error()),

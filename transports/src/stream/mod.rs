@@ -127,9 +127,10 @@ impl<T> Builder<T> {
 
     /// How long a call waits for its response when its request has no deadline. Default 30 s.
     ///
-    /// The connection's call table enforces it, checking every sixteenth of it (1 ms to 1 s), so
-    /// such a call fails up to that much late; a deadline set on the request (the client's
-    /// `with_timeout`, `SetDeadlineLayer`) has an exact timer of its own.
+    /// The connection's call table fails a call at its deadline (this timeout, or the one set on the
+    /// request: the client's `with_timeout`, `SetDeadlineLayer`), a millisecond late at most,
+    /// with no timer per call: its sweeper looks at the calls every sixteenth of this timeout
+    /// (1 ms to 1 s) and sleeps until the earliest deadline.
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.config.timeout = timeout;
         self

@@ -133,9 +133,10 @@ impl Builder {
 
     /// How long a call waits for its response when its request has no deadline. Default 5 s.
     ///
-    /// The endpoint's call table enforces it, checking every sixteenth of it (1 ms to 1 s), so
-    /// such a call fails up to that much late; a deadline set on the request (the client's
-    /// `with_timeout`, `SetDeadlineLayer`) has an exact timer of its own.
+    /// The endpoint's call table fails a call at its deadline (this timeout, or the one set on the
+    /// request: the client's `with_timeout`, `SetDeadlineLayer`), a millisecond late at most,
+    /// with no timer per call: its sweeper looks at the calls every sixteenth of this timeout
+    /// (1 ms to 1 s) and sleeps until the earliest deadline.
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
         self
@@ -498,13 +499,11 @@ impl<C: Codec> Shared<C> {
         }
         let format = self.codec.format();
         let now = Instant::now();
-        // A deadline the caller set gets a timer of its own (exact); the default timeout is
-        // the table's to enforce, a tick late at most.
-        let own = req.context().deadline();
-        let deadline = own.unwrap_or(now + self.timeout);
+        // The caller's deadline, or the default timeout; the table fails the call at it.
+        let deadline = req.context().deadline().unwrap_or(now + self.timeout);
         let waiter = self
             .calls
-            .register_call(|| self.codec.next_id(), peer, own, deadline);
+            .register_call(|| self.codec.next_id(), peer, deadline);
         // Closed between the first check and the registration: the loop will not deliver.
         if self.closed.is_cancelled() {
             return CallFuture::ready(Err(Error::Closed));
@@ -526,12 +525,12 @@ impl<C: Codec> Shared<C> {
             &mut None,
         );
         match sent {
-            Ok(Encoded::Sent | Encoded::Nothing) => CallFuture::waiting(waiter, format, own),
+            Ok(Encoded::Sent | Encoded::Nothing) => CallFuture::waiting(waiter, format),
             Ok(Encoded::Later(bytes)) => {
                 let shared = self.clone();
                 CallFuture::boxed(async move {
                     shared.send_later(peer, bytes).await?;
-                    crate::answer(waiter.wait_for(own).await, format)
+                    crate::answer(waiter.wait_expiring().await, format)
                 })
             }
             Err(e) => CallFuture::ready(Err(e)),
@@ -555,13 +554,11 @@ impl<C: Codec> Shared<C> {
             return Ok(Payload::empty(format));
         }
         let now = Instant::now();
-        // A deadline the caller set gets a timer of its own (exact); the default timeout is
-        // the table's to enforce, a tick late at most.
-        let own = ctx.deadline();
-        let deadline = own.unwrap_or(now + self.timeout);
+        // The caller's deadline, or the default timeout; the table fails the call at it.
+        let deadline = ctx.deadline().unwrap_or(now + self.timeout);
         let waiter = self
             .calls
-            .register_call(|| self.codec.next_id(), peer, own, deadline);
+            .register_call(|| self.codec.next_id(), peer, deadline);
         // Closed between the first check and the registration: the loop will not deliver.
         if self.closed.is_cancelled() {
             return Err(Error::Closed);
@@ -578,7 +575,7 @@ impl<C: Codec> Shared<C> {
             &mut copy,
         )
         .await?;
-        let answer = waiter.wait_for(own);
+        let answer = waiter.wait_expiring();
         let result = match (self.retransmit, copy) {
             (Some(every), Some(datagram)) => {
                 // The same datagram, same id, again and again until answered: with the server's
