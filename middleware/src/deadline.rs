@@ -134,7 +134,8 @@ fn exceeded() -> Response {
 /// The future of a [`Deadline`] call: the inner call, bounded by the deadline if there is one.
 ///
 /// The timer is set only once the inner call has to wait: a call that finishes when first
-/// polled (most handlers) costs no timer.
+/// polled (most handlers) costs no timer, and carries none (boxed, it adds a pointer to every
+/// future of the stack above rather than a whole timer).
 #[pin_project]
 #[derive(Debug)]
 pub struct DeadlineFuture<F> {
@@ -142,8 +143,7 @@ pub struct DeadlineFuture<F> {
     #[pin]
     inner: Option<F>,
     deadline: Option<Instant>,
-    #[pin]
-    timer: Option<tokio::time::Sleep>,
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl<F, E> Future for DeadlineFuture<F>
@@ -153,7 +153,7 @@ where
     type Output = Result<Response, E>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Self::Output> {
-        let mut this = self.project();
+        let this = self.project();
         let Some(inner) = this.inner.as_pin_mut() else {
             return Poll::Ready(Ok(exceeded()));
         };
@@ -163,13 +163,10 @@ where
         let Some(deadline) = *this.deadline else {
             return Poll::Pending;
         };
-        if this.timer.is_none() {
-            this.timer.set(Some(tokio::time::sleep_until(deadline)));
-        }
-        match this.timer.as_pin_mut().map(|t| t.poll(cx)) {
-            Some(Poll::Ready(())) => Poll::Ready(Ok(exceeded())),
-            _ => Poll::Pending,
-        }
+        let timer = this
+            .timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        timer.as_mut().poll(cx).map(|()| Ok(exceeded()))
     }
 }
 

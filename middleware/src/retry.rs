@@ -61,23 +61,32 @@ fn maybe_lost(error: &Error) -> bool {
 }
 
 /// The retry policy; see the [module docs](self). Cloning shares the budget.
+///
+/// tower's `Retry` clones the policy for every call, so the policy is small: its settings sit
+/// behind one `Arc`, and a call's backoff is made at its first retry.
 #[derive(Clone)]
 pub struct RetryPolicy {
-    budget: Arc<TpsBudget>,
-    /// Backoff settings: least and most wait, and jitter as a fraction of the wait.
-    backoff_settings: (Duration, Duration, f64),
+    settings: Arc<Settings>,
     /// The backoff of one call, made at its first retry with its own random numbers.
-    backoff: Option<ExponentialBackoff<HasherRng>>,
-    idempotent: Arc<HashSet<Method>>,
-    max_attempts: u32,
+    backoff: Option<Box<ExponentialBackoff<HasherRng>>>,
     attempts: u32,
+}
+
+/// What the clones of a policy share.
+#[derive(Clone)]
+struct Settings {
+    budget: Arc<TpsBudget>,
+    /// Backoff: least and most wait, and jitter as a fraction of the wait.
+    backoff: (Duration, Duration, f64),
+    idempotent: HashSet<Method>,
+    max_attempts: u32,
 }
 
 impl std::fmt::Debug for RetryPolicy {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RetryPolicy")
-            .field("idempotent", &self.idempotent)
-            .field("max_attempts", &self.max_attempts)
+            .field("idempotent", &self.settings.idempotent)
+            .field("max_attempts", &self.settings.max_attempts)
             .finish_non_exhaustive()
     }
 }
@@ -98,13 +107,20 @@ impl RetryPolicy {
     /// A policy drawing on `budget` (share one budget among all of a client's calls).
     pub fn with_budget(budget: TpsBudget) -> Self {
         Self {
-            budget: Arc::new(budget),
-            backoff_settings: (Duration::from_millis(10), Duration::from_secs(1), 0.5),
+            settings: Arc::new(Settings {
+                budget: Arc::new(budget),
+                backoff: (Duration::from_millis(10), Duration::from_secs(1), 0.5),
+                idempotent: HashSet::new(),
+                max_attempts: 5,
+            }),
             backoff: None,
-            idempotent: Arc::new(HashSet::new()),
-            max_attempts: 5,
             attempts: 1,
         }
+    }
+
+    fn edit(mut self, f: impl FnOnce(&mut Settings)) -> Self {
+        f(Arc::make_mut(&mut self.settings));
+        self
     }
 
     /// Backoff between attempts: from `min`, doubling, up to `max`, each lengthened by a random
@@ -113,45 +129,44 @@ impl RetryPolicy {
     /// # Panics
     ///
     /// If `min > max`, `max` is zero, or `jitter` is outside 0..=1.
-    pub fn backoff(mut self, min: Duration, max: Duration, jitter: f64) -> Self {
+    pub fn backoff(self, min: Duration, max: Duration, jitter: f64) -> Self {
         assert!((0.0..=1.0).contains(&jitter), "jitter must be within 0..=1");
         // Checked now rather than at the first retry.
         let _ = ExponentialBackoffMaker::new(min, max, jitter, HasherRng::default())
             .expect("valid backoff settings");
-        self.backoff_settings = (min, max, jitter);
-        self
+        self.edit(|s| s.backoff = (min, max, jitter))
     }
 
     /// The wait before the next attempt of this call.
     fn next_wait(&mut self) -> tokio::time::Sleep {
-        let (min, max, jitter) = self.backoff_settings;
+        let (min, max, jitter) = self.settings.backoff;
         self.backoff
             .get_or_insert_with(|| {
                 // A fresh generator per call, so calls that fail together do not retry together.
-                ExponentialBackoffMaker::new(min, max, jitter, HasherRng::default())
-                    .expect("checked when set")
-                    .make_backoff()
+                Box::new(
+                    ExponentialBackoffMaker::new(min, max, jitter, HasherRng::default())
+                        .expect("checked when set")
+                        .make_backoff(),
+                )
             })
             .next_backoff()
     }
 
     /// At most this many attempts per call, the first included. Default 5.
-    pub fn max_attempts(mut self, n: u32) -> Self {
-        self.max_attempts = n.max(1);
-        self
+    pub fn max_attempts(self, n: u32) -> Self {
+        self.edit(|s| s.max_attempts = n.max(1))
     }
 
     /// Marks methods safe to run more than once: they are also retried when the call may have
     /// been lost (no response in time, connection lost mid-call).
-    pub fn idempotent<M: Into<Method>>(mut self, methods: impl IntoIterator<Item = M>) -> Self {
-        let set = Arc::make_mut(&mut self.idempotent);
-        set.extend(methods.into_iter().map(Into::into));
-        self
+    pub fn idempotent<M: Into<Method>>(self, methods: impl IntoIterator<Item = M>) -> Self {
+        self.edit(|s| s.idempotent.extend(methods.into_iter().map(Into::into)))
     }
 
     fn should_retry(&self, req: &Request, error: &Error) -> bool {
-        (not_processed(error) || (maybe_lost(error) && self.idempotent.contains(req.method())))
-            && self.attempts < self.max_attempts
+        (not_processed(error)
+            || (maybe_lost(error) && self.settings.idempotent.contains(req.method())))
+            && self.attempts < self.settings.max_attempts
             && req.context().deadline().is_none_or(|d| d > Instant::now())
     }
 }
@@ -169,7 +184,7 @@ where
     ) -> Option<Self::Future> {
         match result {
             Ok(_) => {
-                self.budget.deposit();
+                self.settings.budget.deposit();
                 None
             }
             Err(e) => {
@@ -186,7 +201,7 @@ where
                 {
                     return None;
                 }
-                if !self.budget.withdraw() {
+                if !self.settings.budget.withdraw() {
                     tracing::debug!(method = %req.method(), "retry budget exhausted");
                     return None;
                 }

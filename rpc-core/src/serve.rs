@@ -93,26 +93,38 @@ where
     S::Future: Send + 'static,
 {
     fn call(&mut self, req: Request) -> BoxFuture<'static, Response> {
-        let mut svc = self.ready.take().unwrap_or_else(|| self.proto.clone());
+        // The instance stays in place: moving a stack of layers in and out per request costs
+        // copies of it.
+        let svc = match &mut self.ready {
+            Some(svc) => svc,
+            None => self.ready.insert(self.proto.clone()),
+        };
         let waker = futures::task::noop_waker();
         let mut cx = std::task::Context::from_waker(&waker);
         match catch_unwind(AssertUnwindSafe(|| svc.poll_ready(&mut cx))) {
-            Ok(Poll::Ready(Ok(()))) => match catch_unwind(AssertUnwindSafe(|| svc.call(req))) {
-                Ok(fut) => {
-                    // Ready again next time, most likely; if not, the next call finds out.
-                    self.ready = Some(svc);
-                    finish(fut)
-                }
-                Err(_) => panicked(),
-            },
+            // Ready again next time, most likely; if not, the next call finds out.
+            Ok(Poll::Ready(Ok(()))) => catch_unwind(AssertUnwindSafe(|| finish(svc.call(req))))
+                .unwrap_or_else(|_| {
+                    self.ready = None;
+                    panicked()
+                }),
             // The instance is spent; the next call starts from a fresh clone.
-            Ok(Poll::Ready(Err(e))) => Box::pin(std::future::ready(Response::error(
-                ServerError::from_service_error(e.into()),
-            ))),
+            Ok(Poll::Ready(Err(e))) => {
+                self.ready = None;
+                Box::pin(std::future::ready(Response::error(
+                    ServerError::from_service_error(e.into()),
+                )))
+            }
             // Not ready: this instance waits for readiness (with a real waker) and serves the
             // request; the next request gets a fresh clone.
-            Ok(Poll::Pending) => finish(svc.oneshot(req)),
-            Err(_) => panicked(),
+            Ok(Poll::Pending) => {
+                let svc = self.ready.take().unwrap_or_else(|| self.proto.clone());
+                finish(svc.oneshot(req))
+            }
+            Err(_) => {
+                self.ready = None;
+                panicked()
+            }
         }
     }
 }

@@ -197,15 +197,25 @@ impl<S, K: KeyFn> std::fmt::Debug for KeyedConcurrencyLimit<S, K> {
 #[pin_project]
 pub struct KeyedConcurrencyFuture<F, T, E, K: KeyFn> {
     #[pin]
-    inner: Option<F>,
-    refused: Option<Result<T, E>>,
-    slot: Option<Slot<K>>,
+    state: State<F, T, E, K>,
+}
+
+#[pin_project(project = StateProj)]
+enum State<F, T, E, K: KeyFn> {
+    /// Within the limit: the inner call, with its place (freed when the call ends).
+    Called {
+        #[pin]
+        inner: F,
+        slot: Option<Slot<K>>,
+    },
+    /// Refused at once.
+    Refused(Option<Result<T, E>>),
 }
 
 impl<F, T, E, K: KeyFn> std::fmt::Debug for KeyedConcurrencyFuture<F, T, E, K> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("KeyedConcurrencyFuture")
-            .field("refused", &self.inner.is_none())
+            .field("refused", &matches!(self.state, State::Refused(_)))
             .finish_non_exhaustive()
     }
 }
@@ -218,14 +228,13 @@ where
     type Output = Result<T, E>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Self::Output> {
-        let this = self.project();
-        match this.inner.as_pin_mut() {
-            Some(f) => {
-                let r = std::task::ready!(f.poll(cx));
-                drop(this.slot.take());
+        match self.project().state.project() {
+            StateProj::Called { inner, slot } => {
+                let r = std::task::ready!(inner.poll(cx));
+                drop(slot.take());
                 Poll::Ready(r)
             }
-            None => Poll::Ready(this.refused.take().expect("polled after completion")),
+            StateProj::Refused(r) => Poll::Ready(r.take().expect("polled after completion")),
         }
     }
 }
@@ -258,23 +267,19 @@ where
                 Err(Refusal::Retired) => key = held.key.clone(),
             }
         };
-        match acquired {
-            Some(held) => KeyedConcurrencyFuture {
-                inner: Some(self.inner.call(req)),
-                refused: None,
+        let state = match acquired {
+            Some(held) => State::Called {
+                inner: self.inner.call(req),
                 slot: Some(Slot {
                     held,
                     shared: self.shared.clone(),
                 }),
             },
-            None => KeyedConcurrencyFuture {
-                inner: None,
-                refused: Some(S::Response::reject(ServerError::new(
-                    ErrorCode::OVERLOADED,
-                    format!("more than {} calls at once from this peer", self.shared.n),
-                ))),
-                slot: None,
-            },
-        }
+            None => State::Refused(Some(S::Response::reject(ServerError::new(
+                ErrorCode::OVERLOADED,
+                format!("more than {} calls at once from this peer", self.shared.n),
+            )))),
+        };
+        KeyedConcurrencyFuture { state }
     }
 }
