@@ -93,7 +93,6 @@ fn layered_router() -> impl Served {
         .load_shed()
         .concurrency_limit(100_000)
         .layer(DeadlineLayer::new().default_timeout(Duration::from_secs(10)))
-        .map_err(Into::<rpc_core::BoxError>::into)
         .service(Router::new().route("add", add))
 }
 
@@ -139,7 +138,7 @@ fn client_stack<S>(
     impl tower::Service<
             rpc_core::Request,
             Response = rpc_core::Payload,
-            Error = rpc_core::BoxError,
+            Error = rpc_core::Error,
             Future: Send,
         > + Clone
         + Send
@@ -147,18 +146,18 @@ fn client_stack<S>(
         + 'static,
 >
 where
-    S: Channel,
-    S::Future: 'static,
+    S: Channel + tower::Service<rpc_core::Request, Error = rpc_core::Error>,
 {
+    // In the order of the `middleware_stack` example: the limits count calls (a call's retries
+    // run within its place and its turn), and the deadline covers every attempt.
     client.layer(
         ServiceBuilder::new()
-            // The timeout is the call's deadline, which the transport enforces with a timer in
-            // the call's own future (tower's `TimeoutLayer` would add a second timer and future).
-            .layer(SetDeadlineLayer::new(Duration::from_secs(5)))
-            .layer(RetryLayer::new(RetryPolicy::new()))
             .layer(RateLimitLayer::global(10_000_000, Duration::from_secs(1)))
             .concurrency_limit(100_000)
-            .map_err(Into::<rpc_core::BoxError>::into)
+            // The timeout is the call's deadline, which the call table enforces (tower's
+            // `TimeoutLayer` would add a timer and a future per call).
+            .layer(SetDeadlineLayer::new(Duration::from_secs(5)))
+            .layer(RetryLayer::new(RetryPolicy::new()))
             .into_inner(),
     )
 }
@@ -168,12 +167,14 @@ async fn load<S: Channel>(client: &Client<S>, in_flight: usize) -> f64 {
     let run = run();
     let mut tasks = Vec::new();
     for w in 0..in_flight {
-        let c = client.clone();
+        // Each worker calls through its own instance of the stack, as a task making calls one
+        // after another would.
+        let mut c = client.clone();
         tasks.push(tokio::spawn(async move {
             let mut n = 0u64;
             while start.elapsed() < run {
                 let r: i64 = c
-                    .call("add", (w as i64, 1))
+                    .call_mut("add", (w as i64, 1))
                     .await
                     .expect("the call succeeds");
                 assert_eq!(r, w as i64 + 1);
