@@ -217,8 +217,9 @@ where
 // --- the clients ------------------------------------------------------------------------------
 
 /// Makes one call and checks its answer.
+/// Makes one echo call. Each worker calls through its own clone.
 trait Caller: Clone + Send + Sync + 'static {
-    fn call(&self) -> impl Future<Output = ()> + Send;
+    fn call(&mut self) -> impl Future<Output = ()> + Send;
 }
 
 impl<S> Caller for Client<S>
@@ -231,8 +232,9 @@ where
     S::Error: Into<rpc_core::BoxError>,
     S::Future: Send,
 {
-    async fn call(&self) {
-        let r: String = Client::call(self, "echo", (PAYLOAD,))
+    async fn call(&mut self) {
+        // Through the worker's own instance of the channel: no clone per call.
+        let r: String = Client::call_mut(self, "echo", (PAYLOAD,))
             .await
             .expect("the call succeeds");
         assert_eq!(r, PAYLOAD);
@@ -244,10 +246,10 @@ where
 struct Bsr(Client<raw::Channel<tcp::Tcp>>);
 
 impl Caller for Bsr {
-    async fn call(&self) {
+    async fn call(&mut self) {
         let r: String = self
             .0
-            .call(0u16, (PAYLOAD,))
+            .call_mut(0u16, (PAYLOAD,))
             .await
             .expect("the call succeeds");
         assert_eq!(r, PAYLOAD);
@@ -255,7 +257,7 @@ impl Caller for Bsr {
 }
 
 impl Caller for EchoClient {
-    async fn call(&self) {
+    async fn call(&mut self) {
         let r = self
             .echo(tarpc::context::current(), PAYLOAD.to_owned())
             .await
@@ -394,7 +396,7 @@ fn mux_datagram(socket: UdpSocket, slots: usize) -> RawConn {
 }
 
 impl Caller for RawConn {
-    async fn call(&self) {
+    async fn call(&mut self) {
         match self {
             RawConn::Stream(io) => {
                 let mut io = io.lock().await;
@@ -458,7 +460,7 @@ struct Run {
 async fn load<C: Caller>(conns: &[C], in_flight: usize, secs: Duration) -> Run {
     // Warm up: connect, fill caches.
     for c in conns {
-        c.call().await;
+        c.clone().call().await;
     }
     let start = Instant::now();
     // Callers stop when this is set, rather than each reading the clock once more per call.
@@ -473,7 +475,7 @@ async fn load<C: Caller>(conns: &[C], in_flight: usize, secs: Duration) -> Run {
     let mut tasks = Vec::new();
     for c in conns {
         for _ in 0..in_flight {
-            let c = c.clone();
+            let mut c = c.clone();
             let stop = stop.clone();
             tasks.push(tokio::spawn(async move {
                 let mut h = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 2)
