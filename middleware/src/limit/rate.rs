@@ -90,12 +90,12 @@ impl Tat {
     /// Retires the state if its key is back at a full burst (its theoretical arrival time is at
     /// or before `drop_below`).
     fn retire_if_older(&self, drop_below: Nanos) -> bool {
-        let now = self.0.load(Ordering::Acquire);
-        now != RETIRED
-            && now <= drop_below.as_u64()
+        let tat = self.0.load(Ordering::Acquire);
+        tat != RETIRED
+            && tat <= drop_below.as_u64()
             && self
                 .0
-                .compare_exchange(now, RETIRED, Ordering::AcqRel, Ordering::Relaxed)
+                .compare_exchange(tat, RETIRED, Ordering::AcqRel, Ordering::Relaxed)
                 .is_ok()
     }
 }
