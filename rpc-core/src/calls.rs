@@ -3,7 +3,9 @@
 //! Every transport uses it: a caller [`register`](InFlight::register)s an id with the peer it
 //! sends to, awaits its [`Waiter`], and the transport's receive loop [`deliver`](InFlight::deliver)s
 //! responses. A response is accepted only from the peer the request went to; one with an unknown
-//! id or from another peer is refused and the caller keeps waiting.
+//! id or from another peer is refused and the caller keeps waiting. The answer waits in the
+//! call's slot, beside the caller's waker, until the caller takes it: no channel and no
+//! allocation per call.
 //!
 //! A call either waits with a timer of its own ([`Waiter::wait`]) or lets the table expire it
 //! ([`InFlight::register_expiring`]): one task per table fails such calls with
@@ -18,13 +20,14 @@
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 use std::fmt;
-use std::future::Future;
 use std::hash::Hash;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::Duration;
 
-use tokio::sync::{oneshot, Notify};
+use std::task::{Context as TaskContext, Poll, Waker};
+
+use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use crate::error::Error;
@@ -46,7 +49,39 @@ struct Slot<P, V> {
     serial: u64,
     /// When the table fails the call itself (registered with `register_expiring`).
     expires: Option<Instant>,
-    tx: oneshot::Sender<Result<V, Error>>,
+    state: State<V>,
+}
+
+/// A call's state. The answer waits in the slot until its caller takes it: no channel, no
+/// allocation per call.
+enum State<V> {
+    /// No answer yet; the caller's waker, once it has polled.
+    Waiting(Option<Waker>),
+    /// Answered (or failed); the caller takes it.
+    Done(Result<V, Error>),
+}
+
+impl<P, V> Slot<P, V> {
+    fn waiting(&self) -> bool {
+        matches!(self.state, State::Waiting(_))
+    }
+
+    /// Answers the call if it still waits; the waker to wake, once the table is unlocked.
+    fn finish(&mut self, outcome: Result<V, Error>) -> Option<Waker> {
+        match &mut self.state {
+            State::Waiting(waker) => {
+                let waker = waker.take();
+                self.state = State::Done(outcome);
+                waker
+            }
+            State::Done(_) => None,
+        }
+    }
+}
+
+/// Wakes callers, after the table's lock is released.
+fn wake_all(wakers: impl IntoIterator<Item = Option<Waker>>) {
+    wakers.into_iter().flatten().for_each(Waker::wake);
 }
 
 /// The table's keys are ids this side chose (random or sequential); a peer can only look ids
@@ -221,7 +256,6 @@ impl<Id: Hash + Eq + Clone, P: PartialEq, V> InFlight<Id, P, V> {
         peer: P,
         expires: Option<Instant>,
     ) -> Option<(Waiter<Id, P, V>, Wake)> {
-        let (tx, rx) = oneshot::channel();
         let mut table = self.lock();
         let std::collections::hash_map::Entry::Vacant(free) = table.slots.entry(id.clone()) else {
             return None;
@@ -231,7 +265,7 @@ impl<Id: Hash + Eq + Clone, P: PartialEq, V> InFlight<Id, P, V> {
             peer,
             serial,
             expires,
-            tx,
+            state: State::Waiting(None),
         });
         let mut wake = Wake::No;
         if let Some(at) = expires {
@@ -256,7 +290,6 @@ impl<Id: Hash + Eq + Clone, P: PartialEq, V> InFlight<Id, P, V> {
         }
         drop(table);
         let waiter = Waiter {
-            rx,
             serial,
             answered: false,
             table: self.clone(),
@@ -268,20 +301,17 @@ impl<Id: Hash + Eq + Clone, P: PartialEq, V> InFlight<Id, P, V> {
     /// Hands a response from `from` to the caller waiting on `id`.
     pub fn deliver(&self, id: &Id, from: &P, value: V) -> Delivery {
         let mut table = self.lock();
-        match table.slots.remove_entry(id) {
-            None => Delivery::UnknownId,
-            Some((id, slot)) if slot.peer != *from => {
-                // Spoofed: the call keeps waiting for its peer.
-                table.slots.insert(id, slot);
-                Delivery::WrongPeer
-            }
-            Some((_, slot)) => {
-                drop(table);
-                // The caller may have given up between the lookup and now; nothing to do then.
-                let _ = slot.tx.send(Ok(value));
-                Delivery::Delivered
-            }
-        }
+        let waker = match table.slots.get_mut(id) {
+            // Answered already (a duplicate), or never asked.
+            None => return Delivery::UnknownId,
+            Some(slot) if !slot.waiting() => return Delivery::UnknownId,
+            // Spoofed: the call keeps waiting for its peer.
+            Some(slot) if slot.peer != *from => return Delivery::WrongPeer,
+            Some(slot) => slot.finish(Ok(value)),
+        };
+        drop(table);
+        wake_all([waker]);
+        Delivery::Delivered
     }
 
     /// Fails the calls that expire by `now`, and gives when the sweeper must wake next: `None`
@@ -297,7 +327,7 @@ impl<Id: Hash + Eq + Clone, P: PartialEq, V> InFlight<Id, P, V> {
                 let horizon = now + self.tick;
                 table.near.clear();
                 let mut later = false;
-                for (id, slot) in &table.slots {
+                for (id, slot) in table.slots.iter().filter(|(_, s)| s.waiting()) {
                     match slot.expires {
                         Some(at) if at <= now => due.push(id.clone()),
                         Some(at) => {
@@ -327,7 +357,7 @@ impl<Id: Hash + Eq + Clone, P: PartialEq, V> InFlight<Id, P, V> {
             if table
                 .slots
                 .get(&near.id)
-                .is_some_and(|s| s.serial == near.serial)
+                .is_some_and(|s| s.serial == near.serial && s.waiting())
             {
                 due.push(near.id);
             }
@@ -340,30 +370,53 @@ impl<Id: Hash + Eq + Clone, P: PartialEq, V> InFlight<Id, P, V> {
         if next.is_none() {
             table.sweeping = false;
         }
-        let expired: Vec<_> = due.iter().filter_map(|id| table.slots.remove(id)).collect();
+        let wakers: Vec<_> = due
+            .iter()
+            .filter_map(|id| {
+                let slot = table.slots.get_mut(id)?;
+                slot.finish(Err(Error::Timeout))
+            })
+            .collect();
         drop(guard);
-        for slot in expired {
-            let _ = slot.tx.send(Err(Error::Timeout));
-        }
+        wakers.into_iter().for_each(Waker::wake);
         next
     }
 
-    /// Fails every call in flight with [`Error::Closed`] (the connection is gone).
+    /// Fails every call in flight with [`Error::Closed`] (the connection is gone). Answers that
+    /// arrived before are still taken by their callers.
     pub fn close_all(&self) {
-        self.lock().slots.clear();
+        self.close_where(|_| true);
     }
 
     /// Fails every call in flight with the error `error` makes (say, why the connection ended).
     pub fn fail_all(&self, error: impl Fn() -> Error) {
-        let slots: Vec<_> = self.lock().slots.drain().collect();
-        for (_, slot) in slots {
-            let _ = slot.tx.send(Err(error()));
-        }
+        let mut table = self.lock();
+        let wakers: Vec<_> = table
+            .slots
+            .values_mut()
+            .map(|slot| slot.finish(Err(error())))
+            .collect();
+        drop(table);
+        wake_all(wakers);
     }
 
     /// Fails the calls in flight to `peer` with [`Error::Closed`].
     pub fn close_peer(&self, peer: &P) {
-        self.lock().slots.retain(|_, slot| slot.peer != *peer);
+        self.close_where(|p| p == peer);
+    }
+
+    /// Drops the slots of the calls still waiting whose peer `closes`: their callers find none
+    /// and fail with [`Error::Closed`].
+    fn close_where(&self, closes: impl Fn(&P) -> bool) {
+        let mut wakers = Vec::new();
+        self.lock().slots.retain(|_, slot| match &mut slot.state {
+            State::Waiting(waker) if closes(&slot.peer) => {
+                wakers.push(waker.take());
+                false
+            }
+            _ => true,
+        });
+        wake_all(wakers);
     }
 
     /// The number of calls in flight.
@@ -419,7 +472,6 @@ impl<Id, P, V> fmt::Debug for InFlight<Id, P, V> {
 
 /// One registered call. Dropping it (the caller gave up) frees the id.
 pub struct Waiter<Id: Hash + Eq + Clone, P: PartialEq, V> {
-    rx: oneshot::Receiver<Result<V, Error>>,
     serial: u64,
     /// Answered: the table no longer holds the slot.
     answered: bool,
@@ -438,10 +490,10 @@ impl<Id: Hash + Eq + Clone, P: PartialEq, V> Waiter<Id, P, V> {
     /// [`Error::Timeout`] once the deadline passes, [`Error::Closed`] if the call was failed by
     /// [`InFlight::close_all`].
     pub async fn wait(mut self, deadline: Instant) -> Result<V, Error> {
-        match tokio::time::timeout_at(deadline, &mut self.rx).await {
-            Ok(r) => self.outcome(r),
-            Err(_) => Err(Error::Timeout),
-        }
+        let answer = std::future::poll_fn(|cx| self.poll_expiring(cx));
+        tokio::time::timeout_at(deadline, answer)
+            .await
+            .unwrap_or(Err(Error::Timeout))
     }
 
     /// Waits for the response to a call registered with
@@ -454,24 +506,37 @@ impl<Id: Hash + Eq + Clone, P: PartialEq, V> Waiter<Id, P, V> {
     /// Polls for the response to a call registered with
     /// [`register_expiring`](InFlight::register_expiring), as
     /// [`wait_expiring`](Self::wait_expiring) waits for it: for futures that hold the waiter.
-    pub fn poll_expiring(
-        &mut self,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Result<V, Error>> {
-        let r = std::task::ready!(std::pin::Pin::new(&mut self.rx).poll(cx));
-        std::task::Poll::Ready(self.outcome(r))
-    }
-
-    fn outcome(
-        &mut self,
-        r: Result<Result<V, Error>, oneshot::error::RecvError>,
-    ) -> Result<V, Error> {
-        match r {
-            Ok(answer) => {
-                self.answered = true;
-                answer
+    pub fn poll_expiring(&mut self, cx: &mut TaskContext<'_>) -> Poll<Result<V, Error>> {
+        if self.answered {
+            return Poll::Ready(Err(Error::Other("polled after its answer".into())));
+        }
+        let mut table = self.table.lock();
+        // One lookup, whether the call waits on or is answered.
+        let std::collections::hash_map::Entry::Occupied(mut slot) =
+            table.slots.entry(self.id.clone())
+        else {
+            // Closed: the table dropped the slot.
+            self.answered = true;
+            return Poll::Ready(Err(Error::Closed));
+        };
+        if slot.get().serial != self.serial {
+            // Closed, and the id taken by another call since.
+            self.answered = true;
+            return Poll::Ready(Err(Error::Closed));
+        }
+        if let State::Waiting(waker) = &mut slot.get_mut().state {
+            match waker {
+                Some(w) if w.will_wake(cx.waker()) => {}
+                _ => *waker = Some(cx.waker().clone()),
             }
-            Err(_) => Err(Error::Closed),
+            return Poll::Pending;
+        }
+        let slot = slot.remove();
+        drop(table);
+        self.answered = true;
+        match slot.state {
+            State::Done(outcome) => Poll::Ready(outcome),
+            State::Waiting(_) => Poll::Ready(Err(Error::Closed)),
         }
     }
 }
@@ -481,7 +546,7 @@ impl<Id: Hash + Eq + Clone, P: PartialEq, V> Drop for Waiter<Id, P, V> {
         if self.answered {
             return;
         }
-        // Only remove our own slot: after delivery the id is free and may be in use again.
+        // Only remove our own slot: once its caller is gone, the id may be in use again.
         let mut table = self.table.lock();
         if table
             .slots
@@ -612,6 +677,33 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(20)).await;
             assert_eq!(alive(), 0, "the sweeper outlived its table");
         });
+    }
+
+    #[tokio::test]
+    async fn an_answer_that_came_before_a_close_is_still_taken() {
+        let t = InFlight::<u32, &str, i32>::new();
+        let answered = t.register(1, "a").unwrap();
+        let waiting = t.register(2, "a").unwrap();
+        assert_eq!(t.deliver(&1, &"a", 7), Delivery::Delivered);
+        assert_eq!(t.deliver(&1, &"a", 8), Delivery::UnknownId, "a duplicate");
+        t.close_all();
+        let far = Instant::now() + Duration::from_secs(5);
+        assert_eq!(answered.wait(far).await.unwrap(), 7);
+        assert!(waiting.wait(far).await.unwrap_err().is_closed());
+        assert!(t.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_waiting_caller_is_woken_by_its_answer() {
+        let t = InFlight::<u32, &str, i32>::new();
+        let w = t.register(1, "a").unwrap();
+        let answer = tokio::spawn(w.wait(Instant::now() + Duration::from_secs(5)));
+        // The caller polls first and waits; the answer comes from elsewhere.
+        tokio::task::yield_now().await;
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        assert_eq!(t.deliver(&1, &"a", 7), Delivery::Delivered);
+        assert_eq!(answer.await.unwrap().unwrap(), 7);
+        assert!(t.is_empty());
     }
 
     #[tokio::test]
