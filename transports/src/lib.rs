@@ -96,6 +96,37 @@ fn sweep_tick(timeout: std::time::Duration) -> std::time::Duration {
     )
 }
 
+/// A cancellation token with a flag that tells the same without the token's lock: loops and
+/// calls check it once per wake-up or call, where the token's own check takes a mutex.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Cancel {
+    token: tokio_util::sync::CancellationToken,
+    flag: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Cancel {
+    pub(crate) fn cancel(&self) {
+        self.flag.store(true, std::sync::atomic::Ordering::Release);
+        self.token.cancel();
+    }
+
+    pub(crate) fn is_cancelled(&self) -> bool {
+        self.flag.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    pub(crate) fn cancelled(&self) -> tokio_util::sync::WaitForCancellationFuture<'_> {
+        self.token.cancelled()
+    }
+
+    /// A handle cancelled with this one (and only with it: it has no way to cancel alone).
+    pub(crate) fn follower(&self) -> Self {
+        Self {
+            token: self.token.child_token(),
+            flag: self.flag.clone(),
+        }
+    }
+}
+
 /// A cancellation future that is polled in full only until it has registered the task's waker;
 /// after that a wake-up is checked with `fired` alone.
 ///

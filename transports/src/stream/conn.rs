@@ -143,7 +143,7 @@ pub(crate) struct Conn<C: Codec> {
     /// Mirrors `closed` for the hot path (reading a token takes a lock).
     done: AtomicBool,
     /// Stop reading new requests, answer those being served, then close (graceful shutdown).
-    drain: CancellationToken,
+    drain: crate::Cancel,
     /// It ended by failure (reset, bad frame), not by either side closing it cleanly.
     lost: AtomicBool,
     serving: Arc<Semaphore>,
@@ -164,7 +164,7 @@ impl<C: Codec> Conn<C> {
         config: Arc<Config>,
         serve: Option<Serve>,
         counters: Arc<Counters>,
-        drain: CancellationToken,
+        drain: crate::Cancel,
     ) -> Arc<Self> {
         let (read, write) = io.split();
         let write = Arc::new(write);

@@ -191,7 +191,7 @@ impl<T> Builder<T> {
                     config.clone(),
                     serve.clone(),
                     shared.counters.clone(),
-                    shared.drain.child_token(),
+                    shared.drain.follower(),
                 );
                 async move {
                     tokio::select! {
@@ -220,7 +220,7 @@ where
     let shared = Arc::new(ServerShared {
         live: AtomicUsize::new(0),
         all_closed: Notify::new(),
-        drain: CancellationToken::new(),
+        drain: crate::Cancel::default(),
         force: CancellationToken::new(),
         counters: Arc::new(Counters::default()),
     });
@@ -310,7 +310,7 @@ pub(crate) struct ServerShared {
     live: AtomicUsize,
     all_closed: Notify,
     /// Graceful shutdown: connections stop reading, answer what they accepted, and close.
-    pub(crate) drain: CancellationToken,
+    pub(crate) drain: crate::Cancel,
     /// The grace period is over: close what is left.
     pub(crate) force: CancellationToken,
     pub(crate) counters: Arc<Counters>,
@@ -444,7 +444,7 @@ impl<C: Codec, T: Transport> ClientShared<C, T> {
             self.config.clone(),
             self.serve.clone(),
             self.counters.clone(),
-            CancellationToken::new(),
+            crate::Cancel::default(),
         );
         *self.current.lock().unwrap_or_else(PoisonError::into_inner) = Some(conn.clone());
         Ok(conn)

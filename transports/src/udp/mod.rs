@@ -76,11 +76,10 @@ use rpc_core::{
 use tokio::net::{ToSocketAddrs, UdpSocket};
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 
 use self::stats::Counters;
 use crate::dispatch::{self, CallResult, Event, Link};
-use crate::CallFuture;
+use crate::{CallFuture, Cancel};
 
 /// The default largest payload, as rpcudp: 8192 bytes.
 pub const DEFAULT_MAX_PAYLOAD: usize = 8192;
@@ -197,7 +196,7 @@ impl Builder {
         let max_payload = self
             .max_payload
             .min(MAX_UDP_PAYLOAD.saturating_sub(codec.overhead()));
-        let closed = Closed::default();
+        let closed = Cancel::default();
         let shared = Arc::new_cyclic(|me| Shared {
             me: me.clone(),
             socket,
@@ -225,32 +224,9 @@ impl Builder {
     }
 }
 
-/// Whether the endpoint is closed: a cancellation token to wait on, and a flag that says the same
-/// without taking the token's lock (calls check it twice each).
-#[derive(Debug, Clone, Default)]
-struct Closed {
-    token: CancellationToken,
-    flag: Arc<std::sync::atomic::AtomicBool>,
-}
-
-impl Closed {
-    fn cancel(&self) {
-        self.flag.store(true, std::sync::atomic::Ordering::Release);
-        self.token.cancel();
-    }
-
-    fn is_cancelled(&self) -> bool {
-        self.flag.load(std::sync::atomic::Ordering::Acquire)
-    }
-
-    fn cancelled(&self) -> tokio_util::sync::WaitForCancellationFuture<'_> {
-        self.token.cancelled()
-    }
-}
-
 /// Closes the endpoint when the last user handle goes.
 #[derive(Debug)]
-struct CloseOnDrop(Closed);
+struct CloseOnDrop(Cancel);
 
 impl Drop for CloseOnDrop {
     fn drop(&mut self) {
@@ -273,7 +249,7 @@ struct Shared<C: Codec> {
     permits: Arc<Semaphore>,
     max_concurrent_requests: usize,
     counters: Counters,
-    closed: Closed,
+    closed: Cancel,
 }
 
 /// A UDP socket that serves and calls. Cloning is cheap; the socket closes when the last clone,
