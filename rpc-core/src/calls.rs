@@ -92,6 +92,9 @@ struct Table<Id, P, V> {
     slots: Slots<Id, P, V>,
     /// The sweeper task exists.
     sweeper: bool,
+    /// The sweeper task, once spawned: a sweeper whose runtime has gone (the table outlived
+    /// it) is replaced.
+    task: Option<tokio::task::JoinHandle<()>>,
     /// The sweeper is ticking (calls that expire may be in flight); it stops when none are.
     sweeping: bool,
     /// The calls that expire before `horizon`, earliest first. Calls answered since are still
@@ -159,13 +162,14 @@ impl<Id, P, V> InFlight<Id, P, V> {
             table: Mutex::new(Table {
                 slots: HashMap::default(),
                 sweeper: false,
+                task: None,
                 sweeping: false,
                 near: BinaryHeap::new(),
                 horizon: None,
                 next_wake: None,
             }),
             serial: AtomicU64::new(0),
-            tick: tick.max(Duration::from_millis(1)),
+            tick: tick.clamp(Duration::from_millis(1), Duration::from_secs(3600)),
             signal: Arc::default(),
         }
     }
@@ -186,7 +190,7 @@ impl<Id: Hash + Eq + Clone, P: PartialEq, V> InFlight<Id, P, V> {
     }
 
     /// An empty table whose sweeper looks at every call with a deadline every `tick` (at least
-    /// 1 ms) while there are some; calls fail at their deadline whatever the tick (see the
+    /// 1 ms, at most an hour) while there are some; calls fail at their deadline whatever the tick (see the
     /// [module docs](self)), which only sets how often the sweeper visits the calls far from
     /// theirs.
     pub fn with_sweep_every(tick: Duration) -> Arc<Self> {
@@ -224,7 +228,8 @@ impl<Id: Hash + Eq + Clone, P: PartialEq, V> InFlight<Id, P, V> {
             Wake::Sweeper => self.signal.wake.notify_one(),
             Wake::Spawn => {
                 self.signal.wake.notify_one();
-                tokio::spawn(sweep(Arc::downgrade(self), self.signal.clone()));
+                let task = tokio::spawn(sweep(Arc::downgrade(self), self.signal.clone()));
+                self.lock().task = Some(task);
             }
         }
         Some(waiter)
@@ -269,6 +274,14 @@ impl<Id: Hash + Eq + Clone, P: PartialEq, V> InFlight<Id, P, V> {
         });
         let mut wake = Wake::No;
         if let Some(at) = expires {
+            if table.task.as_ref().is_some_and(|t| t.is_finished()) {
+                // The sweeper's runtime shut down under it: start over with a new one.
+                table.task = None;
+                table.sweeper = false;
+                table.sweeping = false;
+                table.horizon = None;
+                table.next_wake = None;
+            }
             if !table.sweeping {
                 table.sweeping = true;
                 wake = Wake::Sweeper;
@@ -419,7 +432,8 @@ impl<Id: Hash + Eq + Clone, P: PartialEq, V> InFlight<Id, P, V> {
         wake_all(wakers);
     }
 
-    /// The number of calls in flight.
+    /// The number of calls in flight: registered, and not yet taken by their callers (an answer
+    /// counts until its caller takes it, or gives up).
     pub fn len(&self) -> usize {
         self.lock().slots.len()
     }
@@ -704,6 +718,35 @@ mod tests {
         assert_eq!(t.deliver(&1, &"a", 7), Delivery::Delivered);
         assert_eq!(answer.await.unwrap().unwrap(), 7);
         assert!(t.is_empty());
+    }
+
+    #[test]
+    fn a_table_that_outlives_its_sweepers_runtime_gets_a_new_sweeper() {
+        let runtime = || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_time()
+                .build()
+                .unwrap()
+        };
+        let t = InFlight::<u32, (), ()>::with_sweep_every(Duration::from_millis(5));
+        let far = runtime().block_on(async {
+            let w = t.register_expiring(1, (), Instant::now() + Duration::from_secs(60));
+            tokio::task::yield_now().await;
+            w
+        });
+        // That runtime is gone, and its sweeper with it.
+        runtime().block_on(async {
+            let start = Instant::now();
+            let w = t
+                .register_expiring(2, (), start + Duration::from_millis(20))
+                .unwrap();
+            let err = tokio::time::timeout(Duration::from_secs(5), w.wait_expiring())
+                .await
+                .expect("a new sweeper expired the call")
+                .unwrap_err();
+            assert!(err.is_timeout(), "{err:?}");
+        });
+        drop(far);
     }
 
     #[tokio::test]

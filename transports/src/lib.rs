@@ -118,7 +118,8 @@ impl Cancel {
         self.token.cancelled()
     }
 
-    /// A handle cancelled with this one (and only with it: it has no way to cancel alone).
+    /// A handle cancelled with this one. It shares this one's flag, so only the leader is to be
+    /// cancelled: cancelling a follower would set the flag for all of them.
     pub(crate) fn follower(&self) -> Self {
         Self {
             token: self.token.child_token(),
@@ -176,9 +177,8 @@ impl<F: std::future::Future<Output = ()>, C: Fn() -> bool + Unpin> std::future::
 ///
 /// A call that needs nothing but its answer (the channel is connected and the request went out
 /// at once) registers, encodes and sends in [`Service::call`](tower::Service::call) itself, and
-/// this future only waits for the answer — with a timer if the request carries a deadline, else
-/// under the call table's sweep of the transport's default timeout: no boxed state machine per
-/// call. Other calls (connecting first, waiting for room, retransmission) run as a boxed future.
+/// this future only waits for the answer, which the call table fails at the call's deadline: no
+/// boxed state machine and no timer per call. Other calls (connecting first, waiting for room, retransmission) run as a boxed future.
 #[pin_project::pin_project]
 pub struct CallFuture<Id: std::hash::Hash + Eq + Clone, P: PartialEq> {
     #[pin]
@@ -187,7 +187,7 @@ pub struct CallFuture<Id: std::hash::Hash + Eq + Clone, P: PartialEq> {
 
 #[pin_project::pin_project(project = CallStateProj)]
 enum CallState<Id: std::hash::Hash + Eq + Clone, P: PartialEq> {
-    /// Sent: waiting for the answer until `timer` fires, or until the call table times it out.
+    /// Sent: waiting for the answer, or for the call table to time it out.
     Waiting {
         waiter: rpc_core::calls::Waiter<Id, P, dispatch::CallResult>,
         format: &'static dyn rpc_core::Format,

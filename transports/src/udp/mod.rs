@@ -308,7 +308,8 @@ impl<C: Codec> Endpoint<C> {
         self.shared.dedup.as_ref().map_or(0, |d| d.len())
     }
 
-    /// The number of calls waiting for a response.
+    /// The number of calls waiting for a response (answers their callers have not taken yet
+    /// included).
     pub fn calls_in_flight(&self) -> usize {
         self.shared.calls.len()
     }
