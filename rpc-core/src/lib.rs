@@ -77,7 +77,7 @@ pub use format::{Format, Payload};
 pub use handler::{Handler, IntoReply};
 pub use message::{Method, MethodName, Request, Response};
 pub use router::{Route, Router};
-pub use serve::{LocalServe, Serve};
+pub use serve::{LocalServe, Running, Serve, Served};
 
 #[doc(inline)]
 pub use tower::{Layer, Service};

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::task::Poll;
 
 use futures::future::{BoxFuture, FutureExt};
+use tokio_util::sync::ReusableBoxFuture;
 use tower::{Service, ServiceExt};
 
 use crate::error::{BoxError, ServerError};
@@ -57,7 +58,7 @@ trait Prototype: Send + Sync {
 
 /// One instance of the service, called in place while it is ready.
 trait LocalCall: Send {
-    fn call(&mut self, req: Request) -> BoxFuture<'static, Response>;
+    fn call(&mut self, req: Request) -> Served;
 }
 
 struct Proto<S>(S);
@@ -66,6 +67,9 @@ struct Proto<S>(S);
 struct Local<S> {
     proto: S,
     ready: Option<S>,
+    /// The allocation of the last call's future, when it answered at once: the next call's
+    /// future takes its place.
+    spare: Option<ReusableBoxFuture<'static, Response>>,
 }
 
 impl<S> Prototype for Proto<S>
@@ -75,13 +79,14 @@ where
     S::Future: Send + 'static,
 {
     fn call(&self, req: Request) -> BoxFuture<'static, Response> {
-        finish(self.0.clone().oneshot(req))
+        Box::pin(guarded(self.0.clone().oneshot(req)))
     }
 
     fn local(&self) -> Box<dyn LocalCall> {
         Box::new(Local {
             proto: self.0.clone(),
             ready: None,
+            spare: None,
         })
     }
 }
@@ -92,7 +97,7 @@ where
     S::Error: Into<BoxError>,
     S::Future: Send + 'static,
 {
-    fn call(&mut self, req: Request) -> BoxFuture<'static, Response> {
+    fn call(&mut self, req: Request) -> Served {
         // The instance stays in place: moving a stack of layers in and out per request costs
         // copies of it.
         let svc = match &mut self.ready {
@@ -103,55 +108,107 @@ where
         let mut cx = std::task::Context::from_waker(&waker);
         match catch_unwind(AssertUnwindSafe(|| svc.poll_ready(&mut cx))) {
             // Ready again next time, most likely; if not, the next call finds out.
-            Ok(Poll::Ready(Ok(()))) => catch_unwind(AssertUnwindSafe(|| finish(svc.call(req))))
-                .unwrap_or_else(|_| {
+            Ok(Poll::Ready(Ok(()))) => match catch_unwind(AssertUnwindSafe(|| svc.call(req))) {
+                Ok(fut) => {
+                    let fut = guarded(fut);
+                    let mut boxed = match self.spare.take() {
+                        Some(mut spare) => {
+                            spare.set(fut);
+                            spare
+                        }
+                        None => ReusableBoxFuture::new(fut),
+                    };
+                    // Polled once here (the guard catches a panic); a call still running is
+                    // the caller's to drive, with a waker that will fire.
+                    match boxed.poll(&mut cx) {
+                        Poll::Ready(response) => {
+                            self.spare = Some(boxed);
+                            Served::Done(response)
+                        }
+                        Poll::Pending => Served::Running(Running(boxed)),
+                    }
+                }
+                Err(_) => {
                     self.ready = None;
-                    panicked()
-                }),
+                    Served::Done(panic_response())
+                }
+            },
             // The instance is spent; the next call starts from a fresh clone.
             Ok(Poll::Ready(Err(e))) => {
                 self.ready = None;
-                Box::pin(std::future::ready(Response::error(
-                    ServerError::from_service_error(e.into()),
-                )))
+                Served::Done(Response::error(ServerError::from_service_error(e.into())))
             }
             // Not ready: this instance waits for readiness (with a real waker) and serves the
             // request; the next request gets a fresh clone.
             Ok(Poll::Pending) => {
                 let svc = self.ready.take().unwrap_or_else(|| self.proto.clone());
-                finish(svc.oneshot(req))
+                Served::Running(Running(ReusableBoxFuture::new(guarded(svc.oneshot(req)))))
             }
             Err(_) => {
                 self.ready = None;
-                panicked()
+                Served::Done(panic_response())
             }
         }
     }
 }
 
-fn panicked() -> BoxFuture<'static, Response> {
+/// What [`LocalServe::call`] gives: the response, if the service answered at once, or the call
+/// still running. Awaiting it gives the response either way.
+#[derive(Debug)]
+pub enum Served {
+    /// Answered when first polled.
+    Done(Response),
+    /// Still running: poll it from a task, with a waker that will fire.
+    Running(Running),
+}
+
+/// A call still running; see [`Served`].
+pub struct Running(ReusableBoxFuture<'static, Response>);
+
+impl Future for Running {
+    type Output = Response;
+
+    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<Response> {
+        self.0.poll(cx)
+    }
+}
+
+impl fmt::Debug for Running {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Running").finish_non_exhaustive()
+    }
+}
+
+impl std::future::IntoFuture for Served {
+    type Output = Response;
+    type IntoFuture = futures::future::Either<std::future::Ready<Response>, Running>;
+
+    fn into_future(self) -> Self::IntoFuture {
+        match self {
+            Served::Done(r) => futures::future::Either::Left(std::future::ready(r)),
+            Served::Running(f) => futures::future::Either::Right(f),
+        }
+    }
+}
+
+fn panic_response() -> Response {
     tracing::error!("service panicked");
-    Box::pin(std::future::ready(Response::error(ServerError::internal(
-        "the service panicked",
-    ))))
+    Response::error(ServerError::internal("the service panicked"))
 }
 
 /// The response of a service's future: errors mapped, panics caught.
-fn finish<F, E>(fut: F) -> BoxFuture<'static, Response>
+fn guarded<F, E>(fut: F) -> impl Future<Output = Response> + Send + 'static
 where
     F: Future<Output = Result<Response, E>> + Send + 'static,
     E: Into<BoxError>,
 {
     // Routers catch their handlers' panics; this catches any other service's, so a panic never
     // takes a transport's receive loop or connection down with it.
-    Box::pin(AssertUnwindSafe(fut).catch_unwind().map(|r| match r {
+    AssertUnwindSafe(fut).catch_unwind().map(|r| match r {
         Ok(Ok(r)) => r,
         Ok(Err(e)) => Response::error(ServerError::from_service_error(e.into())),
-        Err(_) => {
-            tracing::error!("service panicked");
-            Response::error(ServerError::internal("the service panicked"))
-        }
-    }))
+        Err(_) => panic_response(),
+    })
 }
 
 impl Serve {
@@ -182,8 +239,10 @@ pub struct LocalServe(Box<dyn LocalCall>);
 
 impl LocalServe {
     /// Serves one request: calls the instance at once if it is ready, else lets it wait for
-    /// readiness with this request and takes a fresh clone for the next one.
-    pub fn call(&mut self, req: Request) -> BoxFuture<'static, Response> {
+    /// readiness with this request and takes a fresh clone for the next one. The call is polled
+    /// once here: a service that answers at once gives [`Served::Done`], and its future's
+    /// allocation is kept for the next call.
+    pub fn call(&mut self, req: Request) -> Served {
         self.0.call(req)
     }
 }
@@ -348,7 +407,9 @@ mod tests {
                 .service(slow),
         );
         let mut local = serve.local();
-        let calls: Vec<_> = (0..4).map(|i| local.call(req(&format!("m{i}")))).collect();
+        let calls: Vec<_> = (0..4)
+            .map(|i| std::future::IntoFuture::into_future(local.call(req(&format!("m{i}")))))
+            .collect();
         let answers = tokio::time::timeout(Duration::from_secs(5), join_all(calls))
             .await
             .expect("every request is served");

@@ -4,17 +4,14 @@
 
 use std::future::Future;
 use std::sync::Arc;
-use std::task::Poll;
 
 use bytes::{Bytes, BytesMut};
-use futures::future::BoxFuture;
 use rpc_core::codec::{Codec, DecodeError, Message};
 use rpc_core::{
-    Context, Error, ErrorCode, LocalServe, Method, Payload, Request, Response, ServerError,
+    Context, Error, ErrorCode, LocalServe, Method, Payload, Request, Response, Running, Served,
+    ServerError,
 };
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-
-use crate::poll_once;
 
 /// What happened, for a transport's counters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -130,7 +127,7 @@ where
 enum Started {
     Ready(Response),
     /// Still running, holding a slot of the limit (`None` past it; see `start`).
-    Pending(BoxFuture<'static, Response>, Option<OwnedSemaphorePermit>),
+    Pending(Running, Option<OwnedSemaphorePermit>),
 }
 
 /// Starts serving a request; answers from here when the handler does not wait.
@@ -162,12 +159,14 @@ fn start<C: Codec, L: Link<C>>(
     if let Some(t) = timeout {
         req.context_mut().set_timeout(t);
     }
-    let mut fut = service.call(req);
-    match poll_once(&mut fut) {
-        Poll::Ready(response) => Started::Ready(response),
+    // Polled once in `call`: a handler that is done at once answers from here.
+    match service.call(req) {
+        Served::Done(response) => Started::Ready(response),
         // Another receive loop may have taken the last slot since the check above; the request
         // runs all the same (it has started), one over the limit for a moment.
-        Poll::Pending => Started::Pending(fut, link.permits().clone().try_acquire_owned().ok()),
+        Served::Running(fut) => {
+            Started::Pending(fut, link.permits().clone().try_acquire_owned().ok())
+        }
     }
 }
 

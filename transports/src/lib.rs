@@ -79,13 +79,6 @@ pub mod fuzzing {
     }
 }
 
-/// Polls a future once, without a waker that will ever fire: transports use it to answer from the
-/// receive loop when a handler completes at once, and hand the future to a task otherwise.
-fn poll_once<F: std::future::Future + Unpin>(fut: &mut F) -> std::task::Poll<F::Output> {
-    let waker = futures::task::noop_waker();
-    std::pin::Pin::new(fut).poll(&mut std::task::Context::from_waker(&waker))
-}
-
 /// How often a call table looks at every call with a deadline: a sixteenth of the default
 /// timeout, between 1 ms and 1 s. Calls fail at their deadlines whatever the tick (see
 /// `rpc_core::calls`); it only sets how often the calls far from theirs are visited.
