@@ -82,13 +82,27 @@ enum Text<'a> {
     Owned(String),
 }
 
-/// Visitor methods for the kinds of value a `Read` is not: they read as `Read::Not`.
+/// Visitor methods for the kinds of value a `Read` is not (the scalars named, and arrays and
+/// objects, which are read past): they read as `Read::Not`.
 macro_rules! not_this {
-    ($($method:ident($ty:ty)),* $(,)?) => {$(
-        fn $method<E: serde::de::Error>(self, _: $ty) -> Result<Self::Value, E> {
+    ($($method:ident($ty:ty)),* $(,)?) => {
+        $(
+            fn $method<E: serde::de::Error>(self, _: $ty) -> Result<Self::Value, E> {
+                Ok(Read::Not)
+            }
+        )*
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut a: A) -> Result<Self::Value, A::Error> {
+            while a.next_element::<serde::de::IgnoredAny>()?.is_some() {}
             Ok(Read::Not)
         }
-    )*};
+        fn visit_map<A: serde::de::MapAccess<'de>>(self, mut a: A) -> Result<Self::Value, A::Error> {
+            while a
+                .next_entry::<serde::de::IgnoredAny, serde::de::IgnoredAny>()?
+                .is_some()
+            {}
+            Ok(Read::Not)
+        }
+    };
 }
 
 impl<'de> Deserialize<'de> for Read<Id> {
@@ -115,18 +129,6 @@ impl<'de> Deserialize<'de> for Read<Id> {
                 Ok(Read::Is(Id::String(s.into())))
             }
             not_this!(visit_bool(bool));
-            fn visit_seq<A: serde::de::SeqAccess<'de>>(
-                self,
-                a: A,
-            ) -> Result<Self::Value, A::Error> {
-                drain_seq(a)
-            }
-            fn visit_map<A: serde::de::MapAccess<'de>>(
-                self,
-                a: A,
-            ) -> Result<Self::Value, A::Error> {
-                drain_map(a)
-            }
         }
         d.deserialize_any(V)
     }
@@ -161,36 +163,9 @@ impl<'de> Deserialize<'de> for Read<Text<'de>> {
                 visit_i64(i64),
                 visit_f64(f64)
             );
-            fn visit_seq<A: serde::de::SeqAccess<'de>>(
-                self,
-                a: A,
-            ) -> Result<Self::Value, A::Error> {
-                drain_seq(a)
-            }
-            fn visit_map<A: serde::de::MapAccess<'de>>(
-                self,
-                a: A,
-            ) -> Result<Self::Value, A::Error> {
-                drain_map(a)
-            }
         }
         d.deserialize_any(V)
     }
-}
-
-/// Reads past an array that is not what was wanted.
-fn drain_seq<'de, T, A: serde::de::SeqAccess<'de>>(mut a: A) -> Result<Read<T>, A::Error> {
-    while a.next_element::<serde::de::IgnoredAny>()?.is_some() {}
-    Ok(Read::Not)
-}
-
-/// Reads past an object that is not what was wanted.
-fn drain_map<'de, T, A: serde::de::MapAccess<'de>>(mut a: A) -> Result<Read<T>, A::Error> {
-    while a
-        .next_entry::<serde::de::IgnoredAny, serde::de::IgnoredAny>()?
-        .is_some()
-    {}
-    Ok(Read::Not)
 }
 
 impl fmt::Debug for Id {
