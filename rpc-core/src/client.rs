@@ -151,6 +151,21 @@ where
 
     /// Sends a prepared request through this client's own instance of the service (see
     /// [`call_mut`](Self::call_mut)) and returns the encoded result.
+    ///
+    /// ```
+    /// use rpc_core::{msgpack::MsgPack, Client, Error, Request};
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Error> {
+    /// // Stands in for a transport's channel: echoes the arguments.
+    /// let channel =
+    ///     tower::service_fn(|req: Request| async move { Ok::<_, Error>(req.args().clone()) });
+    /// let mut client = Client::new(channel, &MsgPack);
+    /// let request = client.request("echo", &(7i64,))?;
+    /// let answer = client.send_mut(request).await?;
+    /// assert_eq!(answer.decode::<(i64,)>()?, (7,));
+    /// # Ok(())
+    /// # }
+    /// ```
     pub async fn send_mut(&mut self, req: Request) -> Result<Payload, Error> {
         let error = |e: S::Error| Error::from_boxed(e.into());
         std::future::poll_fn(|cx| self.service.poll_ready(cx))

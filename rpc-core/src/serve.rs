@@ -154,6 +154,30 @@ where
 
 /// What [`LocalServe::call`] gives: the response, if the service answered at once, or the call
 /// still running. Awaiting it gives the response either way.
+///
+/// ```
+/// use rpc_core::{msgpack::MsgPack, Payload, Request, Router, Serve, Served};
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), rpc_core::Error> {
+/// let serve = Serve::new(
+///     Router::new()
+///         .route("now", |n: i64| async move { n })
+///         .route("later", |n: i64| async move {
+///             tokio::task::yield_now().await;
+///             n
+///         }),
+/// );
+/// let mut local = serve.local();
+/// let args = Payload::encode(&MsgPack, &(1i64,))?;
+/// // A handler that does not wait answers from the first poll, inside `call`.
+/// assert!(matches!(local.call(Request::new("now", args.clone())), Served::Done(_)));
+/// // One that waits is still running; awaiting it (from a task) gives its answer.
+/// let running = local.call(Request::new("later", args));
+/// assert!(matches!(running, Served::Running(_)));
+/// assert_eq!(running.await.into_result()?.decode::<i64>()?, 1);
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Debug)]
 pub enum Served {
     /// Answered when first polled.
