@@ -72,18 +72,27 @@ async fn self_delimited_framing_end_to_end() {
     .unwrap();
 }
 
-#[tokio::test]
-async fn large_frames_round_trip() {
+/// A TCP server echoing byte strings, and a client of it.
+async fn bytes_echo() -> (
+    tcp::Server<RpcudpCodec>,
+    rpc_core::Client<rpc_transports::stream::Channel<RpcudpCodec, tcp::Tcp>>,
+) {
     async fn echo(s: serde_bytes::ByteBuf) -> serde_bytes::ByteBuf {
         s
     }
+    let server = tcp::Builder::new()
+        .serve(Router::new().route("echo", echo))
+        .bind("127.0.0.1:0", RpcudpCodec::new())
+        .await
+        .unwrap();
+    let client = tcp::Builder::new().connect(server.local_addr(), RpcudpCodec::new());
+    (server, client)
+}
+
+#[tokio::test]
+async fn large_frames_round_trip() {
     timeout(LIMIT, async {
-        let server = tcp::Builder::new()
-            .serve(Router::new().route("echo", echo))
-            .bind("127.0.0.1:0", RpcudpCodec::new())
-            .await
-            .unwrap();
-        let client = tcp::Builder::new().connect(server.local_addr(), RpcudpCodec::new());
+        let (_server, client) = bytes_echo().await;
         let big = serde_bytes::ByteBuf::from(vec![7u8; 4 << 20]);
         let back: serde_bytes::ByteBuf = client.call("echo", (big.clone(),)).await.unwrap();
         assert_eq!(back, big);
@@ -97,16 +106,8 @@ async fn large_frames_round_trip() {
 /// socket's buffer, alternating lone and overlapping calls must still get their own answers.
 #[tokio::test]
 async fn direct_and_queued_writes_keep_frames_whole_and_in_order() {
-    async fn echo(s: serde_bytes::ByteBuf) -> serde_bytes::ByteBuf {
-        s
-    }
     timeout(LIMIT, async {
-        let server = tcp::Builder::new()
-            .serve(Router::new().route("echo", echo))
-            .bind("127.0.0.1:0", RpcudpCodec::new())
-            .await
-            .unwrap();
-        let client = tcp::Builder::new().connect(server.local_addr(), RpcudpCodec::new());
+        let (_server, client) = bytes_echo().await;
         let payload = |n: usize, seed: usize| {
             serde_bytes::ByteBuf::from((0..n).map(|i| (i * 31 + seed) as u8).collect::<Vec<_>>())
         };
