@@ -233,6 +233,29 @@ async fn idle_connections_are_closed_and_clients_reconnect() {
 }
 
 #[tokio::test]
+async fn connections_that_keep_calling_are_not_idle() {
+    timeout(LIMIT, async {
+        let server = tcp::Builder::new()
+            .idle_timeout(Some(Duration::from_millis(100)))
+            .serve(router())
+            .bind("127.0.0.1:0", RpcudpCodec::new())
+            .await
+            .unwrap();
+        let channel = tcp::Builder::new().channel(server.local_addr(), RpcudpCodec::new());
+        let client = channel.clone().into_client();
+        // A call every 30 ms for six idle periods: never a whole period without a frame.
+        for i in 0..20 {
+            assert_eq!(client.call::<i64>("add", (i, 1)).await.unwrap(), i + 1);
+            tokio::time::sleep(Duration::from_millis(30)).await;
+        }
+        assert_eq!(server.stats().idle_closed, 0);
+        assert_eq!(channel.stats().connections, 1);
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
 async fn a_half_closed_peer_still_gets_its_answers() {
     timeout(LIMIT, async {
         let server = tcp::Builder::new()
