@@ -140,6 +140,18 @@ struct Signal {
     wake: Notify,
     /// The table is gone.
     gone: AtomicBool,
+    /// The sweeper task is alive: set when it is spawned, cleared when it ends or is dropped
+    /// with its runtime.
+    running: AtomicBool,
+}
+
+/// Clears [`Signal::running`] when the sweeper's future ends or is dropped.
+struct Running(Arc<Signal>);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.0.running.store(false, Ordering::Release);
+    }
 }
 
 /// Calls in flight, keyed by id; `P` is the peer type and `V` the delivered value.
@@ -228,11 +240,29 @@ impl<Id: Hash + Eq + Clone, P: PartialEq, V> InFlight<Id, P, V> {
             Wake::Sweeper => self.signal.wake.notify_one(),
             Wake::Spawn => {
                 self.signal.wake.notify_one();
-                let task = tokio::spawn(sweep(Arc::downgrade(self), self.signal.clone()));
-                self.lock().task = Some(task);
+                match tokio::runtime::Handle::try_current() {
+                    Ok(rt) => {
+                        self.signal.running.store(true, Ordering::Release);
+                        let task = rt.spawn(sweep(Arc::downgrade(self), self.signal.clone()));
+                        self.lock().task = Some(task);
+                    }
+                    Err(_) => {
+                        // No runtime to run a sweeper on: the call stays registered, and the
+                        // next registration made within a runtime starts the sweeper.
+                        let mut table = self.lock();
+                        table.sweeper = false;
+                        table.sweeping = false;
+                    }
+                }
             }
         }
         Some(waiter)
+    }
+
+    /// Whether the sweeper task is alive, so registering a call that expires does not need a
+    /// runtime to start one. (False at first, and after the sweeper's runtime shut down.)
+    pub fn sweeper_running(&self) -> bool {
+        self.signal.running.load(Ordering::Acquire)
     }
 
     /// Registers a call under the first id from `next_id` that is not in flight, expiring at
@@ -458,6 +488,7 @@ where
     Id: Hash + Eq + Clone,
     P: PartialEq,
 {
+    let _running = Running(signal.clone());
     loop {
         signal.wake.notified().await;
         loop {
@@ -729,12 +760,18 @@ mod tests {
                 .unwrap()
         };
         let t = InFlight::<u32, (), ()>::with_sweep_every(Duration::from_millis(5));
+        assert!(!t.sweeper_running());
         let far = runtime().block_on(async {
             let w = t.register_expiring(1, (), Instant::now() + Duration::from_secs(60));
             tokio::task::yield_now().await;
+            assert!(t.sweeper_running());
             w
         });
         // That runtime is gone, and its sweeper with it.
+        assert!(
+            !t.sweeper_running(),
+            "the sweeper was dropped with its runtime"
+        );
         runtime().block_on(async {
             let start = Instant::now();
             let w = t
@@ -747,6 +784,29 @@ mod tests {
             assert!(err.is_timeout(), "{err:?}");
         });
         drop(far);
+    }
+
+    #[test]
+    fn a_call_registered_outside_a_runtime_expires_once_a_sweeper_starts() {
+        let t = InFlight::<u32, (), ()>::with_sweep_every(Duration::from_millis(5));
+        // No runtime: no sweeper can start, and registering must not panic.
+        let early = t
+            .register_expiring(1, (), Instant::now() + Duration::from_millis(10))
+            .unwrap();
+        assert!(!t.sweeper_running());
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let _later = t.register_expiring(2, (), Instant::now() + Duration::from_secs(60));
+            assert!(t.sweeper_running());
+            let err = tokio::time::timeout(Duration::from_secs(5), early.wait_expiring())
+                .await
+                .expect("the sweeper expired the early call")
+                .unwrap_err();
+            assert!(err.is_timeout(), "{err:?}");
+        });
     }
 
     #[tokio::test]

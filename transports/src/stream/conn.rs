@@ -367,10 +367,10 @@ impl<C: Codec> Conn<C> {
     /// Starts a call. The common one (room in the outbox) is registered and queued or written
     /// here, and its future only waits for the answer; others run in full in `call`.
     pub(crate) fn start(self: &Arc<Self>, req: Request) -> CallFuture<C::Id, ()> {
-        // Timers and the table's sweeper need the runtime's context.
+        // The table's sweeper, if it is not running yet, needs a runtime to start on.
         if req.is_notification()
             || !self.accepts_calls()
-            || tokio::runtime::Handle::try_current().is_err()
+            || (!self.calls.sweeper_running() && tokio::runtime::Handle::try_current().is_err())
         {
             let conn = self.clone();
             return CallFuture::boxed(async move { conn.call(req).await });
