@@ -18,9 +18,9 @@
 //! expire every call this way.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::BinaryHeap;
 use std::fmt;
-use std::hash::Hash;
+use std::hash::{BuildHasher, Hash};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::Duration;
@@ -84,9 +84,73 @@ fn wake_all(wakers: impl IntoIterator<Item = Option<Waker>>) {
     wakers.into_iter().flatten().for_each(Waker::wake);
 }
 
-/// The table's keys are ids this side chose (random or sequential); a peer can only look ids
-/// up, never insert them, so it cannot build the colliding set a seeded hash guards against.
-type Slots<Id, P, V> = HashMap<Id, Slot<P, V>, FoldState>;
+/// The calls by id. The keys are ids this side chose (random or sequential); a peer can only
+/// look ids up, never insert them, so it cannot build the colliding set a seeded hash guards
+/// against. Each entry keeps its id's hash, and so does its [`Waiter`]: the caller's polls
+/// and its giving up find the slot without hashing the id again (an id is hashed twice per
+/// call: when registered and when its answer comes).
+struct Slots<Id, P, V> {
+    entries: hashbrown::HashTable<Entry<Id, P, V>>,
+    hasher: FoldState,
+}
+
+struct Entry<Id, P, V> {
+    id: Id,
+    hash: u64,
+    slot: Slot<P, V>,
+}
+
+impl<Id, P, V> Slots<Id, P, V> {
+    fn new() -> Self {
+        Self {
+            entries: hashbrown::HashTable::new(),
+            hasher: FoldState::default(),
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.entries.len()
+    }
+}
+
+impl<Id: Hash + Eq, P, V> Slots<Id, P, V> {
+    fn hash(&self, id: &Id) -> u64 {
+        self.hasher.hash_one(id)
+    }
+
+    fn get(&self, id: &Id) -> Option<&Slot<P, V>> {
+        let hash = self.hash(id);
+        self.entries.find(hash, |e| e.id == *id).map(|e| &e.slot)
+    }
+
+    fn get_mut(&mut self, id: &Id) -> Option<&mut Slot<P, V>> {
+        let hash = self.hash(id);
+        self.entries
+            .find_mut(hash, |e| e.id == *id)
+            .map(|e| &mut e.slot)
+    }
+
+    /// `id`'s entry, by the hash it was registered with.
+    fn find(
+        &mut self,
+        hash: u64,
+        id: &Id,
+    ) -> Option<hashbrown::hash_table::OccupiedEntry<'_, Entry<Id, P, V>>> {
+        self.entries.find_entry(hash, |e| e.id == *id).ok()
+    }
+
+    /// Adds `id` with `slot`, and gives its hash; `None` if `id` is already there.
+    fn insert(&mut self, id: Id, slot: Slot<P, V>) -> Option<u64> {
+        let hash = self.hash(&id);
+        match self.entries.entry(hash, |e| e.id == id, |e| e.hash) {
+            hashbrown::hash_table::Entry::Occupied(_) => None,
+            hashbrown::hash_table::Entry::Vacant(free) => {
+                free.insert(Entry { id, hash, slot });
+                Some(hash)
+            }
+        }
+    }
+}
 
 struct Table<Id, P, V> {
     slots: Slots<Id, P, V>,
@@ -172,7 +236,7 @@ impl<Id, P, V> InFlight<Id, P, V> {
     fn with_tick(tick: Duration) -> Self {
         Self {
             table: Mutex::new(Table {
-                slots: HashMap::default(),
+                slots: Slots::new(),
                 sweeper: false,
                 task: None,
                 sweeping: false,
@@ -292,16 +356,14 @@ impl<Id: Hash + Eq + Clone, P: PartialEq, V> InFlight<Id, P, V> {
         expires: Option<Instant>,
     ) -> Option<(Waiter<Id, P, V>, Wake)> {
         let mut table = self.lock();
-        let std::collections::hash_map::Entry::Vacant(free) = table.slots.entry(id.clone()) else {
-            return None;
-        };
         let serial = self.serial.fetch_add(1, Ordering::Relaxed);
-        free.insert(Slot {
+        let slot = Slot {
             peer,
             serial,
             expires,
             state: State::Waiting(None),
-        });
+        };
+        let hash = table.slots.insert(id.clone(), slot)?;
         let mut wake = Wake::No;
         if let Some(at) = expires {
             if table.task.as_ref().is_some_and(|t| t.is_finished()) {
@@ -334,6 +396,7 @@ impl<Id: Hash + Eq + Clone, P: PartialEq, V> InFlight<Id, P, V> {
         drop(table);
         let waiter = Waiter {
             serial,
+            hash,
             answered: false,
             table: self.clone(),
             id,
@@ -370,7 +433,8 @@ impl<Id: Hash + Eq + Clone, P: PartialEq, V> InFlight<Id, P, V> {
                 let horizon = now + self.tick;
                 table.near.clear();
                 let mut later = false;
-                for (id, slot) in table.slots.iter().filter(|(_, s)| s.waiting()) {
+                let waiting = table.slots.entries.iter().filter(|e| e.slot.waiting());
+                for Entry { id, slot, .. } in waiting {
                     match slot.expires {
                         Some(at) if at <= now => due.push(id.clone()),
                         Some(at) => {
@@ -436,8 +500,9 @@ impl<Id: Hash + Eq + Clone, P: PartialEq, V> InFlight<Id, P, V> {
         let mut table = self.lock();
         let wakers: Vec<_> = table
             .slots
-            .values_mut()
-            .map(|slot| slot.finish(Err(error())))
+            .entries
+            .iter_mut()
+            .map(|e| e.slot.finish(Err(error())))
             .collect();
         drop(table);
         wake_all(wakers);
@@ -452,13 +517,16 @@ impl<Id: Hash + Eq + Clone, P: PartialEq, V> InFlight<Id, P, V> {
     /// and fail with [`Error::Closed`].
     fn close_where(&self, closes: impl Fn(&P) -> bool) {
         let mut wakers = Vec::new();
-        self.lock().slots.retain(|_, slot| match &mut slot.state {
-            State::Waiting(waker) if closes(&slot.peer) => {
-                wakers.push(waker.take());
-                false
-            }
-            _ => true,
-        });
+        self.lock()
+            .slots
+            .entries
+            .retain(|e| match &mut e.slot.state {
+                State::Waiting(waker) if closes(&e.slot.peer) => {
+                    wakers.push(waker.take());
+                    false
+                }
+                _ => true,
+            });
         wake_all(wakers);
     }
 
@@ -518,6 +586,8 @@ impl<Id, P, V> fmt::Debug for InFlight<Id, P, V> {
 /// One registered call. Dropping it (the caller gave up) frees the id.
 pub struct Waiter<Id: Hash + Eq + Clone, P: PartialEq, V> {
     serial: u64,
+    /// The id's hash, as the table keeps it.
+    hash: u64,
     /// Answered: the table no longer holds the slot.
     answered: bool,
     table: Arc<InFlight<Id, P, V>>,
@@ -557,29 +627,27 @@ impl<Id: Hash + Eq + Clone, P: PartialEq, V> Waiter<Id, P, V> {
         }
         let mut table = self.table.lock();
         // One lookup, whether the call waits on or is answered.
-        let std::collections::hash_map::Entry::Occupied(mut slot) =
-            table.slots.entry(self.id.clone())
-        else {
+        let Some(mut slot) = table.slots.find(self.hash, &self.id) else {
             // Closed: the table dropped the slot.
             self.answered = true;
             return Poll::Ready(Err(Error::Closed));
         };
-        if slot.get().serial != self.serial {
+        if slot.get().slot.serial != self.serial {
             // Closed, and the id taken by another call since.
             self.answered = true;
             return Poll::Ready(Err(Error::Closed));
         }
-        if let State::Waiting(waker) = &mut slot.get_mut().state {
+        if let State::Waiting(waker) = &mut slot.get_mut().slot.state {
             match waker {
                 Some(w) if w.will_wake(cx.waker()) => {}
                 _ => *waker = Some(cx.waker().clone()),
             }
             return Poll::Pending;
         }
-        let slot = slot.remove();
+        let (entry, _) = slot.remove();
         drop(table);
         self.answered = true;
-        match slot.state {
+        match entry.slot.state {
             State::Done(outcome) => Poll::Ready(outcome),
             State::Waiting(_) => Poll::Ready(Err(Error::Closed)),
         }
@@ -593,12 +661,10 @@ impl<Id: Hash + Eq + Clone, P: PartialEq, V> Drop for Waiter<Id, P, V> {
         }
         // Only remove our own slot: once its caller is gone, the id may be in use again.
         let mut table = self.table.lock();
-        if table
-            .slots
-            .get(&self.id)
-            .is_some_and(|s| s.serial == self.serial)
-        {
-            table.slots.remove(&self.id);
+        if let Some(entry) = table.slots.find(self.hash, &self.id) {
+            if entry.get().slot.serial == self.serial {
+                entry.remove();
+            }
         }
     }
 }
