@@ -44,7 +44,7 @@ pub struct MetricsSnapshot {
     /// Calls that ran out of time.
     pub deadline_exceeded: u64,
     /// Calls dropped before they finished (cancelled by their caller or an outer layer); they
-    /// count as failed.
+    /// count as failed. (A call whose handler panicked counts as failed, not as cancelled.)
     pub cancelled: u64,
     /// Calls started and not finished.
     pub in_flight: u64,
@@ -82,7 +82,10 @@ impl Metrics {
         let c = &self.inner;
         let us = u64::try_from(start.elapsed().as_micros()).unwrap_or(u64::MAX);
         c.latency_us_total.fetch_add(us, Ordering::Relaxed);
-        c.latency_us_max.fetch_max(us, Ordering::Relaxed);
+        // Read first: a new maximum is rare, and a plain load is cheaper than a locked update.
+        if us > c.latency_us_max.load(Ordering::Relaxed) {
+            c.latency_us_max.fetch_max(us, Ordering::Relaxed);
+        }
         match code {
             None => c.ok.fetch_add(1, Ordering::Relaxed),
             Some(code) => {
@@ -127,7 +130,7 @@ impl Outcome for Result<rpc_core::Payload, rpc_core::Error> {
     }
 }
 
-/// Records a call dropped before it finished.
+/// Records a call dropped before it finished: cancelled, or failed if it panicked.
 struct Unfinished {
     metrics: Option<Metrics>,
     start: Instant,
@@ -136,7 +139,9 @@ struct Unfinished {
 impl Drop for Unfinished {
     fn drop(&mut self) {
         if let Some(m) = self.metrics.take() {
-            m.inner.cancelled.fetch_add(1, Ordering::Relaxed);
+            if !std::thread::panicking() {
+                m.inner.cancelled.fetch_add(1, Ordering::Relaxed);
+            }
             m.finish(self.start, Some(ErrorCode::INTERNAL_ERROR));
         }
     }
@@ -250,7 +255,11 @@ where
             latency_us = tracing::field::Empty,
         );
         self.metrics.inner.started.fetch_add(1, Ordering::Relaxed);
-        let start = Instant::now();
+        // Made before the inner call runs, so that a call panicking in it is counted too.
+        let unfinished = Unfinished {
+            metrics: Some(self.metrics.clone()),
+            start: Instant::now(),
+        };
         let inner = {
             let _entered = span.enter();
             self.inner.call(req)
@@ -258,10 +267,7 @@ where
         TraceFuture {
             inner,
             span,
-            unfinished: Unfinished {
-                metrics: Some(self.metrics.clone()),
-                start,
-            },
+            unfinished,
         }
     }
 }

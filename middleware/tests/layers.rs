@@ -17,7 +17,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use rpc_codecs::msgpack::MsgPack;
 use rpc_core::{
-    BoxError, Context, Error, ErrorCode, Payload, Peer, Request, Response, ServerError,
+    BoxError, Context, Error, ErrorCode, Payload, Peer, Request, Response, Router, Serve,
+    ServerError,
 };
 use rpc_middleware::deadline::{DeadlineLayer, SetDeadlineLayer};
 use rpc_middleware::limit::{KeyedConcurrencyLimitLayer, RateLimitLayer};
@@ -30,6 +31,22 @@ use tower::{service_fn, Layer, Service, ServiceBuilder, ServiceExt};
 use tower_test::mock;
 
 // --- helpers -------------------------------------------------------------------------------------
+
+/// A router whose `div` handler checks its argument before it makes its future: `div` of 0
+/// panics inside the service's `call` (which [`Serve`] catches, answering an internal error).
+fn dividing_router() -> Router {
+    Router::new().route("div", |n: i64| {
+        let q = 100 / n;
+        async move { q }
+    })
+}
+
+/// A call to `div` of `n` from 127.0.0.1:`port`.
+fn div_from(n: i64, port: u16) -> Request {
+    Request::new("div", Payload::encode(&MSGPACK, &(n,)).unwrap()).with_context(Context::from_peer(
+        Peer::Socket(SocketAddr::from(([127, 0, 0, 1], port))),
+    ))
+}
 
 static MSGPACK: MsgPack = MsgPack;
 
@@ -743,6 +760,40 @@ fn instant(
 }
 
 #[tokio::test]
+async fn rate_limit_wait_mode_holds_nothing_of_the_inner_service_while_it_waits() {
+    // One place in all below the per-peer rate limit: a call waiting for its peer's turn must
+    // not hold it.
+    let stack = ServiceBuilder::new()
+        .layer(RateLimitLayer::per_peer(1, Duration::from_secs(10)).wait())
+        .load_shed()
+        .concurrency_limit(1)
+        .service(service_fn(|_: Request| async { Ok::<_, Infallible>(ok()) }));
+    let (mut a, mut b) = (stack.clone(), stack);
+    let r = a
+        .ready()
+        .await
+        .unwrap()
+        .call(req_from("m", 1))
+        .await
+        .unwrap();
+    assert_eq!(code_of(&r), None);
+    // Peer 1's second call waits about 10 s for its turn.
+    let waiting = tokio::spawn(a.ready().await.unwrap().call(req_from("m", 1)));
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(!waiting.is_finished());
+    // Peer 2 has a turn, and the place is free.
+    let r = b
+        .ready()
+        .await
+        .unwrap()
+        .call(req_from("m", 2))
+        .await
+        .unwrap();
+    assert_eq!(code_of(&r), None);
+    waiting.abort();
+}
+
+#[tokio::test]
 async fn rate_limit_evicts_idle_keys() {
     // 10 per 100 ms each: a key that made one call is back at a full burst after 10 ms.
     let layer = RateLimitLayer::per_peer(10, Duration::from_millis(100)).max_keys(4);
@@ -895,6 +946,24 @@ async fn keyed_concurrency_refuses_the_extra_call_of_one_peer_and_serves_another
     for fut in [a2, a3, b1] {
         assert_eq!(code_of(&fut.await.unwrap()), None);
     }
+}
+
+#[tokio::test]
+async fn keyed_concurrency_frees_the_place_of_a_call_that_panicked() {
+    let layer = KeyedConcurrencyLimitLayer::per_peer(2);
+    let serve = Serve::new(
+        ServiceBuilder::new()
+            .layer(layer)
+            .service(dividing_router()),
+    );
+    let mut local = serve.local();
+    // More panicking calls than the peer has places.
+    for _ in 0..3 {
+        let r = local.call(div_from(0, 1)).await;
+        assert_eq!(code_of(&r), Some(ErrorCode::INTERNAL_ERROR));
+    }
+    let r = local.call(div_from(5, 1)).await;
+    assert_eq!(code_of(&r), None, "{:?}", r.result().err());
 }
 
 #[tokio::test]
@@ -1108,6 +1177,25 @@ async fn trace_counts_client_outcomes() {
         let _ = fut.await;
     }
     assert_eq!(counts(&metrics), (6, 1, 5, 2, 2, 0));
+}
+
+#[tokio::test]
+async fn trace_counts_a_call_that_panicked_as_failed() {
+    let metrics = Metrics::new();
+    let serve = Serve::new(
+        ServiceBuilder::new()
+            .layer(TraceLayer::new(metrics.clone()))
+            .service(dividing_router()),
+    );
+    let mut local = serve.local();
+    let r = local.call(div_from(0, 1)).await;
+    assert_eq!(code_of(&r), Some(ErrorCode::INTERNAL_ERROR));
+    let m = metrics.snapshot();
+    assert_eq!(
+        (m.started, m.failed, m.cancelled, m.in_flight),
+        (1, 1, 0, 0),
+        "{m:?}"
+    );
 }
 
 #[tokio::test]

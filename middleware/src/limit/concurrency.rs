@@ -268,13 +268,18 @@ where
             }
         };
         let state = match acquired {
-            Some(held) => State::Called {
-                inner: self.inner.call(req),
-                slot: Some(Slot {
+            Some(held) => {
+                // The place is held by its slot before the inner call runs: if that call
+                // panics (a handler failing before it makes its future), unwinding frees it.
+                let slot = Slot {
                     held,
                     shared: self.shared.clone(),
-                }),
-            },
+                };
+                State::Called {
+                    inner: self.inner.call(req),
+                    slot: Some(slot),
+                }
+            }
             None => State::Refused(Some(S::Response::reject(ServerError::new(
                 ErrorCode::OVERLOADED,
                 format!("more than {} calls at once from this peer", self.shared.n),

@@ -431,16 +431,22 @@ where
                 RateLimitFuture::Refused(Some(S::Response::reject(limited(wait))))
             }
             Err(_) => {
-                // Take the inner service that was made ready, and wait for a turn.
-                let clone = self.inner.clone();
-                let mut inner = std::mem::replace(&mut self.inner, clone);
+                // Wait for a turn with a clone of the inner service, made ready only once the
+                // turn comes. The instance made ready here is dropped, giving back what its
+                // readiness reserved (a concurrency permit, say): held through the wait, or
+                // until this service's next call, it would let one peer's wait starve others.
+                let mut inner = self.inner.clone();
+                self.inner = inner.clone();
                 let shared = self.shared.clone();
                 let mut last = self.last.clone();
                 RateLimitFuture::Waiting(Box::pin(async move {
                     let deadline = req.context().deadline();
                     loop {
                         match shared.check(&mut last, &req) {
-                            Ok(()) => return inner.call(req).await,
+                            Ok(()) => {
+                                std::future::poll_fn(|cx| inner.poll_ready(cx)).await?;
+                                return inner.call(req).await;
+                            }
                             Err(wait) => {
                                 let at = Instant::now() + wait;
                                 if deadline.is_some_and(|d| at > d) {
