@@ -420,7 +420,10 @@ async fn call(args: CallArgs) -> Result<(), Failure> {
         // Each attempt gets the whole timeout.
         let mut req = request.clone();
         req.context_mut()
-            .set_deadline(Some(tokio::time::Instant::now() + args.timeout));
+            .set_deadline(Some(rpc_core::context::deadline_after(
+                tokio::time::Instant::now(),
+                args.timeout,
+            )));
         match client.send(req).await {
             Err(Error::Timeout) if attempt < args.retries => attempt += 1,
             other => break other,

@@ -13,6 +13,7 @@ use std::task::{Context as TaskContext, Poll};
 use std::time::Duration;
 
 use pin_project::pin_project;
+use rpc_core::context::deadline_after;
 use rpc_core::{ErrorCode, Request, Response, ServerError, Service};
 use tokio::time::Instant;
 use tower::Layer;
@@ -187,11 +188,11 @@ where
         let ctx = req.context_mut();
         if ctx.deadline().is_none() {
             if let Some(d) = self.config.default {
-                ctx.set_deadline(Some(now + d));
+                ctx.set_deadline(Some(deadline_after(now, d)));
             }
         }
         if let Some(max) = self.config.max {
-            let cap = now + max;
+            let cap = deadline_after(now, max);
             ctx.set_deadline(Some(ctx.deadline().map_or(cap, |d| d.min(cap))));
         }
         let deadline = ctx.deadline();

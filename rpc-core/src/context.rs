@@ -11,6 +11,27 @@ use tokio::time::Instant;
 
 use crate::client::{BoxChannel, Client};
 
+/// How far ahead [`deadline_after`] puts a deadline that the clock cannot hold: about 30 years.
+const FAR_FUTURE: Duration = Duration::from_secs(30 * 365 * 24 * 3600);
+
+/// The deadline `timeout` after `now`; for a timeout too long for the clock to add
+/// (`Duration::MAX`, a common way to say "no timeout"), a deadline about 30 years ahead, which
+/// never comes.
+///
+/// ```
+/// use std::time::Duration;
+/// use rpc_core::context::deadline_after;
+/// use tokio::time::Instant;
+///
+/// let now = Instant::now();
+/// assert_eq!(deadline_after(now, Duration::from_secs(1)), now + Duration::from_secs(1));
+/// assert!(deadline_after(now, Duration::MAX) > now + Duration::from_secs(3600 * 24 * 365));
+/// ```
+pub fn deadline_after(now: Instant, timeout: Duration) -> Instant {
+    now.checked_add(timeout)
+        .unwrap_or_else(|| now.checked_add(FAR_FUTURE).unwrap_or(now))
+}
+
 /// Who sent a request.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 #[non_exhaustive]
@@ -123,7 +144,7 @@ impl Context {
 
     /// Sets the deadline to `timeout` from now, unless an earlier one is already set.
     pub fn set_timeout(&mut self, timeout: Duration) {
-        let d = Instant::now() + timeout;
+        let d = deadline_after(Instant::now(), timeout);
         self.deadline = Some(self.deadline.map_or(d, |old| old.min(d)));
     }
 

@@ -409,3 +409,20 @@ async fn a_server_calls_back_over_the_clients_connection() {
     .await
     .unwrap();
 }
+
+#[tokio::test]
+async fn a_timeout_too_long_for_the_clock_means_no_timeout() {
+    timeout(LIMIT, async {
+        let server = tcp::Builder::new()
+            .serve(router())
+            .bind("127.0.0.1:0", RpcudpCodec::new())
+            .await
+            .unwrap();
+        let client = tcp::Builder::new()
+            .timeout(Duration::MAX)
+            .connect(server.local_addr(), RpcudpCodec::new());
+        assert_eq!(client.call::<i64>("add", (2, 3)).await.unwrap(), 5);
+    })
+    .await
+    .unwrap();
+}

@@ -987,3 +987,17 @@ async fn dropping_every_handle_closes_the_socket() {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
+
+#[tokio::test]
+async fn a_timeout_too_long_for_the_clock_means_no_timeout() {
+    let server = server().await;
+    let caller = Builder::new()
+        .timeout(Duration::MAX)
+        .bind(LOCALHOST, RpcudpCodec::new())
+        .await
+        .unwrap();
+    let sum: i64 = within(caller.client(server.local_addr()).call("add", (2, 3)))
+        .await
+        .unwrap();
+    assert_eq!(sum, 5);
+}

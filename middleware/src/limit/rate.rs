@@ -15,6 +15,7 @@ use governor::state::keyed::ShrinkableKeyedStateStore;
 use governor::state::{InMemoryState, NotKeyed, StateStore};
 use governor::{Quota, RateLimiter};
 use pin_project::pin_project;
+use rpc_core::context::deadline_after;
 use rpc_core::{ErrorCode, Request, ServerError, Service};
 use tokio::time::Instant;
 use tower::Layer;
@@ -448,7 +449,7 @@ where
                                 return inner.call(req).await;
                             }
                             Err(wait) => {
-                                let at = Instant::now() + wait;
+                                let at = deadline_after(Instant::now(), wait);
                                 if deadline.is_some_and(|d| at > d) {
                                     return S::Response::reject(limited(wait));
                                 }

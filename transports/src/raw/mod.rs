@@ -61,6 +61,7 @@ use bytes::BytesMut;
 use futures::future::BoxFuture;
 use futures::StreamExt;
 use rpc_codecs::raw::LE;
+use rpc_core::context::deadline_after;
 use rpc_core::{
     BoxError, Client, Context, Error, ErrorCode, Format, Method, Payload, Peer, Request, Response,
     Serve, ServerError, Service,
@@ -166,7 +167,8 @@ impl Builder {
     }
 
     /// How long a client's call (connecting and waiting for a session included) may take when its
-    /// request has no deadline. Default 20 s, as basic-socket-rpc.
+    /// request has no deadline. Default 20 s, as basic-socket-rpc. A timeout too long for the
+    /// clock (`Duration::MAX`) means none.
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
         self
@@ -540,7 +542,7 @@ impl<T: stream::Transport> ClientShared<T> {
         let deadline = req
             .context()
             .deadline()
-            .unwrap_or_else(|| Instant::now() + self.config.timeout);
+            .unwrap_or_else(|| deadline_after(Instant::now(), self.config.timeout));
         let attempt = async {
             let mut slot = self.conn.lock().await;
             if slot.is_none() {

@@ -11,6 +11,7 @@ use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt};
 use rpc_core::calls::{Delivery, InFlight};
 use rpc_core::codec::Codec;
+use rpc_core::context::deadline_after;
 use rpc_core::context::Origin;
 use rpc_core::{BoxChannel, Client, Context, Error, Payload, Peer, Request, Serve, Service};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -381,7 +382,7 @@ impl<C: Codec> Conn<C> {
         let deadline = req
             .context()
             .deadline()
-            .unwrap_or(now + self.config.timeout);
+            .unwrap_or_else(|| deadline_after(now, self.config.timeout));
         let waiter = self
             .calls
             .register_call(|| self.codec.next_id(), (), deadline);
@@ -430,7 +431,9 @@ impl<C: Codec> Conn<C> {
         }
         let now = Instant::now();
         // The caller's deadline, or the default timeout; the table fails the call at it.
-        let deadline = ctx.deadline().unwrap_or(now + self.config.timeout);
+        let deadline = ctx
+            .deadline()
+            .unwrap_or_else(|| deadline_after(now, self.config.timeout));
         let waiter = self
             .calls
             .register_call(|| self.codec.next_id(), (), deadline);

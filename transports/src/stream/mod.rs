@@ -130,7 +130,8 @@ impl<T> Builder<T> {
     /// The connection's call table fails a call at its deadline (this timeout, or the one set on the
     /// request: the client's `with_timeout`, `SetDeadlineLayer`), a millisecond late at most,
     /// with no timer per call: its sweeper looks at the calls every sixteenth of this timeout
-    /// (1 ms to 1 s) and sleeps until the earliest deadline.
+    /// (1 ms to 1 s) and sleeps until the earliest deadline. A timeout too long for the clock
+    /// (`Duration::MAX`) means none.
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.config.timeout = timeout;
         self

@@ -69,6 +69,7 @@ use std::time::Duration;
 use bytes::{BufMut, Bytes, BytesMut};
 use rpc_core::calls::{Delivery, InFlight};
 use rpc_core::codec::Codec;
+use rpc_core::context::deadline_after;
 use rpc_core::context::Origin;
 use rpc_core::{
     BoxChannel, BoxError, Client, Context, Error, Payload, Peer, Request, Response, Serve, Service,
@@ -135,7 +136,8 @@ impl Builder {
     /// The endpoint's call table fails a call at its deadline (this timeout, or the one set on the
     /// request: the client's `with_timeout`, `SetDeadlineLayer`), a millisecond late at most,
     /// with no timer per call: its sweeper looks at the calls every sixteenth of this timeout
-    /// (1 ms to 1 s) and sleeps until the earliest deadline.
+    /// (1 ms to 1 s) and sleeps until the earliest deadline. A timeout too long for the clock
+    /// (`Duration::MAX`) means none.
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
         self
@@ -500,7 +502,10 @@ impl<C: Codec> Shared<C> {
         let format = self.codec.format();
         let now = Instant::now();
         // The caller's deadline, or the default timeout; the table fails the call at it.
-        let deadline = req.context().deadline().unwrap_or(now + self.timeout);
+        let deadline = req
+            .context()
+            .deadline()
+            .unwrap_or_else(|| deadline_after(now, self.timeout));
         let waiter = self
             .calls
             .register_call(|| self.codec.next_id(), peer, deadline);
@@ -555,7 +560,9 @@ impl<C: Codec> Shared<C> {
         }
         let now = Instant::now();
         // The caller's deadline, or the default timeout; the table fails the call at it.
-        let deadline = ctx.deadline().unwrap_or(now + self.timeout);
+        let deadline = ctx
+            .deadline()
+            .unwrap_or_else(|| deadline_after(now, self.timeout));
         let waiter = self
             .calls
             .register_call(|| self.codec.next_id(), peer, deadline);
@@ -581,7 +588,8 @@ impl<C: Codec> Shared<C> {
                 // The same datagram, same id, again and again until answered: with the server's
                 // at-most-once cache, lost requests and lost answers are both recovered.
                 tokio::pin!(answer);
-                let mut tick = tokio::time::interval_at(Instant::now() + every, every);
+                let mut tick =
+                    tokio::time::interval_at(deadline_after(Instant::now(), every), every);
                 loop {
                     tokio::select! {
                         r = &mut answer => break r,
