@@ -204,18 +204,6 @@ struct Signal {
     wake: Notify,
     /// The table is gone.
     gone: AtomicBool,
-    /// The sweeper task is alive: set when it is spawned, cleared when it ends or is dropped
-    /// with its runtime.
-    running: AtomicBool,
-}
-
-/// Clears [`Signal::running`] when the sweeper's future ends or is dropped.
-struct Running(Arc<Signal>);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        self.0.running.store(false, Ordering::Release);
-    }
 }
 
 /// Calls in flight, keyed by id; `P` is the peer type and `V` the delivered value.
@@ -224,6 +212,9 @@ pub struct InFlight<Id, P, V> {
     serial: AtomicU64,
     tick: Duration,
     signal: Arc<Signal>,
+    /// The runtime the table was made in, if any: its sweeper runs there when calls are
+    /// registered from outside any runtime.
+    home: Option<tokio::runtime::Handle>,
 }
 
 impl<Id, P, V> Default for InFlight<Id, P, V> {
@@ -247,7 +238,15 @@ impl<Id, P, V> InFlight<Id, P, V> {
             serial: AtomicU64::new(0),
             tick: tick.clamp(Duration::from_millis(1), Duration::from_secs(3600)),
             signal: Arc::default(),
+            home: tokio::runtime::Handle::try_current().ok(),
         }
+    }
+
+    /// Where a sweeper can run: the current runtime, else the table's own.
+    fn runtime(&self) -> Option<tokio::runtime::Handle> {
+        tokio::runtime::Handle::try_current()
+            .ok()
+            .or_else(|| self.home.clone())
     }
 }
 
@@ -286,7 +285,11 @@ impl<Id: Hash + Eq + Clone, P: PartialEq, V> InFlight<Id, P, V> {
 
     /// Registers a call that the table fails with [`Error::Timeout`] at `deadline` (a millisecond
     /// late at most); `None` if `id` is already in flight. Await it with
-    /// [`Waiter::wait_expiring`]. Needs a tokio runtime (the sweeper is a task).
+    /// [`Waiter::wait_expiring`].
+    ///
+    /// The sweeper is a task, started by the first such call on the current runtime or, from
+    /// outside any, on the one the table was made in. A table made and used outside any runtime
+    /// fails its calls only once a call registered within one has started the sweeper.
     pub fn register_expiring(
         self: &Arc<Self>,
         id: Id,
@@ -302,31 +305,13 @@ impl<Id: Hash + Eq + Clone, P: PartialEq, V> InFlight<Id, P, V> {
         match wake {
             Wake::No => {}
             Wake::Sweeper => self.signal.wake.notify_one(),
-            Wake::Spawn => {
+            Wake::Spawn(rt) => {
                 self.signal.wake.notify_one();
-                match tokio::runtime::Handle::try_current() {
-                    Ok(rt) => {
-                        self.signal.running.store(true, Ordering::Release);
-                        let task = rt.spawn(sweep(Arc::downgrade(self), self.signal.clone()));
-                        self.lock().task = Some(task);
-                    }
-                    Err(_) => {
-                        // No runtime to run a sweeper on: the call stays registered, and the
-                        // next registration made within a runtime starts the sweeper.
-                        let mut table = self.lock();
-                        table.sweeper = false;
-                        table.sweeping = false;
-                    }
-                }
+                let task = rt.spawn(sweep(Arc::downgrade(self), self.signal.clone()));
+                self.lock().task = Some(task);
             }
         }
         Some(waiter)
-    }
-
-    /// Whether the sweeper task is alive, so registering a call that expires does not need a
-    /// runtime to start one. (False at first, and after the sweeper's runtime shut down.)
-    pub fn sweeper_running(&self) -> bool {
-        self.signal.running.load(Ordering::Acquire)
     }
 
     /// Registers a call under the first id from `next_id` that is not in flight, expiring at
@@ -375,12 +360,18 @@ impl<Id: Hash + Eq + Clone, P: PartialEq, V> InFlight<Id, P, V> {
                 table.next_wake = None;
             }
             if !table.sweeping {
-                table.sweeping = true;
-                wake = Wake::Sweeper;
-                if !table.sweeper {
+                if table.sweeper {
+                    table.sweeping = true;
+                    wake = Wake::Sweeper;
+                } else if let Some(rt) = self.runtime() {
+                    // Decided under the lock: a registration racing this one finds the
+                    // sweeper started.
                     table.sweeper = true;
-                    wake = Wake::Spawn;
+                    table.sweeping = true;
+                    wake = Wake::Spawn(rt);
                 }
+                // Else no runtime can run a sweeper: the call waits for a registration made
+                // within one to start it.
             } else if table.horizon.is_some_and(|h| at < h) {
                 // Due before the sweeper's next look: it must know now.
                 table.near.push(Reverse(Near {
@@ -546,7 +537,8 @@ impl<Id: Hash + Eq + Clone, P: PartialEq, V> InFlight<Id, P, V> {
 enum Wake {
     No,
     Sweeper,
-    Spawn,
+    /// Start the sweeper on this runtime.
+    Spawn(tokio::runtime::Handle),
 }
 
 /// A table's sweeper: parked while no call that expires is in flight, otherwise failing them
@@ -556,7 +548,6 @@ where
     Id: Hash + Eq + Clone,
     P: PartialEq,
 {
-    let _running = Running(signal.clone());
     loop {
         signal.wake.notified().await;
         loop {
@@ -825,48 +816,69 @@ mod tests {
                 .build()
                 .unwrap()
         };
-        let t = InFlight::<u32, (), ()>::with_sweep_every(Duration::from_millis(5));
-        assert!(!t.sweeper_running());
-        let far = runtime().block_on(async {
-            let w = t.register_expiring(1, (), Instant::now() + Duration::from_secs(60));
-            tokio::task::yield_now().await;
-            assert!(t.sweeper_running());
-            w
-        });
-        // That runtime is gone, and its sweeper with it.
-        assert!(
-            !t.sweeper_running(),
-            "the sweeper was dropped with its runtime"
-        );
-        runtime().block_on(async {
-            let start = Instant::now();
-            let w = t
-                .register_expiring(2, (), start + Duration::from_millis(20))
-                .unwrap();
-            let err = tokio::time::timeout(Duration::from_secs(5), w.wait_expiring())
-                .await
-                .expect("a new sweeper expired the call")
-                .unwrap_err();
-            assert!(err.is_timeout(), "{err:?}");
-        });
-        drop(far);
+        // Whether the first runtime polled its sweeper before it shut down, or never did.
+        for polled in [true, false] {
+            let t = InFlight::<u32, (), ()>::with_sweep_every(Duration::from_millis(5));
+            let far = runtime().block_on(async {
+                let w = t.register_expiring(1, (), Instant::now() + Duration::from_secs(60));
+                if polled {
+                    tokio::task::yield_now().await;
+                }
+                w
+            });
+            // That runtime is gone, and its sweeper with it.
+            runtime().block_on(async {
+                let start = Instant::now();
+                let w = t
+                    .register_expiring(2, (), start + Duration::from_millis(20))
+                    .unwrap();
+                let err = tokio::time::timeout(Duration::from_secs(5), w.wait_expiring())
+                    .await
+                    .expect("a new sweeper expired the call")
+                    .unwrap_err();
+                assert!(err.is_timeout(), "{err:?}");
+            });
+            drop(far);
+        }
     }
 
     #[test]
-    fn a_call_registered_outside_a_runtime_expires_once_a_sweeper_starts() {
+    fn a_call_registered_outside_any_runtime_expires_on_the_tables_own() {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_time()
+            .build()
+            .unwrap();
+        let t = {
+            let _in = rt.enter();
+            InFlight::<u32, (), ()>::with_sweep_every(Duration::from_millis(5))
+        };
+        // This thread has no runtime.
+        let w = t
+            .register_expiring(1, (), Instant::now() + Duration::from_millis(20))
+            .unwrap();
+        let outcome = rt
+            .block_on(async {
+                tokio::time::timeout(Duration::from_secs(5), w.wait_expiring()).await
+            })
+            .expect("the table's runtime expired the call");
+        assert!(outcome.unwrap_err().is_timeout());
+    }
+
+    #[test]
+    fn a_call_registered_where_no_runtime_is_expires_once_a_sweeper_starts() {
+        // Made and used outside any runtime: no sweeper can start, and registering must not
+        // panic.
         let t = InFlight::<u32, (), ()>::with_sweep_every(Duration::from_millis(5));
-        // No runtime: no sweeper can start, and registering must not panic.
         let early = t
             .register_expiring(1, (), Instant::now() + Duration::from_millis(10))
             .unwrap();
-        assert!(!t.sweeper_running());
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_time()
             .build()
             .unwrap();
         rt.block_on(async {
             let _later = t.register_expiring(2, (), Instant::now() + Duration::from_secs(60));
-            assert!(t.sweeper_running());
             let err = tokio::time::timeout(Duration::from_secs(5), early.wait_expiring())
                 .await
                 .expect("the sweeper expired the early call")

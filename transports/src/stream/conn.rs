@@ -368,11 +368,7 @@ impl<C: Codec> Conn<C> {
     /// Starts a call. The common one (room in the outbox) is registered and queued or written
     /// here, and its future only waits for the answer; others run in full in `call`.
     pub(crate) fn start(self: &Arc<Self>, req: Request) -> CallFuture<C::Id, ()> {
-        // The table's sweeper, if it is not running yet, needs a runtime to start on.
-        if req.is_notification()
-            || !self.accepts_calls()
-            || (!self.calls.sweeper_running() && tokio::runtime::Handle::try_current().is_err())
-        {
+        if req.is_notification() || !self.accepts_calls() {
             let conn = self.clone();
             return CallFuture::boxed(async move { conn.call(req).await });
         }

@@ -488,11 +488,7 @@ impl<C: Codec> Shared<C> {
     /// Starts a call. The common one (no retransmission, room in the socket) is registered and
     /// sent here, and its future only waits for the answer; others run in full in `call`.
     fn start(self: &Arc<Self>, peer: SocketAddr, req: Request) -> CallFuture<C::Id, SocketAddr> {
-        // The table's sweeper, if it is not running yet, needs a runtime to start on.
-        if self.retransmit.is_some()
-            || req.is_notification()
-            || (!self.calls.sweeper_running() && tokio::runtime::Handle::try_current().is_err())
-        {
+        if self.retransmit.is_some() || req.is_notification() {
             let shared = self.clone();
             return CallFuture::boxed(async move { shared.call(peer, req).await });
         }
