@@ -636,6 +636,37 @@ async fn rate_limit_per_peer_refuses_one_peer_and_serves_another_server_side() {
     assert_eq!(layer.keys(), 2);
 }
 
+/// A call to `method` from `ip`:`port`.
+fn req_from_ip(method: &'static str, ip: [u8; 4], port: u16) -> Request {
+    req(method).with_context(Context::from_peer(Peer::Socket(SocketAddr::from((
+        ip, port,
+    )))))
+}
+
+#[tokio::test]
+async fn rate_limit_per_ip_counts_a_hosts_ports_together() {
+    let layer = RateLimitLayer::per_ip(2, Duration::from_secs(60));
+    let (mut service, mut handle) = mock::spawn_layer::<Request, Response, _>(layer.clone());
+    // Two connections of one host, then a third: its budget is spent.
+    for port in [1000, 1001] {
+        let fut = call(&mut service, req_from_ip("m", [127, 0, 0, 1], port));
+        let (_, send) = handle.next_request().await.unwrap();
+        send.send_response(ok());
+        assert_eq!(code_of(&fut.await.unwrap()), None);
+    }
+    let refused = now_or_never(call(&mut service, req_from_ip("m", [127, 0, 0, 1], 1002)))
+        .expect("refused at once")
+        .unwrap();
+    assert_eq!(code_of(&refused), Some(ErrorCode::RATE_LIMITED));
+    assert!(nothing_more(&mut handle));
+    // Another host is served.
+    let fut = call(&mut service, req_from_ip("m", [127, 0, 0, 2], 1000));
+    let (_, send) = handle.next_request().await.expect("passed on");
+    send.send_response(ok());
+    assert_eq!(code_of(&fut.await.unwrap()), None);
+    assert_eq!(layer.keys(), 2);
+}
+
 #[tokio::test]
 async fn rate_limit_refuses_client_side_as_rejected() {
     let (mut service, mut handle) = mock::spawn_layer::<Request, Payload, _>(
@@ -946,6 +977,26 @@ async fn keyed_concurrency_refuses_the_extra_call_of_one_peer_and_serves_another
     for fut in [a2, a3, b1] {
         assert_eq!(code_of(&fut.await.unwrap()), None);
     }
+}
+
+#[tokio::test]
+async fn keyed_concurrency_per_ip_counts_a_hosts_ports_together() {
+    let layer = KeyedConcurrencyLimitLayer::per_ip(1);
+    let (mut service, mut handle) = mock::spawn_layer::<Request, Response, _>(layer);
+    let first = call(&mut service, req_from_ip("m", [127, 0, 0, 1], 1000));
+    let (_, send) = handle.next_request().await.unwrap();
+    // The same host on another port is refused at once.
+    let refused = now_or_never(call(&mut service, req_from_ip("m", [127, 0, 0, 1], 1001)))
+        .expect("refused at once")
+        .unwrap();
+    assert_eq!(code_of(&refused), Some(ErrorCode::OVERLOADED));
+    // Another host is served meanwhile.
+    let other = call(&mut service, req_from_ip("m", [127, 0, 0, 2], 1000));
+    let (_, send_other) = handle.next_request().await.expect("passed on");
+    send_other.send_response(ok());
+    assert_eq!(code_of(&other.await.unwrap()), None);
+    send.send_response(ok());
+    assert_eq!(code_of(&first.await.unwrap()), None);
 }
 
 #[tokio::test]

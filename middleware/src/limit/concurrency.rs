@@ -11,7 +11,7 @@ use rpc_core::{ErrorCode, Request, ServerError, Service};
 use tower::Layer;
 
 use super::cells::{self, Cells, Handle, Last};
-use super::key::{ByPeer, KeyFn};
+use super::key::{ByIp, ByPeer, KeyFn};
 use crate::Reject;
 
 /// Allows at most `n` calls at once per key (per peer by default); more are refused at once
@@ -112,6 +112,14 @@ impl KeyedConcurrencyLimitLayer<ByPeer> {
     /// At most `n` calls at once per peer.
     pub fn per_peer(n: usize) -> Self {
         Self::keyed(ByPeer, n)
+    }
+}
+
+impl KeyedConcurrencyLimitLayer<ByIp> {
+    /// At most `n` calls at once per IP address, however many connections or ports a host
+    /// uses ([`ByIp`]).
+    pub fn per_ip(n: usize) -> Self {
+        Self::keyed(ByIp, n)
     }
 }
 

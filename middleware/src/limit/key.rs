@@ -1,7 +1,7 @@
 //! What a limit is keyed by.
 
 use std::hash::{Hash, Hasher};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use rpc_core::{Peer, Request};
 
@@ -23,8 +23,23 @@ impl KeyFn for Global {
 }
 
 /// A limit per peer: per socket address (for IP transports) or per process (Unix sockets).
+///
+/// Over TCP each connection has a port of its own, so a client that opens more connections
+/// gets more of a per-peer budget; [`ByIp`] counts a host once, whatever its ports.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ByPeer;
+
+/// A limit per IP address: a host's connections and source ports share it. Requests from Unix
+/// sockets (and with no peer) share one key.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ByIp;
+
+impl KeyFn for ByIp {
+    type Key = Option<IpAddr>;
+    fn key(&self, req: &Request) -> Option<IpAddr> {
+        req.context().peer_addr().map(|a| a.ip())
+    }
+}
 
 impl KeyFn for ByPeer {
     type Key = PeerKey;

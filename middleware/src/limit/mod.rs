@@ -1,4 +1,5 @@
-//! Rate and concurrency limits, global or keyed by peer (or any key taken from the request).
+//! Rate and concurrency limits, global or keyed by peer, by IP address, or by any key taken from
+//! the request.
 //!
 //! Global concurrency limits and load shedding are tower's (`ServiceBuilder::concurrency_limit`,
 //! `load_shed`); an exclusive, one-at-a-time service is `concurrency_limit(1)`. The layers here add
@@ -13,5 +14,5 @@ mod rate;
 pub use self::concurrency::{
     KeyedConcurrencyFuture, KeyedConcurrencyLimit, KeyedConcurrencyLimitLayer,
 };
-pub use self::key::{ByPeer, Global, KeyFn, PeerKey};
+pub use self::key::{ByIp, ByPeer, Global, KeyFn, PeerKey};
 pub use self::rate::{RateLimit, RateLimitFuture, RateLimitLayer};

@@ -21,7 +21,7 @@ use tokio::time::Instant;
 use tower::Layer;
 
 use super::cells::{self, Cells, Handle, Last};
-use super::key::{ByPeer, Global, KeyFn};
+use super::key::{ByIp, ByPeer, Global, KeyFn};
 use crate::Reject;
 
 type Keyed<K> = RateLimiter<Handle<K, Tat>, Store<K>, DefaultClock>;
@@ -231,6 +231,14 @@ impl RateLimitLayer<ByPeer> {
     /// A limit per peer: `n` calls per `period` each.
     pub fn per_peer(n: u32, period: Duration) -> Self {
         Self::keyed(ByPeer, n, period)
+    }
+}
+
+impl RateLimitLayer<ByIp> {
+    /// A limit per IP address: `n` calls per `period` each, however many connections or
+    /// ports a host uses ([`ByIp`]).
+    pub fn per_ip(n: u32, period: Duration) -> Self {
+        Self::keyed(ByIp, n, period)
     }
 }
 
