@@ -115,12 +115,19 @@ pub(crate) struct Limits {
     /// Calls per second allowed to each peer; over it, calls are refused as rate limited.
     #[arg(long, value_name = "N")]
     rate_per_peer: Option<u32>,
+    /// Calls per second allowed to each IP address, whatever its connections or ports; over
+    /// it, calls are refused as rate limited.
+    #[arg(long, value_name = "N")]
+    rate_per_ip: Option<u32>,
     /// Calls per second allowed in all; over it, calls are refused as rate limited.
     #[arg(long, value_name = "N")]
     rate: Option<u32>,
     /// Calls served at once per peer; more are refused as overloaded.
     #[arg(long, value_name = "N")]
     max_concurrent_per_peer: Option<usize>,
+    /// Calls served at once per IP address; more are refused as overloaded.
+    #[arg(long, value_name = "N")]
+    max_concurrent_per_ip: Option<usize>,
     /// Calls served at once in all; more are refused as overloaded (load shedding).
     #[arg(long, value_name = "N")]
     max_concurrent: Option<usize>,
@@ -129,8 +136,9 @@ pub(crate) struct Limits {
     request_timeout: Option<Duration>,
 }
 
-/// The demo router under the limits asked for: per-peer and global rate limits, per-peer
-/// concurrency, load shedding over a global concurrency limit, and deadlines (outermost first).
+/// The demo router under the limits asked for: per-peer, per-IP and global rate limits, per-peer
+/// and per-IP concurrency, load shedding over a global concurrency limit, and deadlines
+/// (outermost first).
 pub(crate) fn service(limits: &Limits) -> Service {
     use rpc_middleware::deadline::DeadlineLayer;
     use rpc_middleware::limit::{KeyedConcurrencyLimitLayer, RateLimitLayer};
@@ -157,8 +165,14 @@ pub(crate) fn service(limits: &Limits) -> Service {
     if let Some(n) = limits.max_concurrent_per_peer {
         svc = Service::new(KeyedConcurrencyLimitLayer::per_peer(n).layer(svc));
     }
+    if let Some(n) = limits.max_concurrent_per_ip {
+        svc = Service::new(KeyedConcurrencyLimitLayer::per_ip(n).layer(svc));
+    }
     if let Some(n) = limits.rate {
         svc = Service::new(RateLimitLayer::global(n, second).layer(svc));
+    }
+    if let Some(n) = limits.rate_per_ip {
+        svc = Service::new(RateLimitLayer::per_ip(n, second).layer(svc));
     }
     if let Some(n) = limits.rate_per_peer {
         svc = Service::new(RateLimitLayer::per_peer(n, second).layer(svc));

@@ -395,6 +395,30 @@ fn help_shows_examples() {
 }
 
 #[test]
+fn per_ip_limits_count_a_hosts_connections_together() {
+    let server = Server::start_with(&["--listen", "tcp://127.0.0.1:0", "--rate-per-ip", "5"]);
+    // Four connections from one address: one budget of 5 a second between them.
+    let out = rpc(&[
+        "bench",
+        &server.url,
+        "add",
+        "1",
+        "2",
+        "--connections",
+        "4",
+        "--concurrency",
+        "4",
+        "--duration",
+        "1s",
+        "--json",
+    ]);
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let remote = report["errors_by_kind"]["remote"].as_u64().unwrap();
+    let ok = report["requests"].as_u64().unwrap() - report["errors"].as_u64().unwrap();
+    assert!(remote > 0 && ok <= 14, "{report}");
+}
+
+#[test]
 fn server_side_limits() {
     let server = Server::start_with(&[
         "--listen",
