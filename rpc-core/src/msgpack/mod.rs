@@ -166,6 +166,36 @@ mod tests {
         }
     }
 
+    /// A recursive type that `rmp_serde` decodes without counting depth (an enum's variants).
+    #[derive(serde::Deserialize, Debug)]
+    #[allow(dead_code)]
+    enum Expr {
+        Num(i64),
+        Neg(Box<Expr>),
+    }
+
+    #[test]
+    fn a_recursive_enum_is_refused_past_the_depth_limit_not_recursed_into() {
+        let nested = |depth: usize| {
+            let mut b = vec![0x91u8];
+            for _ in 0..depth {
+                b.extend_from_slice(b"\x81\xa3Neg");
+            }
+            b.extend_from_slice(b"\x81\xa3Num\x01");
+            Payload::new(bytes::Bytes::from(b), &MsgPack)
+        };
+        assert!(<(Expr,)>::from_args(&nested(10), None).is_ok());
+        // Deep enough to overflow a small stack if it were recursed into.
+        let deep = nested(200_000);
+        let refused = std::thread::Builder::new()
+            .stack_size(256 << 10)
+            .spawn(move || <(Expr,)>::from_args(&deep, None).is_err())
+            .unwrap()
+            .join()
+            .unwrap();
+        assert!(refused);
+    }
+
     #[test]
     fn typed_path_refuses_what_the_erased_path_refuses() {
         let deep = [vec![0x91u8; MAX_DEPTH + 8], vec![0xc0]].concat();

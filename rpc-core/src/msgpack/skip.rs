@@ -9,6 +9,8 @@ pub enum SkipError {
     Truncated,
     /// The byte `0xc1`, which msgpack never uses.
     Reserved(usize),
+    /// Containers nested deeper than [`MAX_DEPTH`](super::MAX_DEPTH).
+    TooDeep,
 }
 
 impl fmt::Display for SkipError {
@@ -16,6 +18,11 @@ impl fmt::Display for SkipError {
         match self {
             SkipError::Truncated => f.pad("truncated msgpack value"),
             SkipError::Reserved(at) => write!(f, "reserved msgpack marker 0xc1 at byte {at}"),
+            SkipError::TooDeep => write!(
+                f,
+                "msgpack containers nested deeper than {}",
+                super::MAX_DEPTH
+            ),
         }
     }
 }
@@ -24,58 +31,104 @@ impl std::error::Error for SkipError {}
 
 /// The length in bytes of the msgpack value at the start of `buf`.
 ///
-/// Runs in constant memory whatever the nesting (it counts the values still to skip instead of
-/// recursing), and in time linear in the input: every step consumes at least one byte.
+/// Never recurses: it counts the values still to skip (and, for values with more than
+/// [`MAX_DEPTH`](super::MAX_DEPTH) containers, those of each open container), in time linear
+/// in the input: every step consumes at least one byte. Values
+/// whose containers nest deeper than [`MAX_DEPTH`](super::MAX_DEPTH) are refused
+/// ([`SkipError::TooDeep`]), so a decoder that runs after this check never recurses deeper,
+/// whatever the type it decodes (serde's enums, say, which `rmp_serde` does not count).
 ///
 /// ```
-/// use rpc_core::msgpack::skip_value;
+/// use rpc_core::msgpack::{skip_value, SkipError, MAX_DEPTH};
 /// assert_eq!(skip_value(b"\x92\x01\xa1x\xff"), Ok(4));
 /// assert!(skip_value(b"\x92\x01").is_err());
+/// let deep = [vec![0x91u8; MAX_DEPTH + 1], vec![0x01]].concat();
+/// assert_eq!(skip_value(&deep), Err(SkipError::TooDeep));
 /// ```
 pub fn skip_value(buf: &[u8]) -> Result<usize, SkipError> {
     let mut pos = 0usize;
     let mut pending: u64 = 1;
+    // Containers with values in them: nesting can only be deeper than the limit if there are
+    // more of them, and then a second pass measures the depth.
+    let mut containers = 0usize;
     while pending > 0 {
         pending -= 1;
-        let marker = *buf.get(pos).ok_or(SkipError::Truncated)?;
-        pos += 1;
-        let (skip, children): (usize, u64) = match marker {
-            0x00..=0x7f | 0xe0..=0xff | 0xc0 | 0xc2 | 0xc3 => (0, 0),
-            0x80..=0x8f => (0, 2 * u64::from(marker & 0x0f)),
-            0x90..=0x9f => (0, u64::from(marker & 0x0f)),
-            0xa0..=0xbf => (usize::from(marker & 0x1f), 0),
-            0xc1 => return Err(SkipError::Reserved(pos - 1)),
-            0xc4 | 0xd9 => (read_len(buf, &mut pos, 1)?, 0),
-            0xc5 | 0xda => (read_len(buf, &mut pos, 2)?, 0),
-            0xc6 | 0xdb => (read_len(buf, &mut pos, 4)?, 0),
-            0xc7 => (read_len(buf, &mut pos, 1)? + 1, 0),
-            0xc8 => (read_len(buf, &mut pos, 2)? + 1, 0),
-            0xc9 => (read_len(buf, &mut pos, 4)? + 1, 0),
-            0xca | 0xce | 0xd2 => (4, 0),
-            0xcb | 0xcf | 0xd3 => (8, 0),
-            0xcc | 0xd0 => (1, 0),
-            0xcd | 0xd1 => (2, 0),
-            0xd4 => (2, 0),
-            0xd5 => (3, 0),
-            0xd6 => (5, 0),
-            0xd7 => (9, 0),
-            0xd8 => (17, 0),
-            0xdc => (0, read_len(buf, &mut pos, 2)? as u64),
-            0xdd => (0, read_len(buf, &mut pos, 4)? as u64),
-            0xde => (0, 2 * read_len(buf, &mut pos, 2)? as u64),
-            0xdf => (0, 2 * read_len(buf, &mut pos, 4)? as u64),
-        };
-        pos = pos.checked_add(skip).ok_or(SkipError::Truncated)?;
-        if pos > buf.len() {
-            return Err(SkipError::Truncated);
-        }
-        pending += children;
-        // Every value takes at least one byte: more pending values than bytes left cannot fit.
-        if pending > (buf.len() - pos) as u64 {
-            return Err(SkipError::Truncated);
+        let children = step(buf, &mut pos)?;
+        if children > 0 {
+            containers += 1;
+            pending += children;
+            // Every value takes at least one byte: more pending values than bytes left
+            // cannot fit.
+            if pending > (buf.len() - pos) as u64 {
+                return Err(SkipError::Truncated);
+            }
         }
     }
+    if containers > super::MAX_DEPTH {
+        check_depth(&buf[..pos])?;
+    }
     Ok(pos)
+}
+
+/// Refuses `value` (one whole msgpack value) if its containers nest deeper than the limit.
+fn check_depth(value: &[u8]) -> Result<(), SkipError> {
+    let mut pos = 0usize;
+    // The values still to skip in each open container, outermost first.
+    let mut left: Vec<u64> = Vec::with_capacity(super::MAX_DEPTH + 1);
+    left.push(1);
+    while let Some(top) = left.last_mut() {
+        if *top == 0 {
+            left.pop();
+            continue;
+        }
+        *top -= 1;
+        let children = step(value, &mut pos)?;
+        if children > 0 {
+            if left.len() > super::MAX_DEPTH {
+                return Err(SkipError::TooDeep);
+            }
+            left.push(children);
+        }
+    }
+    Ok(())
+}
+
+/// Skips one marker at `pos` and what it holds inline (a string's bytes, a number), and gives
+/// how many values follow inside it (a container's elements, a map's keys and values).
+fn step(buf: &[u8], pos: &mut usize) -> Result<u64, SkipError> {
+    let marker = *buf.get(*pos).ok_or(SkipError::Truncated)?;
+    *pos += 1;
+    let (skip, children): (usize, u64) = match marker {
+        0x00..=0x7f | 0xe0..=0xff | 0xc0 | 0xc2 | 0xc3 => (0, 0),
+        0x80..=0x8f => (0, 2 * u64::from(marker & 0x0f)),
+        0x90..=0x9f => (0, u64::from(marker & 0x0f)),
+        0xa0..=0xbf => (usize::from(marker & 0x1f), 0),
+        0xc1 => return Err(SkipError::Reserved(*pos - 1)),
+        0xc4 | 0xd9 => (read_len(buf, pos, 1)?, 0),
+        0xc5 | 0xda => (read_len(buf, pos, 2)?, 0),
+        0xc6 | 0xdb => (read_len(buf, pos, 4)?, 0),
+        0xc7 => (read_len(buf, pos, 1)? + 1, 0),
+        0xc8 => (read_len(buf, pos, 2)? + 1, 0),
+        0xc9 => (read_len(buf, pos, 4)? + 1, 0),
+        0xca | 0xce | 0xd2 => (4, 0),
+        0xcb | 0xcf | 0xd3 => (8, 0),
+        0xcc | 0xd0 => (1, 0),
+        0xcd | 0xd1 => (2, 0),
+        0xd4 => (2, 0),
+        0xd5 => (3, 0),
+        0xd6 => (5, 0),
+        0xd7 => (9, 0),
+        0xd8 => (17, 0),
+        0xdc => (0, read_len(buf, pos, 2)? as u64),
+        0xdd => (0, read_len(buf, pos, 4)? as u64),
+        0xde => (0, 2 * read_len(buf, pos, 2)? as u64),
+        0xdf => (0, 2 * read_len(buf, pos, 4)? as u64),
+    };
+    *pos = pos.checked_add(skip).ok_or(SkipError::Truncated)?;
+    if *pos > buf.len() {
+        return Err(SkipError::Truncated);
+    }
+    Ok(children)
 }
 
 fn read_len(buf: &[u8], pos: &mut usize, width: usize) -> Result<usize, SkipError> {
@@ -87,6 +140,22 @@ fn read_len(buf: &[u8], pos: &mut usize, width: usize) -> Result<usize, SkipErro
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::msgpack::MAX_DEPTH;
+
+    #[test]
+    fn nesting_up_to_the_limit_is_measured_and_deeper_refused() {
+        for kind in [0x91u8, 0x81] {
+            // A map's one entry is a key then the nested value: key 0x01 before each level.
+            let level: &[u8] = if kind == 0x81 { &[0x81, 0x01] } else { &[0x91] };
+            let at_limit = [level.repeat(MAX_DEPTH), vec![0x01]].concat();
+            assert_eq!(skip_value(&at_limit), Ok(at_limit.len()));
+            let over = [level.repeat(MAX_DEPTH + 1), vec![0x01]].concat();
+            assert_eq!(skip_value(&over), Err(SkipError::TooDeep));
+        }
+        // Wide is not deep: many siblings at one level.
+        let wide = [vec![0xdc, 0x10, 0x00], vec![0x91; 0], vec![0x90; 4096]].concat();
+        assert_eq!(skip_value(&wide), Ok(wide.len()));
+    }
 
     #[test]
     fn measures_every_kind_of_value() {
@@ -130,5 +199,7 @@ mod tests {
         assert_eq!(skip_value(b"\xc1"), Err(SkipError::Reserved(0)));
         let deep = vec![0x91u8; 1_000_000];
         assert_eq!(skip_value(&deep), Err(SkipError::Truncated));
+        let deep_and_whole = [vec![0x91u8; 1_000_000], vec![0x01]].concat();
+        assert_eq!(skip_value(&deep_and_whole), Err(SkipError::TooDeep));
     }
 }
