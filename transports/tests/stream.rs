@@ -426,3 +426,102 @@ async fn a_timeout_too_long_for_the_clock_means_no_timeout() {
     .await
     .unwrap();
 }
+
+/// A handler answering `n` bytes.
+async fn blob(n: usize) -> serde_bytes::ByteBuf {
+    serde_bytes::ByteBuf::from(vec![1u8; n])
+}
+
+/// `n` framed rpcudp requests for 64 KiB blobs, as a peer that never reads would send them.
+fn blob_requests(n: usize) -> Vec<u8> {
+    use rpc_core::Codec;
+    let codec = RpcudpCodec::new();
+    let args = rpc_core::Payload::encode(&rpc_codecs::msgpack::MsgPack, &(65_536usize,)).unwrap();
+    let mut out = Vec::new();
+    for i in 0..n {
+        let mut body = bytes::BytesMut::new();
+        let id = rpc_codecs::msgpack::MessageId([i as u8; 20]);
+        codec
+            .encode_request(Some(&id), &"blob".into(), &args, &mut body)
+            .unwrap();
+        out.extend_from_slice(&(body.len() as u32).to_be_bytes());
+        out.extend_from_slice(&body);
+    }
+    out
+}
+
+/// The established TCP sockets on this machine whose local port is `port` (IPv4): a server's
+/// side of its connections.
+fn established_on(port: u16) -> usize {
+    let table = std::fs::read_to_string("/proc/net/tcp").expect("Linux's /proc/net/tcp");
+    let local = format!(":{port:04X}");
+    table
+        .lines()
+        .skip(1)
+        .filter(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            f.len() > 3 && f[1].ends_with(&local) && f[3] == "01"
+        })
+        .count()
+}
+
+/// Reads until the server closes the connection.
+async fn read_to_end(mut s: TcpStream) -> bool {
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        match s.read(&mut buf).await {
+            Ok(0) | Err(_) => return true,
+            Ok(_) => {}
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_peer_that_takes_no_bytes_is_closed_after_the_write_timeout() {
+    timeout(LIMIT, async {
+        let server = tcp::Builder::new()
+            .idle_timeout(None)
+            .write_timeout(Duration::from_millis(300))
+            .serve(Router::new().route("blob", blob))
+            .bind("127.0.0.1:0", RpcudpCodec::new())
+            .await
+            .unwrap();
+        // Asks for 25 MiB of answers and reads none of them.
+        let mut hog = TcpStream::connect(server.local_addr()).await.unwrap();
+        hog.write_all(&blob_requests(400)).await.unwrap();
+        while server.stats().write_stalled == 0 || server.connections() > 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(read_to_end(hog).await);
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn a_forced_shutdown_closes_a_connection_whose_peer_takes_no_bytes() {
+    timeout(LIMIT, async {
+        let server = tcp::Builder::new()
+            .write_timeout(Duration::MAX)
+            .serve(Router::new().route("blob", blob))
+            .bind("127.0.0.1:0", RpcudpCodec::new())
+            .await
+            .unwrap();
+        let mut hog = TcpStream::connect(server.local_addr()).await.unwrap();
+        hog.write_all(&blob_requests(400)).await.unwrap();
+        while server.stats().responses_sent == 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // The answers cannot be delivered: the grace period runs out, and the connection,
+        // its socket included, is let go while the peer still reads nothing.
+        let port = server.local_addr().port();
+        assert_eq!(established_on(port), 1);
+        assert!(!server.shutdown(Duration::from_millis(200)).await);
+        while established_on(port) > 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        drop(hog);
+    })
+    .await
+    .unwrap();
+}

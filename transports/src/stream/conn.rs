@@ -141,6 +141,8 @@ pub(crate) struct Conn<C: Codec> {
     peer: Peer,
     /// The connection is finished; calls fail.
     closed: CancellationToken,
+    /// Stop writing too, dropping what is queued (a forced shutdown).
+    aborted: CancellationToken,
     /// Mirrors `closed` for the hot path (reading a token takes a lock).
     done: AtomicBool,
     /// Stop reading new requests, answer those being served, then close (graceful shutdown).
@@ -191,6 +193,7 @@ impl<C: Codec> Conn<C> {
             serve,
             peer,
             closed: CancellationToken::new(),
+            aborted: CancellationToken::new(),
             done: AtomicBool::new(false),
             drain,
             lost: AtomicBool::new(false),
@@ -231,6 +234,12 @@ impl<C: Codec> Conn<C> {
         self.done.store(true, Ordering::Release);
         self.closed.cancel();
         self.fail_calls();
+    }
+
+    /// Closes the connection and drops what is queued for it, rather than write it.
+    pub(crate) fn abort(&self) {
+        self.aborted.cancel();
+        self.close();
     }
 
     /// Resolves when the connection is finished.
@@ -614,12 +623,20 @@ async fn write_loop<C: Codec, W: WriteHalf>(conn: Arc<Conn<C>>, w: Arc<W>) {
             }
             continue;
         }
-        let written = write_all(&*w, &spare).await;
+        let written = tokio::select! {
+            biased;
+            r = write_all(&*w, &spare, conn.config.write_timeout) => r,
+            _ = conn.aborted.cancelled() => Err(io::Error::other("connection aborted")),
+        };
         spare.clear();
         conn.out.drained.notify_waiters();
         if let Err(e) = written {
+            if e.kind() == io::ErrorKind::TimedOut {
+                Counters::add(&conn.counters.write_stalled);
+                tracing::warn!(peer = %conn.peer, "closing a connection whose peer takes no bytes");
+            }
             conn.fail(&e);
-            return;
+            break;
         }
     }
     // The last handles on the write half: dropping them shuts the stream down for writing.
@@ -628,13 +645,29 @@ async fn write_loop<C: Codec, W: WriteHalf>(conn: Arc<Conn<C>>, w: Arc<W>) {
     conn.close();
 }
 
-/// Writes all of `buf`, waiting for room as needed.
-async fn write_all<W: WriteHalf>(w: &W, mut buf: &[u8]) -> io::Result<()> {
+/// Writes all of `buf`, waiting for room as needed, but no longer than `stall` at a time:
+/// `TimedOut` if the peer takes no bytes for that long.
+async fn write_all<W: WriteHalf>(
+    w: &W,
+    mut buf: &[u8],
+    stall: std::time::Duration,
+) -> io::Result<()> {
     while !buf.is_empty() {
         match w.try_write(buf) {
             Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
             Ok(n) => buf = &buf[n..],
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => w.writable().await?,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                let at = deadline_after(Instant::now(), stall);
+                match tokio::time::timeout_at(at, w.writable()).await {
+                    Ok(ready) => ready?,
+                    Err(_) => {
+                        return Err(io::Error::new(
+                            io::ErrorKind::TimedOut,
+                            format!("the peer took no bytes for {stall:?}"),
+                        ))
+                    }
+                }
+            }
             Err(e) => return Err(e),
         }
     }

@@ -13,6 +13,7 @@
 //! | [`Builder::max_frame_length`] | 8 MiB, enforced on send (the call fails, the connection stays) and on receive (the connection closes; the claimed size is never allocated) |
 //! | [`Builder::timeout`] | 30 s for a call without a deadline |
 //! | [`Builder::idle_timeout`] | 5 min without frames and with nothing in flight closes a server's connection |
+//! | [`Builder::write_timeout`] | 30 s without the peer taking any queued byte closes the connection (`Stats::write_stalled`); a forced shutdown drops what is queued |
 //! | [`Builder::max_connections`] | 1024 per server; more are closed as soon as they are accepted |
 //! | [`Builder::max_concurrent_requests`] | 1024 per connection; more are answered "overloaded" |
 //!
@@ -48,6 +49,8 @@ pub const DEFAULT_MAX_FRAME_LENGTH: usize = 8 * 1024 * 1024;
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 /// The default idle timeout of a server's connections: 5 minutes.
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+/// The default time a connection waits for its peer to take bytes it has queued: 30 s.
+pub const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 /// The default number of connections a server keeps.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
 /// The default number of requests served at once on one connection.
@@ -60,6 +63,7 @@ pub(crate) struct Config {
     pub(crate) max_frame: usize,
     pub(crate) timeout: Duration,
     pub(crate) idle_timeout: Option<Duration>,
+    pub(crate) write_timeout: Duration,
     pub(crate) max_concurrent_requests: usize,
 }
 
@@ -96,6 +100,7 @@ impl<T: Default> Default for Builder<T> {
                 max_frame: DEFAULT_MAX_FRAME_LENGTH,
                 timeout: DEFAULT_TIMEOUT,
                 idle_timeout: Some(DEFAULT_IDLE_TIMEOUT),
+                write_timeout: DEFAULT_WRITE_TIMEOUT,
                 max_concurrent_requests: DEFAULT_MAX_CONCURRENT_REQUESTS,
             },
             max_connections: DEFAULT_MAX_CONNECTIONS,
@@ -143,6 +148,15 @@ impl<T> Builder<T> {
     /// after its last frame.
     pub fn idle_timeout(mut self, timeout: Option<Duration>) -> Self {
         self.config.idle_timeout = timeout;
+        self
+    }
+
+    /// How long a connection waits for its peer to take any of the bytes it has queued before
+    /// it closes (a peer that stops reading would otherwise hold the connection, its queued
+    /// answers and the handlers waiting to send, for good). Default 30 s; a timeout too long
+    /// for the clock (`Duration::MAX`) means none.
+    pub fn write_timeout(mut self, timeout: Duration) -> Self {
+        self.config.write_timeout = timeout;
         self
     }
 
@@ -197,7 +211,7 @@ impl<T> Builder<T> {
                 async move {
                     tokio::select! {
                         _ = conn.closed() => {}
-                        _ = shared.force.cancelled() => conn.close(),
+                        _ = shared.force.cancelled() => conn.abort(),
                     }
                 }
             },
@@ -257,6 +271,8 @@ pub struct Stats {
     pub connections_refused: u64,
     /// Connections closed for being idle.
     pub idle_closed: u64,
+    /// Connections closed because their peer took no bytes for the write timeout.
+    pub write_stalled: u64,
     /// Connections closed for a bad frame (over the size limit, malformed framing, cut short).
     pub bad_frames: u64,
     /// Frames that were not valid messages.
@@ -276,6 +292,7 @@ pub(crate) struct Counters {
     pub(crate) connections: AtomicU64,
     pub(crate) connections_refused: AtomicU64,
     pub(crate) idle_closed: AtomicU64,
+    pub(crate) write_stalled: AtomicU64,
     pub(crate) bad_frames: AtomicU64,
     pub(crate) malformed: AtomicU64,
     pub(crate) requests: AtomicU64,
@@ -295,6 +312,7 @@ impl Counters {
             connections: g(&self.connections),
             connections_refused: g(&self.connections_refused),
             idle_closed: g(&self.idle_closed),
+            write_stalled: g(&self.write_stalled),
             bad_frames: g(&self.bad_frames),
             malformed: g(&self.malformed),
             requests: g(&self.requests),
