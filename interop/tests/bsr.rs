@@ -311,3 +311,97 @@ async fn over_a_unix_socket_with_detailed_errors() {
     assert!(!path.exists());
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A handler answering `n` bytes.
+async fn big(n: u32) -> String {
+    "x".repeat(n as usize)
+}
+
+/// A basic-socket-rpc frame: little-endian size (itself included), type, payload.
+fn raw_frame(kind: u8, payload: &[u8]) -> Vec<u8> {
+    let mut f = ((payload.len() + 5) as u32).to_le_bytes().to_vec();
+    f.push(kind);
+    f.extend_from_slice(payload);
+    f
+}
+
+/// INIT, then 40 calls for 1 MiB answers, from a peer that will read none of them.
+fn hog_bytes() -> Vec<u8> {
+    let mut bytes = raw_frame(0, &[0, 0, 1]);
+    let mut rpc = vec![0u8, 0];
+    rpc.extend_from_slice(&(1u32 << 20).to_le_bytes());
+    for _ in 0..40 {
+        bytes.extend_from_slice(&raw_frame(1, &rpc));
+    }
+    bytes
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_reads_no_answers_loses_its_session_after_the_write_timeout() {
+    let server = raw::Builder::new()
+        .exclusive()
+        .write_timeout(Duration::from_millis(300))
+        .serve(Router::new().command(0, big))
+        .bind_tcp("127.0.0.1:0")
+        .await
+        .unwrap();
+    let mut hog = TcpStream::connect(server.local_addr()).await.unwrap();
+    hog.write_all(&hog_bytes()).await.unwrap();
+    // The hog holds the session.
+    while server.stats().responses_sent < 2 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let other = raw::Builder::new()
+        .timeout(Duration::from_secs(5))
+        .init_retry_interval(Duration::from_millis(100))
+        .connect_tcp(server.local_addr());
+    let answer: String = other.call(0u16, (3u32,)).await.unwrap();
+    assert_eq!(answer, "xxx");
+    assert_eq!(server.stats().write_stalled, 1);
+    drop(hog);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forced_shutdown_closes_a_connection_whose_peer_reads_no_answers() {
+    let server = raw::Builder::new()
+        .write_timeout(Duration::MAX)
+        .serve(Router::new().command(0, big))
+        .bind_tcp("127.0.0.1:0")
+        .await
+        .unwrap();
+    let mut hog = TcpStream::connect(server.local_addr()).await.unwrap();
+    hog.write_all(&hog_bytes()).await.unwrap();
+    // Stuck writing: answers went out until the socket's buffers filled.
+    while server.stats().responses_sent < 2 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(!server.shutdown(Duration::from_millis(200)).await);
+    tokio::time::timeout(Duration::from_secs(5), async {
+        while server.connections() > 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("the forced shutdown closed the connection");
+    drop(hog);
+}
+
+#[tokio::test]
+async fn failed_calls_are_not_counted_as_malformed_frames() {
+    let server = raw::Builder::new()
+        .serve(greet())
+        .bind_tcp("127.0.0.1:0")
+        .await
+        .unwrap();
+    let client = raw::Builder::new().connect_tcp(server.local_addr());
+    // Wrong argument types: the call fails, the frame was well formed.
+    for _ in 0..3 {
+        assert!(client.call::<u32>(2u16, ("not a number",)).await.is_err());
+    }
+    assert_eq!(server.stats().malformed, 0);
+    // A frame of an unknown type is malformed.
+    let mut s = TcpStream::connect(server.local_addr()).await.unwrap();
+    s.write_all(&raw_frame(9, b"")).await.unwrap();
+    let _ = read_frame(&mut s).await;
+    assert_eq!(server.stats().malformed, 1);
+}

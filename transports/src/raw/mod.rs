@@ -95,6 +95,7 @@ pub struct Builder {
     max_connections: usize,
     max_sessions: usize,
     idle_timeout: Option<Duration>,
+    write_timeout: Duration,
     timeout: Duration,
     init_retry: Duration,
     detailed_errors: bool,
@@ -108,6 +109,7 @@ impl Default for Builder {
             max_connections: stream::DEFAULT_MAX_CONNECTIONS,
             max_sessions: usize::MAX,
             idle_timeout: Some(stream::DEFAULT_IDLE_TIMEOUT),
+            write_timeout: stream::DEFAULT_WRITE_TIMEOUT,
             timeout: Duration::from_secs(20),
             init_retry: INIT_RETRY_INTERVAL,
             detailed_errors: false,
@@ -123,6 +125,7 @@ impl fmt::Debug for Builder {
             .field("max_connections", &self.max_connections)
             .field("max_sessions", &self.max_sessions)
             .field("idle_timeout", &self.idle_timeout)
+            .field("write_timeout", &self.write_timeout)
             .field("timeout", &self.timeout)
             .field("detailed_errors", &self.detailed_errors)
             .field("serving", &self.service.is_some())
@@ -163,6 +166,14 @@ impl Builder {
     /// Closes a server's connection after this long without a frame. Default 5 minutes.
     pub fn idle_timeout(mut self, timeout: Option<Duration>) -> Self {
         self.idle_timeout = timeout;
+        self
+    }
+
+    /// How long a server waits for its peer to take an answer before it closes the connection
+    /// (a peer that stops reading would otherwise hold it, and its session, for good). Default
+    /// 30 s; a timeout too long for the clock (`Duration::MAX`) means none.
+    pub fn write_timeout(mut self, timeout: Duration) -> Self {
+        self.write_timeout = timeout;
         self
     }
 
@@ -209,7 +220,16 @@ impl Builder {
             config: self,
         });
         stream::start_accepting(listener, max_connections, move |io, peer, shared| {
-            serve_connection(server.clone(), io, peer, shared)
+            let server = server.clone();
+            async move {
+                // A forced shutdown drops the connection wherever it waits (its socket and its
+                // seat at the gate go with it).
+                let force = shared.force.clone();
+                tokio::select! {
+                    _ = serve_connection(server, io, peer, shared) => {}
+                    _ = force.cancelled() => {}
+                }
+            }
         })
     }
 
@@ -302,6 +322,27 @@ impl Gate {
     }
 }
 
+/// A connection's place at the gate: a session, or a turn in the queue for one. Left when
+/// dropped, however the connection ends.
+struct Seat<'a> {
+    gate: &'a Gate,
+    id: u64,
+    session: bool,
+}
+
+impl Seat<'_> {
+    fn try_enter(&mut self) -> bool {
+        self.session = self.gate.try_enter(self.id);
+        self.session
+    }
+}
+
+impl Drop for Seat<'_> {
+    fn drop(&mut self) {
+        self.gate.leave(self.id, self.session);
+    }
+}
+
 // ===== server =====
 
 struct ServerState {
@@ -310,8 +351,20 @@ struct ServerState {
     next_conn: AtomicU64,
 }
 
-async fn send<W: AsyncWrite + Unpin>(w: &mut W, buf: &mut BytesMut) -> io::Result<()> {
-    let r = w.write_all(buf).await;
+/// Writes `buf` out, taking no longer than `limit`.
+async fn send<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    buf: &mut BytesMut,
+    limit: Duration,
+) -> io::Result<()> {
+    let at = deadline_after(tokio::time::Instant::now(), limit);
+    let r = match tokio::time::timeout_at(at, w.write_all(buf)).await {
+        Ok(r) => r,
+        Err(_) => Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!("the peer took no answer for {limit:?}"),
+        )),
+    };
     buf.clear();
     r
 }
@@ -336,7 +389,11 @@ async fn serve_connection<S: Split>(
         },
     );
     let mut out = BytesMut::with_capacity(1024);
-    let mut session = false;
+    let mut seat = Seat {
+        gate: &server.gate,
+        id,
+        session: false,
+    };
     // The connection's own instance of the service.
     let mut serve = config.service.as_ref().map(Serve::local);
     let drain = shared.drain.cancelled();
@@ -363,10 +420,13 @@ async fn serve_connection<S: Split>(
                 stream::Counters::add(&shared.counters.bad_frames);
                 tracing::warn!(%peer, error = %e, "closing the connection");
                 put_exception(&mut out, &protocol_error(e.to_string()), false);
-                let _ = send(&mut w, &mut out).await;
+                let _ = send(&mut w, &mut out, config.write_timeout).await;
                 break;
             }
         };
+        // A call that was made and failed (its handler's error, an answer too large) is not a
+        // malformed frame.
+        let mut call_failed = false;
         let error = match frame {
             Frame::TooSmall(size) => Some(protocol_error(format!(
                 "reported message size too small: {size}"
@@ -375,7 +435,7 @@ async fn serve_connection<S: Split>(
                 kind: INIT,
                 payload,
             } => {
-                if session {
+                if seat.session {
                     Some(protocol_error("initialization already occurred"))
                 } else if payload.len() < 3 || payload[0] != VERSION[0] {
                     Some(protocol_error(format!(
@@ -384,14 +444,14 @@ async fn serve_connection<S: Split>(
                         VERSION[0]
                     )))
                 } else {
-                    session = server.gate.try_enter(id);
+                    let session = seat.try_enter();
                     let _ = put_frame(&mut out, INIT, usize::MAX, |b| {
                         b.extend_from_slice(&[u8::from(session)])
                     });
                     None
                 }
             }
-            Frame::Msg { kind: RPC, payload } if !session => {
+            Frame::Msg { kind: RPC, payload } if !seat.session => {
                 let _ = payload;
                 Some(protocol_error("need to initialize the connection first"))
             }
@@ -415,17 +475,21 @@ async fn serve_connection<S: Split>(
                     }
                     None => Response::error(ServerError::method_not_found(Method::Id(cmd))),
                 };
+                call_failed = response.result().is_err();
                 match response.result() {
                     Ok(p) => match put_frame(&mut out, RPC, config.max_frame, |b| {
                         b.extend_from_slice(p.bytes())
                     }) {
                         Ok(()) => None,
-                        Err((size, limit)) => Some(ServerError::new(
-                            ErrorCode::MESSAGE_TOO_LARGE,
-                            format!(
-                                "the response of {size} bytes exceeds the limit of {limit} bytes"
-                            ),
-                        )),
+                        Err((size, limit)) => {
+                            call_failed = true;
+                            Some(ServerError::new(
+                                ErrorCode::MESSAGE_TOO_LARGE,
+                                format!(
+                                    "the response of {size} bytes exceeds the limit of {limit} bytes"
+                                ),
+                            ))
+                        }
                     },
                     Err(e) => Some(e.clone()),
                 }
@@ -435,15 +499,21 @@ async fn serve_connection<S: Split>(
             }
         };
         if let Some(e) = error {
-            stream::Counters::add(&shared.counters.malformed);
+            if !call_failed {
+                stream::Counters::add(&shared.counters.malformed);
+            }
             put_exception(&mut out, &e, config.detailed_errors);
         }
-        if send(&mut w, &mut out).await.is_err() {
+        if let Err(e) = send(&mut w, &mut out, config.write_timeout).await {
+            if e.kind() == io::ErrorKind::TimedOut {
+                stream::Counters::add(&shared.counters.write_stalled);
+                tracing::warn!(%peer, "closing a connection whose peer takes no answers");
+            }
             break;
         }
         stream::Counters::add(&shared.counters.responses_sent);
     }
-    server.gate.leave(id, session);
+    drop(seat);
     let _ = w.shutdown().await;
 }
 
@@ -469,7 +539,8 @@ struct ClientConn<S: Split> {
 
 impl<S: Split> ClientConn<S> {
     async fn exchange(&mut self) -> Result<Frame, Error> {
-        send(&mut self.w, &mut self.out).await?;
+        // Bounded by the call's own timeout, which covers the whole exchange.
+        send(&mut self.w, &mut self.out, Duration::MAX).await?;
         match self.frames.next().await {
             Some(Ok(f)) => Ok(f),
             Some(Err(e)) => Err(Error::Transport(e)),
