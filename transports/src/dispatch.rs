@@ -228,9 +228,10 @@ async fn batch<C: Codec, L: Link<C>>(
                 ) {
                     Started::Ready(r) => answers.extend(id.map(|id| (id, r))),
                     Started::Pending(fut, permit) => pending.push(async move {
+                        // The permit is held until the batch's answer is sent: a graceful
+                        // shutdown waits for every permit, so it waits for that answer too.
                         let r = fut.await;
-                        drop(permit);
-                        id.map(|id| (id, r))
+                        (id.map(|id| (id, r)), permit)
                     }),
                 }
             }
@@ -251,13 +252,13 @@ async fn batch<C: Codec, L: Link<C>>(
     } else {
         let link = link.clone();
         tokio::spawn(async move {
-            answers.extend(
-                futures::future::join_all(pending)
-                    .await
-                    .into_iter()
-                    .flatten(),
-            );
+            let mut permits = Vec::with_capacity(pending.len());
+            for (answer, permit) in futures::future::join_all(pending).await {
+                answers.extend(answer);
+                permits.push(permit);
+            }
             send_batch(&link, &answers).await;
+            drop(permits);
         });
     }
 }

@@ -525,3 +525,74 @@ async fn a_forced_shutdown_closes_a_connection_whose_peer_takes_no_bytes() {
     .await
     .unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_graceful_shutdown_sends_a_batchs_answer_that_waits_for_room() {
+    async fn slow() -> u32 {
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        7
+    }
+    async fn text(n: usize) -> String {
+        "x".repeat(n)
+    }
+    let server = tcp::Builder::new()
+        .max_frame_length(64 << 20)
+        .serve(Router::new().route("slow", slow).route("text", text))
+        .bind("127.0.0.1:0", rpc_codecs::jsonrpc::JsonRpcCodec::new())
+        .await
+        .unwrap();
+    let frame = |body: &[u8]| [&(body.len() as u32).to_be_bytes()[..], body].concat();
+    let text_req = |id: u32| {
+        let body = format!(r#"{{"jsonrpc":"2.0","method":"text","params":[6291456],"id":{id}}}"#);
+        frame(body.as_bytes())
+    };
+    // A small receive buffer, so that the kernel holds few of the answers.
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.set_recv_buffer_size(64 * 1024).unwrap();
+    let mut peer = sock.connect(server.local_addr()).await.unwrap();
+    timeout(LIMIT, async {
+        peer.write_all(&frame(
+            br#"[{"jsonrpc":"2.0","method":"slow","params":[],"id":1}]"#,
+        ))
+        .await
+        .unwrap();
+        // Two large answers queued, the writer stuck on the first, before the batch is done.
+        peer.write_all(&text_req(2)).await.unwrap();
+        while server.stats().responses_sent < 1 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        peer.write_all(&text_req(3)).await.unwrap();
+        while server.stats().responses_sent < 2 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .unwrap();
+    let server = Arc::new(server);
+    let shutdown = tokio::spawn({
+        let server = server.clone();
+        async move { server.shutdown(Duration::from_secs(8)).await }
+    });
+    // The batch is done by now; its answer waits for room behind the others.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let frames = timeout(LIMIT, async {
+        let mut frames = Vec::new();
+        loop {
+            let mut len = [0u8; 4];
+            if peer.read_exact(&mut len).await.is_err() {
+                return frames;
+            }
+            let mut body = vec![0u8; u32::from_be_bytes(len) as usize];
+            peer.read_exact(&mut body).await.unwrap();
+            frames.push(body);
+        }
+    })
+    .await
+    .unwrap();
+    assert!(shutdown.await.unwrap(), "a clean shutdown");
+    assert!(
+        frames.iter().any(|f| f.first() == Some(&b'[')),
+        "the batch's answer was sent ({} frames)",
+        frames.len()
+    );
+}
