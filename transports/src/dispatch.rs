@@ -187,7 +187,9 @@ pub(crate) async fn respond<C: Codec, L: Link<C>>(link: &L, id: &C::Id, response
                 ErrorCode::MESSAGE_TOO_LARGE,
                 format!("the response of {size} bytes exceeds the limit of {limit} bytes"),
             );
-            link.send(|dst| codec.encode_response(id, Err(&e), dst))
+            // As an answer to `id`: a server that remembers answers (UDP's at-most-once
+            // cache) answers copies of the request with this one.
+            link.send_response(id, |dst| codec.encode_response(id, Err(&e), dst))
                 .await
         }
         other => other,

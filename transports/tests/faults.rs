@@ -323,3 +323,95 @@ async fn a_retransmitted_datagram_is_answered_from_the_cache() {
     assert_eq!(*count.lock().unwrap(), 4);
     assert!(server.remembered_requests() <= 2);
 }
+
+#[tokio::test]
+async fn at_most_once_keeps_a_running_request_however_full_the_cache() {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    let runs = Arc::new(AtomicU32::new(0));
+    let counted = runs.clone();
+    let server = Builder::new()
+        .at_most_once(8, Duration::from_secs(60))
+        .serve(
+            Router::new()
+                .route("once", move || {
+                    let counted = counted.clone();
+                    async move {
+                        counted.fetch_add(1, Ordering::SeqCst);
+                        tokio::time::sleep(Duration::from_millis(600)).await;
+                        1u32
+                    }
+                })
+                .route("add", |a: i64, b: i64| async move { a + b }),
+        )
+        .bind("127.0.0.1:0", RpcudpCodec::new())
+        .await
+        .unwrap();
+    // A caller that sends its request again every 200 ms while it waits.
+    let caller = Builder::new()
+        .retransmit_every(Duration::from_millis(200))
+        .bind("127.0.0.1:0", RpcudpCodec::new())
+        .await
+        .unwrap();
+    let call = tokio::spawn({
+        let client = caller.client(server.local_addr());
+        async move { client.call::<u32>("once", ()).await }
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    // Meanwhile another peer's calls fill the cache past its capacity.
+    let other = Endpoint::bind("127.0.0.1:0", RpcudpCodec::new())
+        .await
+        .unwrap();
+    let client = other.client(server.local_addr());
+    for i in 0..16 {
+        assert_eq!(client.call::<i64>("add", (i, 1)).await.unwrap(), i + 1);
+    }
+    assert_eq!(
+        timeout(Duration::from_secs(10), call)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        runs.load(Ordering::SeqCst),
+        1,
+        "the call ran more than once"
+    );
+}
+
+#[tokio::test]
+async fn at_most_once_answers_a_copy_with_the_error_that_replaced_a_too_large_answer() {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    let runs = Arc::new(AtomicU32::new(0));
+    let counted = runs.clone();
+    let server = Builder::new()
+        .at_most_once(8, Duration::from_secs(60))
+        .serve(Router::new().route("huge", move || {
+            let counted = counted.clone();
+            async move {
+                counted.fetch_add(1, Ordering::SeqCst);
+                "x".repeat(100_000)
+            }
+        }))
+        .bind("127.0.0.1:0", RpcudpCodec::new())
+        .await
+        .unwrap();
+    let peer = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    // rpcudp: a request byte, the id, then [method, args].
+    let request = [&[0x00][..], &[0x42; 20], b"\x92\xa4huge\x90"].concat();
+    let mut answers = Vec::new();
+    for _ in 0..2 {
+        peer.send_to(&request, server.local_addr()).await.unwrap();
+        let mut buf = vec![0u8; 70_000];
+        let (n, _) = timeout(Duration::from_secs(5), peer.recv_from(&mut buf))
+            .await
+            .expect("an answer")
+            .unwrap();
+        answers.push(buf[..n].to_vec());
+    }
+    // The copy got the same "too large" answer, from the cache.
+    assert_eq!(answers[0], answers[1]);
+    assert!(answers[0].len() < 1000, "an error, not the value");
+    assert_eq!(runs.load(Ordering::SeqCst), 1);
+}
