@@ -529,7 +529,7 @@ async fn a_forced_shutdown_closes_a_connection_whose_peer_takes_no_bytes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_graceful_shutdown_sends_a_batchs_answer_that_waits_for_room() {
     async fn slow() -> u32 {
-        tokio::time::sleep(Duration::from_millis(800)).await;
+        tokio::time::sleep(Duration::from_millis(1500)).await;
         7
     }
     async fn text(n: usize) -> String {
@@ -561,6 +561,8 @@ async fn a_graceful_shutdown_sends_a_batchs_answer_that_waits_for_room() {
         while server.stats().responses_sent < 1 {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
+        // Time for the writer to take the first answer out of the outbox.
+        tokio::time::sleep(Duration::from_millis(300)).await;
         peer.write_all(&text_req(3)).await.unwrap();
         while server.stats().responses_sent < 2 {
             tokio::time::sleep(Duration::from_millis(10)).await;
@@ -574,7 +576,7 @@ async fn a_graceful_shutdown_sends_a_batchs_answer_that_waits_for_room() {
         async move { server.shutdown(Duration::from_secs(8)).await }
     });
     // The batch is done by now; its answer waits for room behind the others.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
     let frames = timeout(LIMIT, async {
         let mut frames = Vec::new();
         loop {
