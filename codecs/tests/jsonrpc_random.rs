@@ -116,3 +116,47 @@ fn deep_nesting_is_refused_not_overflowed() {
         check(&codec, std::iter::repeat_n(b'[', depth).collect());
     }
 }
+
+#[test]
+fn nothing_that_looks_like_a_response_is_answered_whatever_its_id() {
+    let codec = JsonRpcCodec::new();
+    for frame in [
+        &br#"{"jsonrpc":"2.0","result":1,"id":true}"#[..],
+        br#"{"jsonrpc":"2.0","error":{"code":1,"message":"x"},"id":[1]}"#,
+        br#"{"jsonrpc":"2.0","result":1,"id":{"a":1}}"#,
+    ] {
+        if let Err(e) = codec.decode(Bytes::copy_from_slice(frame)) {
+            assert!(
+                e.reply_to.is_none(),
+                "answered {}: {:?}",
+                String::from_utf8_lossy(frame),
+                e.error
+            );
+        }
+    }
+    // A request with a bad id is still answered, with id null.
+    let e = codec
+        .decode(Bytes::from_static(
+            br#"{"jsonrpc":"2.0","method":"m","id":true}"#,
+        ))
+        .unwrap_err();
+    assert_eq!(e.reply_to, Some(Id::Null));
+}
+
+#[test]
+fn a_request_carrying_result_or_error_is_invalid() {
+    let codec = JsonRpcCodec::new();
+    for frame in [
+        &br#"{"jsonrpc":"2.0","method":"m","result":1,"id":1}"#[..],
+        br#"{"jsonrpc":"2.0","method":"m","error":{"code":1,"message":"x"},"id":1}"#,
+    ] {
+        let e = codec.decode(Bytes::copy_from_slice(frame)).unwrap_err();
+        assert_eq!(
+            e.error.code().code(),
+            -32600,
+            "{}",
+            String::from_utf8_lossy(frame)
+        );
+        assert!(e.reply_to.is_some());
+    }
+}

@@ -11,7 +11,8 @@
 //! The whole specification: params by position or by name (see [`Json`]); notifications, which are
 //! never answered, not even with an error; batches, answered in one array without the
 //! notifications (an empty batch is one Invalid Request error; a batch of notifications gets no
-//! answer at all); ids that are numbers, strings or null, echoed as they came; and the standard
+//! answer at all); ids that are numbers, strings or null, echoed as they came (a whole number
+//! beyond 64 bits is read as a float and echoed in that form); and the standard
 //! codes: -32700 parse error (id null), -32600 invalid request (also for a request with members
 //! the specification does not define, as jsonrpcserver and rpcbd judge it), -32601 method not found, -32602
 //! invalid params, -32603 internal error, with rpc-stack's own in -32000..-32099 (overloaded,
@@ -395,9 +396,16 @@ fn decode_one(frame: &Bytes, text: &[u8], deadlines: bool) -> Result<Message<Id>
         return Err(invalid("a message must be a JSON object"));
     }
     let env: Envelope<'_> = serde_json::from_slice(text).map_err(parse_error)?;
+    let looks_like_response = env.result.is_some() || env.error.is_some();
     let id = match env.id {
         None => None,
         Some(Read::Is(id)) => Some(id),
+        // A response: never answered, whatever is wrong with it.
+        Some(Read::Not) if env.method.is_none() && looks_like_response => {
+            return Err(DecodeError::drop(ServerError::invalid_request(
+                "a response with an id that is not a number, a string or null",
+            )))
+        }
         Some(Read::Not) => return Err(invalid("the id must be a number, a string or null")),
     };
     if let Some(method) = env.method {
@@ -406,6 +414,9 @@ fn decode_one(frame: &Bytes, text: &[u8], deadlines: bool) -> Result<Message<Id>
         }
         if let Some(member) = env.unknown {
             return Err(invalid(&format!("unknown member {member:?} in a request")));
+        }
+        if looks_like_response {
+            return Err(invalid(r#"a request with "result" or "error""#));
         }
         let timeout = match env.timeout_ms {
             None => None,
