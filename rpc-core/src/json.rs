@@ -108,6 +108,13 @@ fn by_name<'a>(src: &'a [u8], names: &[&'static str]) -> Result<Vec<&'a RawValue
     Ok(values)
 }
 
+/// Whether `raw`, a JSON object, has no members.
+fn is_empty_object(raw: &str) -> bool {
+    raw.trim_start()
+        .strip_prefix('{')
+        .is_some_and(|rest| rest.trim_start().starts_with('}'))
+}
+
 /// A JSON object: itself to anything that reads a value (a result, a map, a struct), and a list
 /// of one argument to what reads an argument list (a tuple), so a handler taking one params struct
 /// receives the whole object.
@@ -157,9 +164,13 @@ impl<'de> serde::Deserializer<'de> for &mut ObjectOrArgs<'de> {
 
     fn deserialize_tuple<V: Visitor<'de>>(
         self,
-        _len: usize,
+        len: usize,
         visitor: V,
     ) -> Result<V::Value, Self::Error> {
+        // No arguments asked for, none given by name: `"params": {}` calls a method taking none.
+        if len == 0 && is_empty_object(self.0.get()) {
+            return visitor.visit_seq(RawSeqAccess(Vec::new().into_iter()));
+        }
         visitor.visit_seq(RawSeqAccess(vec![self.0].into_iter()))
     }
 
@@ -365,5 +376,12 @@ mod tests {
             a: i64,
         }
         assert_eq!(args::<(P,)>(r#"{"a": 1}"#, None), Ok((P { a: 1 },)));
+    }
+
+    #[test]
+    fn an_empty_object_calls_a_method_without_arguments() {
+        assert_eq!(args::<()>("{}", None), Ok(()));
+        assert_eq!(args::<()>(" { } ", None), Ok(()));
+        assert!(args::<()>(r#"{"a": 1}"#, None).is_err());
     }
 }
