@@ -6,7 +6,8 @@
 //!
 //! Arguments are a positional list. A caller passes a tuple (`()` for none, `(x,)` for one, `(x, y)`,
 //! ...) or a `Vec` of one type; a [`Request`](crate::Request) can also carry an already encoded
-//! [`Payload`]. Formats that know parameter names (JSON-RPC's by-name params) map them onto the
+//! [`Payload`]. (In the little-endian format a `Vec` is written as one array, with its count, as
+//! basic-socket-rpc's arrays are: there a list of arguments is a tuple.) Formats that know parameter names (JSON-RPC's by-name params) map them onto the
 //! positions the handler declared.
 
 use std::fmt;
