@@ -627,7 +627,9 @@ fn size_hints_never_exceed_the_input() {
             )))
         }
     }
-    let input = hex("0c000000 ffffffff 0100000000000000");
+    // A count of 4096 with 8 bytes of elements (a count past what zero-sized elements may
+    // claim is refused before any hint).
+    let input = hex("0c000000 00100000 0100000000000000");
     let e = serde::Deserializer::deserialize_seq(&mut Deserializer::new(&input), Hint).unwrap_err();
     assert_eq!(e, LeError::Custom("hint Some(8)".into()));
     let e =
@@ -892,4 +894,15 @@ fn random_input_never_panics() {
         decoded > 1000,
         "the mutations explore valid inputs too: {decoded}"
     );
+}
+
+#[test]
+fn a_count_of_empty_elements_cannot_set_the_work() {
+    // A `Vec<()>` of three: no element bytes, the count alone.
+    let three = to_bytes(&vec![(); 3]).unwrap();
+    assert_eq!(from_bytes::<Vec<()>>(&three).unwrap().len(), 3);
+    // Eight bytes claiming u32::MAX of them are refused before any is read.
+    let mut claim = 4u32.to_le_bytes().to_vec();
+    claim.extend_from_slice(&u32::MAX.to_le_bytes());
+    assert!(from_bytes::<Vec<()>>(&claim).is_err());
 }

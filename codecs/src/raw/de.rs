@@ -30,6 +30,9 @@ pub struct Deserializer<'de> {
     depth: usize,
 }
 
+/// How many more elements than bytes a sequence or map may claim (elements of zero-sized types).
+const ZERO_SIZED_ELEMENTS: usize = 1 << 16;
+
 impl<'de> Deserializer<'de> {
     /// A deserializer over `input`.
     pub fn new(input: &'de [u8]) -> Self {
@@ -98,6 +101,11 @@ impl<'de> Deserializer<'de> {
             return Err(LeError::LengthMismatch);
         };
         let count = u32::from_le_bytes(*count);
+        // Elements of a zero-sized type take no bytes, so the count alone would set the work:
+        // at most `ZERO_SIZED_ELEMENTS` more elements than bytes are read.
+        if count as usize > elements.len().saturating_add(ZERO_SIZED_ELEMENTS) {
+            return Err(LeError::LengthMismatch);
+        }
         let after = std::mem::replace(&mut self.input, elements);
         self.enter()?;
         let mut access = Counted {
