@@ -598,3 +598,50 @@ async fn a_graceful_shutdown_sends_a_batchs_answer_that_waits_for_room() {
         frames.len()
     );
 }
+
+/// A loopback listener that never accepts, its accept queue full: a connection attempt to it
+/// gets no answer (Linux retries for about two minutes).
+fn unanswered() -> (
+    tokio::net::TcpListener,
+    Vec<std::net::TcpStream>,
+    std::net::SocketAddr,
+) {
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let listener = sock.listen(1).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let mut held = Vec::new();
+    for _ in 0..16 {
+        match std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)) {
+            Ok(s) => held.push(s),
+            Err(_) => return (listener, held, addr),
+        }
+    }
+    panic!("could not fill the accept queue");
+}
+
+#[tokio::test]
+async fn connecting_counts_against_the_calls_deadline() {
+    let (_listener, _held, addr) = unanswered();
+    let channel = tcp::Builder::new()
+        .timeout(Duration::from_millis(300))
+        .channel(addr, RpcudpCodec::new());
+    let client = channel.clone().into_client();
+    // Two callers at once: the second waits behind the first's attempt, within its own deadline.
+    let with_timeout = client.clone().with_timeout(Duration::from_millis(200));
+    let (a, b) = timeout(LIMIT, async {
+        tokio::join!(
+            with_timeout.call::<i64>("add", (1, 2)),
+            client.call::<i64>("add", (1, 2))
+        )
+    })
+    .await
+    .expect("both calls ended at their deadlines");
+    assert!(a.unwrap_err().is_timeout());
+    assert!(b.unwrap_err().is_timeout());
+    assert!(timeout(LIMIT, channel.connect())
+        .await
+        .unwrap()
+        .unwrap_err()
+        .is_timeout());
+}

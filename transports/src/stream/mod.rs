@@ -36,6 +36,7 @@ use std::task::{Context as TaskContext, Poll};
 use std::time::Duration;
 
 use rpc_core::codec::Codec;
+use rpc_core::context::deadline_after;
 use rpc_core::{BoxError, Client, Error, Payload, Peer, Request, Response, Serve, Service};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -502,9 +503,13 @@ impl<C: Codec, T: Transport> Channel<C, T> {
         self.shared.live().is_some()
     }
 
-    /// Opens the connection now rather than on the first call.
+    /// Opens the connection now rather than on the first call; [`Error::Timeout`] if it is not
+    /// open within the default call timeout.
     pub async fn connect(&self) -> Result<(), Error> {
-        self.shared.conn().await.map(drop)
+        match tokio::time::timeout(self.shared.config.timeout, self.shared.conn()).await {
+            Ok(conn) => conn.map(drop),
+            Err(_) => Err(Error::Timeout),
+        }
     }
 
     /// Closes the current connection, if any; the next call opens a new one.
@@ -551,7 +556,21 @@ impl<C: Codec, T: Transport> Service<Request> for Channel<C, T> {
         if let Some(conn) = self.shared.live() {
             return Conn::start(&conn, req);
         }
+        // Connecting first, within the call's deadline (or the default timeout): a connection
+        // attempt the peer never answers, or other callers' attempts queued before this one,
+        // must not keep the call past it.
         let shared = self.shared.clone();
-        CallFuture::boxed(async move { shared.conn().await?.call(req).await })
+        let mut req = req;
+        let deadline = req
+            .context()
+            .deadline()
+            .unwrap_or_else(|| deadline_after(tokio::time::Instant::now(), shared.config.timeout));
+        req.context_mut().set_deadline(Some(deadline));
+        CallFuture::boxed(async move {
+            match tokio::time::timeout_at(deadline, shared.conn()).await {
+                Ok(conn) => conn?.call(req).await,
+                Err(_) => Err(Error::Timeout),
+            }
+        })
     }
 }
