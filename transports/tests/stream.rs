@@ -645,3 +645,60 @@ async fn connecting_counts_against_the_calls_deadline() {
         .unwrap_err()
         .is_timeout());
 }
+
+#[tokio::test]
+async fn binding_over_a_file_that_is_not_a_socket_fails_and_keeps_it() {
+    let path = temp_sock("notes.txt");
+    std::fs::write(&path, b"kept").unwrap();
+    let err = unix::Builder::new()
+        .serve(router())
+        .bind(&path, RpcudpCodec::new())
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::AlreadyExists);
+    assert_eq!(std::fs::read(&path).unwrap(), b"kept");
+}
+
+#[tokio::test]
+async fn binding_over_a_busy_live_server_fails_with_addr_in_use() {
+    let path = temp_sock("busy.sock");
+    let live = tokio::net::UnixSocket::new_stream().unwrap();
+    live.bind(&path).unwrap();
+    let live = live.listen(1).unwrap();
+    // Its accept queue filled: a new connection attempt is refused as "try again".
+    let mut held = Vec::new();
+    while let Ok(s) = tokio::net::UnixStream::connect(&path).await {
+        held.push(s);
+        assert!(held.len() < 64, "the accept queue never filled");
+    }
+    let err = unix::Builder::new()
+        .serve(router())
+        .bind(&path, RpcudpCodec::new())
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::AddrInUse);
+    assert!(path.exists());
+    drop(live);
+}
+
+#[tokio::test]
+async fn a_server_removes_only_its_own_socket_file() {
+    let path = temp_sock("s.sock");
+    let first = unix::Builder::new()
+        .serve(router())
+        .bind(&path, RpcudpCodec::new())
+        .await
+        .unwrap();
+    // The file goes (a cleaner, an administrator), and another server binds the path.
+    std::fs::remove_file(&path).unwrap();
+    let second = unix::Builder::new()
+        .serve(router())
+        .bind(&path, RpcudpCodec::new())
+        .await
+        .unwrap();
+    drop(first);
+    let client = unix::Builder::new().connect(&path, RpcudpCodec::new());
+    assert_eq!(client.call::<i64>("add", (1, 2)).await.unwrap(), 3);
+    drop(second);
+    assert!(!path.exists());
+}

@@ -245,8 +245,9 @@ impl Builder {
     pub async fn bind_unix(self, path: impl AsRef<Path>) -> io::Result<unix::Server<Raw>> {
         let path = path.as_ref().to_path_buf();
         let listener = unix::listen(&path, None).await?;
+        let file = listener.file.clone();
         let (shared, stop) = self.start(listener);
-        Ok(unix::Server::new(shared, stop, path))
+        Ok(unix::Server::new(shared, stop, file))
     }
 
     /// A typed client of the server at `addr`; it connects on its first call.

@@ -1,9 +1,11 @@
 //! RPC over Unix stream sockets: the same frames and connections as TCP, plus peer credentials.
 //!
 //! Handlers read the caller's uid, gid and pid from [`Peer::Unix`]. The socket file is created
-//! with the permissions [`Builder::permissions`] sets, and removed when the server shuts down.
-//! Binding over a socket file that a live server listens on fails with `AddrInUse`; a stale file
-//! (no one listening) is replaced.
+//! with the permissions [`Builder::permissions`] sets (bound in a private directory and linked
+//! in place once they are set, so no one connects before), and removed when the server shuts
+//! down, if it is still the server's own. Binding over a socket file that a live server listens
+//! on fails with `AddrInUse`, over a file that is not a socket with `AlreadyExists`; a stale
+//! socket file (one that refuses connections) is replaced.
 //!
 //! ```
 //! use rpc_codecs::msgpack::RpcudpCodec;
@@ -35,7 +37,7 @@
 //! ```
 
 use std::io;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -99,36 +101,119 @@ impl stream::Transport for Unix {
     }
 }
 
-pub(crate) struct Listener(UnixListener);
+pub(crate) struct Listener {
+    listener: UnixListener,
+    /// The socket file's device and inode: the server removes the file only while it is this one.
+    pub(crate) file: SocketFile,
+}
 
-/// Binds a socket file: refuses a live one, replaces a stale one, sets the permissions.
+/// A socket file as its server made it: its path, device and inode.
+#[derive(Debug, Clone)]
+pub(crate) struct SocketFile {
+    path: PathBuf,
+    id: (u64, u64),
+}
+
+impl SocketFile {
+    fn of(path: &Path) -> io::Result<Self> {
+        let meta = std::fs::symlink_metadata(path)?;
+        Ok(Self {
+            path: path.to_path_buf(),
+            id: (meta.dev(), meta.ino()),
+        })
+    }
+
+    /// Removes the file if it is still this server's (not one another server bound since).
+    fn remove(&self) {
+        let ours =
+            std::fs::symlink_metadata(&self.path).is_ok_and(|m| (m.dev(), m.ino()) == self.id);
+        if ours {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+/// Binds a socket file: refuses a live server's and any file that is not a socket, replaces a
+/// stale socket (one that refuses connections), and gives the file its permissions before
+/// anyone can connect.
 pub(crate) async fn listen(path: &Path, mode: Option<u32>) -> io::Result<Listener> {
-    if path.exists() {
-        match UnixStream::connect(path).await {
+    let shown = path.display();
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if !meta.file_type().is_socket() => {
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                format!("{shown} exists and is not a socket"),
+            ))
+        }
+        Ok(_) => match UnixStream::connect(path).await {
             Ok(_) => {
                 return Err(io::Error::new(
                     io::ErrorKind::AddrInUse,
-                    format!("a server is already listening on {}", path.display()),
+                    format!("a server is already listening on {shown}"),
                 ))
             }
-            Err(_) => {
-                tracing::info!(path = %path.display(), "replacing a stale socket file");
+            Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
+                tracing::info!(path = %shown, "replacing a stale socket file");
                 std::fs::remove_file(path)?;
             }
-        }
+            // A server too busy to accept now (its queue is full) is still a server.
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                return Err(io::Error::new(
+                    io::ErrorKind::AddrInUse,
+                    format!("a server is already listening on {shown} (busy)"),
+                ))
+            }
+            Err(e) => {
+                return Err(io::Error::new(
+                    e.kind(),
+                    format!("{shown}: cannot tell whether a server listens there: {e}"),
+                ))
+            }
+        },
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
     }
-    let listener = UnixListener::bind(path)?;
-    if let Some(mode) = mode {
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
-    }
-    Ok(Listener(listener))
+    let listener = match mode {
+        None => UnixListener::bind(path)?,
+        Some(mode) => bind_with_mode(path, mode)?,
+    };
+    Ok(Listener {
+        listener,
+        file: SocketFile::of(path)?,
+    })
+}
+
+/// Binds in a directory only this process can enter, sets the mode, then links the socket in
+/// place (never over an existing file): no one can connect while the mode is the umask's.
+fn bind_with_mode(path: &Path, mode: u32) -> io::Result<UnixListener> {
+    use std::os::unix::fs::DirBuilderExt;
+    static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let parent = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let private = parent.join(format!(
+        ".rpc-bind-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    ));
+    std::fs::DirBuilder::new().mode(0o700).create(&private)?;
+    let staged = private.join("socket");
+    let bound = UnixListener::bind(&staged).and_then(|listener| {
+        std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(mode))?;
+        std::fs::hard_link(&staged, path)?;
+        Ok(listener)
+    });
+    let _ = std::fs::remove_file(&staged);
+    let _ = std::fs::remove_dir(&private);
+    bound
 }
 
 impl Accept for Listener {
     type Stream = UnixStream;
 
     async fn accept(&mut self) -> io::Result<(UnixStream, Peer)> {
-        let (s, _) = self.0.accept().await?;
+        let (s, _) = self.listener.accept().await?;
         let peer = peer_of(&s);
         Ok((s, peer))
     }
@@ -147,8 +232,9 @@ impl Builder {
     pub async fn bind<C: Codec>(self, path: impl AsRef<Path>, codec: C) -> io::Result<Server<C>> {
         let path = path.as_ref().to_path_buf();
         let listener = listen(&path, self.extra.mode).await?;
+        let file = listener.file.clone();
         let (shared, stop) = self.start_server(listener, codec);
-        Ok(Server::new(shared, stop, path))
+        Ok(Server::new(shared, stop, file))
     }
 
     /// A typed client for the server at `path`; it connects on its first call.
@@ -168,23 +254,27 @@ impl Builder {
 pub struct Server<C> {
     shared: Arc<ServerShared>,
     stop: CancellationToken,
-    path: PathBuf,
+    file: SocketFile,
     _codec: std::marker::PhantomData<fn() -> C>,
 }
 
 impl<C> Server<C> {
-    pub(crate) fn new(shared: Arc<ServerShared>, stop: CancellationToken, path: PathBuf) -> Self {
+    pub(crate) fn new(
+        shared: Arc<ServerShared>,
+        stop: CancellationToken,
+        file: SocketFile,
+    ) -> Self {
         Self {
             shared,
             stop,
-            path,
+            file,
             _codec: std::marker::PhantomData,
         }
     }
 
     /// The socket file's path.
     pub fn path(&self) -> &Path {
-        &self.path
+        &self.file.path
     }
 
     /// The number of open connections.
@@ -201,7 +291,7 @@ impl<C> Server<C> {
     /// accepted, closes them, and waits at most `grace`. Returns whether all closed in time.
     pub async fn shutdown(&self, grace: Duration) -> bool {
         self.stop.cancel();
-        let _ = std::fs::remove_file(&self.path);
+        self.file.remove();
         self.shared.shutdown(&self.stop, grace).await
     }
 }
@@ -210,7 +300,7 @@ impl<C> Drop for Server<C> {
     fn drop(&mut self) {
         if !self.stop.is_cancelled() {
             self.stop.cancel();
-            let _ = std::fs::remove_file(&self.path);
+            self.file.remove();
         }
     }
 }
