@@ -405,3 +405,38 @@ async fn failed_calls_are_not_counted_as_malformed_frames() {
     let _ = read_frame(&mut s).await;
     assert_eq!(server.stats().malformed, 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_answer_is_never_taken_by_the_next_call() {
+    async fn slow_one(n: u32) -> u32 {
+        if n == 1 {
+            tokio::time::sleep(Duration::from_millis(400)).await;
+        }
+        n
+    }
+    let server = raw::Builder::new()
+        .serve(Router::new().command(0, slow_one))
+        .bind_tcp("127.0.0.1:0")
+        .await
+        .unwrap();
+    let client = raw::Builder::new()
+        .timeout(Duration::from_secs(2))
+        .connect_tcp(server.local_addr());
+    // The first call times out while its answer is on the way; the second, queued behind it
+    // for the connection, must get its own answer.
+    let impatient = client.clone().with_timeout(Duration::from_millis(200));
+    let first = impatient.call::<u32>(0u16, (1u32,));
+    let second = async {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        client.call::<u32>(0u16, (2u32,)).await
+    };
+    let (first, second) = tokio::join!(first, second);
+    assert!(first.unwrap_err().is_timeout());
+    assert_eq!(
+        second.unwrap(),
+        2,
+        "the second call got the first call's answer"
+    );
+    // Later calls are answered correctly.
+    assert_eq!(client.call::<u32>(0u16, (3u32,)).await.unwrap(), 3);
+}

@@ -616,11 +616,14 @@ impl<T: stream::Transport> ClientShared<T> {
             .deadline()
             .unwrap_or_else(|| deadline_after(Instant::now(), self.config.timeout));
         let attempt = async {
-            let mut slot = self.conn.lock().await;
-            if slot.is_none() {
-                *slot = Some(self.connect().await?);
+            let mut held = Held {
+                slot: self.conn.lock().await,
+                clean: true,
+            };
+            if held.slot.is_none() {
+                *held.slot = Some(self.connect().await?);
             }
-            let conn = slot.as_mut().expect("connected above");
+            let conn = held.slot.as_mut().expect("connected above");
             let args = req.args().bytes();
             if let Err((size, limit)) = put_frame(&mut conn.out, RPC, self.config.max_frame, |b| {
                 b.extend_from_slice(&cmd.to_le_bytes());
@@ -628,31 +631,42 @@ impl<T: stream::Transport> ClientShared<T> {
             }) {
                 return Err(Error::TooLarge { size, limit });
             }
-            let reply = conn.exchange().await;
-            if reply.is_err() {
-                *slot = None;
-            }
-            match reply? {
-                Frame::Msg { kind: RPC, payload } => Ok(Payload::new(payload, &LE)),
+            // From here until its answer is read, the connection is only good for this call.
+            held.clean = false;
+            let reply = conn.exchange().await?;
+            match reply {
+                Frame::Msg { kind: RPC, payload } => {
+                    held.clean = true;
+                    Ok(Payload::new(payload, &LE))
+                }
                 Frame::Msg {
                     kind: EXCEPTION,
                     payload,
-                } => Err(Error::Server(frame::parse_exception(payload))),
-                other => {
-                    *slot = None;
-                    Err(unexpected(&other))
+                } => {
+                    held.clean = true;
+                    Err(Error::Server(frame::parse_exception(payload)))
                 }
+                other => Err(unexpected(&other)),
             }
         };
-        match tokio::time::timeout_at(deadline, attempt).await {
-            Ok(r) => r,
-            Err(_) => {
-                // The answer may still come: this connection can no longer be trusted.
-                if let Ok(mut slot) = self.conn.try_lock() {
-                    *slot = None;
-                }
-                Err(Error::Timeout)
-            }
+        tokio::time::timeout_at(deadline, attempt)
+            .await
+            .unwrap_or(Err(Error::Timeout))
+    }
+}
+
+/// The channel's connection while one call uses it. Dropped before the call's answer was read
+/// (a failure, a timeout, the caller giving up), it drops the connection under the lock, so no
+/// later call reads that answer as its own.
+struct Held<'a, S: Split> {
+    slot: tokio::sync::MutexGuard<'a, Option<ClientConn<S>>>,
+    clean: bool,
+}
+
+impl<S: Split> Drop for Held<'_, S> {
+    fn drop(&mut self) {
+        if !self.clean {
+            *self.slot = None;
         }
     }
 }
