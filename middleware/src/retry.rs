@@ -8,7 +8,9 @@
 //! A failure is retried when it proves the call did not run:
 //! - the connection could not be made (refused, unreachable), or
 //! - the call was refused before running: [`Error::Overloaded`], [`Error::Rejected`], or the
-//!   peer's overloaded or rate-limited answer;
+//!   peer's refusal ([`ServerError::refused`](rpc_core::ServerError::refused): rpc-stack's
+//!   overloaded and rate-limited answers carry `{"not_run": true}` in their data; a peer's
+//!   -32000 without it may be any error of a call that ran, and is not retried);
 //!
 //! and, for methods marked [`idempotent`](RetryPolicy::idempotent), also when it may have run:
 //! no response in time (a lost datagram), or a connection lost mid-call. Never past the call's
@@ -20,7 +22,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
-use rpc_core::{Error, ErrorCode, Method, Payload, Request};
+use rpc_core::{Error, Method, Payload, Request};
 use tokio::time::Instant;
 use tower::retry::backoff::{Backoff, ExponentialBackoff, ExponentialBackoffMaker, MakeBackoff};
 use tower::retry::budget::{Budget, TpsBudget};
@@ -31,7 +33,8 @@ use tower::util::rng::HasherRng;
 pub fn not_processed(error: &Error) -> bool {
     match error {
         Error::Overloaded | Error::Rejected(_) => true,
-        Error::Server(e) => matches!(e.code(), ErrorCode::OVERLOADED | ErrorCode::RATE_LIMITED),
+        // Only a refusal that says so: a peer's -32000 may be any error of a call that ran.
+        Error::Server(e) => e.was_refused(),
         Error::Transport(e) => matches!(
             e.kind(),
             io::ErrorKind::ConnectionRefused

@@ -329,6 +329,11 @@ fn server(code: ErrorCode) -> Error {
     Error::Server(ServerError::from_code(code))
 }
 
+/// A peer's refusal, as rpc-stack servers answer one (the call did not run).
+fn refused(code: ErrorCode) -> Error {
+    Error::Server(ServerError::refused(code, "refused"))
+}
+
 fn io_error(kind: io::ErrorKind) -> Error {
     Error::Transport(io::Error::from(kind))
 }
@@ -338,8 +343,8 @@ async fn retry_retries_what_provably_did_not_run() {
     let cases: [(&str, fn() -> Error); 6] = [
         ("rejected", || rejected(ErrorCode::RATE_LIMITED)),
         ("overloaded", || Error::Overloaded),
-        ("server overloaded", || server(ErrorCode::OVERLOADED)),
-        ("server rate limited", || server(ErrorCode::RATE_LIMITED)),
+        ("server overloaded", || refused(ErrorCode::OVERLOADED)),
+        ("server rate limited", || refused(ErrorCode::RATE_LIMITED)),
         ("connection refused", || {
             io_error(io::ErrorKind::ConnectionRefused)
         }),
@@ -356,11 +361,14 @@ async fn retry_retries_what_provably_did_not_run() {
 
 #[tokio::test(start_paused = true)]
 async fn retry_leaves_what_may_have_run_alone_unless_idempotent() {
-    let cases: [(&str, fn() -> Error); 4] = [
+    let cases: [(&str, fn() -> Error); 5] = [
         ("timeout", || Error::Timeout),
         ("reset", || io_error(io::ErrorKind::ConnectionReset)),
         ("invalid params", || server(ErrorCode::INVALID_PARAMS)),
         ("deadline exceeded", || server(ErrorCode::DEADLINE_EXCEEDED)),
+        // Another server's -32000, its first server-defined code, without the refusal's mark:
+        // any error of a call that may have run.
+        ("-32000 without the mark", || server(ErrorCode::OVERLOADED)),
     ];
     for (name, error) in cases {
         let (n, result) = attempts(fast(), req("m"), |n| (n == 0).then(error)).await;

@@ -144,6 +144,30 @@ impl ServerError {
         self
     }
 
+    /// A refusal: the call was not run (a limit was reached, the server is overloaded). Its data
+    /// says so (`{"not_run": true}`), which is how a caller's retry policy tells it from an
+    /// error that merely has the same code: -32000 is the first of JSON-RPC's server-defined
+    /// codes, and many servers answer any failure with it.
+    ///
+    /// ```
+    /// use rpc_core::{ErrorCode, ServerError};
+    /// let e = ServerError::refused(ErrorCode::OVERLOADED, "too busy");
+    /// assert!(e.was_refused());
+    /// assert!(!ServerError::from_code(ErrorCode::OVERLOADED).was_refused());
+    /// ```
+    pub fn refused(code: ErrorCode, message: impl Into<Cow<'static, str>>) -> Self {
+        Self::new(code, message).with_data(serde_json::json!({ "not_run": true }))
+    }
+
+    /// Whether the error is a [refusal](Self::refused): the call was not run.
+    pub fn was_refused(&self) -> bool {
+        self.data
+            .as_ref()
+            .and_then(|d| d.get("not_run"))
+            .and_then(serde_json::Value::as_bool)
+            == Some(true)
+    }
+
     /// An error with the code's standard message.
     pub fn from_code(code: ErrorCode) -> Self {
         Self::new(code, code.default_message().unwrap_or("error"))
@@ -208,7 +232,8 @@ impl ServerError {
             return Self::from_code(ErrorCode::DEADLINE_EXCEEDED);
         }
         if error.is::<tower::load_shed::error::Overloaded>() {
-            return Self::from_code(ErrorCode::OVERLOADED);
+            let code = ErrorCode::OVERLOADED;
+            return Self::refused(code, code.default_message().unwrap_or("overloaded"));
         }
         tracing::warn!(%error, "service failed; answering internal error");
         Self::from_code(ErrorCode::INTERNAL_ERROR)

@@ -146,7 +146,9 @@ fn start<C: Codec, L: Link<C>>(
     // once never holds a slot, so it costs no acquire and release (the release takes a lock).
     if link.permits().available_permits() == 0 {
         link.count(Event::Overloaded);
-        return Started::Ready(ServerError::from_code(ErrorCode::OVERLOADED).into());
+        let code = ErrorCode::OVERLOADED;
+        let refused = ServerError::refused(code, code.default_message().unwrap_or("overloaded"));
+        return Started::Ready(refused.into());
     }
     let args = Payload::new(args, link.codec().format());
     let req = if notification {

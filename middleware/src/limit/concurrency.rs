@@ -288,7 +288,7 @@ where
                     slot: Some(slot),
                 }
             }
-            None => State::Refused(Some(S::Response::reject(ServerError::new(
+            None => State::Refused(Some(S::Response::reject(ServerError::refused(
                 ErrorCode::OVERLOADED,
                 format!("more than {} calls at once from this peer", self.shared.n),
             )))),

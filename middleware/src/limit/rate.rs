@@ -328,8 +328,10 @@ impl<S, K: KeyFn> std::fmt::Debug for RateLimit<S, K> {
 }
 
 fn limited(wait: Duration) -> ServerError {
-    ServerError::from_code(ErrorCode::RATE_LIMITED)
-        .with_data(serde_json::json!({ "retry_after_ms": wait.as_millis().max(1) }))
+    let code = ErrorCode::RATE_LIMITED;
+    ServerError::new(code, code.default_message().unwrap_or("rate limited")).with_data(
+        serde_json::json!({ "not_run": true, "retry_after_ms": wait.as_millis().max(1) }),
+    )
 }
 
 /// Idle keys are evicted at least every this many lookups.
