@@ -4,6 +4,12 @@
 //! `--connections` sockets. Requests are encoded once per worker and re-sent as shared bytes, and
 //! every worker records into its own histogram (merged at the end), so the generator does little
 //! work per call and shares nothing hot between workers.
+//!
+//! With `--rate`, calls are scheduled at the rate asked for, the workers' schedules staggered so
+//! that the calls are spread evenly, and each call's latency counts from its scheduled time: a
+//! server that falls behind shows as latency, not as a lower rate alone. The exit code is 0 if
+//! any call succeeded; if none did, it is the code of the commonest failure (3 timeouts,
+//! 4 transport failures, 1 error answers).
 
 use std::io::{IsTerminal, Write};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -17,6 +23,8 @@ use tokio::time::Instant;
 
 use crate::target::Target;
 use crate::{client_for, request_for, BenchArgs, Failure};
+use crate::{EXIT_REMOTE, EXIT_TIMEOUT, EXIT_TRANSPORT, EXIT_USAGE};
+use rpc_core::context::deadline_after;
 
 /// Errors by kind.
 #[derive(Debug, Default, Clone, Copy, Serialize)]
@@ -73,24 +81,27 @@ fn histogram() -> Histogram<u64> {
 
 pub(crate) async fn run(args: BenchArgs) -> Result<(), Failure> {
     let target = Target::parse(&args.target.url, args.target.codec).map_err(Failure::usage)?;
-    if let Some(rate) = args.rate {
-        if !(rate.is_finite() && rate > 0.0) {
+    // Each worker paces itself to its share of the total rate: one call every `interval`.
+    let interval = match args.rate {
+        None => None,
+        Some(rate) if rate.is_finite() && rate > 0.0 => Some(
+            Duration::try_from_secs_f64(f64::from(args.concurrency) / rate).map_err(|_| {
+                Failure::usage("--rate is too small: calls would be further apart than any clock")
+            })?,
+        ),
+        Some(_) => {
             return Err(Failure::usage(
                 "--rate must be a positive number of calls per second",
-            ));
+            ))
         }
-    }
+    };
     let mut clients = Vec::new();
     for _ in 0..args.connections {
         clients.push(client_for(&target).await?);
     }
     let done = Arc::new(AtomicU64::new(0));
     let start = Instant::now();
-    let end = start + args.duration;
-    // Each worker paces itself to its share of the total rate.
-    let interval = args
-        .rate
-        .map(|r| Duration::from_secs_f64(f64::from(args.concurrency) / r));
+    let end = deadline_after(start, args.duration);
 
     let progress = (std::io::stderr().is_terminal() && !args.json).then(|| {
         let done = done.clone();
@@ -115,27 +126,46 @@ pub(crate) async fn run(args: BenchArgs) -> Result<(), Failure> {
         let request = request_for(&target, &client, &args.target.method, &args.target.args)?;
         let done = done.clone();
         let timeout = args.timeout;
+        // Worker i's first call is i/concurrency of an interval in: the calls of all workers
+        // together come evenly spaced, not in bursts of `concurrency`.
+        let first = match interval {
+            Some(iv) => {
+                let offset = iv.mul_f64(f64::from(i) / f64::from(args.concurrency));
+                match start.checked_add(offset) {
+                    Some(at) => Some(at),
+                    // Due later than any clock can tell: this worker has no call to make.
+                    None => continue,
+                }
+            }
+            None => None,
+        };
         workers.spawn(async move {
             let mut hist = histogram();
             let mut errors = Errors::default();
-            let mut next = Instant::now();
+            let mut next = first;
             loop {
-                if let Some(iv) = interval {
-                    if next >= end {
-                        break;
+                // When this call was due: its latency counts from then.
+                let due = match interval {
+                    Some(iv) => {
+                        let Some(at) = next.filter(|at| *at < end) else {
+                            break;
+                        };
+                        tokio::time::sleep_until(at).await;
+                        next = at.checked_add(iv);
+                        at
                     }
-                    tokio::time::sleep_until(next).await;
-                    next += iv;
-                }
+                    None => Instant::now(),
+                };
                 let sent = Instant::now();
                 if sent >= end {
                     break;
                 }
                 let mut req = request.clone();
-                req.context_mut().set_deadline(Some(sent + timeout));
+                req.context_mut()
+                    .set_deadline(Some(deadline_after(sent, timeout)));
                 match client.send(req).await {
                     Ok(_) => {
-                        let us = sent.elapsed().as_micros().max(1);
+                        let us = due.elapsed().as_micros().max(1);
                         hist.saturating_record(u64::try_from(us).unwrap_or(u64::MAX));
                     }
                     Err(e) => errors.count(&e),
@@ -175,6 +205,22 @@ pub(crate) async fn run(args: BenchArgs) -> Result<(), Failure> {
         connections: args.connections,
     };
     let mut out = std::io::stdout().lock();
+    let failed = (ok == 0 && report.errors > 0).then(|| {
+        let e = &report.errors_by_kind;
+        let (n, code, what) = [
+            (e.timeout, EXIT_TIMEOUT, "timed out"),
+            (e.transport, EXIT_TRANSPORT, "failed in the transport"),
+            (e.remote, EXIT_REMOTE, "were answered with an error"),
+            (e.other, EXIT_USAGE, "failed"),
+        ]
+        .into_iter()
+        .max_by_key(|(n, _, _)| *n)
+        .unwrap_or((0, EXIT_USAGE, "failed"));
+        Failure {
+            code,
+            message: format!("no call succeeded: {n} of {} calls {what}", report.requests),
+        }
+    });
     if args.json {
         let _ = writeln!(
             out,
@@ -191,5 +237,5 @@ pub(crate) async fn run(args: BenchArgs) -> Result<(), Failure> {
             report.p50_us, report.p90_us, report.p99_us, report.p999_us, report.max_us
         );
     }
-    Ok(())
+    failed.map_or(Ok(()), Err)
 }

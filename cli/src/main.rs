@@ -70,7 +70,8 @@ Examples:
   rpc call udp://127.0.0.1:4000 notify_hello 7 --notify"
     )]
     Call(CallArgs),
-    /// Load an endpoint with calls and report throughput and latency.
+    /// Load an endpoint with calls and report throughput and latency. Exits 0 if any call
+    /// succeeded; if none did, with the code of the commonest failure.
     #[command(after_help = "Examples:
   rpc bench udp://127.0.0.1:4000 add 1 2 --concurrency 64 --duration 10s
   rpc bench udp://127.0.0.1:4000 sayhi '\"x\"' --connections 4 --concurrency 32 --json

@@ -480,3 +480,63 @@ fn server_side_limits() {
     );
     drop(server);
 }
+
+#[test]
+fn bench_at_a_rate_spreads_the_calls_over_the_run() {
+    let server = Server::start_with(&["--listen", "udp://127.0.0.1:0"]);
+    // 4 calls a second from 8 workers for one second: 4 calls, not a burst of 8.
+    let out = rpc(&[
+        "bench",
+        &server.url,
+        "add",
+        "1",
+        "2",
+        "--rate",
+        "4",
+        "--concurrency",
+        "8",
+        "--duration",
+        "1s",
+        "--json",
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let requests = report["requests"].as_u64().unwrap();
+    assert!((3..=5).contains(&requests), "{report}");
+}
+
+#[test]
+fn bench_exits_with_the_failure_when_no_call_succeeds() {
+    // Nothing listens on port 1: every call fails to connect.
+    let out = rpc(&[
+        "bench",
+        "tcp://127.0.0.1:1",
+        "add",
+        "1",
+        "2",
+        "--duration",
+        "200ms",
+        "--json",
+    ]);
+    assert_eq!(out.status.code(), Some(4), "{out:?}");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["errors"], report["requests"]);
+}
+
+#[test]
+fn bench_takes_extreme_numbers_without_panicking() {
+    let out = rpc(&["bench", "tcp://127.0.0.1:1", "add", "--rate", "1e-30"]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let out = rpc(&[
+        "bench",
+        "tcp://127.0.0.1:1",
+        "add",
+        "--rate",
+        "1e-19",
+        "--duration",
+        "500000000000years",
+        "--timeout",
+        "500000000000years",
+    ]);
+    assert_eq!(out.status.code(), Some(4), "{out:?}");
+}
