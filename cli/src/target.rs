@@ -90,12 +90,20 @@ impl Target {
             "udp" => Address::Udp(socket()?),
             "tcp" => Address::Tcp(socket()?),
             "unix" => {
-                if parsed.host_str().is_some_and(|h| !h.is_empty()) {
-                    return Err(format!(
-                        "{url:?}: a unix URL takes an absolute path, as unix:///tmp/rpc.sock"
-                    ));
+                // The path percent-decoded (`%20` is a space), and absolute.
+                let path = parsed
+                    .to_file_path()
+                    .ok()
+                    .filter(|p| p.is_absolute() && parsed.path().starts_with('/'))
+                    .filter(|_| parsed.host_str().is_none_or(str::is_empty));
+                match path {
+                    Some(path) => Address::Unix(path),
+                    None => {
+                        return Err(format!(
+                            "{url:?}: a unix URL takes an absolute path, as unix:///tmp/rpc.sock"
+                        ))
+                    }
                 }
-                Address::Unix(PathBuf::from(parsed.path()))
             }
             other => {
                 return Err(format!(
@@ -131,6 +139,9 @@ mod tests {
         let t = Target::parse("unix:///tmp/x.sock", CodecName::Raw).unwrap();
         assert_eq!(t.address, Address::Unix("/tmp/x.sock".into()));
         assert_eq!(t.codec, CodecName::Raw);
+        // Percent-encoded characters are decoded.
+        let t = Target::parse("unix:///tmp/a%20b%C3%A9.sock", CodecName::Msgpack).unwrap();
+        assert_eq!(t.address, Address::Unix("/tmp/a bé.sock".into()));
     }
 
     #[test]
@@ -142,6 +153,8 @@ mod tests {
             ("udp://127.0.0.1:1?codec=xml", "unknown codec"),
             ("udp://127.0.0.1:1?speed=9", "unknown URL option"),
             ("not a url", "bad endpoint URL"),
+            ("unix:tmp/x.sock", "absolute path"),
+            ("unix://host/tmp/x.sock", "absolute path"),
         ] {
             let e = Target::parse(url, CodecName::Msgpack).unwrap_err();
             assert!(e.contains(says), "{url}: {e}");

@@ -15,8 +15,10 @@
 //!   flight; anything else is dropped and counted ([`Stats`]). Ids come from the codec, which for
 //!   datagram codecs makes them unguessable.
 //! - A call waits until its deadline (the request's, else [`Builder::timeout`], default 5 s) and
-//!   then fails with [`Error::Timeout`]. Nothing is retransmitted here: retrying is a policy
-//!   (middleware), since only the caller knows whether a method may run twice.
+//!   then fails with [`Error::Timeout`]. Requests are sent once unless
+//!   [`Builder::retransmit_every`] asks for copies (safe only against servers that answer copies
+//!   from an at-most-once cache, [`Builder::at_most_once`]); retrying after a failure is a
+//!   policy (middleware), since only the caller knows whether a method may run twice.
 //! - At most [`Builder::max_concurrent_requests`] requests are served at once; more are answered
 //!   [`ErrorCode::OVERLOADED`](rpc_core::ErrorCode::OVERLOADED) at once (if the codec carries
 //!   errors) instead of queueing without bound.
