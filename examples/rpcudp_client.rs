@@ -34,9 +34,13 @@ async fn main() -> Result<ExitCode, Box<dyn std::error::Error>> {
         "[::1]:0".parse()?
     };
     let endpoint = Endpoint::bind(local, RpcudpCodec::new()).await?;
-    let client = endpoint
-        .client(args.server)
-        .with_timeout(Duration::from_secs_f64(args.timeout));
+    let timeout = Duration::try_from_secs_f64(args.timeout).map_err(|_| {
+        format!(
+            "--timeout must be a number of seconds, not {}",
+            args.timeout
+        )
+    })?;
+    let client = endpoint.client(args.server).with_timeout(timeout);
     match client.call::<String>("sayhi", (args.name,)).await {
         Ok(result) => {
             println!("Success! {result}");

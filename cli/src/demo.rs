@@ -109,27 +109,36 @@ async fn sum(req: Request) -> Result<Num, ServerError> {
 /// Accepts anything, answers null: for notifications.
 async fn accept(_: Request) {}
 
+/// A count of at least one.
+fn positive(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 /// Server-side limits for the demo service.
 #[derive(clap::Args, Debug, Clone, Default)]
 pub(crate) struct Limits {
     /// Calls per second allowed to each peer; over it, calls are refused as rate limited.
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     rate_per_peer: Option<u32>,
     /// Calls per second allowed to each IP address, whatever its connections or ports; over
     /// it, calls are refused as rate limited.
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     rate_per_ip: Option<u32>,
     /// Calls per second allowed in all; over it, calls are refused as rate limited.
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     rate: Option<u32>,
     /// Calls served at once per peer; more are refused as overloaded.
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", value_parser = positive)]
     max_concurrent_per_peer: Option<usize>,
     /// Calls served at once per IP address; more are refused as overloaded.
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", value_parser = positive)]
     max_concurrent_per_ip: Option<usize>,
     /// Calls served at once in all; more are refused as overloaded (load shedding).
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", value_parser = positive)]
     max_concurrent: Option<usize>,
     /// The time a call may take when its caller set no deadline; longer calls are cancelled.
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]

@@ -540,3 +540,18 @@ fn bench_takes_extreme_numbers_without_panicking() {
     ]);
     assert_eq!(out.status.code(), Some(4), "{out:?}");
 }
+
+#[test]
+fn zero_limits_are_refused() {
+    for option in [
+        "--rate",
+        "--rate-per-peer",
+        "--rate-per-ip",
+        "--max-concurrent",
+        "--max-concurrent-per-peer",
+        "--max-concurrent-per-ip",
+    ] {
+        let out = rpc(&["serve", "--listen", "udp://127.0.0.1:0", option, "0"]);
+        assert_eq!(out.status.code(), Some(2), "{option}: {out:?}");
+    }
+}
