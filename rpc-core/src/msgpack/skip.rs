@@ -95,6 +95,8 @@ fn check_depth(value: &[u8]) -> Result<(), SkipError> {
 
 /// Skips one marker at `pos` and what it holds inline (a string's bytes, a number), and gives
 /// how many values follow inside it (a container's elements, a map's keys and values).
+/// Inlined: it is the body of the measuring loop, run for every value of every request.
+#[inline(always)]
 fn step(buf: &[u8], pos: &mut usize) -> Result<u64, SkipError> {
     let marker = *buf.get(*pos).ok_or(SkipError::Truncated)?;
     *pos += 1;
