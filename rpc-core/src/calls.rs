@@ -1,6 +1,7 @@
 //! The table of calls in flight: matches responses to waiting callers by request id.
 //!
-//! Every transport uses it: a caller [`register`](InFlight::register)s an id with the peer it
+//! The UDP, TCP and Unix transports use it (basic-socket-rpc, one call at a time per connection,
+//! needs none): a caller [`register`](InFlight::register)s an id with the peer it
 //! sends to, awaits its [`Waiter`], and the transport's receive loop [`deliver`](InFlight::deliver)s
 //! responses. A response is accepted only from the peer the request went to; one with an unknown
 //! id or from another peer is refused and the caller keeps waiting. The answer waits in the

@@ -12,7 +12,7 @@
 //! |---|---|
 //! | [`Builder::max_frame_length`] | 8 MiB, enforced on send (the call fails, the connection stays) and on receive (the connection closes; the claimed size is never allocated) |
 //! | [`Builder::timeout`] | 30 s for a call without a deadline |
-//! | [`Builder::idle_timeout`] | 5 min without frames and with nothing in flight closes a server's connection |
+//! | [`Builder::idle_timeout`] | 5 min without frames and with nothing in flight closes the connection, on either end (a client reconnects on its next call) |
 //! | [`Builder::write_timeout`] | 30 s without the peer taking any queued byte closes the connection (`Stats::write_stalled`); a forced shutdown drops what is queued |
 //! | [`Builder::max_connections`] | 1024 per server; more are closed as soon as they are accepted |
 //! | [`Builder::max_concurrent_requests`] | 1024 per connection; more are answered "overloaded" |

@@ -12,8 +12,8 @@
 //!   fixed header) exceeds [`Builder::max_payload`] (default 8192 bytes, as rpcudp) is refused
 //!   before sending with [`Error::TooLarge`]; a larger incoming datagram is dropped and counted.
 //! - A response is accepted only from the address its request was sent to, and only for an id in
-//!   flight; anything else is dropped and counted ([`Stats`]). Ids come from the codec, which for
-//!   datagram codecs makes them unguessable.
+//!   flight; anything else is dropped and counted ([`Stats`]). Ids come from the codec: rpcudp's
+//!   are 20 random bytes, unguessable; JSON-RPC's are numbered in sequence.
 //! - A call waits until its deadline (the request's, else [`Builder::timeout`], default 5 s) and
 //!   then fails with [`Error::Timeout`]. Requests are sent once unless
 //!   [`Builder::retransmit_every`] asks for copies (safe only against servers that answer copies
