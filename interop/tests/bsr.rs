@@ -336,21 +336,32 @@ fn hog_bytes() -> Vec<u8> {
     bytes
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_peer_that_reads_no_answers_loses_its_session_after_the_write_timeout() {
-    let server = raw::Builder::new()
-        .exclusive()
-        .write_timeout(Duration::from_millis(300))
+/// A server built by `builder` serving `big`, and a peer that asked for more answers than the
+/// sockets hold and reads none: the server is stuck writing to it (answers went out until the
+/// buffers filled).
+async fn stuck_behind_a_hog(
+    builder: raw::Builder,
+) -> (rpc_transports::tcp::Server<raw::Raw>, TcpStream) {
+    let server = builder
         .serve(Router::new().command(0, big))
         .bind_tcp("127.0.0.1:0")
         .await
         .unwrap();
     let mut hog = TcpStream::connect(server.local_addr()).await.unwrap();
     hog.write_all(&hog_bytes()).await.unwrap();
-    // The hog holds the session.
     while server.stats().responses_sent < 2 {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+    (server, hog)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_reads_no_answers_loses_its_session_after_the_write_timeout() {
+    let builder = raw::Builder::new()
+        .exclusive()
+        .write_timeout(Duration::from_millis(300));
+    // The hog holds the session.
+    let (server, hog) = stuck_behind_a_hog(builder).await;
     let other = raw::Builder::new()
         .timeout(Duration::from_secs(5))
         .init_retry_interval(Duration::from_millis(100))
@@ -363,18 +374,7 @@ async fn a_peer_that_reads_no_answers_loses_its_session_after_the_write_timeout(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_forced_shutdown_closes_a_connection_whose_peer_reads_no_answers() {
-    let server = raw::Builder::new()
-        .write_timeout(Duration::MAX)
-        .serve(Router::new().command(0, big))
-        .bind_tcp("127.0.0.1:0")
-        .await
-        .unwrap();
-    let mut hog = TcpStream::connect(server.local_addr()).await.unwrap();
-    hog.write_all(&hog_bytes()).await.unwrap();
-    // Stuck writing: answers went out until the socket's buffers filled.
-    while server.stats().responses_sent < 2 {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let (server, hog) = stuck_behind_a_hog(raw::Builder::new().write_timeout(Duration::MAX)).await;
     assert!(!server.shutdown(Duration::from_millis(200)).await);
     tokio::time::timeout(Duration::from_secs(5), async {
         while server.connections() > 0 {

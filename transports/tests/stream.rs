@@ -203,16 +203,22 @@ async fn connections_over_the_limit_are_closed() {
     .unwrap();
 }
 
+/// A server closing connections idle for `period`, and a channel to it.
+async fn idle_after(period: Duration) -> (tcp::Server<RpcudpCodec>, tcp::Channel<RpcudpCodec>) {
+    let server = tcp::Builder::new()
+        .idle_timeout(Some(period))
+        .serve(router())
+        .bind("127.0.0.1:0", RpcudpCodec::new())
+        .await
+        .unwrap();
+    let channel = tcp::Builder::new().channel(server.local_addr(), RpcudpCodec::new());
+    (server, channel)
+}
+
 #[tokio::test]
 async fn idle_connections_are_closed_and_clients_reconnect() {
     timeout(LIMIT, async {
-        let server = tcp::Builder::new()
-            .idle_timeout(Some(Duration::from_millis(200)))
-            .serve(router())
-            .bind("127.0.0.1:0", RpcudpCodec::new())
-            .await
-            .unwrap();
-        let channel = tcp::Builder::new().channel(server.local_addr(), RpcudpCodec::new());
+        let (server, channel) = idle_after(Duration::from_millis(200)).await;
         let client = channel.clone().into_client();
         assert_eq!(client.call::<i64>("add", (1, 2)).await.unwrap(), 3);
         assert!(channel.is_connected());
@@ -235,13 +241,7 @@ async fn idle_connections_are_closed_and_clients_reconnect() {
 #[tokio::test]
 async fn connections_that_keep_calling_are_not_idle() {
     timeout(LIMIT, async {
-        let server = tcp::Builder::new()
-            .idle_timeout(Some(Duration::from_millis(100)))
-            .serve(router())
-            .bind("127.0.0.1:0", RpcudpCodec::new())
-            .await
-            .unwrap();
-        let channel = tcp::Builder::new().channel(server.local_addr(), RpcudpCodec::new());
+        let (server, channel) = idle_after(Duration::from_millis(100)).await;
         let client = channel.clone().into_client();
         // A call every 30 ms for six idle periods: never a whole period without a frame.
         for i in 0..20 {
