@@ -56,6 +56,7 @@
 //! ```
 
 mod dedup;
+mod socket;
 mod stats;
 
 pub use self::stats::Stats;
@@ -68,7 +69,7 @@ use std::sync::{Arc, OnceLock, Weak};
 use std::task::{Context as TaskContext, Poll};
 use std::time::Duration;
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use rpc_core::calls::{Delivery, InFlight};
 use rpc_core::codec::Codec;
 use rpc_core::context::deadline_after;
@@ -196,6 +197,7 @@ impl Builder {
 
     /// Starts the endpoint on a bound socket. Must be called within a tokio runtime.
     pub fn from_socket<C: Codec>(self, socket: UdpSocket, codec: C) -> io::Result<Endpoint<C>> {
+        let socket = socket::Socket::new(socket)?;
         let local_addr = socket.local_addr()?;
         let max_payload = self
             .max_payload
@@ -240,7 +242,7 @@ impl Drop for CloseOnDrop {
 
 struct Shared<C: Codec> {
     me: Weak<Shared<C>>,
-    socket: UdpSocket,
+    socket: socket::Socket,
     local_addr: SocketAddr,
     codec: C,
     max_payload: usize,
@@ -707,6 +709,10 @@ const BURST: usize = 32;
 
 async fn receive_loop<C: Codec>(shared: Arc<Shared<C>>) {
     let limit = shared.max_datagram + 1;
+    // Datagrams are received here (up to one byte over the limit, to tell an oversize one) and
+    // copied into an arena that frames are split off, which costs a small copy per datagram
+    // instead of zeroing room for the largest datagram each time.
+    let mut scratch = vec![0u8; limit];
     let mut buf = BytesMut::with_capacity(RECV_ARENA.max(limit));
     // The loop's own instance of the service, once the endpoint has one.
     let mut serve = None;
@@ -716,15 +722,11 @@ async fn receive_loop<C: Codec>(shared: Arc<Shared<C>>) {
     let mut closed = crate::Armed::new(closed, || shared.closed.is_cancelled());
     let mut burst = 0;
     loop {
-        if buf.capacity() < limit {
-            buf.reserve(RECV_ARENA.max(limit));
-        }
-        let mut room = (&mut buf).limit(limit);
         // While datagrams keep coming, take them without going through the select (whose
         // cancellation check costs more than a small datagram), up to a burst; then yield, so
         // the answers' callers and the runtime's other tasks run before the next burst.
         let ready = if burst < BURST {
-            match shared.socket.try_recv_buf_from(&mut room) {
+            match shared.socket.try_recv_from(&mut scratch) {
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => None,
                 r => Some(r),
             }
@@ -741,7 +743,7 @@ async fn receive_loop<C: Codec>(shared: Arc<Shared<C>>) {
             None => tokio::select! {
                 biased;
                 _ = &mut closed => break,
-                r = shared.socket.recv_buf_from(&mut room) => r,
+                r = shared.socket.recv_from(&mut scratch) => r,
             },
         };
         let (n, from) = match received {
@@ -749,16 +751,19 @@ async fn receive_loop<C: Codec>(shared: Arc<Shared<C>>) {
             Err(error) => {
                 // ICMP errors from earlier sends surface here on some platforms; keep serving.
                 tracing::debug!(%error, "receive error");
-                buf.clear();
                 continue;
             }
         };
-        let frame = buf.split().freeze();
         if n > shared.max_datagram {
             Counters::add(&shared.counters.oversize);
             tracing::debug!(%from, "dropped a datagram over the size limit");
             continue;
         }
+        if buf.capacity() < n {
+            buf.reserve(RECV_ARENA.max(n));
+        }
+        buf.extend_from_slice(&scratch[..n]);
+        let frame = buf.split().freeze();
         let link = UdpLink {
             shared: shared.clone(),
             peer: canonical(from),

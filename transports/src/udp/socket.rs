@@ -1,0 +1,155 @@
+//! The endpoint's socket, which wakes its runtime for incoming datagrams only.
+//!
+//! tokio's `UdpSocket` waits for both directions of readiness. A UDP socket becomes writable
+//! again each time the kernel frees a datagram it sent (over loopback, when the peer reads it),
+//! so an endpoint that sends a datagram per call and waits for the answer would wake its runtime
+//! twice per call, once for nothing: a second `epoll_wait` and a pass of the runtime's drivers.
+//! Sends almost always find room, so this socket is registered for reading only and sends with
+//! a plain non-blocking `send_to`. When a send finds the socket's buffer full, a second
+//! descriptor of the same socket is registered for writability for as long as that send waits.
+
+use std::io;
+use std::net::SocketAddr;
+
+/// A non-blocking UDP socket registered with the runtime for reading.
+#[derive(Debug)]
+pub(super) struct Socket {
+    #[cfg(unix)]
+    io: tokio::io::unix::AsyncFd<std::net::UdpSocket>,
+    #[cfg(not(unix))]
+    io: tokio::net::UdpSocket,
+}
+
+#[cfg(unix)]
+impl Socket {
+    /// Takes over a socket from tokio. Must be called within a tokio runtime.
+    pub(super) fn new(socket: tokio::net::UdpSocket) -> io::Result<Self> {
+        // `into_std` leaves the socket non-blocking, as `AsyncFd` needs.
+        let io = register(socket.into_std()?, tokio::io::Interest::READABLE)?;
+        Ok(Self { io })
+    }
+
+    pub(super) fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.io.get_ref().local_addr()
+    }
+
+    /// Receives a datagram that is already waiting, else fails with `WouldBlock`.
+    pub(super) fn try_recv_from(&self, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)> {
+        self.io
+            .try_io(tokio::io::Interest::READABLE, |s| s.recv_from(buf))
+    }
+
+    /// Waits for a datagram and receives it.
+    pub(super) async fn recv_from(&self, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)> {
+        self.io
+            .async_io(tokio::io::Interest::READABLE, |s| s.recv_from(buf))
+            .await
+    }
+
+    /// Sends a datagram if the socket has room for it now, else fails with `WouldBlock`.
+    pub(super) fn try_send_to(&self, buf: &[u8], to: SocketAddr) -> io::Result<usize> {
+        self.io.get_ref().send_to(buf, to)
+    }
+
+    /// Sends a datagram, waiting for room if there is none.
+    pub(super) async fn send_to(&self, buf: &[u8], to: SocketAddr) -> io::Result<usize> {
+        match self.try_send_to(buf, to) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                self.send_when_writable(buf, to).await
+            }
+            sent => sent,
+        }
+    }
+
+    /// Waits until the socket has room, then sends.
+    async fn send_when_writable(&self, buf: &[u8], to: SocketAddr) -> io::Result<usize> {
+        use tokio::io::Interest;
+        // The socket's own registration does not wait for writability: a duplicate descriptor
+        // does, until this send is done (registering reports the current readiness, so room
+        // made since the failed send is not missed).
+        let writer = register(self.io.get_ref().try_clone()?, Interest::WRITABLE)?;
+        writer
+            .async_io(Interest::WRITABLE, |s| s.send_to(buf, to))
+            .await
+    }
+}
+
+/// Registers a socket that the returned `AsyncFd` owns.
+///
+/// tokio deprecated its safe constructors because they accept any `AsRawFd`, whose descriptor
+/// could be closed or change while registered; a `std::net::UdpSocket` owned by the `AsyncFd`
+/// keeps its one descriptor open until the `AsyncFd` is dropped, which is the condition the
+/// replacement (an `unsafe fn`) asks its callers to uphold.
+#[cfg(unix)]
+#[allow(deprecated)]
+fn register(
+    socket: std::net::UdpSocket,
+    interest: tokio::io::Interest,
+) -> io::Result<tokio::io::unix::AsyncFd<std::net::UdpSocket>> {
+    tokio::io::unix::AsyncFd::with_interest(socket, interest)
+}
+
+#[cfg(not(unix))]
+impl Socket {
+    pub(super) fn new(socket: tokio::net::UdpSocket) -> io::Result<Self> {
+        Ok(Self { io: socket })
+    }
+
+    pub(super) fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.io.local_addr()
+    }
+
+    pub(super) fn try_recv_from(&self, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)> {
+        self.io.try_recv_from(buf)
+    }
+
+    pub(super) async fn recv_from(&self, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)> {
+        self.io.recv_from(buf).await
+    }
+
+    pub(super) fn try_send_to(&self, buf: &[u8], to: SocketAddr) -> io::Result<usize> {
+        self.io.try_send_to(buf, to)
+    }
+
+    pub(super) async fn send_to(&self, buf: &[u8], to: SocketAddr) -> io::Result<usize> {
+        self.io.send_to(buf, to).await
+    }
+}
+
+#[cfg(all(test, unix))]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_send_that_found_no_room_waits_for_room_and_sends() {
+        let a = Socket::new(tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap()).unwrap();
+        let b = Socket::new(tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap()).unwrap();
+        let to = b.local_addr().unwrap();
+        // The path a send takes after `WouldBlock`: it must see the room there is now.
+        let sent = tokio::time::timeout(Duration::from_secs(5), a.send_when_writable(b"hi", to))
+            .await
+            .expect("room was reported")
+            .unwrap();
+        assert_eq!(sent, 2);
+        let mut buf = [0u8; 16];
+        let (n, from) = tokio::time::timeout(Duration::from_secs(5), b.recv_from(&mut buf))
+            .await
+            .expect("the datagram arrived")
+            .unwrap();
+        assert_eq!((&buf[..n], from), (&b"hi"[..], a.local_addr().unwrap()));
+        // And again: the registration of the first wait is gone, another can be made.
+        a.send_when_writable(b"again", to).await.unwrap();
+        let (n, _) = b.recv_from(&mut buf).await.unwrap();
+        assert_eq!(&buf[..n], b"again");
+    }
+
+    #[tokio::test]
+    async fn try_recv_reports_would_block_when_nothing_waits() {
+        let a = Socket::new(tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap()).unwrap();
+        let mut buf = [0u8; 16];
+        let e = a.try_recv_from(&mut buf).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::WouldBlock);
+    }
+}
