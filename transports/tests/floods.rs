@@ -216,8 +216,13 @@ where
 }
 
 /// A good TCP client of `addr` (rpcudp codec), started at once.
-fn good_tcp_client(addr: SocketAddr, stop: Arc<AtomicBool>) -> JoinHandle<Served> {
+/// Connected (by a first call) before it returns: the attacks are on a server with a client
+/// already being served, and a connect that meets a flood of others can wait a second for the
+/// kernel to retransmit its SYN.
+async fn good_tcp_client(addr: SocketAddr, stop: Arc<AtomicBool>) -> JoinHandle<Served> {
     let client = tcp::Builder::new().connect(addr, RpcudpCodec::new());
+    let first: i64 = client.call("add", (0, 1000)).await.unwrap();
+    assert_eq!(first, 1000);
     good_client(
         move |i| {
             let c = client.clone();
@@ -472,7 +477,7 @@ fn tcp_four_gib_length_prefixes_are_refused_at_once() {
         let addr = server.local_addr();
         let rss = RssProbe::start();
         let stop = Arc::new(AtomicBool::new(false));
-        let good = good_tcp_client(addr, stop.clone());
+        let good = good_tcp_client(addr, stop.clone()).await;
 
         let peers = (0..PEERS).map(|_| async move {
             let mut s = TcpStream::connect(addr).await.unwrap();
@@ -525,7 +530,7 @@ fn tcp_stalled_half_frames_are_closed_when_idle() {
         let addr = server.local_addr();
         let rss = RssProbe::start();
         let stop = Arc::new(AtomicBool::new(false));
-        let good = good_tcp_client(addr, stop.clone());
+        let good = good_tcp_client(addr, stop.clone()).await;
 
         // A length prefix of 100, then 10 of those bytes, and never more.
         let mut half = 100u32.to_be_bytes().to_vec();
@@ -681,7 +686,7 @@ fn tcp_peers_that_never_read_keep_memory_bounded() {
         let chunk = Arc::new(rpcudp_request("blob", (65_536usize,)).repeat(CHUNK));
         let rss = RssProbe::start();
         let stop = Arc::new(AtomicBool::new(false));
-        let good = good_tcp_client(addr, stop.clone());
+        let good = good_tcp_client(addr, stop.clone()).await;
 
         let end = Instant::now() + ATTACK;
         let hogs: Vec<_> = (0..HOGS)
