@@ -344,8 +344,9 @@ impl<C: Codec> Conn<C> {
         self.out.lock().deferred = true;
     }
 
-    /// The burst is over: its answers are written now, or left to the writer task.
-    fn end_burst(&self) {
+    /// The burst is over: its answers are written now, or left to the writer task. Returns how
+    /// many responses it delivered to callers.
+    fn end_burst(&self) -> usize {
         let delivered = self.delivered.swap(0, Ordering::Relaxed);
         self.solo.store(delivered <= 1, Ordering::Relaxed);
         let mut out = self.out.lock();
@@ -355,6 +356,7 @@ impl<C: Codec> Conn<C> {
         if wake {
             self.out.ready.notify_one();
         }
+        delivered
     }
 
     /// Fails the calls waiting for answers: a transport error if the connection was lost,
@@ -527,6 +529,12 @@ async fn read_loop<C: Codec, R: AsyncRead + Unpin>(
             if burst == BURST {
                 break BurstEnd::Full;
             }
+            // Nothing buffered: the burst ends before the socket is read again, so that its
+            // answers are sent first (as the callers its responses woke send their next
+            // requests, below) and the read that usually finds nothing comes after.
+            if frames.read_buffer().is_empty() {
+                break BurstEnd::Drained;
+            }
             // Polled with a no-op waker: if nothing is buffered, the select above polls it
             // again with this task's waker before waiting.
             match frames.next().now_or_never() {
@@ -534,8 +542,10 @@ async fn read_loop<C: Codec, R: AsyncRead + Unpin>(
                 None => break BurstEnd::Drained,
             }
         };
-        conn.end_burst();
+        let delivered = conn.end_burst();
         match end {
+            // Responses woke their callers: they run before this reader reads again.
+            BurstEnd::Drained if delivered > 0 => YieldOnce(false).await,
             BurstEnd::Drained => {}
             BurstEnd::Full => tokio::task::yield_now().await,
             BurstEnd::Eof => {
@@ -574,6 +584,24 @@ async fn watch_idle<C: Codec>(conn: Arc<Conn<C>>, period: std::time::Duration) {
             conn.close();
             return;
         }
+    }
+}
+
+/// Pending once, waking its task at once: the task goes behind the tasks it woke in its
+/// runtime's queue. (`tokio::task::yield_now` may instead hold the task until the runtime has
+/// polled its drivers, a system call on the way to the next answer.)
+struct YieldOnce(bool);
+
+impl std::future::Future for YieldOnce {
+    type Output = ();
+
+    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<()> {
+        if self.0 {
+            return Poll::Ready(());
+        }
+        self.0 = true;
+        cx.waker().wake_by_ref();
+        Poll::Pending
     }
 }
 
