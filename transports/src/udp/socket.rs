@@ -39,11 +39,17 @@ impl Socket {
             .try_io(tokio::io::Interest::READABLE, |s| s.recv_from(buf))
     }
 
-    /// Waits for a datagram and receives it.
+    /// Waits for a datagram and receives it. Only one task may wait at a time (the endpoint's
+    /// receive loop): the socket keeps one waker, which is cheaper than a list of waiters.
     pub(super) async fn recv_from(&self, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)> {
-        self.io
-            .async_io(tokio::io::Interest::READABLE, |s| s.recv_from(buf))
-            .await
+        std::future::poll_fn(|cx| loop {
+            let mut ready = std::task::ready!(self.io.poll_read_ready(cx))?;
+            // `WouldBlock` clears the readiness, and the next poll waits for another datagram.
+            if let Ok(received) = ready.try_io(|s| s.get_ref().recv_from(buf)) {
+                return std::task::Poll::Ready(received);
+            }
+        })
+        .await
     }
 
     /// Sends a datagram if the socket has room for it now, else fails with `WouldBlock`.
