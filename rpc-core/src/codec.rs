@@ -92,6 +92,13 @@ pub trait Codec: Clone + Send + Sync + 'static {
     /// Decodes one frame.
     fn decode(&self, frame: Bytes) -> Result<Message<Self::Id>, DecodeError<Self::Id>>;
 
+    /// Whether [`encode_request_with_timeout`](Self::encode_request_with_timeout) sends the
+    /// timeout; transports work it out only for codecs that do. The default, `false`, goes with
+    /// the default `encode_request_with_timeout`, which ignores it.
+    fn carries_timeout(&self) -> bool {
+        false
+    }
+
     /// Appends a request that allows the peer `timeout` to answer, for codecs that can carry it;
     /// the default ignores the timeout.
     fn encode_request_with_timeout(

@@ -531,6 +531,10 @@ impl Codec for JsonRpcCodec {
         self.encode_request_with_timeout(id, method, args, None, dst)
     }
 
+    fn carries_timeout(&self) -> bool {
+        self.deadlines
+    }
+
     fn encode_request_with_timeout(
         &self,
         id: Option<&Id>,

@@ -396,7 +396,10 @@ impl<C: Codec> Conn<C> {
         if !self.accepts_calls() {
             return CallFuture::ready(Err(self.closed_error()));
         }
-        let timeout = Some(deadline.saturating_duration_since(now));
+        let timeout = self
+            .codec
+            .carries_timeout()
+            .then(|| deadline.saturating_duration_since(now));
         let alone = self.solo.load(Ordering::Relaxed) && self.calls.len() == 1;
         let (method, args) = (req.method(), req.args());
         let encode = |dst: &mut BytesMut| {
@@ -447,7 +450,10 @@ impl<C: Codec> Conn<C> {
         if !self.accepts_calls() {
             return Err(self.closed_error());
         }
-        let timeout = Some(deadline.saturating_duration_since(now));
+        let timeout = self
+            .codec
+            .carries_timeout()
+            .then(|| deadline.saturating_duration_since(now));
         // A call alone on the connection writes its request itself; calls that overlap leave
         // theirs to the writer task, which sends them together. (Right after a burst of answers
         // the table may hold one call while the other callers are about to run: `solo` tells.)

@@ -522,7 +522,9 @@ impl<C: Codec> Shared<C> {
                         Some(waiter.id()),
                         method,
                         args,
-                        Some(deadline.saturating_duration_since(now)),
+                        self.codec
+                            .carries_timeout()
+                            .then(|| deadline.saturating_duration_since(now)),
                         dst,
                     )
                     .map(|()| true)
@@ -570,7 +572,10 @@ impl<C: Codec> Shared<C> {
         if self.closed.is_cancelled() {
             return Err(Error::Closed);
         }
-        let timeout = Some(deadline.saturating_duration_since(now));
+        let timeout = self
+            .codec
+            .carries_timeout()
+            .then(|| deadline.saturating_duration_since(now));
         let mut copy = self.retransmit.map(|_| Bytes::new());
         self.send_keeping(
             peer,
