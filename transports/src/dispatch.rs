@@ -62,15 +62,18 @@ pub(crate) trait Link<C: Codec>: Clone + Send + Sync + 'static {
 
 /// Handles one received frame; `serve` is the receive loop's instance of its service (see
 /// [`Serve::local`](rpc_core::Serve::local)); without one, requests are answered "method not
-/// found".
+/// found". Returns whether the frame was a response (handed to the call table).
 pub(crate) async fn handle<C: Codec, L: Link<C>>(
     link: &L,
     serve: Option<&mut LocalServe>,
     frame: Bytes,
-) {
+) -> bool {
     match link.codec().decode(frame) {
         Ok(Message::Batch(items)) => batch(link, serve, items).await,
-        Ok(Message::Response { id, result }) => link.deliver(id, result),
+        Ok(Message::Response { id, result }) => {
+            link.deliver(id, result);
+            return true;
+        }
         Ok(Message::Request {
             id,
             method,
@@ -80,7 +83,7 @@ pub(crate) async fn handle<C: Codec, L: Link<C>>(
             link.count(Event::Request);
             if let Some(id) = &id {
                 if !link.admit(id).await {
-                    return;
+                    return false;
                 }
             }
             match start(link, serve, id.is_none(), method, args, timeout) {
@@ -108,6 +111,7 @@ pub(crate) async fn handle<C: Codec, L: Link<C>>(
             .await
         }
     }
+    false
 }
 
 async fn malformed<C, L, F, Fut>(link: &L, e: DecodeError<C::Id>, answer: F)

@@ -121,6 +121,28 @@ impl Cancel {
     }
 }
 
+/// Pending once, waking its task at once: the task goes behind the tasks it woke in its
+/// runtime's queue. (`tokio::task::yield_now` may instead hold the task until the runtime has
+/// polled its drivers, a system call on the way to the next answer.)
+#[derive(Default)]
+pub(crate) struct YieldOnce(bool);
+
+impl std::future::Future for YieldOnce {
+    type Output = ();
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<()> {
+        if self.0 {
+            return std::task::Poll::Ready(());
+        }
+        self.0 = true;
+        cx.waker().wake_by_ref();
+        std::task::Poll::Pending
+    }
+}
+
 /// A cancellation future that is polled in full only until it has registered the task's waker;
 /// after that a wake-up is checked with `fired` alone.
 ///

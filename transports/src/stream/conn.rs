@@ -528,7 +528,9 @@ async fn read_loop<C: Codec, R: AsyncRead + Unpin>(
         let end = loop {
             match next {
                 None => break BurstEnd::Eof,
-                Some(Ok(frame)) => dispatch::handle(&conn, serve.as_mut(), frame).await,
+                Some(Ok(frame)) => {
+                    dispatch::handle(&conn, serve.as_mut(), frame).await;
+                }
                 Some(Err(e)) => break BurstEnd::BadFrame(e),
             }
             burst += 1;
@@ -551,7 +553,7 @@ async fn read_loop<C: Codec, R: AsyncRead + Unpin>(
         let delivered = conn.end_burst();
         match end {
             // Responses woke their callers: they run before this reader reads again.
-            BurstEnd::Drained if delivered > 0 => YieldOnce(false).await,
+            BurstEnd::Drained if delivered > 0 => crate::YieldOnce::default().await,
             BurstEnd::Drained => {}
             BurstEnd::Full => tokio::task::yield_now().await,
             BurstEnd::Eof => {
@@ -590,24 +592,6 @@ async fn watch_idle<C: Codec>(conn: Arc<Conn<C>>, period: std::time::Duration) {
             conn.close();
             return;
         }
-    }
-}
-
-/// Pending once, waking its task at once: the task goes behind the tasks it woke in its
-/// runtime's queue. (`tokio::task::yield_now` may instead hold the task until the runtime has
-/// polled its drivers, a system call on the way to the next answer.)
-struct YieldOnce(bool);
-
-impl std::future::Future for YieldOnce {
-    type Output = ();
-
-    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<()> {
-        if self.0 {
-            return Poll::Ready(());
-        }
-        self.0 = true;
-        cx.waker().wake_by_ref();
-        Poll::Pending
     }
 }
 
