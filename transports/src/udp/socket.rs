@@ -6,7 +6,9 @@
 //! twice per call, once for nothing: a second `epoll_wait` and a pass of the runtime's drivers.
 //! Sends almost always find room, so this socket is registered for reading only and sends with
 //! a plain non-blocking `send_to`. When a send finds the socket's buffer full, a second
-//! descriptor of the same socket is registered for writability for as long as that send waits.
+//! descriptor of the same socket is registered for writability while any send waits for room:
+//! one for all the sends waiting, and new sends queue behind them rather than take the room
+//! they wait for.
 
 use std::io;
 use std::net::SocketAddr;
@@ -16,9 +18,23 @@ use std::net::SocketAddr;
 pub(super) struct Socket {
     #[cfg(unix)]
     io: tokio::io::unix::AsyncFd<std::net::UdpSocket>,
+    /// The runtime the socket is registered with: a send may be polled outside it.
+    #[cfg(unix)]
+    runtime: tokio::runtime::Handle,
+    /// How many sends wait for room.
+    #[cfg(unix)]
+    waiting: std::sync::atomic::AtomicUsize,
+    /// The registration for writability that the sends waiting for room share; gone when none
+    /// waits.
+    #[cfg(unix)]
+    writer: std::sync::Mutex<std::sync::Weak<Writer>>,
     #[cfg(not(unix))]
     io: tokio::net::UdpSocket,
 }
+
+/// A duplicate descriptor of the socket, registered for writability.
+#[cfg(unix)]
+type Writer = tokio::io::unix::AsyncFd<std::net::UdpSocket>;
 
 #[cfg(unix)]
 impl Socket {
@@ -26,7 +42,12 @@ impl Socket {
     pub(super) fn new(socket: tokio::net::UdpSocket) -> io::Result<Self> {
         // `into_std` leaves the socket non-blocking, as `AsyncFd` needs.
         let io = register(socket.into_std()?, tokio::io::Interest::READABLE)?;
-        Ok(Self { io })
+        Ok(Self {
+            io,
+            runtime: tokio::runtime::Handle::current(),
+            waiting: Default::default(),
+            writer: Default::default(),
+        })
     }
 
     pub(super) fn local_addr(&self) -> io::Result<SocketAddr> {
@@ -52,8 +73,12 @@ impl Socket {
         .await
     }
 
-    /// Sends a datagram if the socket has room for it now, else fails with `WouldBlock`.
+    /// Sends a datagram if the socket has room for it now and no send waits for room, else
+    /// fails with `WouldBlock`.
     pub(super) fn try_send_to(&self, buf: &[u8], to: SocketAddr) -> io::Result<usize> {
+        if self.waiting.load(std::sync::atomic::Ordering::Relaxed) > 0 {
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
         self.io.get_ref().send_to(buf, to)
     }
 
@@ -69,14 +94,50 @@ impl Socket {
 
     /// Waits until the socket has room, then sends.
     async fn send_when_writable(&self, buf: &[u8], to: SocketAddr) -> io::Result<usize> {
-        use tokio::io::Interest;
-        // The socket's own registration does not wait for writability: a duplicate descriptor
-        // does, until this send is done (registering reports the current readiness, so room
-        // made since the failed send is not missed).
-        let writer = register(self.io.get_ref().try_clone()?, Interest::WRITABLE)?;
-        writer
-            .async_io(Interest::WRITABLE, |s| s.send_to(buf, to))
+        let _waiting = Waiting::new(&self.waiting);
+        self.writer()?
+            .async_io(tokio::io::Interest::WRITABLE, |s| s.send_to(buf, to))
             .await
+    }
+
+    /// The registration for writability, made for the first send that waits for room and
+    /// shared with the others until the last is done. (Registering reports the readiness there
+    /// is now, so room made since a send failed is not missed.)
+    fn writer(&self) -> io::Result<std::sync::Arc<Writer>> {
+        let mut shared = self
+            .writer
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(writer) = shared.upgrade() {
+            return Ok(writer);
+        }
+        // Within the socket's runtime, wherever the send is polled.
+        let _runtime = self.runtime.enter();
+        let writer = std::sync::Arc::new(register(
+            self.io.get_ref().try_clone()?,
+            tokio::io::Interest::WRITABLE,
+        )?);
+        *shared = std::sync::Arc::downgrade(&writer);
+        Ok(writer)
+    }
+}
+
+/// Counts a send waiting for room while it lives.
+#[cfg(unix)]
+struct Waiting<'a>(&'a std::sync::atomic::AtomicUsize);
+
+#[cfg(unix)]
+impl<'a> Waiting<'a> {
+    fn new(count: &'a std::sync::atomic::AtomicUsize) -> Self {
+        count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Self(count)
+    }
+}
+
+#[cfg(unix)]
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
     }
 }
 
@@ -149,6 +210,85 @@ mod tests {
         a.send_when_writable(b"again", to).await.unwrap();
         let (n, _) = b.recv_from(&mut buf).await.unwrap();
         assert_eq!(&buf[..n], b"again");
+    }
+
+    #[tokio::test]
+    async fn sends_waiting_for_room_share_one_registration() {
+        let a = Socket::new(tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap()).unwrap();
+        let first = a.writer().unwrap();
+        let second = a.writer().unwrap();
+        assert!(
+            std::sync::Arc::ptr_eq(&first, &second),
+            "one duplicate descriptor"
+        );
+        drop((first, second));
+        // Gone with the last send that waited: nothing wakes the runtime for writability.
+        assert!(a.writer.lock().unwrap().upgrade().is_none());
+    }
+
+    #[tokio::test]
+    async fn new_sends_queue_behind_sends_waiting_for_room() {
+        let a = Socket::new(tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap()).unwrap();
+        let b = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let to = b.local_addr().unwrap();
+        let waiting = Waiting::new(&a.waiting);
+        let e = a.try_send_to(b"late", to).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::WouldBlock);
+        drop(waiting);
+        assert_eq!(a.try_send_to(b"now", to).unwrap(), 3);
+    }
+
+    #[test]
+    fn a_send_polled_outside_any_runtime_can_wait_for_room() {
+        // Calls may be made from threads outside the runtime (which runs elsewhere).
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let (a, b) = rt.block_on(async {
+            let a = Socket::new(tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap());
+            let b = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+            (a.unwrap(), b)
+        });
+        let to = b.local_addr().unwrap();
+        let sent = std::thread::spawn(move || block_on(a.send_when_writable(b"hi", to)))
+            .join()
+            .expect("no panic outside the runtime")
+            .unwrap();
+        assert_eq!(sent, 2);
+        let mut buf = [0u8; 16];
+        let n = rt.block_on(async {
+            tokio::time::timeout(Duration::from_secs(5), b.recv(&mut buf))
+                .await
+                .expect("the datagram arrived")
+                .unwrap()
+        });
+        assert_eq!(&buf[..n], b"hi");
+    }
+
+    /// Polls `f` to completion on this thread, which has no runtime.
+    fn block_on<F: std::future::Future>(f: F) -> F::Output {
+        struct Unpark(std::thread::Thread);
+        impl std::task::Wake for Unpark {
+            fn wake(self: std::sync::Arc<Self>) {
+                self.0.unpark();
+            }
+        }
+        let waker = std::task::Waker::from(std::sync::Arc::new(Unpark(std::thread::current())));
+        let mut cx = std::task::Context::from_waker(&waker);
+        let mut f = std::pin::pin!(f);
+        let give_up = std::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            if let std::task::Poll::Ready(v) = f.as_mut().poll(&mut cx) {
+                return v;
+            }
+            assert!(
+                std::time::Instant::now() < give_up,
+                "the send never finished"
+            );
+            std::thread::park_timeout(Duration::from_millis(100));
+        }
     }
 
     #[tokio::test]
