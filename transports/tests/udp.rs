@@ -1002,25 +1002,6 @@ async fn a_timeout_too_long_for_the_clock_means_no_timeout() {
     assert_eq!(sum, 5);
 }
 
-/// Polls `f` to completion on this thread, outside any tokio runtime.
-fn block_on_plain_thread<F: Future>(f: F) -> F::Output {
-    struct Unpark(std::thread::Thread);
-    impl std::task::Wake for Unpark {
-        fn wake(self: std::sync::Arc<Self>) {
-            self.0.unpark();
-        }
-    }
-    let waker = std::task::Waker::from(std::sync::Arc::new(Unpark(std::thread::current())));
-    let mut cx = std::task::Context::from_waker(&waker);
-    let mut f = std::pin::pin!(f);
-    loop {
-        if let std::task::Poll::Ready(v) = f.as_mut().poll(&mut cx) {
-            return v;
-        }
-        std::thread::park();
-    }
-}
-
 #[test]
 fn a_call_made_outside_any_runtime_still_times_out() {
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -1041,7 +1022,9 @@ fn a_call_made_outside_any_runtime_still_times_out() {
     // on the endpoint's.
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
-        let _ = tx.send(block_on_plain_thread(client.call::<i64>("add", (1, 2))));
+        let _ = tx.send(futures::executor::block_on(
+            client.call::<i64>("add", (1, 2)),
+        ));
     });
     let outcome = rx
         .recv_timeout(Duration::from_secs(5))
