@@ -124,20 +124,24 @@ pub(crate) struct Limits {
     /// Calls per second allowed to each peer; over it, calls are refused as rate limited.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     rate_per_peer: Option<u32>,
-    /// Calls per second allowed to each IP address, whatever its connections or ports; over
-    /// it, calls are refused as rate limited.
+    /// Calls per second allowed to each IP address, whatever its connections, ports or the
+    /// `--listen` they reach; over it, calls are refused as rate limited. Unix socket clients
+    /// share one budget.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     rate_per_ip: Option<u32>,
-    /// Calls per second allowed in all; over it, calls are refused as rate limited.
+    /// Calls per second allowed in all, every `--listen` together; over it, calls are refused
+    /// as rate limited.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     rate: Option<u32>,
     /// Calls served at once per peer; more are refused as overloaded.
     #[arg(long, value_name = "N", value_parser = positive)]
     max_concurrent_per_peer: Option<usize>,
-    /// Calls served at once per IP address; more are refused as overloaded.
+    /// Calls served at once per IP address (Unix socket clients share one count); more are
+    /// refused as overloaded.
     #[arg(long, value_name = "N", value_parser = positive)]
     max_concurrent_per_ip: Option<usize>,
-    /// Calls served at once in all; more are refused as overloaded (load shedding).
+    /// Calls served at once in all, every `--listen` together; more are refused as overloaded
+    /// (load shedding).
     #[arg(long, value_name = "N", value_parser = positive)]
     max_concurrent: Option<usize>,
     /// The time a call may take when its caller set no deadline; longer calls are cancelled.

@@ -296,17 +296,17 @@ impl<C: 'static> Running for unix::Server<C> {
     }
 }
 
-/// Serves the demo service at `target`; returns the server and the URL it listens on.
+/// Serves `service` at `target`; returns the server and the URL it listens on.
 async fn start(
     target: &Target,
     url: &str,
-    limits: &demo::Limits,
+    service: &demo::Service,
 ) -> Result<(Box<dyn Running>, String), Failure> {
     match target.codec {
-        CodecName::Msgpack => start_with(&target.address, RpcudpCodec::new(), url, limits).await,
-        CodecName::JsonRpc => start_with(&target.address, JsonRpcCodec::new(), url, limits).await,
+        CodecName::Msgpack => start_with(&target.address, RpcudpCodec::new(), url, service).await,
+        CodecName::JsonRpc => start_with(&target.address, JsonRpcCodec::new(), url, service).await,
         CodecName::Raw => {
-            let builder = raw::Builder::new().serve(demo::service(limits));
+            let builder = raw::Builder::new().serve(service.clone());
             let cannot =
                 |e: std::io::Error| Failure::transport(format!("cannot listen on {url}: {e}"));
             match &target.address {
@@ -331,7 +331,7 @@ async fn start_with<C: Codec>(
     address: &Address,
     codec: C,
     url: &str,
-    limits: &demo::Limits,
+    service: &demo::Service,
 ) -> Result<(Box<dyn Running>, String), Failure> {
     let cannot = |e: std::io::Error| Failure::transport(format!("cannot listen on {url}: {e}"));
     let suffix = match url.split_once('?') {
@@ -341,7 +341,7 @@ async fn start_with<C: Codec>(
     Ok(match address {
         Address::Udp(addr) => {
             let e = udp::Builder::new()
-                .serve(demo::service(limits))
+                .serve(service.clone())
                 .bind(*addr, codec)
                 .await
                 .map_err(cannot)?;
@@ -350,7 +350,7 @@ async fn start_with<C: Codec>(
         }
         Address::Tcp(addr) => {
             let s = tcp::Builder::new()
-                .serve(demo::service(limits))
+                .serve(service.clone())
                 .bind(*addr, codec)
                 .await
                 .map_err(cannot)?;
@@ -359,7 +359,7 @@ async fn start_with<C: Codec>(
         }
         Address::Unix(path) => {
             let s = unix::Builder::new()
-                .serve(demo::service(limits))
+                .serve(service.clone())
                 .bind(path, codec)
                 .await
                 .map_err(cannot)?;
@@ -443,26 +443,34 @@ async fn call(args: CallArgs) -> Result<(), Failure> {
 
 async fn serve(args: ServeArgs) -> Result<(), Failure> {
     let signal = shutdown_signal();
+    // One service for every listener: its limits ("in all", per IP address) count the calls
+    // of all of them together.
+    let service = demo::service(&args.limits);
     let mut running = Vec::new();
-    let mut out = std::io::stdout();
     for url in &args.listen {
         let target = Target::parse(url, args.codec).map_err(Failure::usage)?;
-        let (server, bound) = start(&target, url, &args.limits).await?;
-        let _ = writeln!(out, "listening on {bound}");
-        let _ = out.flush();
-        running.push((server, bound));
+        // On a failure the process exits, which stops those already started.
+        running.push(start(&target, url, &service).await?);
     }
+    // Announced once every listener is up: a script that waits for these lines may use them all.
+    let mut out = std::io::stdout();
+    for (_, bound) in &running {
+        let _ = writeln!(out, "listening on {bound}");
+    }
+    let _ = out.flush();
     signal.await;
     let _ = writeln!(out, "shutting down");
     let _ = out.flush();
-    for (server, url) in &running {
+    // The listeners drain together: the grace period is the whole wait, not one per listener.
+    let drained = running.iter().map(|(server, url)| async move {
         if !server.shutdown(args.grace).await {
             eprintln!(
                 "some calls on {url} were still running after {:?}",
                 args.grace
             );
         }
-    }
+    });
+    futures::future::join_all(drained).await;
     Ok(())
 }
 

@@ -24,22 +24,33 @@ impl Server {
 
     /// Runs `rpc serve ARGS` and reads the URL of its first `listening on` line.
     fn start_with(args: &[&str]) -> Self {
+        let (child, mut urls) = Self::spawn(args, 1);
+        Self {
+            child,
+            url: urls.remove(0),
+        }
+    }
+
+    /// Runs `rpc serve ARGS` and reads the URLs of its first `n` `listening on` lines.
+    fn spawn(args: &[&str], n: usize) -> (Child, Vec<String>) {
         let mut child = Command::new(RPC)
             .arg("serve")
             .args(args)
             .stdout(Stdio::piped())
             .spawn()
             .expect("rpc serve starts");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let url = line
-            .trim()
-            .strip_prefix("listening on ")
-            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-            .to_string();
-        Self { child, url }
+        let mut out = BufReader::new(child.stdout.take().unwrap());
+        let urls = (0..n)
+            .map(|_| {
+                let mut line = String::new();
+                out.read_line(&mut line).unwrap();
+                line.trim()
+                    .strip_prefix("listening on ")
+                    .unwrap_or_else(|| panic!("unexpected line {line:?}"))
+                    .to_string()
+            })
+            .collect();
+        (child, urls)
     }
 }
 
@@ -416,6 +427,58 @@ fn per_ip_limits_count_a_hosts_connections_together() {
     let remote = report["errors_by_kind"]["remote"].as_u64().unwrap();
     let ok = report["requests"].as_u64().unwrap() - report["errors"].as_u64().unwrap();
     assert!(remote > 0 && ok <= 14, "{report}");
+}
+
+#[test]
+fn limits_in_all_count_the_calls_of_every_listener() {
+    let (child, urls) = Server::spawn(
+        &[
+            "--listen",
+            "udp://127.0.0.1:0",
+            "--listen",
+            "tcp://127.0.0.1:0",
+            "--rate",
+            "3",
+        ],
+        2,
+    );
+    let _server = Server {
+        child,
+        url: urls[0].clone(),
+    };
+    // Both listeners loaded at once for a second: 3 calls a second in all (a burst of 3 and
+    // about 3 more as the second goes by), not 3 a second on each.
+    let benches: Vec<_> = urls
+        .iter()
+        .map(|url| {
+            Command::new(RPC)
+                .args([
+                    "bench",
+                    url,
+                    "add",
+                    "1",
+                    "2",
+                    "--concurrency",
+                    "4",
+                    "--duration",
+                    "1s",
+                    "--json",
+                ])
+                .stdout(Stdio::piped())
+                .spawn()
+                .expect("rpc bench starts")
+        })
+        .collect();
+    let mut ok = 0;
+    for bench in benches {
+        let out = bench.wait_with_output().unwrap();
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        ok += report["requests"].as_u64().unwrap() - report["errors"].as_u64().unwrap();
+    }
+    assert!(
+        (1..=8).contains(&ok),
+        "{ok} calls served by the two listeners in about 1 s"
+    );
 }
 
 #[test]
