@@ -998,6 +998,8 @@ async fn keyed_concurrency_per_ip_counts_a_hosts_ports_together() {
         .expect("refused at once")
         .unwrap();
     assert_eq!(code_of(&refused), Some(ErrorCode::OVERLOADED));
+    let message = refused.result().unwrap_err().message();
+    assert_eq!(message, "more than 1 call at once from this IP address");
     // Another host is served meanwhile.
     let other = call(&mut service, req_from_ip("m", [127, 0, 0, 2], 1000));
     let (_, send_other) = handle.next_request().await.expect("passed on");

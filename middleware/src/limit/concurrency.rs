@@ -290,7 +290,12 @@ where
             }
             None => State::Refused(Some(S::Response::reject(ServerError::refused(
                 ErrorCode::OVERLOADED,
-                format!("more than {} calls at once from this peer", self.shared.n),
+                format!(
+                    "more than {} {} at once {}",
+                    self.shared.n,
+                    if self.shared.n == 1 { "call" } else { "calls" },
+                    self.shared.key.scope()
+                ),
             )))),
         };
         KeyedConcurrencyFuture { state }

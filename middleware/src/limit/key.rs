@@ -11,6 +11,12 @@ pub trait KeyFn: Clone + Send + Sync + 'static {
     type Key: Clone + Eq + Hash + Send + Sync + 'static;
     /// The key of `req`.
     fn key(&self, req: &Request) -> Self::Key;
+
+    /// Whose calls a key counts, for refusals: "from this peer", "in all"; "for this key"
+    /// unless the key says.
+    fn scope(&self) -> &'static str {
+        "for this key"
+    }
 }
 
 /// One limit for everyone.
@@ -20,6 +26,9 @@ pub struct Global;
 impl KeyFn for Global {
     type Key = ();
     fn key(&self, _: &Request) {}
+    fn scope(&self) -> &'static str {
+        "in all"
+    }
 }
 
 /// A limit per peer: per socket address (for IP transports) or per process (Unix sockets).
@@ -39,12 +48,18 @@ impl KeyFn for ByIp {
     fn key(&self, req: &Request) -> Option<IpAddr> {
         req.context().peer_addr().map(|a| a.ip())
     }
+    fn scope(&self) -> &'static str {
+        "from this IP address"
+    }
 }
 
 impl KeyFn for ByPeer {
     type Key = PeerKey;
     fn key(&self, req: &Request) -> PeerKey {
         PeerKey(req.context().peer().cloned())
+    }
+    fn scope(&self) -> &'static str {
+        "from this peer"
     }
 }
 
