@@ -13,7 +13,7 @@ const MAX_SLEEP_MS: u64 = 60_000;
 
 /// A JSON-ish number: integers stay integers.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize)]
-#[serde(untagged)]
+#[serde(untagged, expecting = "expected a number")]
 enum Num {
     Int(i64),
     Float(f64),

@@ -124,7 +124,7 @@ fn errors_have_distinct_exit_codes() {
     assert!(err.contains("method not found"), "{err}");
     let (code, _, err) = call(u, "add", &["\"x\"", "1"]);
     assert_eq!(code, 1);
-    assert!(err.contains("invalid params"), "{err}");
+    assert!(err.contains("invalid params: expected a number"), "{err}");
 
     let (code, _, err) = call(u, "sayhi", &["Ada"]);
     assert_eq!(code, 2);
