@@ -9,7 +9,8 @@
 //! that the calls are spread evenly, and each call's latency counts from its scheduled time: a
 //! server that falls behind shows as latency, not as a lower rate alone. The exit code is 0 if
 //! any call succeeded; if none did, it is the code of the commonest failure (3 timeouts,
-//! 4 transport failures, 1 error answers).
+//! 4 transport failures, 1 error answers). Throughput (`rps`) and the latency percentiles are
+//! of the calls that succeeded; `requests` counts every call made, `errors` those that failed.
 
 use std::io::{IsTerminal, Write};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -231,7 +232,7 @@ pub(crate) async fn run(args: BenchArgs) -> Result<(), Failure> {
         let e = &report.errors_by_kind;
         let _ = writeln!(
             out,
-            "requests    {}\nerrors      {} (timeout {}, remote {}, transport {}, other {})\nthroughput  {:.0} calls/s over {:.2} s ({} in flight on {} socket(s))\nlatency     p50 {} µs  p90 {} µs  p99 {} µs  p99.9 {} µs  max {} µs",
+            "requests    {}\nerrors      {} (timeout {}, remote {}, transport {}, other {})\nthroughput  {:.0} successful calls/s over {:.2} s ({} in flight on {} socket(s))\nlatency     p50 {} µs  p90 {} µs  p99 {} µs  p99.9 {} µs  max {} µs",
             report.requests, report.errors, e.timeout, e.remote, e.transport, e.other,
             report.rps, report.duration_s, report.concurrency, report.connections,
             report.p50_us, report.p90_us, report.p99_us, report.p999_us, report.max_us

@@ -70,8 +70,9 @@ Examples:
   rpc call udp://127.0.0.1:4000 notify_hello 7 --notify"
     )]
     Call(CallArgs),
-    /// Load an endpoint with calls and report throughput and latency. Exits 0 if any call
-    /// succeeded; if none did, with the code of the commonest failure.
+    /// Load an endpoint with calls and report throughput and latency (of the calls that
+    /// succeeded). Exits 0 if any call succeeded; if none did, with the code of the commonest
+    /// failure.
     #[command(after_help = "Examples:
   rpc bench udp://127.0.0.1:4000 add 1 2 --concurrency 64 --duration 10s
   rpc bench udp://127.0.0.1:4000 sayhi '\"x\"' --connections 4 --concurrency 32 --json
@@ -403,6 +404,11 @@ pub(crate) fn to_json(v: rmpv::Value) -> serde_json::Value {
 
 async fn call(args: CallArgs) -> Result<(), Failure> {
     let target = Target::parse(&args.target.url, args.target.codec).map_err(Failure::usage)?;
+    if args.returns.is_some() && target.codec != CodecName::Raw {
+        return Err(Failure::usage(
+            "--returns is for the raw codec (basic-socket-rpc), whose results carry no types",
+        ));
+    }
     let client = client_for(&target).await?.with_timeout(args.timeout);
     let request = request_for(&target, &client, &args.target.method, &args.target.args)?;
     if args.notify {

@@ -126,6 +126,9 @@ fn errors_have_distinct_exit_codes() {
     assert_eq!(code, 1);
     assert!(err.contains("invalid params: expected a number"), "{err}");
 
+    let (code, _, err) = call(u, "add", &["1", "2", "--returns", "u32"]);
+    assert_eq!(code, 2, "--returns with msgpack: {err}");
+    assert!(err.contains("raw codec"), "{err}");
     let (code, _, err) = call(u, "sayhi", &["Ada"]);
     assert_eq!(code, 2);
     assert!(err.contains("is not JSON"), "{err}");
