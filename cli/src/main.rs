@@ -198,10 +198,15 @@ pub(crate) fn parse_args(args: &[String]) -> Result<Vec<serde_json::Value>, Fail
         .enumerate()
         .map(|(i, a)| {
             serde_json::from_str(a).map_err(|e| {
-                Failure::usage(format!(
-                    "argument {} ({a:?}) is not JSON: {e}; strings need JSON quotes, as '\"{a}\"'",
-                    i + 1
-                ))
+                // A bare word was most likely meant as a string.
+                let bare = !a.contains('"')
+                    && !a.starts_with(|c: char| c.is_ascii_digit() || "-[{.".contains(c));
+                let hint = if bare {
+                    format!("; strings need JSON quotes, as '\"{a}\"'")
+                } else {
+                    String::new()
+                };
+                Failure::usage(format!("argument {} ({a:?}) is not JSON: {e}{hint}", i + 1))
             })
         })
         .collect()

@@ -131,7 +131,17 @@ fn errors_have_distinct_exit_codes() {
     assert!(err.contains("raw codec"), "{err}");
     let (code, _, err) = call(u, "sayhi", &["Ada"]);
     assert_eq!(code, 2);
-    assert!(err.contains("is not JSON"), "{err}");
+    assert!(
+        err.contains("is not JSON") && err.contains(r#"as '"Ada"'"#),
+        "{err}"
+    );
+    // Quoting would not help a number out of range: no hint to.
+    let (code, _, err) = call(u, "echo", &["1e400"]);
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("is not JSON") && !err.contains("quotes"),
+        "{err}"
+    );
     let (code, _, err) = call("udp://127.0.0.1", "x", &[]);
     assert_eq!(code, 2);
     assert!(err.contains("no port"), "{err}");
