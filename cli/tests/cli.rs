@@ -61,6 +61,22 @@ impl Drop for Server {
     }
 }
 
+/// `rpc bench URL add 1 2` with 4 calls in flight for a second, reporting in JSON.
+fn bench_add_for_a_second(url: &str) -> [&str; 10] {
+    [
+        "bench",
+        url,
+        "add",
+        "1",
+        "2",
+        "--concurrency",
+        "4",
+        "--duration",
+        "1s",
+        "--json",
+    ]
+}
+
 fn rpc(args: &[&str]) -> Output {
     Command::new(RPC).args(args).output().expect("rpc runs")
 }
@@ -465,18 +481,7 @@ fn limits_in_all_count_the_calls_of_every_listener() {
         .iter()
         .map(|url| {
             Command::new(RPC)
-                .args([
-                    "bench",
-                    url,
-                    "add",
-                    "1",
-                    "2",
-                    "--concurrency",
-                    "4",
-                    "--duration",
-                    "1s",
-                    "--json",
-                ])
+                .args(bench_add_for_a_second(url))
                 .stdout(Stdio::piped())
                 .spawn()
                 .expect("rpc bench starts")
@@ -520,18 +525,7 @@ fn server_side_limits() {
     );
 
     // One peer pushing hard is rate limited: most of its calls are refused.
-    let out = rpc(&[
-        "bench",
-        &url,
-        "add",
-        "1",
-        "2",
-        "--concurrency",
-        "4",
-        "--duration",
-        "1s",
-        "--json",
-    ]);
+    let out = rpc(&bench_add_for_a_second(&url));
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let remote = report["errors_by_kind"]["remote"].as_u64().unwrap();
     let ok = report["requests"].as_u64().unwrap() - report["errors"].as_u64().unwrap();
