@@ -89,6 +89,18 @@ fn sweep_tick(timeout: std::time::Duration) -> std::time::Duration {
     )
 }
 
+/// The time a request has left, for codecs that send it (`None` for the others, which need
+/// not have it worked out per call).
+fn time_left<C: rpc_core::Codec>(
+    codec: &C,
+    deadline: tokio::time::Instant,
+    now: tokio::time::Instant,
+) -> Option<std::time::Duration> {
+    codec
+        .carries_timeout()
+        .then(|| deadline.saturating_duration_since(now))
+}
+
 /// A cancellation token with a flag that tells the same without the token's lock: loops and
 /// calls check it once per wake-up or call, where the token's own check takes a mutex.
 #[derive(Debug, Clone, Default)]

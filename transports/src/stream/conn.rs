@@ -396,10 +396,7 @@ impl<C: Codec> Conn<C> {
         if !self.accepts_calls() {
             return CallFuture::ready(Err(self.closed_error()));
         }
-        let timeout = self
-            .codec
-            .carries_timeout()
-            .then(|| deadline.saturating_duration_since(now));
+        let timeout = crate::time_left(&self.codec, deadline, now);
         let alone = self.solo.load(Ordering::Relaxed) && self.calls.len() == 1;
         let (method, args) = (req.method(), req.args());
         let encode = |dst: &mut BytesMut| {
@@ -450,10 +447,7 @@ impl<C: Codec> Conn<C> {
         if !self.accepts_calls() {
             return Err(self.closed_error());
         }
-        let timeout = self
-            .codec
-            .carries_timeout()
-            .then(|| deadline.saturating_duration_since(now));
+        let timeout = crate::time_left(&self.codec, deadline, now);
         // A call alone on the connection writes its request itself; calls that overlap leave
         // theirs to the writer task, which sends them together. (Right after a burst of answers
         // the table may hold one call while the other callers are about to run: `solo` tells.)

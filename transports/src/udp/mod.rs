@@ -522,9 +522,7 @@ impl<C: Codec> Shared<C> {
                         Some(waiter.id()),
                         method,
                         args,
-                        self.codec
-                            .carries_timeout()
-                            .then(|| deadline.saturating_duration_since(now)),
+                        crate::time_left(&self.codec, deadline, now),
                         dst,
                     )
                     .map(|()| true)
@@ -572,10 +570,7 @@ impl<C: Codec> Shared<C> {
         if self.closed.is_cancelled() {
             return Err(Error::Closed);
         }
-        let timeout = self
-            .codec
-            .carries_timeout()
-            .then(|| deadline.saturating_duration_since(now));
+        let timeout = crate::time_left(&self.codec, deadline, now);
         let mut copy = self.retransmit.map(|_| Bytes::new());
         self.send_keeping(
             peer,
