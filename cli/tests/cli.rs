@@ -477,6 +477,7 @@ fn limits_in_all_count_the_calls_of_every_listener() {
     };
     // Both listeners loaded at once for a second: 3 calls a second in all (a burst of 3 and
     // about 3 more as the second goes by), not 3 a second on each.
+    let start = Instant::now();
     let benches: Vec<_> = urls
         .iter()
         .map(|url| {
@@ -493,9 +494,13 @@ fn limits_in_all_count_the_calls_of_every_listener() {
         let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
         ok += report["requests"].as_u64().unwrap() - report["errors"].as_u64().unwrap();
     }
+    // The budget of the time the two benches took together (a slow start of one stretches it);
+    // separate limits would have let through about twice as many.
+    let secs = start.elapsed().as_secs_f64();
+    let budget = 4 + (3.0 * secs) as u64;
     assert!(
-        (1..=8).contains(&ok),
-        "{ok} calls served by the two listeners in about 1 s"
+        (1..=budget).contains(&ok),
+        "{ok} calls served by the two listeners in {secs:.2} s (budget {budget})"
     );
 }
 
