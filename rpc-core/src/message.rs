@@ -1,6 +1,7 @@
 //! The request and response that flow through every service.
 
 use std::fmt;
+use std::sync::Arc;
 
 use bytes::Bytes;
 
@@ -118,8 +119,27 @@ impl From<u16> for Method {
 ///
 /// The same type goes into a server's service (built by the transport from a received frame)
 /// and into a client's service (built by [`Client`](crate::Client) from typed arguments).
-#[derive(Debug, Clone)]
-pub struct Request {
+///
+/// A request is one pointer wide and cloning it counts a reference: each layer of a stack moves
+/// it on in a register, and a retry layer keeps its copy for free. Changing the context of a
+/// request that has been cloned copies it first, so clones never see each other's changes.
+///
+/// ```
+/// use rpc_core::{msgpack::MsgPack, Payload, Request};
+/// use std::time::Duration;
+///
+/// let args = Payload::encode(&MsgPack, &(1, 2)).unwrap();
+/// let first = Request::new("add", args);
+/// let mut second = first.clone();
+/// second.context_mut().set_timeout(Duration::from_secs(1));
+/// assert!(second.context().deadline().is_some());
+/// assert!(first.context().deadline().is_none());
+/// ```
+#[derive(Clone)]
+pub struct Request(Arc<Parts>);
+
+#[derive(Clone)]
+struct Parts {
     method: Method,
     args: Payload,
     context: Context,
@@ -129,56 +149,87 @@ pub struct Request {
 impl Request {
     /// A call that expects a response.
     pub fn new(method: impl Into<Method>, args: Payload) -> Self {
-        Self {
+        Self(Arc::new(Parts {
             method: method.into(),
             args,
             context: Context::default(),
             notification: false,
-        }
+        }))
     }
 
     /// A notification: the peer runs it and sends nothing back.
     pub fn notification(method: impl Into<Method>, args: Payload) -> Self {
-        Self {
-            notification: true,
-            ..Self::new(method, args)
-        }
+        let mut req = Self::new(method, args);
+        Arc::make_mut(&mut req.0).notification = true;
+        req
+    }
+
+    /// A call from its parts, the inverse of [`into_parts`](Self::into_parts).
+    ///
+    /// ```
+    /// use rpc_core::{msgpack::MsgPack, Payload, Request};
+    ///
+    /// let req = Request::new("add", Payload::encode(&MsgPack, &(1, 2)).unwrap());
+    /// let (method, args, context) = req.into_parts();
+    /// let again = Request::from_parts(method, args, context);
+    /// assert_eq!(again.method().name(), Some("add"));
+    /// assert!(!again.is_notification());
+    /// ```
+    pub fn from_parts(method: impl Into<Method>, args: Payload, context: Context) -> Self {
+        Self(Arc::new(Parts {
+            method: method.into(),
+            args,
+            context,
+            notification: false,
+        }))
     }
 
     /// Replaces the context.
     pub fn with_context(mut self, context: Context) -> Self {
-        self.context = context;
+        Arc::make_mut(&mut self.0).context = context;
         self
     }
 
     /// The method.
     pub fn method(&self) -> &Method {
-        &self.method
+        &self.0.method
     }
 
     /// The encoded arguments.
     pub fn args(&self) -> &Payload {
-        &self.args
+        &self.0.args
     }
 
     /// The context.
     pub fn context(&self) -> &Context {
-        &self.context
+        &self.0.context
     }
 
     /// The context, to change.
     pub fn context_mut(&mut self) -> &mut Context {
-        &mut self.context
+        &mut Arc::make_mut(&mut self.0).context
     }
 
     /// Whether no response is expected.
     pub fn is_notification(&self) -> bool {
-        self.notification
+        self.0.notification
     }
 
     /// Splits the request into its method, arguments and context.
     pub fn into_parts(self) -> (Method, Payload, Context) {
-        (self.method, self.args, self.context)
+        let p = Arc::try_unwrap(self.0).unwrap_or_else(|shared| Parts::clone(&shared));
+        (p.method, p.args, p.context)
+    }
+}
+
+impl fmt::Debug for Request {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Request")
+            .field("method", &self.0.method)
+            .field("args", &self.0.args)
+            .field("context", &self.0.context)
+            .field("notification", &self.0.notification)
+            .finish()
     }
 }
 

@@ -155,16 +155,15 @@ fn start<C: Codec, L: Link<C>>(
         return Started::Ready(refused.into());
     }
     let args = Payload::new(args, link.codec().format());
-    let req = if notification {
-        Request::notification(method, args)
-    } else {
-        Request::new(method, args)
-    }
-    .with_context(link.context());
-    let mut req = req;
+    let mut context = link.context();
     if let Some(t) = timeout {
-        req.context_mut().set_timeout(t);
+        context.set_timeout(t);
     }
+    let req = if notification {
+        Request::notification(method, args).with_context(context)
+    } else {
+        Request::from_parts(method, args, context)
+    };
     // Polled once in `call`: a handler that is done at once answers from here.
     match service.call(req) {
         Served::Done(response) => Started::Ready(response),

@@ -471,7 +471,7 @@ async fn serve_connection<S: Split>(
                             ctx.set_timeout(t);
                         }
                         service
-                            .call(Request::new(Method::Id(cmd), args).with_context(ctx))
+                            .call(Request::from_parts(Method::Id(cmd), args, ctx))
                             .await
                     }
                     None => Response::error(ServerError::method_not_found(Method::Id(cmd))),

@@ -423,12 +423,12 @@ impl<C: Codec> Conn<C> {
         }
         let format = self.codec.format();
         let notification = req.is_notification();
-        let (method, args, ctx) = req.into_parts();
+        let (method, args, ctx) = (req.method(), req.args(), req.context());
         if notification {
             self.send_frame(
                 |dst| {
                     self.codec
-                        .encode_request(None, &method, &args, dst)
+                        .encode_request(None, method, args, dst)
                         .map(|()| true)
                 },
                 false,
@@ -455,7 +455,7 @@ impl<C: Codec> Conn<C> {
         self.send_frame(
             |dst| {
                 self.codec
-                    .encode_request_with_timeout(Some(waiter.id()), &method, &args, timeout, dst)
+                    .encode_request_with_timeout(Some(waiter.id()), method, args, timeout, dst)
                     .map(|()| true)
             },
             alone,

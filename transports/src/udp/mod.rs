@@ -548,11 +548,11 @@ impl<C: Codec> Shared<C> {
         }
         let format = self.codec.format();
         let notification = req.is_notification();
-        let (method, args, ctx) = req.into_parts();
+        let (method, args, ctx) = (req.method(), req.args(), req.context());
         if notification {
             self.send_with(peer, |dst| {
                 self.codec
-                    .encode_request(None, &method, &args, dst)
+                    .encode_request(None, method, args, dst)
                     .map(|()| true)
             })
             .await?;
@@ -576,7 +576,7 @@ impl<C: Codec> Shared<C> {
             peer,
             |dst| {
                 self.codec
-                    .encode_request_with_timeout(Some(waiter.id()), &method, &args, timeout, dst)
+                    .encode_request_with_timeout(Some(waiter.id()), method, args, timeout, dst)
                     .map(|()| true)
             },
             &mut copy,
