@@ -1,12 +1,16 @@
 //! What the full middleware stack costs: the same calls with no layers and with a client stack
 //! (timeout as a deadline, retry, rate limit, concurrency limit) and a server stack (per-peer rate limit,
 //! per-peer concurrency, load shedding, deadlines, tracing), over loopback TCP with 64 calls in
-//! flight and over UDP with one, in alternating pairs; prints calls/s and the ratio.
+//! flight and with one, and over UDP with one, in alternating pairs; prints calls/s and the ratio.
+//!
+//! With 64 calls in flight on one connection both threads are busy all the time and the
+//! layers' own work is what the ratio shows; with one, each call waits for its round trip
+//! through the kernel, as calls on a lightly loaded service do.
 //!
 //! The servers run on one thread and the clients on another, each a single-threaded runtime.
 //!
 //! Run with `cargo bench -p rpc-benches --bench middleware`. Each run is bounded (7 pairs of
-//! 1 s runs per shape, about 30 s in all; `RPC_BENCH_ROUNDS` and `RPC_BENCH_SECS` change them).
+//! 1 s runs per shape, about 45 s in all; `RPC_BENCH_ROUNDS` and `RPC_BENCH_SECS` change them).
 //! `RPC_BENCH_SKIP=trace,rate,conc,shed,deadline` leaves server layers out and
 //! `RPC_BENCH_NO_CLIENT_STACK=1` the client stack, to see what each part costs;
 //! `RPC_BENCH_SHAPE=tcp` or `udp` runs one shape only, and `RPC_BENCH_ONLY=plain` or `layered`
@@ -288,8 +292,11 @@ fn main() {
             let layered = tcp::Builder::new().connect(tcp_layered, RpcudpCodec::new());
             if no_client_stack {
                 compare("tcp, 64 in flight", &plain, &layered, 64).await;
+                compare("tcp, 1 in flight", &plain, &layered, 1).await;
             } else {
-                compare("tcp, 64 in flight", &plain, &client_stack(layered), 64).await;
+                let layered = client_stack(layered);
+                compare("tcp, 64 in flight", &plain, &layered, 64).await;
+                compare("tcp, 1 in flight", &plain, &layered, 1).await;
             }
         }
         // UDP, 1 in flight.
