@@ -185,17 +185,16 @@ where
 
     fn call(&mut self, mut req: Request) -> Self::Future {
         let now = Instant::now();
-        let ctx = req.context_mut();
-        if ctx.deadline().is_none() {
-            if let Some(d) = self.config.default {
-                ctx.set_deadline(Some(deadline_after(now, d)));
-            }
-        }
+        let asked = req.context().deadline();
+        let mut deadline = asked.or_else(|| self.config.default.map(|d| deadline_after(now, d)));
         if let Some(max) = self.config.max {
             let cap = deadline_after(now, max);
-            ctx.set_deadline(Some(ctx.deadline().map_or(cap, |d| d.min(cap))));
+            deadline = Some(deadline.map_or(cap, |d| d.min(cap)));
         }
-        let deadline = ctx.deadline();
+        // Written only when changed: a request shared with a clone is copied on write.
+        if deadline != asked {
+            req.context_mut().set_deadline(deadline);
+        }
         if deadline.is_some_and(|d| d <= now) {
             tracing::debug!(method = %req.method(), "refusing a call whose deadline has passed");
             return DeadlineFuture {

@@ -421,6 +421,45 @@ async fn retry_stops_at_max_attempts() {
     assert_eq!(n, 5);
 }
 
+/// A per-try deadline set inside the retries: each attempt gets its own, later deadline, and the
+/// copy the retry layer keeps (and resends) stays without one.
+#[tokio::test(start_paused = true)]
+async fn a_per_try_deadline_inside_the_retries_is_each_attempts_own() {
+    let stack = ServiceBuilder::new()
+        .layer(RetryLayer::new(fast().idempotent(["m"])))
+        .layer(SetDeadlineLayer::new(Duration::from_millis(200)))
+        .into_inner();
+    let (mut service, mut handle) = mock::spawn_layer::<Request, Payload, _>(stack);
+    let start = Instant::now();
+    let fut = call(&mut service, req("m"));
+    tokio::pin!(fut);
+    let mut deadlines = Vec::new();
+    loop {
+        tokio::select! {
+            result = &mut fut => {
+                result.unwrap();
+                break;
+            }
+            Some((seen, send)) = handle.next_request() => {
+                deadlines.push(seen.context().deadline().expect("a per-try deadline"));
+                if deadlines.len() < 3 {
+                    send.send_error(Error::Timeout);
+                } else {
+                    send.send_response(nil());
+                }
+                // The retry layer's backoff sleeps in tokio time: let it pass.
+                tokio::time::advance(Duration::from_millis(5)).await;
+            }
+        }
+    }
+    assert_eq!(deadlines.len(), 3);
+    assert_eq!(deadlines[0], start + Duration::from_millis(200));
+    assert!(
+        deadlines[0] < deadlines[1] && deadlines[1] < deadlines[2],
+        "each attempt's deadline is set from its own start: {deadlines:?}"
+    );
+}
+
 #[tokio::test(start_paused = true)]
 async fn retry_does_not_retry_past_the_deadline() {
     // Each attempt fails after 8 ms; the call has 20 ms: attempts start at about 0, 9 and 18 ms,

@@ -164,7 +164,9 @@ impl Request {
         req
     }
 
-    /// A call from its parts, the inverse of [`into_parts`](Self::into_parts).
+    /// A call from its parts: the inverse of [`into_parts`](Self::into_parts) for a call (a
+    /// notification is made with [`notification`](Self::notification) and
+    /// [`with_context`](Self::with_context)).
     ///
     /// ```
     /// use rpc_core::{msgpack::MsgPack, Payload, Request};
