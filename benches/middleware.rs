@@ -13,7 +13,7 @@
 //! 1 s runs per shape, about 45 s in all; `RPC_BENCH_ROUNDS` and `RPC_BENCH_SECS` change them).
 //! `RPC_BENCH_SKIP=trace,rate,conc,shed,deadline` leaves server layers out and
 //! `RPC_BENCH_NO_CLIENT_STACK=1` the client stack, to see what each part costs;
-//! `RPC_BENCH_SHAPE=tcp` or `udp` runs one shape only, and `RPC_BENCH_ONLY=plain` or `layered`
+//! `RPC_BENCH_SHAPE=tcp64`, `tcp1` or `udp` runs one shape only (`tcp` both TCP shapes), and `RPC_BENCH_ONLY=plain` or `layered`
 //! one side only (for a profiler).
 
 use std::time::{Duration, Instant};
@@ -287,16 +287,25 @@ fn main() {
     let no_client_stack = std::env::var_os("RPC_BENCH_NO_CLIENT_STACK").is_some();
     runtime().block_on(async {
         // TCP, 64 in flight on one connection.
-        if shape.is_empty() || shape == "tcp" {
+        if shape.is_empty() || shape.starts_with("tcp") {
             let plain = tcp::Builder::new().connect(tcp_plain, RpcudpCodec::new());
             let layered = tcp::Builder::new().connect(tcp_layered, RpcudpCodec::new());
+            let (many, one) = (shape != "tcp1", shape != "tcp64");
             if no_client_stack {
-                compare("tcp, 64 in flight", &plain, &layered, 64).await;
-                compare("tcp, 1 in flight", &plain, &layered, 1).await;
+                if many {
+                    compare("tcp, 64 in flight", &plain, &layered, 64).await;
+                }
+                if one {
+                    compare("tcp, 1 in flight", &plain, &layered, 1).await;
+                }
             } else {
                 let layered = client_stack(layered);
-                compare("tcp, 64 in flight", &plain, &layered, 64).await;
-                compare("tcp, 1 in flight", &plain, &layered, 1).await;
+                if many {
+                    compare("tcp, 64 in flight", &plain, &layered, 64).await;
+                }
+                if one {
+                    compare("tcp, 1 in flight", &plain, &layered, 1).await;
+                }
             }
         }
         // UDP, 1 in flight.

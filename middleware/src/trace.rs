@@ -78,9 +78,8 @@ impl Metrics {
         }
     }
 
-    fn finish(&self, start: Instant, code: Option<ErrorCode>) {
+    fn finish(&self, us: u64, code: Option<ErrorCode>) {
         let c = &self.inner;
-        let us = u64::try_from(start.elapsed().as_micros()).unwrap_or(u64::MAX);
         c.latency_us_total.fetch_add(us, Ordering::Relaxed);
         // Read first: a new maximum is rare, and a plain load is cheaper than a locked update.
         if us > c.latency_us_max.load(Ordering::Relaxed) {
@@ -136,19 +135,35 @@ struct Unfinished {
     start: Instant,
 }
 
+impl Unfinished {
+    /// Counts the call as finished with `code`; returns its latency in microseconds.
+    fn finish(&mut self, code: Option<ErrorCode>) -> u64 {
+        let us = u64::try_from(self.start.elapsed().as_micros()).unwrap_or(u64::MAX);
+        if let Some(m) = self.metrics.take() {
+            m.finish(us, code);
+        }
+        us
+    }
+}
+
 impl Drop for Unfinished {
     fn drop(&mut self) {
-        if let Some(m) = self.metrics.take() {
+        if let Some(m) = &self.metrics {
             if !std::thread::panicking() {
                 m.inner.cancelled.fetch_add(1, Ordering::Relaxed);
             }
-            m.finish(self.start, Some(ErrorCode::INTERNAL_ERROR));
+            self.finish(Some(ErrorCode::INTERNAL_ERROR));
         }
     }
 }
 
-/// Wraps each call in a `tracing` span (`rpc` with `method`, `peer`, and at the end `outcome` and
-/// `latency_us`) and counts it in [`Metrics`].
+/// Wraps each call in a `tracing` span and counts it in [`Metrics`].
+///
+/// The span is `rpc` at info level, with `method`, `peer` (the context's, `None` for calls that
+/// have none, as on a client), `id` (the call's number among those these metrics counted, from 0:
+/// unique per [`Metrics`], to tell calls apart in logs; not the codec's request id, which the
+/// transport keeps), and at the end `outcome` (`ok`, or the error code) and `latency_us`.
+/// Where the span is disabled (a subscriber that records only warnings, say) the layer only counts.
 ///
 /// ```
 /// use rpc_middleware::trace::{Metrics, TraceLayer};
@@ -192,7 +207,9 @@ pub struct Trace<S> {
 pub struct TraceFuture<F> {
     #[pin]
     inner: F,
-    span: tracing::Span,
+    /// The call's span; `None` where it is disabled, so a disabled span costs no entering and
+    /// leaving at every poll.
+    span: Option<tracing::Span>,
     /// The metrics while the call runs; counts it as cancelled if dropped before it ends.
     unfinished: Unfinished,
 }
@@ -214,20 +231,16 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        let _entered = this.span.enter();
+        let _entered = this.span.as_ref().map(tracing::Span::enter);
         let result = std::task::ready!(this.inner.poll(cx));
-        let start = this.unfinished.start;
         let code = result.code();
-        if !this.span.is_disabled() {
-            this.span
-                .record("latency_us", start.elapsed().as_micros() as u64);
+        let latency_us = this.unfinished.finish(code);
+        if let Some(span) = this.span.as_ref() {
+            span.record("latency_us", latency_us);
             match code {
-                None => this.span.record("outcome", "ok"),
-                Some(c) => this.span.record("outcome", c.code()),
+                None => span.record("outcome", "ok"),
+                Some(c) => span.record("outcome", c.code()),
             };
-        }
-        if let Some(metrics) = this.unfinished.metrics.take() {
-            metrics.finish(start, code);
         }
         Poll::Ready(result)
     }
@@ -247,21 +260,23 @@ where
     }
 
     fn call(&mut self, req: Request) -> Self::Future {
+        let id = self.metrics.inner.started.fetch_add(1, Ordering::Relaxed);
         let span = tracing::info_span!(
             "rpc",
             method = %req.method(),
             peer = tracing::field::debug(req.context().peer()),
+            id,
             outcome = tracing::field::Empty,
             latency_us = tracing::field::Empty,
         );
-        self.metrics.inner.started.fetch_add(1, Ordering::Relaxed);
         // Made before the inner call runs, so that a call panicking in it is counted too.
         let unfinished = Unfinished {
             metrics: Some(self.metrics.clone()),
             start: Instant::now(),
         };
+        let span = (!span.is_disabled()).then_some(span);
         let inner = {
-            let _entered = span.enter();
+            let _entered = span.as_ref().map(tracing::Span::enter);
             self.inner.call(req)
         };
         TraceFuture {

@@ -1227,6 +1227,91 @@ async fn trace_counts_server_outcomes() {
     assert_eq!(s.latency_us_total, 7000);
 }
 
+/// The fields of each closed span, as a subscriber records them.
+#[derive(Clone, Default)]
+struct SpanFields {
+    open: Arc<std::sync::Mutex<std::collections::HashMap<u64, Fields>>>,
+    closed: Arc<std::sync::Mutex<Vec<Fields>>>,
+}
+
+type Fields = std::collections::BTreeMap<&'static str, String>;
+
+struct Visitor<'a>(&'a mut Fields);
+
+impl tracing::field::Visit for Visitor<'_> {
+    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+        self.0.insert(field.name(), value.to_owned());
+    }
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        self.0.insert(field.name(), format!("{value:?}"));
+    }
+}
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for SpanFields {
+    fn on_new_span(
+        &self,
+        attrs: &tracing::span::Attributes<'_>,
+        id: &tracing::span::Id,
+        _: tracing_subscriber::layer::Context<'_, S>,
+    ) {
+        let mut fields = Fields::new();
+        fields.insert("name", attrs.metadata().name().to_owned());
+        attrs.record(&mut Visitor(&mut fields));
+        self.open.lock().unwrap().insert(id.into_u64(), fields);
+    }
+    fn on_record(
+        &self,
+        id: &tracing::span::Id,
+        values: &tracing::span::Record<'_>,
+        _: tracing_subscriber::layer::Context<'_, S>,
+    ) {
+        if let Some(fields) = self.open.lock().unwrap().get_mut(&id.into_u64()) {
+            values.record(&mut Visitor(fields));
+        }
+    }
+    fn on_close(&self, id: tracing::span::Id, _: tracing_subscriber::layer::Context<'_, S>) {
+        if let Some(fields) = self.open.lock().unwrap().remove(&id.into_u64()) {
+            self.closed.lock().unwrap().push(fields);
+        }
+    }
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn trace_spans_carry_method_peer_id_outcome_and_latency() {
+    use tracing_subscriber::layer::SubscriberExt;
+    let spans = SpanFields::default();
+    let _guard =
+        tracing::subscriber::set_default(tracing_subscriber::registry().with(spans.clone()));
+    let (mut service, mut handle) =
+        mock::spawn_layer::<Request, Response, _>(TraceLayer::new(Metrics::new()));
+    let fut = call(&mut service, req_from("add", 4000));
+    let (_, send) = handle.next_request().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(3)).await;
+    send.send_response(ok());
+    fut.await.unwrap();
+    let fut = call(&mut service, req("div"));
+    let (_, send) = handle.next_request().await.unwrap();
+    send.send_response(fail(ErrorCode::INVALID_PARAMS));
+    fut.await.unwrap();
+
+    let closed = spans.closed.lock().unwrap().clone();
+    assert_eq!(closed.len(), 2, "one span per call: {closed:?}");
+    let field = |i: usize, name: &str| closed[i].get(name).cloned().unwrap_or_default();
+    assert_eq!(field(0, "name"), "rpc");
+    assert_eq!(field(0, "method"), "add");
+    assert_eq!(field(0, "peer"), "Some(Socket(127.0.0.1:4000))");
+    assert_eq!(field(0, "id"), "0");
+    assert_eq!(field(0, "outcome"), "ok");
+    assert_eq!(field(0, "latency_us"), "3000");
+    assert_eq!(field(1, "method"), "div");
+    assert_eq!(field(1, "peer"), "None");
+    assert_eq!(field(1, "id"), "1");
+    assert_eq!(
+        field(1, "outcome"),
+        ErrorCode::INVALID_PARAMS.code().to_string()
+    );
+}
+
 #[tokio::test(start_paused = true)]
 async fn trace_outside_the_limits_counts_their_refusals_and_deadlines() {
     let metrics = Metrics::new();
