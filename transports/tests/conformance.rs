@@ -675,7 +675,7 @@ async fn server_restart(kind: Kind) {
 
 for_kinds!(server_restart: udp, tcp, unix);
 
-/// Not in the issue's list, but what `stream::Channel` promises: "Calls in flight when a
+/// What `stream::Channel` promises: "Calls in flight when a
 /// connection is lost fail with a transport error". The server is shut down with a short grace,
 /// so it closes the connection under a call whose handler is still sleeping.
 async fn calls_in_flight_fail_when_the_connection_is_lost(kind: Kind) {
