@@ -284,9 +284,13 @@ fn main() {
     let [tcp_plain, tcp_layered, udp_plain, udp_layered] = rx.recv().expect("servers bound");
 
     let shape = std::env::var("RPC_BENCH_SHAPE").unwrap_or_default();
+    assert!(
+        ["", "tcp", "tcp64", "tcp1", "udp"].contains(&shape.as_str()),
+        "RPC_BENCH_SHAPE is tcp, tcp64, tcp1 or udp, not {shape:?}"
+    );
     let no_client_stack = std::env::var_os("RPC_BENCH_NO_CLIENT_STACK").is_some();
     runtime().block_on(async {
-        // TCP, 64 in flight on one connection.
+        // TCP, 64 in flight and then 1, on one connection each.
         if shape.is_empty() || shape.starts_with("tcp") {
             let plain = tcp::Builder::new().connect(tcp_plain, RpcudpCodec::new());
             let layered = tcp::Builder::new().connect(tcp_layered, RpcudpCodec::new());

@@ -133,6 +133,10 @@ impl Outcome for Result<rpc_core::Payload, rpc_core::Error> {
 struct Unfinished {
     metrics: Option<Metrics>,
     start: Instant,
+    /// Set while the inner service's `call` or its future's `poll` runs: still set when dropped
+    /// means that code panicked. (`std::thread::panicking` does not tell: a caller that catches
+    /// the panic, as `Serve` does, drops the future after the unwinding has ended.)
+    running: bool,
 }
 
 impl Unfinished {
@@ -149,7 +153,7 @@ impl Unfinished {
 impl Drop for Unfinished {
     fn drop(&mut self) {
         if let Some(m) = &self.metrics {
-            if !std::thread::panicking() {
+            if !self.running {
                 m.inner.cancelled.fetch_add(1, Ordering::Relaxed);
             }
             self.finish(Some(ErrorCode::INTERNAL_ERROR));
@@ -232,7 +236,10 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Self::Output> {
         let this = self.project();
         let _entered = this.span.as_ref().map(tracing::Span::enter);
-        let result = std::task::ready!(this.inner.poll(cx));
+        this.unfinished.running = true;
+        let poll = this.inner.poll(cx);
+        this.unfinished.running = false;
+        let result = std::task::ready!(poll);
         let code = result.code();
         let latency_us = this.unfinished.finish(code);
         if let Some(span) = this.span.as_ref() {
@@ -270,15 +277,17 @@ where
             latency_us = tracing::field::Empty,
         );
         // Made before the inner call runs, so that a call panicking in it is counted too.
-        let unfinished = Unfinished {
+        let mut unfinished = Unfinished {
             metrics: Some(self.metrics.clone()),
             start: Instant::now(),
+            running: true,
         };
         let span = (!span.is_disabled()).then_some(span);
         let inner = {
             let _entered = span.as_ref().map(tracing::Span::enter);
             self.inner.call(req)
         };
+        unfinished.running = false;
         TraceFuture {
             inner,
             span,

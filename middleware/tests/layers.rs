@@ -1383,6 +1383,29 @@ async fn trace_counts_a_call_that_panicked_as_failed() {
     );
 }
 
+/// A service whose future panics when polled after waiting once (a layer under the trace, not
+/// the router, which catches its handlers' panics itself): `Serve` catches the panic and drops the
+/// future once unwinding is over, and the call still counts as failed, not cancelled.
+#[tokio::test]
+async fn trace_counts_a_future_that_panicked_while_polled_as_failed() {
+    let metrics = Metrics::new();
+    let panicking = service_fn(|_: Request| async {
+        tokio::task::yield_now().await;
+        panic!("the handler's future failed");
+        #[allow(unreachable_code)]
+        Ok::<Response, Infallible>(ok())
+    });
+    let serve = Serve::new(TraceLayer::new(metrics.clone()).layer(panicking));
+    let r = serve.local().call(req("m")).await;
+    assert_eq!(code_of(&r), Some(ErrorCode::INTERNAL_ERROR));
+    let m = metrics.snapshot();
+    assert_eq!(
+        (m.started, m.ok, m.failed, m.cancelled, m.in_flight),
+        (1, 0, 1, 0, 0),
+        "{m:?}"
+    );
+}
+
 #[tokio::test]
 async fn trace_does_not_leak_in_flight_for_a_dropped_call() {
     let metrics = Metrics::new();
