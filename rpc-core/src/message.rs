@@ -149,19 +149,17 @@ struct Parts {
 impl Request {
     /// A call that expects a response.
     pub fn new(method: impl Into<Method>, args: Payload) -> Self {
-        Self(Arc::new(Parts {
-            method: method.into(),
-            args,
-            context: Context::default(),
-            notification: false,
-        }))
+        Self::from_parts(method, args, Context::default())
     }
 
     /// A notification: the peer runs it and sends nothing back.
     pub fn notification(method: impl Into<Method>, args: Payload) -> Self {
-        let mut req = Self::new(method, args);
-        Arc::make_mut(&mut req.0).notification = true;
-        req
+        Self(Arc::new(Parts {
+            method: method.into(),
+            args,
+            context: Context::default(),
+            notification: true,
+        }))
     }
 
     /// A call from its parts: the inverse of [`into_parts`](Self::into_parts) for a call (a
