@@ -43,6 +43,9 @@ pub enum Peer {
         /// Its process's credentials, where the platform tells them.
         credentials: Option<Credentials>,
     },
+    /// The other end of a byte stream that is not a socket (in memory, a pipe, a child process),
+    /// by the name whoever opened the stream gave it.
+    Stream(Arc<str>),
 }
 
 /// The credentials of the process at the other end of a Unix socket.
@@ -61,7 +64,7 @@ impl Peer {
     pub fn socket_addr(&self) -> Option<SocketAddr> {
         match self {
             Peer::Socket(a) => Some(*a),
-            Peer::Unix { .. } => None,
+            Peer::Unix { .. } | Peer::Stream(_) => None,
         }
     }
 
@@ -69,7 +72,7 @@ impl Peer {
     pub fn credentials(&self) -> Option<Credentials> {
         match self {
             Peer::Unix { credentials } => *credentials,
-            Peer::Socket(_) => None,
+            Peer::Socket(_) | Peer::Stream(_) => None,
         }
     }
 }
@@ -85,6 +88,7 @@ impl fmt::Display for Peer {
                 None => write!(f, "unix:uid={}", c.uid),
             },
             Peer::Unix { credentials: None } => f.pad("unix"),
+            Peer::Stream(name) => write!(f, "stream:{name}"),
         }
     }
 }

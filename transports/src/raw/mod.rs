@@ -63,16 +63,16 @@ use futures::StreamExt;
 use rpc_codecs::raw::LE;
 use rpc_core::context::deadline_after;
 use rpc_core::{
-    BoxError, Client, Context, Error, ErrorCode, Format, Method, Payload, Peer, Request, Response,
+    BoxError, Client, Context, Error, ErrorCode, Format, Method, Payload, Request, Response,
     Serve, ServerError, Service,
 };
-use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, ToSocketAddrs};
 use tokio::time::Instant;
 use tokio_util::codec::FramedRead;
 
 use self::frame::{put_exception, put_frame, Frame, FrameDecoder, EXCEPTION, INIT, RPC, VERSION};
-use crate::stream::{self, Accept, ServerShared, Split};
+use crate::stream::{self, Accept, Io, ServerShared};
 use crate::{tcp, unix};
 
 /// A frame decoder with a limit, for the fuzz targets.
@@ -219,14 +219,14 @@ impl Builder {
             next_conn: AtomicU64::new(0),
             config: self,
         });
-        stream::start_accepting(listener, max_connections, move |io, peer, shared| {
+        stream::start_accepting(listener, max_connections, move |io, shared| {
             let server = server.clone();
             async move {
                 // A forced shutdown drops the connection wherever it waits (its socket and its
                 // seat at the gate go with it).
                 let force = shared.force.clone();
                 tokio::select! {
-                    _ = serve_connection(server, io, peer, shared) => {}
+                    _ = serve_connection(server, io, shared) => {}
                     _ = force.cancelled() => {}
                 }
             }
@@ -352,14 +352,18 @@ struct ServerState {
     next_conn: AtomicU64,
 }
 
-/// Writes `buf` out, taking no longer than `limit`.
-async fn send<W: AsyncWrite + Unpin>(
+/// Writes `buf` out and flushes, taking no longer than `limit`.
+async fn send<W: AsyncWrite + Unpin + ?Sized>(
     w: &mut W,
     buf: &mut BytesMut,
     limit: Duration,
 ) -> io::Result<()> {
     let at = deadline_after(tokio::time::Instant::now(), limit);
-    let r = match tokio::time::timeout_at(at, w.write_all(buf)).await {
+    let written = async {
+        w.write_all(buf).await?;
+        w.flush().await
+    };
+    let r = match tokio::time::timeout_at(at, written).await {
         Ok(r) => r,
         Err(_) => Err(io::Error::new(
             io::ErrorKind::TimedOut,
@@ -374,15 +378,15 @@ fn protocol_error(why: impl Into<std::borrow::Cow<'static, str>>) -> ServerError
     ServerError::new(ErrorCode::INVALID_REQUEST, why)
 }
 
-async fn serve_connection<S: Split>(
-    server: Arc<ServerState>,
-    io: S,
-    peer: Peer,
-    shared: Arc<ServerShared>,
-) {
+async fn serve_connection(server: Arc<ServerState>, io: Io, shared: Arc<ServerShared>) {
     let id = server.next_conn.fetch_add(1, Ordering::Relaxed);
     let config = &server.config;
-    let (read, mut w) = io.split();
+    let Io {
+        read,
+        write: mut w,
+        peer,
+        ..
+    } = io;
     let mut frames = FramedRead::new(
         read,
         FrameDecoder {
@@ -528,17 +532,17 @@ pub struct Channel<T: stream::Transport> {
 
 struct ClientShared<T: stream::Transport> {
     addr: T::Addr,
-    conn: tokio::sync::Mutex<Option<ClientConn<T::Stream>>>,
+    conn: tokio::sync::Mutex<Option<ClientConn>>,
     config: Builder,
 }
 
-struct ClientConn<S: Split> {
-    frames: FramedRead<S::Read, FrameDecoder>,
-    w: S::Write,
+struct ClientConn {
+    frames: FramedRead<Box<dyn AsyncRead + Send + Unpin>, FrameDecoder>,
+    w: Box<dyn AsyncWrite + Send + Unpin>,
     out: BytesMut,
 }
 
-impl<S: Split> ClientConn<S> {
+impl ClientConn {
     async fn exchange(&mut self) -> Result<Frame, Error> {
         // Bounded by the call's own timeout, which covers the whole exchange.
         send(&mut self.w, &mut self.out, Duration::MAX).await?;
@@ -561,9 +565,10 @@ fn unexpected(f: &Frame) -> Error {
 }
 
 impl<T: stream::Transport> ClientShared<T> {
-    async fn connect(&self) -> Result<ClientConn<T::Stream>, Error> {
-        let (io, _) = T::connect(&self.addr).await?;
-        let (read, w) = io.split();
+    async fn connect(&self) -> Result<ClientConn, Error> {
+        let Io {
+            read, write: w, ..
+        } = T::connect(&self.addr).await?;
         let mut conn = ClientConn {
             frames: FramedRead::new(
                 read,
@@ -658,12 +663,12 @@ impl<T: stream::Transport> ClientShared<T> {
 /// The channel's connection while one call uses it. Dropped before the call's answer was read
 /// (a failure, a timeout, the caller giving up), it drops the connection under the lock, so no
 /// later call reads that answer as its own.
-struct Held<'a, S: Split> {
-    slot: tokio::sync::MutexGuard<'a, Option<ClientConn<S>>>,
+struct Held<'a> {
+    slot: tokio::sync::MutexGuard<'a, Option<ClientConn>>,
     clean: bool,
 }
 
-impl<S: Split> Drop for Held<'_, S> {
+impl Drop for Held<'_> {
     fn drop(&mut self) {
         if !self.clean {
             *self.slot = None;

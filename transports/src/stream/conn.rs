@@ -14,13 +14,14 @@ use rpc_core::codec::Codec;
 use rpc_core::context::deadline_after;
 use rpc_core::context::Origin;
 use rpc_core::{BoxChannel, Client, Context, Error, Payload, Peer, Request, Serve, Service};
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{Notify, Semaphore};
 use tokio::time::Instant;
 use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
 
 use super::framing::FrameError;
+use super::stream_io::{Io, TryWrite};
 use super::{Config, Counters};
 use crate::dispatch::{self, CallResult, Event, Link};
 use crate::{Armed, CallFuture};
@@ -35,38 +36,6 @@ const BURST: usize = 32;
 
 /// The read buffer a connection starts with.
 const READ_BUFFER: usize = 4 * 1024;
-
-/// A byte stream that splits into a read half, which the reader task owns, and a write half,
-/// which the writer task and direct writers share.
-pub trait Split: Send + 'static {
-    /// The read half.
-    type Read: AsyncRead + Send + Unpin + 'static;
-    /// The write half. Dropping it shuts the stream down for writing.
-    type Write: WriteHalf + AsyncWrite + Unpin;
-    /// Splits the stream.
-    fn split(self) -> (Self::Read, Self::Write);
-}
-
-/// The write half of a stream, written through a shared reference: the writer task waits for
-/// room with [`writable`](WriteHalf::writable), and a caller or the reader may write straight
-/// to the socket with [`try_write`](WriteHalf::try_write) when nothing else is being written.
-pub trait WriteHalf: Send + Sync + 'static {
-    /// Writes what the socket takes now, without waiting; `WouldBlock` if it takes nothing.
-    fn try_write(&self, buf: &[u8]) -> io::Result<usize>;
-    /// Resolves when the socket may take more bytes.
-    fn writable(&self) -> impl std::future::Future<Output = io::Result<()>> + Send + '_;
-}
-
-/// A write half as the connection holds it, type-erased.
-trait TryWrite: Send + Sync {
-    fn try_write(&self, buf: &[u8]) -> io::Result<usize>;
-}
-
-impl<W: WriteHalf> TryWrite for W {
-    fn try_write(&self, buf: &[u8]) -> io::Result<usize> {
-        WriteHalf::try_write(self, buf)
-    }
-}
 
 /// Frames waiting to be written. Senders encode straight into `buf`; the writer takes everything
 /// there in one write, so frames queued while a write is under way go out together.
@@ -162,18 +131,20 @@ pub(crate) struct Conn<C: Codec> {
 
 impl<C: Codec> Conn<C> {
     /// Starts the connection's tasks. `drain` is the owner's graceful-shutdown signal.
-    pub(crate) fn spawn<S: Split>(
-        io: S,
-        peer: Peer,
+    pub(crate) fn spawn(
+        io: Io,
         codec: C,
         config: Arc<Config>,
         serve: Option<Serve>,
         counters: Arc<Counters>,
         drain: crate::Cancel,
     ) -> Arc<Self> {
-        let (read, write) = io.split();
-        let write = Arc::new(write);
-        let direct: Arc<dyn TryWrite> = write.clone();
+        let Io {
+            read,
+            write,
+            direct,
+            peer,
+        } = io;
         let conn = Arc::new_cyclic(|me| Conn {
             me: me.clone(),
             codec,
@@ -183,7 +154,7 @@ impl<C: Codec> Conn<C> {
                     buf: BytesMut::new(),
                     writing: false,
                     deferred: false,
-                    direct: Some(direct),
+                    direct,
                 }),
                 ready: Notify::new(),
                 drained: Notify::new(),
@@ -609,7 +580,7 @@ enum BurstEnd {
     BadFrame(io::Error),
 }
 
-async fn write_loop<C: Codec, W: WriteHalf>(conn: Arc<Conn<C>>, w: Arc<W>) {
+async fn write_loop<C: Codec>(conn: Arc<Conn<C>>, mut w: Box<dyn AsyncWrite + Send + Unpin>) {
     let mut spare = BytesMut::new();
     let closed = conn.closed.cancelled();
     tokio::pin!(closed);
@@ -637,7 +608,7 @@ async fn write_loop<C: Codec, W: WriteHalf>(conn: Arc<Conn<C>>, w: Arc<W>) {
         }
         let written = tokio::select! {
             biased;
-            r = write_all(&*w, &spare, conn.config.write_timeout) => r,
+            r = write_all(&mut w, &spare, conn.config.write_timeout) => r,
             _ = conn.aborted.cancelled() => Err(io::Error::other("connection aborted")),
         };
         spare.clear();
@@ -651,39 +622,55 @@ async fn write_loop<C: Codec, W: WriteHalf>(conn: Arc<Conn<C>>, w: Arc<W>) {
             break;
         }
     }
-    // The last handles on the write half: dropping them shuts the stream down for writing.
+    // Direct writers are done; the stream is shut down for writing (a socket's, when its last
+    // handle goes), unless the connection was aborted.
     conn.out.lock().direct = None;
+    if !conn.aborted.is_cancelled() {
+        let stall = deadline_after(Instant::now(), conn.config.write_timeout);
+        let _ = tokio::time::timeout_at(stall, w.shutdown()).await;
+    }
     drop(w);
     conn.close();
 }
 
-/// Writes all of `buf`, waiting for room as needed, but no longer than `stall` at a time:
-/// `TimedOut` if the peer takes no bytes for that long.
-async fn write_all<W: WriteHalf>(
-    w: &W,
+/// Writes all of `buf` and flushes, waiting for room as needed, but no longer than `stall` at a
+/// time: `TimedOut` if the peer takes no bytes for that long.
+async fn write_all(
+    w: &mut Box<dyn AsyncWrite + Send + Unpin>,
     mut buf: &[u8],
     stall: std::time::Duration,
 ) -> io::Result<()> {
+    let stalled = || {
+        io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!("the peer took no bytes for {stall:?}"),
+        )
+    };
     while !buf.is_empty() {
-        match w.try_write(buf) {
-            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(n) => buf = &buf[n..],
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+        // A write the stream takes at once needs no timer.
+        let n = match w.write(buf).now_or_never() {
+            Some(n) => n?,
+            None => {
                 let at = deadline_after(Instant::now(), stall);
-                match tokio::time::timeout_at(at, w.writable()).await {
-                    Ok(ready) => ready?,
-                    Err(_) => {
-                        return Err(io::Error::new(
-                            io::ErrorKind::TimedOut,
-                            format!("the peer took no bytes for {stall:?}"),
-                        ))
-                    }
-                }
+                tokio::time::timeout_at(at, w.write(buf))
+                    .await
+                    .map_err(|_| stalled())??
             }
-            Err(e) => return Err(e),
+        };
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        buf = &buf[n..];
+    }
+    match w.flush().now_or_never() {
+        Some(r) => r,
+        None => {
+            let at = deadline_after(Instant::now(), stall);
+            tokio::time::timeout_at(at, w.flush())
+                .await
+                .map_err(|_| stalled())?
         }
     }
-    Ok(())
 }
 
 impl<C: Codec> Drop for Conn<C> {

@@ -22,9 +22,10 @@
 
 mod conn;
 mod framing;
+mod stream_io;
 
-pub use self::conn::{Split, WriteHalf};
 pub use self::framing::{FrameSplitter, Framing};
+pub use self::stream_io::Io;
 
 use std::fmt;
 use std::future::Future;
@@ -37,7 +38,7 @@ use std::time::Duration;
 
 use rpc_core::codec::Codec;
 use rpc_core::context::deadline_after;
-use rpc_core::{BoxError, Client, Error, Payload, Peer, Request, Response, Serve, Service};
+use rpc_core::{BoxError, Client, Error, Payload, Request, Response, Serve, Service};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
@@ -72,16 +73,13 @@ pub(crate) struct Config {
 pub trait Transport: Send + Sync + 'static {
     /// What a client connects to.
     type Addr: Clone + fmt::Debug + Send + Sync + 'static;
-    /// The connected stream.
-    type Stream: Split;
     /// Connects.
-    fn connect(addr: &Self::Addr) -> impl Future<Output = io::Result<(Self::Stream, Peer)>> + Send;
+    fn connect(addr: &Self::Addr) -> impl Future<Output = io::Result<Io>> + Send;
 }
 
 /// A bound listener.
 pub(crate) trait Accept: Send + 'static {
-    type Stream: Split;
-    fn accept(&mut self) -> impl Future<Output = io::Result<(Self::Stream, Peer)>> + Send;
+    fn accept(&mut self) -> impl Future<Output = io::Result<Io>> + Send;
 }
 
 /// Configures servers and clients of a stream transport; [`tcp::Builder`](crate::tcp::Builder)
@@ -199,10 +197,9 @@ impl<T> Builder<T> {
         start_accepting(
             listener,
             self.max_connections,
-            move |stream, peer, shared| {
+            move |stream, shared| {
                 let conn = Conn::spawn(
                     stream,
-                    peer,
                     codec.clone(),
                     config.clone(),
                     serve.clone(),
@@ -230,7 +227,7 @@ pub(crate) fn start_accepting<A, F, Fut>(
 ) -> (Arc<ServerShared>, CancellationToken)
 where
     A: Accept,
-    F: Fn(A::Stream, Peer, Arc<ServerShared>) -> Fut + Send + 'static,
+    F: Fn(Io, Arc<ServerShared>) -> Fut + Send + 'static,
     Fut: Future<Output = ()> + Send + 'static,
 {
     let shared = Arc::new(ServerShared {
@@ -370,7 +367,7 @@ async fn accept_loop<A, F, Fut>(
     handle: F,
 ) where
     A: Accept,
-    F: Fn(A::Stream, Peer, Arc<ServerShared>) -> Fut,
+    F: Fn(Io, Arc<ServerShared>) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
     loop {
@@ -379,7 +376,7 @@ async fn accept_loop<A, F, Fut>(
             _ = stop.cancelled() => return,
             r = listener.accept() => r,
         };
-        let (stream, peer) = match accepted {
+        let stream = match accepted {
             Ok(a) => a,
             Err(error) => {
                 // Out of file descriptors and the like: wait a little rather than spin.
@@ -390,13 +387,13 @@ async fn accept_loop<A, F, Fut>(
         };
         if shared.live.load(Ordering::Acquire) >= max_connections {
             Counters::add(&shared.counters.connections_refused);
-            tracing::warn!(%peer, max_connections, "connection limit reached; closing a new connection");
+            tracing::warn!(peer = %stream.peer(), max_connections, "connection limit reached; closing a new connection");
             drop(stream);
             continue;
         }
         Counters::add(&shared.counters.connections);
         shared.live.fetch_add(1, Ordering::AcqRel);
-        let done = handle(stream, peer, shared.clone());
+        let done = handle(stream, shared.clone());
         let shared = shared.clone();
         tokio::spawn(async move {
             done.await;
@@ -455,11 +452,10 @@ impl<C: Codec, T: Transport> ClientShared<C, T> {
         if let Some(c) = self.live() {
             return Ok(c);
         }
-        let (stream, peer) = T::connect(&self.addr).await.map_err(Error::Transport)?;
+        let stream = T::connect(&self.addr).await.map_err(Error::Transport)?;
         Counters::add(&self.counters.connections);
         let conn = Conn::spawn(
             stream,
-            peer,
             self.codec.clone(),
             self.config.clone(),
             self.serve.clone(),

@@ -34,11 +34,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rpc_core::codec::Codec;
-use rpc_core::{Client, Peer};
+use rpc_core::Client;
 use tokio::net::{TcpListener, TcpStream, ToSocketAddrs};
 use tokio_util::sync::CancellationToken;
 
-use crate::stream::{self, Accept, ServerShared, Split, Stats, WriteHalf};
+use crate::stream::{self, Accept, Io, ServerShared, Stats};
 
 /// The TCP transport.
 #[derive(Debug, Clone, Copy, Default)]
@@ -50,43 +50,21 @@ pub type Builder = stream::Builder<Tcp>;
 /// A channel to a TCP server.
 pub type Channel<C> = stream::Channel<C, Tcp>;
 
-impl Split for TcpStream {
-    type Read = tokio::net::tcp::OwnedReadHalf;
-    type Write = tokio::net::tcp::OwnedWriteHalf;
-
-    fn split(self) -> (Self::Read, Self::Write) {
-        self.into_split()
-    }
-}
-
-impl WriteHalf for tokio::net::tcp::OwnedWriteHalf {
-    fn try_write(&self, buf: &[u8]) -> io::Result<usize> {
-        tokio::net::tcp::OwnedWriteHalf::try_write(self, buf)
-    }
-
-    fn writable(&self) -> impl std::future::Future<Output = io::Result<()>> + Send + '_ {
-        tokio::net::tcp::OwnedWriteHalf::writable(self)
-    }
-}
-
 impl stream::Transport for Tcp {
     type Addr = SocketAddr;
-    type Stream = TcpStream;
 
-    async fn connect(addr: &SocketAddr) -> io::Result<(TcpStream, Peer)> {
+    async fn connect(addr: &SocketAddr) -> io::Result<Io> {
         let s = TcpStream::connect(addr).await?;
         s.set_nodelay(true)?;
-        Ok((s, Peer::Socket(*addr)))
+        Ok(Io::from(s))
     }
 }
 
 impl Accept for TcpListener {
-    type Stream = TcpStream;
-
-    async fn accept(&mut self) -> io::Result<(TcpStream, Peer)> {
-        let (s, addr) = TcpListener::accept(self).await?;
+    async fn accept(&mut self) -> io::Result<Io> {
+        let (s, _) = TcpListener::accept(self).await?;
         s.set_nodelay(true)?;
-        Ok((s, Peer::Socket(addr)))
+        Ok(Io::from(s))
     }
 }
 

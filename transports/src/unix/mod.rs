@@ -1,6 +1,6 @@
 //! RPC over Unix stream sockets: the same frames and connections as TCP, plus peer credentials.
 //!
-//! Handlers read the caller's uid, gid and pid from [`Peer::Unix`]. The socket file is created
+//! Handlers read the caller's uid, gid and pid from [`Peer::Unix`](rpc_core::Peer::Unix). The socket file is created
 //! with the permissions [`Builder::permissions`] sets (bound in a private directory and linked
 //! in place once they are set, so no one connects before), and removed when the server shuts
 //! down, if it is still the server's own. Binding over a socket file that a live server listens
@@ -43,12 +43,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rpc_core::codec::Codec;
-use rpc_core::context::Credentials;
-use rpc_core::{Client, Peer};
+use rpc_core::Client;
 use tokio::net::{UnixListener, UnixStream};
 use tokio_util::sync::CancellationToken;
 
-use crate::stream::{self, Accept, ServerShared, Split, Stats, WriteHalf};
+use crate::stream::{self, Accept, Io, ServerShared, Stats};
 
 /// The Unix socket transport, and its own setting: the socket file's permissions.
 #[derive(Debug, Clone, Copy, Default)]
@@ -62,42 +61,11 @@ pub type Builder = stream::Builder<Unix>;
 /// A channel to a Unix socket server.
 pub type Channel<C> = stream::Channel<C, Unix>;
 
-impl Split for UnixStream {
-    type Read = tokio::net::unix::OwnedReadHalf;
-    type Write = tokio::net::unix::OwnedWriteHalf;
-
-    fn split(self) -> (Self::Read, Self::Write) {
-        self.into_split()
-    }
-}
-
-impl WriteHalf for tokio::net::unix::OwnedWriteHalf {
-    fn try_write(&self, buf: &[u8]) -> io::Result<usize> {
-        tokio::net::unix::OwnedWriteHalf::try_write(self, buf)
-    }
-
-    fn writable(&self) -> impl std::future::Future<Output = io::Result<()>> + Send + '_ {
-        tokio::net::unix::OwnedWriteHalf::writable(self)
-    }
-}
-
-fn peer_of(s: &UnixStream) -> Peer {
-    let credentials = s.peer_cred().ok().map(|c| Credentials {
-        uid: c.uid(),
-        gid: c.gid(),
-        pid: c.pid(),
-    });
-    Peer::Unix { credentials }
-}
-
 impl stream::Transport for Unix {
     type Addr = PathBuf;
-    type Stream = UnixStream;
 
-    async fn connect(path: &PathBuf) -> io::Result<(UnixStream, Peer)> {
-        let s = UnixStream::connect(path).await?;
-        let peer = peer_of(&s);
-        Ok((s, peer))
+    async fn connect(path: &PathBuf) -> io::Result<Io> {
+        Ok(Io::from(UnixStream::connect(path).await?))
     }
 }
 
@@ -210,12 +178,9 @@ fn bind_with_mode(path: &Path, mode: u32) -> io::Result<UnixListener> {
 }
 
 impl Accept for Listener {
-    type Stream = UnixStream;
-
-    async fn accept(&mut self) -> io::Result<(UnixStream, Peer)> {
+    async fn accept(&mut self) -> io::Result<Io> {
         let (s, _) = self.listener.accept().await?;
-        let peer = peer_of(&s);
-        Ok((s, peer))
+        Ok(Io::from(s))
     }
 }
 
