@@ -121,7 +121,7 @@ fn ablated_router(skip: &str) -> impl Served {
 }
 
 /// Serves `service` over TCP and UDP on loopback.
-async fn serve<S: Served>(service: S) -> (tcp::Server<RpcudpCodec>, udp::Endpoint<RpcudpCodec>) {
+async fn serve<S: Served>(service: S) -> (tcp::Server, udp::Endpoint<RpcudpCodec>) {
     let tcp = tcp::Builder::new()
         .serve(service.clone())
         .bind("127.0.0.1:0", RpcudpCodec::new())

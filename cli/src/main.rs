@@ -290,13 +290,13 @@ impl<C: Codec> Running for udp::Endpoint<C> {
     }
 }
 
-impl<C: 'static> Running for tcp::Server<C> {
+impl Running for tcp::Server {
     fn shutdown(&self, grace: Duration) -> BoxFuture<'_, bool> {
         Box::pin(tcp::Server::shutdown(self, grace))
     }
 }
 
-impl<C: 'static> Running for unix::Server<C> {
+impl Running for unix::Server {
     fn shutdown(&self, grace: Duration) -> BoxFuture<'_, bool> {
         Box::pin(unix::Server::shutdown(self, grace))
     }

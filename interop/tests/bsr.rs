@@ -339,9 +339,7 @@ fn hog_bytes() -> Vec<u8> {
 /// A server built by `builder` serving `big`, and a peer that asked for more answers than the
 /// sockets hold and reads none: the server is stuck writing to it (answers went out until the
 /// buffers filled).
-async fn stuck_behind_a_hog(
-    builder: raw::Builder,
-) -> (rpc_transports::tcp::Server<raw::Raw>, TcpStream) {
+async fn stuck_behind_a_hog(builder: raw::Builder) -> (rpc_transports::tcp::Server, TcpStream) {
     let server = builder
         .serve(Router::new().command(0, big))
         .bind_tcp("127.0.0.1:0")

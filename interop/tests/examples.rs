@@ -130,6 +130,22 @@ fn transport_swap_calls_every_transport() {
 }
 
 #[test]
+fn in_memory_serves_and_calls_back_over_a_pipe() {
+    let (ok, out) = run(&mut Command::new(example("in_memory")));
+    assert!(ok, "{out}");
+    assert!(out.contains("add(2, 40) -> 42"), "{out}");
+    assert!(
+        out.contains("greet() -> hello Ada, from stream:in-memory client"),
+        "{out}"
+    );
+    assert!(out.contains("add(\"two\", 40) -> error: "), "{out}");
+    assert!(
+        out.contains("server shut down cleanly: true; client connection closed: true"),
+        "{out}"
+    );
+}
+
+#[test]
 fn jsonrpc_bidirectional_calls_both_ways() {
     let (ok, out) = run(&mut Command::new(example("jsonrpc_bidirectional")));
     assert!(ok, "{out}");

@@ -119,7 +119,7 @@ enum Kind {
 /// A running server of either transport.
 enum Server {
     Udp(udp::Endpoint<RpcudpCodec>),
-    Tcp(tcp::Server<RpcudpCodec>),
+    Tcp(tcp::Server),
 }
 
 impl Server {

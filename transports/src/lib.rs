@@ -6,6 +6,8 @@
 //! | [`udp`] | UDP datagrams | one datagram, one message | any: one socket serves and calls everyone |
 //! | [`tcp`] | TCP | [`Framing`](stream::Framing): length-prefixed by default | one per connection, both ways |
 //! | [`unix`] | Unix stream sockets | as TCP | as TCP, with peer credentials |
+//! | [`memory`] | in-process pipes | as TCP | as TCP |
+//! | [`stream`] | any byte stream ([`stream::Io`]: TLS, a child's stdio, ...) | as TCP | one, both ways |
 //! | [`raw`] | TCP or Unix | basic-socket-rpc's frames | one call at a time per connection, with sessions |
 //!
 //! Every transport gives the same two things: a way to serve a router (or any
@@ -20,6 +22,7 @@
 //! | `udp` | the UDP transport | yes |
 //! | `tcp` | the TCP transport | yes |
 //! | `unix` | the Unix socket transport (Unix platforms) | yes |
+//! | `memory` | the in-memory transport | yes |
 //! | `raw` | basic-socket-rpc's protocol over TCP and Unix sockets | yes |
 #![doc(test(
     no_crate_inject,
@@ -27,9 +30,11 @@
 ))]
 
 mod dispatch;
+#[cfg(feature = "memory")]
+pub mod memory;
 #[cfg(all(unix, feature = "raw"))]
 pub mod raw;
-#[cfg(any(feature = "tcp", feature = "unix"))]
+#[cfg(any(feature = "tcp", feature = "unix", feature = "memory"))]
 pub mod stream;
 #[cfg(feature = "tcp")]
 pub mod tcp;

@@ -104,8 +104,8 @@ struct Limits {
 #[derive(Debug)]
 enum Server {
     Udp(udp::Endpoint<RpcudpCodec>),
-    Tcp(tcp::Server<RpcudpCodec>),
-    Unix(unix::Server<RpcudpCodec>),
+    Tcp(tcp::Server),
+    Unix(unix::Server),
 }
 
 impl Server {
@@ -113,7 +113,7 @@ impl Server {
         match self {
             Server::Udp(s) => Addr::Ip(s.local_addr()),
             Server::Tcp(s) => Addr::Ip(s.local_addr()),
-            Server::Unix(s) => Addr::Path(s.path().to_path_buf()),
+            Server::Unix(s) => Addr::Path(s.path()),
         }
     }
 
@@ -1026,7 +1026,7 @@ fn unix_path(h: &Harness) -> PathBuf {
     }
 }
 
-async fn unix_bind(path: &Path) -> io::Result<unix::Server<RpcudpCodec>> {
+async fn unix_bind(path: &Path) -> io::Result<unix::Server> {
     unix::Builder::new()
         .serve(router())
         .bind(path, RpcudpCodec::new())

@@ -74,7 +74,7 @@ async fn self_delimited_framing_end_to_end() {
 
 /// A TCP server echoing byte strings, and a client of it.
 async fn bytes_echo() -> (
-    tcp::Server<RpcudpCodec>,
+    tcp::Server,
     rpc_core::Client<rpc_transports::stream::Channel<RpcudpCodec, tcp::Tcp>>,
 ) {
     async fn echo(s: serde_bytes::ByteBuf) -> serde_bytes::ByteBuf {
@@ -204,7 +204,7 @@ async fn connections_over_the_limit_are_closed() {
 }
 
 /// A server closing connections idle for `period`, and a channel to it.
-async fn idle_after(period: Duration) -> (tcp::Server<RpcudpCodec>, tcp::Channel<RpcudpCodec>) {
+async fn idle_after(period: Duration) -> (tcp::Server, tcp::Channel<RpcudpCodec>) {
     let server = tcp::Builder::new()
         .idle_timeout(Some(period))
         .serve(router())

@@ -63,8 +63,8 @@ use futures::StreamExt;
 use rpc_codecs::raw::LE;
 use rpc_core::context::deadline_after;
 use rpc_core::{
-    BoxError, Client, Context, Error, ErrorCode, Format, Method, Payload, Request, Response,
-    Serve, ServerError, Service,
+    BoxError, Client, Context, Error, ErrorCode, Format, Method, Payload, Request, Response, Serve,
+    ServerError, Service,
 };
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, ToSocketAddrs};
@@ -80,10 +80,6 @@ use crate::{tcp, unix};
 pub(crate) fn frame_decoder(max: usize) -> FrameDecoder {
     FrameDecoder { max }
 }
-
-/// Marks servers of this protocol ([`tcp::Server<Raw>`], [`unix::Server<Raw>`]).
-#[derive(Debug, Clone, Copy)]
-pub enum Raw {}
 
 /// How long a client waits before sending INIT again to a busy server: 4.5 s, as basic-socket-rpc.
 pub const INIT_RETRY_INTERVAL: Duration = Duration::from_millis(4500);
@@ -209,17 +205,18 @@ impl Builder {
         self
     }
 
-    fn start<A: Accept>(
+    fn start<A: Accept, T: stream::Transport>(
         self,
         listener: A,
-    ) -> (Arc<ServerShared>, tokio_util::sync::CancellationToken) {
+        local_addr: T::Addr,
+    ) -> stream::Server<T> {
         let max_connections = self.max_connections;
         let server = Arc::new(ServerState {
             gate: Gate::new(self.max_sessions),
             next_conn: AtomicU64::new(0),
             config: self,
         });
-        stream::start_accepting(listener, max_connections, move |io, shared| {
+        stream::start_accepting(listener, local_addr, max_connections, move |io, shared| {
             let server = server.clone();
             async move {
                 // A forced shutdown drops the connection wherever it waits (its socket and its
@@ -234,20 +231,18 @@ impl Builder {
     }
 
     /// Serves on a TCP address.
-    pub async fn bind_tcp(self, addr: impl ToSocketAddrs) -> io::Result<tcp::Server<Raw>> {
+    pub async fn bind_tcp(self, addr: impl ToSocketAddrs) -> io::Result<tcp::Server> {
         let listener = TcpListener::bind(addr).await?;
         let local_addr = listener.local_addr()?;
-        let (shared, stop) = self.start(listener);
-        Ok(tcp::Server::new(shared, stop, local_addr))
+        Ok(self.start(listener, local_addr))
     }
 
     /// Serves on a Unix socket file (see [`unix`] for how the file is handled).
-    pub async fn bind_unix(self, path: impl AsRef<Path>) -> io::Result<unix::Server<Raw>> {
+    pub async fn bind_unix(self, path: impl AsRef<Path>) -> io::Result<unix::Server> {
         let path = path.as_ref().to_path_buf();
         let listener = unix::listen(&path, None).await?;
         let file = listener.file.clone();
-        let (shared, stop) = self.start(listener);
-        Ok(unix::Server::new(shared, stop, file))
+        Ok(self.start(listener, path).on_stop(move || file.remove()))
     }
 
     /// A typed client of the server at `addr`; it connects on its first call.
@@ -566,9 +561,7 @@ fn unexpected(f: &Frame) -> Error {
 
 impl<T: stream::Transport> ClientShared<T> {
     async fn connect(&self) -> Result<ClientConn, Error> {
-        let Io {
-            read, write: w, ..
-        } = T::connect(&self.addr).await?;
+        let Io { read, write: w, .. } = T::connect(&self.addr).await?;
         let mut conn = ClientConn {
             frames: FramedRead::new(
                 read,

@@ -4,16 +4,14 @@ use std::fmt;
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
-use std::task::{Context as TaskContext, Poll};
 
 use bytes::BytesMut;
-use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt};
 use rpc_core::calls::{Delivery, InFlight};
 use rpc_core::codec::Codec;
 use rpc_core::context::deadline_after;
 use rpc_core::context::Origin;
-use rpc_core::{BoxChannel, Client, Context, Error, Payload, Peer, Request, Serve, Service};
+use rpc_core::{BoxChannel, Client, Context, Error, Payload, Peer, Request, Serve};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{Notify, Semaphore};
 use tokio::time::Instant;
@@ -211,6 +209,26 @@ impl<C: Codec> Conn<C> {
     pub(crate) fn abort(&self) {
         self.aborted.cancel();
         self.close();
+    }
+
+    /// Stops reading new requests, answers those accepted, then closes (graceful shutdown).
+    pub(crate) fn drain(&self) {
+        self.drain.cancel();
+    }
+
+    /// The format of the codec's values.
+    pub(crate) fn codec_format(&self) -> &'static dyn rpc_core::Format {
+        self.codec.format()
+    }
+
+    /// The peer at the other end.
+    pub(crate) fn peer(&self) -> &Peer {
+        &self.peer
+    }
+
+    /// What the connection's owner counts.
+    pub(crate) fn counters(&self) -> &Counters {
+        &self.counters
     }
 
     /// Resolves when the connection is finished.
@@ -726,35 +744,8 @@ impl<C: Codec> Origin for Conn<C> {
     fn client(&self, _peer: &Peer) -> Option<Client<BoxChannel>> {
         let conn = self.me.upgrade()?;
         let format = self.codec.format();
-        Some(Client::new(ConnChannel { conn }, format).boxed())
-    }
-}
-
-/// A `tower::Service` of calls over one existing connection (a handler calling its caller back).
-pub(crate) struct ConnChannel<C: Codec> {
-    conn: Arc<Conn<C>>,
-}
-
-impl<C: Codec> Clone for ConnChannel<C> {
-    fn clone(&self) -> Self {
-        Self {
-            conn: self.conn.clone(),
-        }
-    }
-}
-
-impl<C: Codec> Service<Request> for ConnChannel<C> {
-    type Response = Payload;
-    type Error = Error;
-    type Future = BoxFuture<'static, Result<Payload, Error>>;
-
-    fn poll_ready(&mut self, _: &mut TaskContext<'_>) -> Poll<Result<(), Error>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, req: Request) -> Self::Future {
-        let conn = self.conn.clone();
-        Box::pin(async move { conn.call(req).await })
+        // Not a handle of the connection's own: a handler calling back does not keep it open.
+        Some(Client::new(super::Connection::unguarded(conn), format).boxed())
     }
 }
 

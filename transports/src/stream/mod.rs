@@ -21,9 +21,11 @@
 //! connection that stops reading its responses stops being read from.
 
 mod conn;
+mod connection;
 mod framing;
 mod stream_io;
 
+pub use self::connection::Connection;
 pub use self::framing::{FrameSplitter, Framing};
 pub use self::stream_io::Io;
 
@@ -116,6 +118,12 @@ impl<T: Default> Builder<T> {
     }
 }
 
+/// A builder for connections over streams the caller opens ([`Builder::start`]), with the
+/// defaults: the same settings as every stream transport's, without a transport of its own.
+pub fn builder() -> Builder<()> {
+    Builder::default()
+}
+
 impl<T> Builder<T> {
     /// How frames are delimited. Default [`Framing::LengthPrefixed`].
     pub fn framing(mut self, framing: Framing) -> Self {
@@ -187,15 +195,35 @@ impl<T> Builder<T> {
         self
     }
 
-    pub(crate) fn start_server<C: Codec, A: Accept>(
+    /// Starts a connection over a stream that is already open (an in-memory pipe, a TLS stream,
+    /// a child process's stdio, an accepted socket): it serves this builder's service, if any, and
+    /// calls the peer through the returned [`Connection`]. Must be called within a tokio runtime.
+    ///
+    /// Sockets keep their direct writes when given as `Io::from(socket)`; any other stream is
+    /// written by the connection's writer task and flushed after each batch of frames.
+    pub fn start<C: Codec>(self, io: Io, codec: C) -> Connection<C> {
+        let conn = Conn::spawn(
+            io,
+            codec,
+            Arc::new(self.config),
+            self.service,
+            Arc::new(Counters::default()),
+            crate::Cancel::default(),
+        );
+        Connection::guarded(conn)
+    }
+
+    pub(crate) fn start_server<C: Codec, A: Accept, U: Transport>(
         self,
         listener: A,
         codec: C,
-    ) -> (Arc<ServerShared>, CancellationToken) {
+        local_addr: U::Addr,
+    ) -> Server<U> {
         let config = Arc::new(self.config);
         let serve = self.service;
         start_accepting(
             listener,
+            local_addr,
             self.max_connections,
             move |stream, shared| {
                 let conn = Conn::spawn(
@@ -218,14 +246,15 @@ impl<T> Builder<T> {
 }
 
 /// Starts an accept loop: each accepted connection is handed to `handle`, whose future runs until
-/// the connection is done. Returns the state a server handle shares, and the token that stops
-/// accepting.
-pub(crate) fn start_accepting<A, F, Fut>(
+/// the connection is done. Returns the server's handle.
+pub(crate) fn start_accepting<A, F, Fut, T>(
     listener: A,
+    local_addr: T::Addr,
     max_connections: usize,
     handle: F,
-) -> (Arc<ServerShared>, CancellationToken)
+) -> Server<T>
 where
+    T: Transport,
     A: Accept,
     F: Fn(Io, Arc<ServerShared>) -> Fut + Send + 'static,
     Fut: Future<Output = ()> + Send + 'static,
@@ -245,7 +274,84 @@ where
         stop.clone(),
         handle,
     ));
-    (shared, stop)
+    Server {
+        shared,
+        stop,
+        local_addr,
+        on_stop: Mutex::new(None),
+    }
+}
+
+/// A running server of a stream transport ([`tcp::Server`](crate::tcp::Server),
+/// [`unix::Server`](crate::unix::Server), [`memory::Server`](crate::memory::Server)).
+///
+/// [`shutdown`](Server::shutdown) stops accepting, lets every connection answer what it accepted
+/// and closes them. Dropping the handle stops accepting too (and removes a Unix socket file), but
+/// leaves the open connections to finish on their own: they close when their peers close them or
+/// when they are idle.
+pub struct Server<T: Transport> {
+    shared: Arc<ServerShared>,
+    stop: CancellationToken,
+    local_addr: T::Addr,
+    /// What to undo once the server stops accepting (a Unix socket file to remove).
+    on_stop: Mutex<Option<Box<dyn FnOnce() + Send>>>,
+}
+
+impl<T: Transport> Server<T> {
+    /// Runs `f` once the server stops accepting.
+    pub(crate) fn on_stop(self, f: impl FnOnce() + Send + 'static) -> Self {
+        *self.on_stop.lock().unwrap_or_else(PoisonError::into_inner) = Some(Box::new(f));
+        self
+    }
+
+    /// The address clients connect to.
+    pub fn local_addr(&self) -> T::Addr {
+        self.local_addr.clone()
+    }
+
+    /// The number of open connections.
+    pub fn connections(&self) -> usize {
+        self.shared.connections()
+    }
+
+    /// What the server counted.
+    pub fn stats(&self) -> Stats {
+        self.shared.counters.snapshot()
+    }
+
+    fn stop_accepting(&self) {
+        self.stop.cancel();
+        let undo = self
+            .on_stop
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(undo) = undo {
+            undo();
+        }
+    }
+
+    /// Stops accepting, lets every connection answer the requests it accepted, closes them, and
+    /// waits at most `grace`; what is still open then is closed. Returns whether all closed in time.
+    pub async fn shutdown(&self, grace: Duration) -> bool {
+        self.stop_accepting();
+        self.shared.shutdown(&self.stop, grace).await
+    }
+}
+
+impl<T: Transport> Drop for Server<T> {
+    fn drop(&mut self) {
+        self.stop_accepting();
+    }
+}
+
+impl<T: Transport> fmt::Debug for Server<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Server")
+            .field("local_addr", &self.local_addr)
+            .field("connections", &self.connections())
+            .finish()
+    }
 }
 
 impl<T: fmt::Debug> fmt::Debug for Builder<T> {

@@ -30,15 +30,12 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::time::Duration;
 
 use rpc_core::codec::Codec;
 use rpc_core::Client;
 use tokio::net::{TcpListener, TcpStream, ToSocketAddrs};
-use tokio_util::sync::CancellationToken;
 
-use crate::stream::{self, Accept, Io, ServerShared, Stats};
+use crate::stream::{self, Accept, Io};
 
 /// The TCP transport.
 #[derive(Debug, Clone, Copy, Default)]
@@ -70,11 +67,10 @@ impl Accept for TcpListener {
 
 impl Builder {
     /// Binds a listener and serves until [`Server::shutdown`]. Must run within a tokio runtime.
-    pub async fn bind<C: Codec>(self, addr: impl ToSocketAddrs, codec: C) -> io::Result<Server<C>> {
+    pub async fn bind<C: Codec>(self, addr: impl ToSocketAddrs, codec: C) -> io::Result<Server> {
         let listener = TcpListener::bind(addr).await?;
         let local_addr = listener.local_addr()?;
-        let (shared, stop) = self.start_server(listener, codec);
-        Ok(Server::new(shared, stop, local_addr))
+        Ok(self.start_server(listener, codec, local_addr))
     }
 
     /// A typed client for the server at `addr`; it connects on its first call.
@@ -88,47 +84,5 @@ impl Builder {
     }
 }
 
-/// A running TCP server. Dropping the handle does not stop it; [`shutdown`](Server::shutdown) does.
-#[derive(Debug)]
-pub struct Server<C> {
-    shared: Arc<ServerShared>,
-    stop: CancellationToken,
-    local_addr: SocketAddr,
-    _codec: std::marker::PhantomData<fn() -> C>,
-}
-
-impl<C> Server<C> {
-    pub(crate) fn new(
-        shared: Arc<ServerShared>,
-        stop: CancellationToken,
-        local_addr: SocketAddr,
-    ) -> Self {
-        Self {
-            shared,
-            stop,
-            local_addr,
-            _codec: std::marker::PhantomData,
-        }
-    }
-
-    /// The bound address.
-    pub fn local_addr(&self) -> SocketAddr {
-        self.local_addr
-    }
-
-    /// The number of open connections.
-    pub fn connections(&self) -> usize {
-        self.shared.connections()
-    }
-
-    /// What the server counted.
-    pub fn stats(&self) -> Stats {
-        self.shared.counters.snapshot()
-    }
-
-    /// Stops accepting, lets every connection answer the requests it accepted, closes them, and
-    /// waits at most `grace`; what is still open then is closed. Returns whether all closed in time.
-    pub async fn shutdown(&self, grace: Duration) -> bool {
-        self.shared.shutdown(&self.stop, grace).await
-    }
-}
+/// A running TCP server; see [`stream::Server`].
+pub type Server = stream::Server<Tcp>;

@@ -39,15 +39,12 @@
 use std::io;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::time::Duration;
 
 use rpc_core::codec::Codec;
 use rpc_core::Client;
 use tokio::net::{UnixListener, UnixStream};
-use tokio_util::sync::CancellationToken;
 
-use crate::stream::{self, Accept, Io, ServerShared, Stats};
+use crate::stream::{self, Accept, Io};
 
 /// The Unix socket transport, and its own setting: the socket file's permissions.
 #[derive(Debug, Clone, Copy, Default)]
@@ -92,7 +89,7 @@ impl SocketFile {
     }
 
     /// Removes the file if it is still this server's (not one another server bound since).
-    fn remove(&self) {
+    pub(crate) fn remove(&self) {
         let ours =
             std::fs::symlink_metadata(&self.path).is_ok_and(|m| (m.dev(), m.ino()) == self.id);
         if ours {
@@ -194,12 +191,13 @@ impl Builder {
     /// Binds the socket file at `path` and serves until [`Server::shutdown`].
     ///
     /// Fails with `AddrInUse` if a server is listening there; replaces a stale socket file.
-    pub async fn bind<C: Codec>(self, path: impl AsRef<Path>, codec: C) -> io::Result<Server<C>> {
+    pub async fn bind<C: Codec>(self, path: impl AsRef<Path>, codec: C) -> io::Result<Server> {
         let path = path.as_ref().to_path_buf();
         let listener = listen(&path, self.extra.mode).await?;
         let file = listener.file.clone();
-        let (shared, stop) = self.start_server(listener, codec);
-        Ok(Server::new(shared, stop, file))
+        Ok(self
+            .start_server(listener, codec, path)
+            .on_stop(move || file.remove()))
     }
 
     /// A typed client for the server at `path`; it connects on its first call.
@@ -213,59 +211,13 @@ impl Builder {
     }
 }
 
-/// A running Unix socket server. [`shutdown`](Server::shutdown) stops it and removes the socket
-/// file; so does dropping the handle (without waiting for connections).
-#[derive(Debug)]
-pub struct Server<C> {
-    shared: Arc<ServerShared>,
-    stop: CancellationToken,
-    file: SocketFile,
-    _codec: std::marker::PhantomData<fn() -> C>,
-}
+/// A running Unix socket server; see [`stream::Server`]. [`shutdown`](stream::Server::shutdown)
+/// and dropping the handle both remove the socket file, if it is still the server's own.
+pub type Server = stream::Server<Unix>;
 
-impl<C> Server<C> {
-    pub(crate) fn new(
-        shared: Arc<ServerShared>,
-        stop: CancellationToken,
-        file: SocketFile,
-    ) -> Self {
-        Self {
-            shared,
-            stop,
-            file,
-            _codec: std::marker::PhantomData,
-        }
-    }
-
+impl Server {
     /// The socket file's path.
-    pub fn path(&self) -> &Path {
-        &self.file.path
-    }
-
-    /// The number of open connections.
-    pub fn connections(&self) -> usize {
-        self.shared.connections()
-    }
-
-    /// What the server counted.
-    pub fn stats(&self) -> Stats {
-        self.shared.counters.snapshot()
-    }
-
-    /// Stops accepting and removes the socket file, lets every connection answer the requests it
-    /// accepted, closes them, and waits at most `grace`. Returns whether all closed in time.
-    pub async fn shutdown(&self, grace: Duration) -> bool {
-        self.stop.cancel();
-        self.file.remove();
-        self.shared.shutdown(&self.stop, grace).await
-    }
-}
-
-impl<C> Drop for Server<C> {
-    fn drop(&mut self) {
-        if !self.stop.is_cancelled() {
-            self.stop.cancel();
-            self.file.remove();
-        }
+    pub fn path(&self) -> PathBuf {
+        self.local_addr()
     }
 }
