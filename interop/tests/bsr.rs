@@ -325,29 +325,33 @@ fn raw_frame(kind: u8, payload: &[u8]) -> Vec<u8> {
     f
 }
 
-/// INIT, then 40 calls for 1 MiB answers, from a peer that will read none of them.
+/// The size of the answer a hog asks for: more than the sockets' buffers on both sides hold
+/// (Linux allows each a few MiB at most by default), so writing it cannot finish while the hog
+/// reads nothing.
+const HOG_ANSWER: u32 = 64 << 20;
+
+/// INIT, then one call for a [`HOG_ANSWER`]-byte answer, from a peer that will read none of it.
 fn hog_bytes() -> Vec<u8> {
     let mut bytes = raw_frame(0, &[0, 0, 1]);
     let mut rpc = vec![0u8, 0];
-    rpc.extend_from_slice(&(1u32 << 20).to_le_bytes());
-    for _ in 0..40 {
-        bytes.extend_from_slice(&raw_frame(1, &rpc));
-    }
+    rpc.extend_from_slice(&HOG_ANSWER.to_le_bytes());
+    bytes.extend_from_slice(&raw_frame(1, &rpc));
     bytes
 }
 
-/// A server built by `builder` serving `big`, and a peer that asked for more answers than the
-/// sockets hold and reads none: the server is stuck writing to it (answers went out until the
-/// buffers filled).
+/// A server built by `builder` serving `big`, and a peer that asked for an answer larger than
+/// the sockets hold and reads none: once the server has read the request it is writing that
+/// answer, and cannot finish (nor stop between frames to drain).
 async fn stuck_behind_a_hog(builder: raw::Builder) -> (rpc_transports::tcp::Server, TcpStream) {
     let server = builder
+        .max_frame_length(HOG_ANSWER as usize + 64)
         .serve(Router::new().command(0, big))
         .bind_tcp("127.0.0.1:0")
         .await
         .unwrap();
     let mut hog = TcpStream::connect(server.local_addr()).await.unwrap();
     hog.write_all(&hog_bytes()).await.unwrap();
-    while server.stats().responses_sent < 2 {
+    while server.stats().requests < 1 {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     (server, hog)
@@ -382,6 +386,22 @@ async fn a_forced_shutdown_closes_a_connection_whose_peer_reads_no_answers() {
     .await
     .expect("the forced shutdown closed the connection");
     drop(hog);
+}
+
+#[tokio::test]
+async fn a_request_has_no_deadline_the_protocol_did_not_carry() {
+    async fn deadline(ctx: rpc_core::Context) -> String {
+        format!("{:?}", ctx.deadline())
+    }
+    let server = raw::Builder::new()
+        .idle_timeout(Some(Duration::from_secs(60)))
+        .serve(Router::new().command(0, deadline))
+        .bind_tcp("127.0.0.1:0")
+        .await
+        .unwrap();
+    let client = raw::Builder::new().connect_tcp(server.local_addr());
+    let seen: String = client.call(0u16, ()).await.unwrap();
+    assert_eq!(seen, "None");
 }
 
 #[tokio::test]

@@ -465,10 +465,9 @@ async fn serve_connection(server: Arc<ServerState>, io: Io, shared: Arc<ServerSh
                 let args = Payload::new(payload.slice(2..), &LE);
                 let response = match &mut serve {
                     Some(service) => {
-                        let mut ctx = Context::from_peer(peer.clone());
-                        if let Some(t) = config.idle_timeout {
-                            ctx.set_timeout(t);
-                        }
+                        // The protocol carries no deadline: a request has none unless a layer
+                        // (`DeadlineLayer::default_timeout`) gives it one.
+                        let ctx = Context::from_peer(peer.clone());
                         service
                             .call(Request::from_parts(Method::Id(cmd), args, ctx))
                             .await
