@@ -44,7 +44,7 @@ fn group<'a>(c: &'a mut Criterion, name: &str) -> BenchmarkGroup<'a, WallTime> {
 /// The six steps of a call through `codec`, in a group named `name`.
 fn bench_codec<C: Codec>(c: &mut Criterion, name: &str, codec: &C) {
     let format = codec.format();
-    let id = codec.next_id();
+    let id = codec.new_id(rpc_core::IdSeed::Sequence(1));
     let method = Method::from(METHOD);
     let args_value = (TEXT.to_owned(),);
     let result_value = TEXT.to_owned();

@@ -601,9 +601,11 @@ fn notifications_get_a_random_id() {
 }
 
 #[test]
-fn next_id_is_random() {
+fn ids_are_random_whatever_the_seed() {
     let codec = RpcudpCodec::new();
-    let ids: std::collections::HashSet<MessageId> = (0..1000).map(|_| codec.next_id()).collect();
+    let ids: std::collections::HashSet<MessageId> = (0..1000)
+        .map(|n| codec.new_id(rpc_core::IdSeed::Sequence(n)))
+        .collect();
     assert_eq!(ids.len(), 1000);
 }
 

@@ -69,6 +69,17 @@ impl<Id> fmt::Display for DecodeError<Id> {
     }
 }
 
+/// What a transport gives a codec to make a fresh request id from ([`Codec::new_id`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IdSeed {
+    /// The next number of the connection's own sequence, from 1: over a stream only the peer at
+    /// the other end can answer, so ids need only tell its calls apart.
+    Sequence(u64),
+    /// 128 bits from a cryptographically secure generator: over datagrams anyone can send an
+    /// answer from a forged source address, and only an id nobody can guess tells the real one.
+    Unguessable(u128),
+}
+
 /// A message encoding: turns frames into [`Message`]s and back.
 ///
 /// Implementations are cheap to clone (share state behind an `Arc`).
@@ -85,9 +96,11 @@ pub trait Codec: Clone + Send + Sync + 'static {
         0
     }
 
-    /// A fresh id for an outgoing call. Ids must be hard to guess where the transport can be
-    /// spoofed (datagrams).
-    fn next_id(&self) -> Self::Id;
+    /// A fresh id for an outgoing call, made from what the transport gives ([`IdSeed`]): the
+    /// transport knows whether an answer can be forged (datagrams) and so whether the id must be
+    /// unguessable. A codec may make an id stronger than its seed (rpcudp's are always 20 random
+    /// bytes, as its wire format has them), never weaker.
+    fn new_id(&self, seed: IdSeed) -> Self::Id;
 
     /// Decodes one frame.
     fn decode(&self, frame: Bytes) -> Result<Message<Self::Id>, DecodeError<Self::Id>>;

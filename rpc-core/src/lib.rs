@@ -70,7 +70,7 @@ pub mod router;
 pub mod serve;
 
 pub use client::{BoxChannel, Client};
-pub use codec::{Codec, DecodeError, Message};
+pub use codec::{Codec, DecodeError, IdSeed, Message};
 pub use context::{Context, Extensions, Peer};
 pub use error::{BoxError, Error, ErrorCode, Result, ServerError};
 pub use format::{Format, Payload};

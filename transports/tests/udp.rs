@@ -1031,3 +1031,66 @@ fn a_call_made_outside_any_runtime_still_times_out() {
         .expect("the call timed out");
     assert!(outcome.unwrap_err().is_timeout());
 }
+
+/// The `id` member of a JSON-RPC request datagram.
+fn json_id(datagram: &[u8]) -> serde_json::Value {
+    let v: serde_json::Value = serde_json::from_slice(datagram).expect("a JSON-RPC request");
+    v["id"].clone()
+}
+
+#[tokio::test]
+async fn json_rpc_over_udp_has_unguessable_ids_and_refuses_a_forged_answer() {
+    use rpc_codecs::jsonrpc::JsonRpcCodec;
+    within(async {
+        // A "server" that reads requests and answers by hand.
+        let server = raw_socket().await;
+        let addr = server.local_addr().unwrap();
+        let a = Endpoint::bind("127.0.0.1:0", JsonRpcCodec::new())
+            .await
+            .unwrap();
+        let b = Endpoint::bind("127.0.0.1:0", JsonRpcCodec::new())
+            .await
+            .unwrap();
+        let (ca, cb) = (a.client(addr), b.client(addr));
+        let first_a = tokio::spawn(async move { ca.call::<i64>("add", (1, 2)).await });
+        let (req_a, from_a) = recv(&server).await;
+        let first_b = tokio::spawn(async move { cb.call::<i64>("add", (3, 4)).await });
+        let (req_b, from_b) = recv(&server).await;
+        let (id_a, id_b) = (json_id(&req_a), json_id(&req_b));
+        // Two new clients' first ids: 128 bits each, not a sequence both start at 1.
+        for id in [&id_a, &id_b] {
+            let s = id
+                .as_str()
+                .unwrap_or_else(|| panic!("not a string id: {id}"));
+            assert_eq!(s.len(), 32, "{s}");
+            assert!(s.bytes().all(|c| c.is_ascii_hexdigit()), "{s}");
+        }
+        assert_ne!(id_a, id_b);
+        // A forger who guesses sequential ids answers from the server's own address: refused,
+        // the call keeps waiting for its real answer.
+        for guess in [
+            serde_json::json!(1),
+            serde_json::json!("1"),
+            serde_json::json!(0),
+        ] {
+            let forged = serde_json::json!({"jsonrpc": "2.0", "id": guess, "result": 666});
+            let bytes = serde_json::to_vec(&forged).unwrap();
+            server.send_to(&bytes, from_a).await.unwrap();
+            server.send_to(&bytes, from_b).await.unwrap();
+        }
+        eventually("the forged answers were dropped", || {
+            a.stats().unknown_responses == 3 && b.stats().unknown_responses == 3
+        })
+        .await;
+        for ((id, to), sum) in [((id_a, from_a), 3), ((id_b, from_b), 7)] {
+            let real = serde_json::json!({"jsonrpc": "2.0", "id": id, "result": sum});
+            server
+                .send_to(&serde_json::to_vec(&real).unwrap(), to)
+                .await
+                .unwrap();
+        }
+        assert_eq!(first_a.await.unwrap().unwrap(), 3);
+        assert_eq!(first_b.await.unwrap().unwrap(), 7);
+    })
+    .await;
+}

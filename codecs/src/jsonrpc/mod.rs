@@ -30,11 +30,10 @@
 pub use rpc_core::json::Json;
 
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use bytes::{BufMut, Bytes, BytesMut};
-use rpc_core::codec::{Codec, DecodeError, Message};
+use rpc_core::codec::{Codec, DecodeError, IdSeed, Message};
 use rpc_core::{Error, ErrorCode, Format, Method, MethodName, Payload, Response, ServerError};
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -191,10 +190,10 @@ impl From<&str> for Id {
     }
 }
 
-/// The JSON-RPC 2.0 codec. Clones share the counter that numbers outgoing calls.
+/// The JSON-RPC 2.0 codec. Outgoing calls get the ids their transport asks for
+/// ([`IdSeed`]): numbers in sequence over a connection, unguessable strings over UDP.
 #[derive(Debug, Clone)]
 pub struct JsonRpcCodec {
-    next_id: Arc<AtomicU64>,
     max_batch: usize,
     deadlines: bool,
 }
@@ -206,10 +205,9 @@ impl Default for JsonRpcCodec {
 }
 
 impl JsonRpcCodec {
-    /// The codec; outgoing calls are numbered from 1.
+    /// The codec.
     pub fn new() -> Self {
         Self {
-            next_id: Arc::new(AtomicU64::new(1)),
             max_batch: DEFAULT_MAX_BATCH,
             deadlines: false,
         }
@@ -487,8 +485,13 @@ impl Codec for JsonRpcCodec {
         &JSON
     }
 
-    fn next_id(&self) -> Id {
-        Id::from(self.next_id.fetch_add(1, Ordering::Relaxed))
+    /// A number in a stream's sequence; 32 hexadecimal digits of unguessable bits (as a string:
+    /// JSON numbers past 2^53 lose precision in many peers) over datagrams.
+    fn new_id(&self, seed: IdSeed) -> Id {
+        match seed {
+            IdSeed::Unguessable(bits) => Id::String(format!("{bits:032x}").into()),
+            IdSeed::Sequence(n) => Id::from(n),
+        }
     }
 
     fn decode(&self, frame: Bytes) -> Result<Message<Id>, DecodeError<Id>> {

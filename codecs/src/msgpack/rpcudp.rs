@@ -12,7 +12,7 @@
 use std::fmt;
 
 use bytes::{BufMut, Bytes, BytesMut};
-use rpc_core::codec::{Codec, DecodeError, Message};
+use rpc_core::codec::{Codec, DecodeError, IdSeed, Message};
 use rpc_core::{Error, ErrorCode, Format, Method, MethodName, Payload, ServerError};
 
 use super::{skip_value, MSGPACK};
@@ -217,6 +217,15 @@ fn decode_error(body: &[u8]) -> Option<ServerError> {
     }
 }
 
+/// An id as rpcudp makes them, whatever the transport: 20 unpredictable bytes. (A peer that
+/// could guess the ids of calls to others could answer them with a forged source address.) One
+/// fill from the thread's ChaCha generator (sampling the array would draw a word per byte).
+fn random_id() -> MessageId {
+    let mut id = [0u8; ID_LEN];
+    rand::RngCore::fill_bytes(&mut rand::rng(), &mut id);
+    MessageId(id)
+}
+
 impl Codec for RpcudpCodec {
     type Id = MessageId;
 
@@ -228,13 +237,8 @@ impl Codec for RpcudpCodec {
         HEADER
     }
 
-    fn next_id(&self) -> MessageId {
-        // Unpredictable, as rpcudp's own: a peer that could guess the ids of calls to others
-        // could answer them with a forged source address. One fill from the thread's ChaCha
-        // generator (sampling the array would draw a word per byte).
-        let mut id = [0u8; ID_LEN];
-        rand::RngCore::fill_bytes(&mut rand::rng(), &mut id);
-        MessageId(id)
+    fn new_id(&self, _: IdSeed) -> MessageId {
+        random_id()
     }
 
     fn decode(&self, frame: Bytes) -> Result<Message<MessageId>, DecodeError<MessageId>> {
@@ -284,7 +288,7 @@ impl Codec for RpcudpCodec {
         if array_len(args.bytes()).is_none() {
             return Err(Error::Codec("rpcudp arguments must be a list".into()));
         }
-        let id = id.copied().unwrap_or_else(|| self.next_id());
+        let id = id.copied().unwrap_or_else(random_id);
         header(dst, REQUEST, &id);
         dst.put_u8(0x92);
         let mut w = dst.writer();

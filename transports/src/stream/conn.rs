@@ -2,13 +2,13 @@
 
 use std::fmt;
 use std::io;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 
 use bytes::BytesMut;
 use futures::{FutureExt, StreamExt};
 use rpc_core::calls::{Delivery, InFlight};
-use rpc_core::codec::Codec;
+use rpc_core::codec::{Codec, IdSeed};
 use rpc_core::context::deadline_after;
 use rpc_core::context::Origin;
 use rpc_core::{BoxChannel, Client, Context, Error, Payload, Peer, Request, Serve};
@@ -125,6 +125,8 @@ pub(crate) struct Conn<C: Codec> {
     solo: AtomicBool,
     /// Frames came since the idle watcher last looked.
     active: AtomicBool,
+    /// The number of the next call's id.
+    next_id: AtomicU64,
 }
 
 impl<C: Codec> Conn<C> {
@@ -171,6 +173,7 @@ impl<C: Codec> Conn<C> {
             delivered: AtomicUsize::new(0),
             solo: AtomicBool::new(true),
             active: AtomicBool::new(false),
+            next_id: AtomicU64::new(1),
             config,
         });
         // Small to start with (memory per idle connection); grows with the frames.
@@ -214,6 +217,13 @@ impl<C: Codec> Conn<C> {
     /// Stops reading new requests, answers those accepted, then closes (graceful shutdown).
     pub(crate) fn drain(&self) {
         self.drain.cancel();
+    }
+
+    /// The next id of the connection's sequence: only its peer can answer, so ids need only
+    /// tell its calls apart.
+    fn new_id(&self) -> C::Id {
+        let n = self.next_id.fetch_add(1, Ordering::Relaxed);
+        self.codec.new_id(IdSeed::Sequence(n))
     }
 
     /// The format of the codec's values.
@@ -379,9 +389,7 @@ impl<C: Codec> Conn<C> {
             .context()
             .deadline()
             .unwrap_or_else(|| deadline_after(now, self.config.timeout));
-        let waiter = self
-            .calls
-            .register_call(|| self.codec.next_id(), (), deadline);
+        let waiter = self.calls.register_call(|| self.new_id(), (), deadline);
         if !self.accepts_calls() {
             return CallFuture::ready(Err(self.closed_error()));
         }
@@ -430,9 +438,7 @@ impl<C: Codec> Conn<C> {
         let deadline = ctx
             .deadline()
             .unwrap_or_else(|| deadline_after(now, self.config.timeout));
-        let waiter = self
-            .calls
-            .register_call(|| self.codec.next_id(), (), deadline);
+        let waiter = self.calls.register_call(|| self.new_id(), (), deadline);
         if !self.accepts_calls() {
             return Err(self.closed_error());
         }

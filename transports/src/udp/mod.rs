@@ -12,8 +12,10 @@
 //!   fixed header) exceeds [`Builder::max_payload`] (default 8192 bytes, as rpcudp) is refused
 //!   before sending with [`Error::TooLarge`]; a larger incoming datagram is dropped and counted.
 //! - A response is accepted only from the address its request was sent to, and only for an id in
-//!   flight; anything else is dropped and counted ([`Stats`]). Ids come from the codec: rpcudp's
-//!   are 20 random bytes, unguessable; JSON-RPC's are numbered in sequence.
+//!   flight; anything else is dropped and counted ([`Stats`]). Ids are unguessable with every
+//!   codec: the endpoint makes them from 128 bits of a cryptographically secure generator
+//!   ([`IdSeed::Unguessable`](rpc_core::IdSeed::Unguessable); rpcudp's are 20 random bytes,
+//!   JSON-RPC's 32 hexadecimal digits), so a forged answer cannot match a call.
 //! - A call waits until its deadline (the request's, else [`Builder::timeout`], default 5 s) and
 //!   then fails with [`Error::Timeout`]. Requests are sent once unless
 //!   [`Builder::retransmit_every`] asks for copies (safe only against servers that answer copies
@@ -71,7 +73,7 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use rpc_core::calls::{Delivery, InFlight};
-use rpc_core::codec::Codec;
+use rpc_core::codec::{Codec, IdSeed};
 use rpc_core::context::deadline_after;
 use rpc_core::context::Origin;
 use rpc_core::{
@@ -426,6 +428,12 @@ enum Encoded {
 }
 
 impl<C: Codec> Shared<C> {
+    /// An id nobody can guess, whatever the codec: anyone can send a datagram from a forged
+    /// address, and only the id tells a real answer from a forged one.
+    fn new_id(&self) -> C::Id {
+        self.codec.new_id(IdSeed::Unguessable(rand::random()))
+    }
+
     /// Encodes a datagram with `encode` and sends it to `to`, without allocating when the socket
     /// accepts it at once.
     async fn send_with(
@@ -506,9 +514,7 @@ impl<C: Codec> Shared<C> {
             .context()
             .deadline()
             .unwrap_or_else(|| deadline_after(now, self.timeout));
-        let waiter = self
-            .calls
-            .register_call(|| self.codec.next_id(), peer, deadline);
+        let waiter = self.calls.register_call(|| self.new_id(), peer, deadline);
         // Closed between the first check and the registration: the loop will not deliver.
         if self.closed.is_cancelled() {
             return CallFuture::ready(Err(Error::Closed));
@@ -563,9 +569,7 @@ impl<C: Codec> Shared<C> {
         let deadline = ctx
             .deadline()
             .unwrap_or_else(|| deadline_after(now, self.timeout));
-        let waiter = self
-            .calls
-            .register_call(|| self.codec.next_id(), peer, deadline);
+        let waiter = self.calls.register_call(|| self.new_id(), peer, deadline);
         // Closed between the first check and the registration: the loop will not deliver.
         if self.closed.is_cancelled() {
             return Err(Error::Closed);
