@@ -238,12 +238,6 @@ impl RetryableError for rpc_core::BoxError {
         if let Some(e) = self.downcast_ref::<Error>() {
             return f(e);
         }
-        if self.is::<tower::timeout::error::Elapsed>() {
-            return f(&Error::Timeout);
-        }
-        if self.is::<tower::load_shed::error::Overloaded>() {
-            return f(&Error::Overloaded);
-        }
-        false
+        Error::of_tower(&**self).is_some_and(|e| f(&e))
     }
 }

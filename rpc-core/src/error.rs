@@ -228,15 +228,21 @@ impl ServerError {
             Ok(e) => return *e,
             Err(e) => e,
         };
-        if error.is::<tower::timeout::error::Elapsed>() {
-            return Self::from_code(ErrorCode::DEADLINE_EXCEEDED);
+        match Error::of_tower(&*error) {
+            Some(Error::Timeout) => Self::from_code(ErrorCode::DEADLINE_EXCEEDED),
+            Some(_) => Self::overloaded(),
+            None => {
+                tracing::warn!(%error, "service failed; answering internal error");
+                Self::from_code(ErrorCode::INTERNAL_ERROR)
+            }
         }
-        if error.is::<tower::load_shed::error::Overloaded>() {
-            let code = ErrorCode::OVERLOADED;
-            return Self::refused(code, code.default_message().unwrap_or("overloaded"));
-        }
-        tracing::warn!(%error, "service failed; answering internal error");
-        Self::from_code(ErrorCode::INTERNAL_ERROR)
+    }
+
+    /// The refusal of a request the server has no room for: [`ErrorCode::OVERLOADED`], marked
+    /// refused (it did not run), with the code's message.
+    pub fn overloaded() -> Self {
+        let code = ErrorCode::OVERLOADED;
+        Self::refused(code, code.default_message().unwrap_or("overloaded"))
     }
 }
 
@@ -352,13 +358,28 @@ impl Error {
             Ok(e) => return Error::Transport(*e),
             Err(e) => e,
         };
+        Self::of_tower(&*error).unwrap_or(Error::Other(error))
+    }
+
+    /// The errors of tower's own layers that the error model knows, recognised here and nowhere
+    /// else: a `Timeout` layer's `Elapsed` is [`Error::Timeout`], a `LoadShed` layer's
+    /// `Overloaded` is [`Error::Overloaded`]; `None` for any other error.
+    ///
+    /// ```
+    /// use rpc_core::Error;
+    ///
+    /// let shed = tower::load_shed::error::Overloaded::new();
+    /// assert!(matches!(Error::of_tower(&shed), Some(Error::Overloaded)));
+    /// assert!(Error::of_tower(&std::fmt::Error).is_none());
+    /// ```
+    pub fn of_tower(error: &(dyn std::error::Error + 'static)) -> Option<Self> {
         if error.is::<tower::timeout::error::Elapsed>() {
-            return Error::Timeout;
+            Some(Error::Timeout)
+        } else if error.is::<tower::load_shed::error::Overloaded>() {
+            Some(Error::Overloaded)
+        } else {
+            None
         }
-        if error.is::<tower::load_shed::error::Overloaded>() {
-            return Error::Overloaded;
-        }
-        Error::Other(error)
     }
 }
 

@@ -11,17 +11,9 @@ use rpc_core::{
     Context, Error, ErrorCode, LocalServe, Method, Payload, Request, Response, Running, Served,
     ServerError,
 };
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-/// What happened, for a transport's counters.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Event {
-    Request,
-    Malformed,
-    Overloaded,
-    ResponseSent,
-    SendError,
-}
+use crate::slots::{Slot, Slots};
+pub(crate) use crate::stats::{Counters, Event};
 
 /// The result a response carries, before it becomes a `Payload`.
 pub(crate) type CallResult = Result<Bytes, ServerError>;
@@ -30,7 +22,7 @@ pub(crate) type CallResult = Result<Bytes, ServerError>;
 pub(crate) trait Link<C: Codec>: Clone + Send + Sync + 'static {
     fn codec(&self) -> &C;
     /// Bounds the requests served at once.
-    fn permits(&self) -> &Arc<Semaphore>;
+    fn slots(&self) -> &Arc<Slots>;
     /// The context of a request from this peer.
     fn context(&self) -> Context;
     /// Encodes one frame with `encode` and sends it to the peer.
@@ -39,7 +31,10 @@ pub(crate) trait Link<C: Codec>: Clone + Send + Sync + 'static {
         F: Fn(&mut BytesMut) -> Result<bool, Error> + Send + Sync;
     /// Hands a response to the call waiting for it.
     fn deliver(&self, id: C::Id, result: CallResult);
-    fn count(&self, event: Event);
+    /// What this peer's requests and answers are counted in.
+    fn counters(&self) -> &Counters;
+    /// Who is answered, for the log.
+    fn peer(&self) -> &dyn std::fmt::Display;
     /// Whether to serve the request `id`; `false` drops it (a transport with a duplicate-request
     /// cache answers a retransmission itself).
     fn admit(&self, id: &C::Id) -> impl Future<Output = bool> + Send {
@@ -80,7 +75,7 @@ pub(crate) async fn handle<C: Codec, L: Link<C>>(
             args,
             timeout,
         }) => {
-            link.count(Event::Request);
+            link.counters().record(Event::Request);
             if let Some(id) = &id {
                 if !link.admit(id).await {
                     return false;
@@ -92,14 +87,14 @@ pub(crate) async fn handle<C: Codec, L: Link<C>>(
                         respond(link, &id, &response).await;
                     }
                 }
-                Started::Pending(fut, permit) => {
+                Started::Pending(fut, slot) => {
                     let link = link.clone();
                     tokio::spawn(async move {
                         let response = fut.await;
                         if let Some(id) = id {
                             respond(&link, &id, &response).await;
                         }
-                        drop(permit);
+                        drop(slot);
                     });
                 }
             }
@@ -121,7 +116,7 @@ where
     F: FnOnce(C::Id, Response) -> Fut,
     Fut: Future<Output = ()>,
 {
-    link.count(Event::Malformed);
+    link.counters().record(Event::Malformed);
     tracing::debug!(error = %e, "malformed message");
     if let Some(id) = e.reply_to {
         answer(id, Response::error(e.error)).await;
@@ -130,8 +125,8 @@ where
 
 enum Started {
     Ready(Response),
-    /// Still running, holding a slot of the limit (`None` past it; see `start`).
-    Pending(Running, Option<OwnedSemaphorePermit>),
+    /// Still running, holding its slot.
+    Pending(Running, Slot),
 }
 
 /// Starts serving a request; answers from here when the handler does not wait.
@@ -147,12 +142,10 @@ fn start<C: Codec, L: Link<C>>(
         return Started::Ready(ServerError::method_not_found(&method).into());
     };
     // The limit counts requests still running after their first poll: one that is done at
-    // once never holds a slot, so it costs no acquire and release (the release takes a lock).
-    if link.permits().available_permits() == 0 {
-        link.count(Event::Overloaded);
-        let code = ErrorCode::OVERLOADED;
-        let refused = ServerError::refused(code, code.default_message().unwrap_or("overloaded"));
-        return Started::Ready(refused.into());
+    // once never takes a slot (see `slots`).
+    if link.slots().is_full() {
+        link.counters().record(Event::Overloaded);
+        return Started::Ready(ServerError::overloaded().into());
     }
     let args = Payload::new(args, link.codec().format());
     let mut context = link.context();
@@ -167,11 +160,9 @@ fn start<C: Codec, L: Link<C>>(
     // Polled once in `call`: a handler that is done at once answers from here.
     match service.call(req) {
         Served::Done(response) => Started::Ready(response),
-        // Another receive loop may have taken the last slot since the check above; the request
-        // runs all the same (it has started), one over the limit for a moment.
-        Served::Running(fut) => {
-            Started::Pending(fut, link.permits().clone().try_acquire_owned().ok())
-        }
+        // Started, so it has its slot, even if another receive loop took the last one since
+        // the check above: a shutdown then waits for it too.
+        Served::Running(fut) => Started::Pending(fut, link.slots().take()),
     }
 }
 
@@ -181,28 +172,36 @@ pub(crate) async fn respond<C: Codec, L: Link<C>>(link: &L, id: &C::Id, response
     let sent = link
         .send_response(id, |dst| codec.encode_response(id, response.result(), dst))
         .await;
-    let sent = match sent {
+    let too_large;
+    let (sent, error) = match sent {
         Err(Error::TooLarge { size, limit }) => {
             tracing::warn!(
                 size,
                 limit,
                 "response over the size limit; answering an error"
             );
-            let e = ServerError::new(
+            too_large = ServerError::new(
                 ErrorCode::MESSAGE_TOO_LARGE,
                 format!("the response of {size} bytes exceeds the limit of {limit} bytes"),
             );
             // As an answer to `id`: a server that remembers answers (UDP's at-most-once
             // cache) answers copies of the request with this one.
-            link.send_response(id, |dst| codec.encode_response(id, Err(&e), dst))
-                .await
+            let sent = link
+                .send_response(id, |dst| codec.encode_response(id, Err(&too_large), dst))
+                .await;
+            (sent, Some(&too_large))
         }
-        other => other,
+        other => (other, response.result().err()),
     };
     match sent {
-        Ok(()) => link.count(Event::ResponseSent),
+        Ok(()) => {
+            link.counters().record(Event::ResponseSent);
+            if let Some(e) = error {
+                link.counters().error_sent(link.peer(), e);
+            }
+        }
         Err(error) => {
-            link.count(Event::SendError);
+            link.counters().record(Event::SendError);
             tracing::debug!(%error, "could not send a response");
         }
     }
@@ -224,7 +223,7 @@ async fn batch<C: Codec, L: Link<C>>(
                 args,
                 timeout,
             }) => {
-                link.count(Event::Request);
+                link.counters().record(Event::Request);
                 match start(
                     link,
                     serve.as_deref_mut(),
@@ -234,16 +233,16 @@ async fn batch<C: Codec, L: Link<C>>(
                     timeout,
                 ) {
                     Started::Ready(r) => answers.extend(id.map(|id| (id, r))),
-                    Started::Pending(fut, permit) => pending.push(async move {
-                        // The permit is held until the batch's answer is sent: a graceful
-                        // shutdown waits for every permit, so it waits for that answer too.
+                    Started::Pending(fut, slot) => pending.push(async move {
+                        // The slot is held until the batch's answer is sent: a graceful
+                        // shutdown waits for every slot, so it waits for that answer too.
                         let r = fut.await;
-                        (id.map(|id| (id, r)), permit)
+                        (id.map(|id| (id, r)), slot)
                     }),
                 }
             }
             Ok(Message::Response { id, result }) => link.deliver(id, result),
-            Ok(Message::Batch(_)) => link.count(Event::Malformed),
+            Ok(Message::Batch(_)) => link.counters().record(Event::Malformed),
             Err(e) => {
                 let answers = &mut answers;
                 malformed(link, e, |id, r| {
@@ -259,13 +258,13 @@ async fn batch<C: Codec, L: Link<C>>(
     } else {
         let link = link.clone();
         tokio::spawn(async move {
-            let mut permits = Vec::with_capacity(pending.len());
-            for (answer, permit) in futures::future::join_all(pending).await {
+            let mut slots = Vec::with_capacity(pending.len());
+            for (answer, slot) in futures::future::join_all(pending).await {
                 answers.extend(answer);
-                permits.push(permit);
+                slots.push(slot);
             }
             send_batch(&link, &answers).await;
-            drop(permits);
+            drop(slots);
         });
     }
 }
@@ -276,9 +275,16 @@ async fn send_batch<C: Codec, L: Link<C>>(link: &L, answers: &[(C::Id, Response)
     }
     let codec = link.codec();
     match link.send(|dst| codec.encode_batch(answers, dst)).await {
-        Ok(()) => link.count(Event::ResponseSent),
+        Ok(()) => {
+            link.counters().record(Event::ResponseSent);
+            for (_, r) in answers {
+                if let Err(e) = r.result() {
+                    link.counters().error_sent(link.peer(), e);
+                }
+            }
+        }
         Err(error) => {
-            link.count(Event::SendError);
+            link.counters().record(Event::SendError);
             tracing::warn!(%error, "could not send a batch's answers");
         }
     }

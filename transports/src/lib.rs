@@ -34,6 +34,8 @@ mod dispatch;
 pub mod memory;
 #[cfg(all(unix, feature = "raw"))]
 pub mod raw;
+mod slots;
+mod stats;
 #[cfg(any(feature = "tcp", feature = "unix", feature = "memory"))]
 pub mod stream;
 #[cfg(feature = "tcp")]
@@ -42,6 +44,8 @@ pub mod tcp;
 pub mod udp;
 #[cfg(all(unix, feature = "unix"))]
 pub mod unix;
+
+pub use self::stats::{ErrorCounts, Stats};
 
 /// Entry points for the fuzz targets in `fuzz/` (built only under `cargo fuzz`).
 #[cfg(fuzzing)]

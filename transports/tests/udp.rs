@@ -1094,3 +1094,64 @@ async fn json_rpc_over_udp_has_unguessable_ids_and_refuses_a_forged_answer() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_graceful_shutdown_waits_for_a_request_the_receive_loop_was_starting() {
+    use std::sync::atomic::AtomicBool;
+    within(async {
+        let entered = Arc::new(AtomicBool::new(false));
+        let flag = entered.clone();
+        // The handler's first poll holds the receive loop (as a busy one does) before the
+        // request has its slot; then it waits, so it must be answered later, from its task.
+        let stall = move || {
+            let flag = flag.clone();
+            async move {
+                flag.store(true, Ordering::SeqCst);
+                std::thread::sleep(Duration::from_millis(300));
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                7i64
+            }
+        };
+        let server = Builder::new()
+            .serve(Router::new().route("stall", stall))
+            .bind(LOCALHOST, RpcudpCodec::new())
+            .await
+            .unwrap();
+        let client = endpoint().await.client(server.local_addr());
+        let call = tokio::spawn(async move { client.call::<i64>("stall", ()).await });
+        while !entered.load(Ordering::SeqCst) {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        // The loop is inside the handler's first poll: the request started, its slot not taken.
+        assert!(server.shutdown(Duration::from_secs(5)).await);
+        assert_eq!(
+            server.stats().responses_sent,
+            1,
+            "shutdown returned before the request it accepted was answered"
+        );
+        assert_eq!(call.await.unwrap().unwrap(), 7);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn error_answers_are_counted_by_code() {
+    within(async {
+        let server = server_with(Builder::new()).await;
+        let client = endpoint().await.client(server.local_addr());
+        let _ = client.call::<i64>("nope", ()).await;
+        let _ = client.call::<i64>("add", ("one", 2)).await;
+        let _ = client.call::<()>("refuse", (-32000,)).await;
+        let _ = client.call::<()>("refuse", (7,)).await;
+        let _ = client.call::<i64>("add", (1, 2)).await.unwrap();
+        let e = server.stats().errors_sent;
+        assert_eq!(
+            (e.method_not_found, e.invalid_params, e.overloaded, e.other),
+            (1, 1, 1, 1),
+            "{e:?}"
+        );
+        assert_eq!(e.total(), 4);
+        assert_eq!(server.stats().responses_sent, 5);
+    })
+    .await;
+}

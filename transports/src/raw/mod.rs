@@ -72,6 +72,7 @@ use tokio::time::Instant;
 use tokio_util::codec::FramedRead;
 
 use self::frame::{put_exception, put_frame, Frame, FrameDecoder, EXCEPTION, INIT, RPC, VERSION};
+use crate::stats::Event;
 use crate::stream::{self, Accept, Io, ServerShared};
 use crate::{tcp, unix};
 
@@ -411,13 +412,13 @@ async fn serve_connection(server: Arc<ServerState>, io: Io, shared: Arc<ServerSh
         };
         let frame = match next {
             None => {
-                stream::Counters::add(&shared.counters.idle_closed);
+                shared.counters.record(Event::IdleClosed);
                 break;
             }
             Some(None) => break,
             Some(Some(Ok(f))) => f,
             Some(Some(Err(e))) => {
-                stream::Counters::add(&shared.counters.bad_frames);
+                shared.counters.record(Event::BadFrame);
                 tracing::warn!(%peer, error = %e, "closing the connection");
                 put_exception(&mut out, &protocol_error(e.to_string()), false);
                 let _ = send(&mut w, &mut out, config.write_timeout).await;
@@ -460,7 +461,7 @@ async fn serve_connection(server: Arc<ServerState>, io: Io, shared: Arc<ServerSh
                 Some(protocol_error("insufficient bytes in command"))
             }
             Frame::Msg { kind: RPC, payload } => {
-                stream::Counters::add(&shared.counters.requests);
+                shared.counters.record(Event::Request);
                 let cmd = u16::from_le_bytes([payload[0], payload[1]]);
                 let args = Payload::new(payload.slice(2..), &LE);
                 let response = match &mut serve {
@@ -499,18 +500,19 @@ async fn serve_connection(server: Arc<ServerState>, io: Io, shared: Arc<ServerSh
         };
         if let Some(e) = error {
             if !call_failed {
-                stream::Counters::add(&shared.counters.malformed);
+                shared.counters.record(Event::Malformed);
             }
+            shared.counters.error_sent(&peer, &e);
             put_exception(&mut out, &e, config.detailed_errors);
         }
         if let Err(e) = send(&mut w, &mut out, config.write_timeout).await {
             if e.kind() == io::ErrorKind::TimedOut {
-                stream::Counters::add(&shared.counters.write_stalled);
+                shared.counters.record(Event::WriteStalled);
                 tracing::warn!(%peer, "closing a connection whose peer takes no answers");
             }
             break;
         }
-        stream::Counters::add(&shared.counters.responses_sent);
+        shared.counters.record(Event::ResponseSent);
     }
     drop(seat);
     let _ = w.shutdown().await;

@@ -13,15 +13,17 @@ use rpc_core::context::deadline_after;
 use rpc_core::context::Origin;
 use rpc_core::{BoxChannel, Client, Context, Error, Payload, Peer, Request, Serve};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
-use tokio::sync::{Notify, Semaphore};
+use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
 
 use super::framing::FrameError;
 use super::stream_io::{Io, TryWrite};
-use super::{Config, Counters};
-use crate::dispatch::{self, CallResult, Event, Link};
+use super::Config;
+use crate::dispatch::{self, CallResult, Link};
+use crate::slots::Slots;
+use crate::stats::{Counters, Event};
 use crate::{Armed, CallFuture};
 
 /// The most frames a connection's reader takes in a row before it yields to the other tasks.
@@ -116,7 +118,7 @@ pub(crate) struct Conn<C: Codec> {
     drain: crate::Cancel,
     /// It ended by failure (reset, bad frame), not by either side closing it cleanly.
     lost: AtomicBool,
-    serving: Arc<Semaphore>,
+    serving: Arc<Slots>,
     counters: Arc<Counters>,
     /// Responses delivered during the reader's current burst.
     delivered: AtomicUsize,
@@ -168,7 +170,7 @@ impl<C: Codec> Conn<C> {
             done: AtomicBool::new(false),
             drain,
             lost: AtomicBool::new(false),
-            serving: Arc::new(Semaphore::new(config.max_concurrent_requests)),
+            serving: Slots::new(config.max_concurrent_requests),
             counters,
             delivered: AtomicUsize::new(0),
             solo: AtomicBool::new(true),
@@ -466,15 +468,11 @@ impl<C: Codec> Conn<C> {
 
     /// Waits until every request being served has been answered.
     async fn answered(&self) {
-        let all = u32::try_from(self.config.max_concurrent_requests).unwrap_or(u32::MAX);
-        if let Ok(p) = self.serving.acquire_many(all).await {
-            drop(p);
-        }
+        self.serving.idle().await
     }
 
     fn idle(&self) -> bool {
-        self.calls.is_empty()
-            && self.serving.available_permits() == self.config.max_concurrent_requests
+        self.calls.is_empty() && self.serving.in_use() == 0
     }
 }
 
@@ -554,7 +552,7 @@ async fn read_loop<C: Codec, R: AsyncRead + Unpin>(
                 break 'frames;
             }
             BurstEnd::BadFrame(e) => {
-                Counters::add(&conn.counters.bad_frames);
+                conn.counters.record(Event::BadFrame);
                 tracing::warn!(peer = %conn.peer, error = %e, "closing the connection");
                 conn.lost.store(true, Ordering::Relaxed);
                 conn.fail_calls();
@@ -576,7 +574,7 @@ async fn watch_idle<C: Codec>(conn: Arc<Conn<C>>, period: std::time::Duration) {
     loop {
         tokio::time::sleep(period).await;
         if !conn.active.swap(false, Ordering::Relaxed) && conn.idle() {
-            Counters::add(&conn.counters.idle_closed);
+            conn.counters.record(Event::IdleClosed);
             tracing::debug!(peer = %conn.peer, "closing an idle connection");
             conn.close();
             return;
@@ -639,7 +637,7 @@ async fn write_loop<C: Codec>(conn: Arc<Conn<C>>, mut w: Box<dyn AsyncWrite + Se
         conn.out.drained.notify_waiters();
         if let Err(e) = written {
             if e.kind() == io::ErrorKind::TimedOut {
-                Counters::add(&conn.counters.write_stalled);
+                conn.counters.record(Event::WriteStalled);
                 tracing::warn!(peer = %conn.peer, "closing a connection whose peer takes no bytes");
             }
             conn.fail(&e);
@@ -708,7 +706,7 @@ impl<C: Codec> Link<C> for Arc<Conn<C>> {
         &self.codec
     }
 
-    fn permits(&self) -> &Arc<Semaphore> {
+    fn slots(&self) -> &Arc<Slots> {
         &self.serving
     }
 
@@ -728,21 +726,19 @@ impl<C: Codec> Link<C> for Arc<Conn<C>> {
     fn deliver(&self, id: C::Id, result: CallResult) {
         self.delivered.fetch_add(1, Ordering::Relaxed);
         if self.calls.deliver(&id, &(), result) == Delivery::UnknownId {
-            Counters::add(&self.counters.unknown_responses);
+            self.counters.record(Event::UnknownResponse);
             tracing::debug!(peer = %self.peer, ?id, "dropped a response to no call in flight");
+        } else {
+            self.counters.record(Event::ResponseReceived);
         }
     }
 
-    fn count(&self, event: Event) {
-        let c = &self.counters;
-        match event {
-            Event::Request => Counters::add(&c.requests),
-            Event::Malformed => Counters::add(&c.malformed),
-            Event::Overloaded => Counters::add(&c.overloaded),
-            Event::ResponseSent => Counters::add(&c.responses_sent),
-            // The connection is closing; its reader reports why.
-            Event::SendError => {}
-        }
+    fn counters(&self) -> &Counters {
+        &self.counters
+    }
+
+    fn peer(&self) -> &dyn fmt::Display {
+        &self.peer
     }
 }
 

@@ -33,7 +33,7 @@ use std::fmt;
 use std::future::Future;
 use std::io;
 use std::marker::PhantomData;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context as TaskContext, Poll};
 use std::time::Duration;
@@ -45,6 +45,8 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use self::conn::Conn;
+pub use crate::stats::Stats;
+use crate::stats::{Counters, Event};
 use crate::CallFuture;
 
 /// The default largest frame: 8 MiB.
@@ -365,68 +367,6 @@ impl<T: fmt::Debug> fmt::Debug for Builder<T> {
     }
 }
 
-/// What a server or client counted since it started.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct Stats {
-    /// Connections accepted (servers) or opened (clients).
-    pub connections: u64,
-    /// Connections closed at once because the server had `max_connections`.
-    pub connections_refused: u64,
-    /// Connections closed for being idle.
-    pub idle_closed: u64,
-    /// Connections closed because their peer took no bytes for the write timeout.
-    pub write_stalled: u64,
-    /// Connections closed for a bad frame (over the size limit, malformed framing, cut short).
-    pub bad_frames: u64,
-    /// Frames that were not valid messages.
-    pub malformed: u64,
-    /// Requests and notifications received.
-    pub requests: u64,
-    /// Responses sent.
-    pub responses_sent: u64,
-    /// Responses dropped for carrying no id in flight.
-    pub unknown_responses: u64,
-    /// Requests refused because too many were being served on their connection.
-    pub overloaded: u64,
-}
-
-#[derive(Debug, Default)]
-pub(crate) struct Counters {
-    pub(crate) connections: AtomicU64,
-    pub(crate) connections_refused: AtomicU64,
-    pub(crate) idle_closed: AtomicU64,
-    pub(crate) write_stalled: AtomicU64,
-    pub(crate) bad_frames: AtomicU64,
-    pub(crate) malformed: AtomicU64,
-    pub(crate) requests: AtomicU64,
-    pub(crate) responses_sent: AtomicU64,
-    pub(crate) unknown_responses: AtomicU64,
-    pub(crate) overloaded: AtomicU64,
-}
-
-impl Counters {
-    pub(crate) fn add(c: &AtomicU64) {
-        c.fetch_add(1, Ordering::Relaxed);
-    }
-
-    pub(crate) fn snapshot(&self) -> Stats {
-        let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        Stats {
-            connections: g(&self.connections),
-            connections_refused: g(&self.connections_refused),
-            idle_closed: g(&self.idle_closed),
-            write_stalled: g(&self.write_stalled),
-            bad_frames: g(&self.bad_frames),
-            malformed: g(&self.malformed),
-            requests: g(&self.requests),
-            responses_sent: g(&self.responses_sent),
-            unknown_responses: g(&self.unknown_responses),
-            overloaded: g(&self.overloaded),
-        }
-    }
-}
-
 /// State a server's accept loop shares with its handle.
 #[derive(Debug)]
 pub(crate) struct ServerShared {
@@ -492,12 +432,12 @@ async fn accept_loop<A, F, Fut>(
             }
         };
         if shared.live.load(Ordering::Acquire) >= max_connections {
-            Counters::add(&shared.counters.connections_refused);
+            shared.counters.record(Event::ConnectionRefused);
             tracing::warn!(peer = %stream.peer(), max_connections, "connection limit reached; closing a new connection");
             drop(stream);
             continue;
         }
-        Counters::add(&shared.counters.connections);
+        shared.counters.record(Event::Connection);
         shared.live.fetch_add(1, Ordering::AcqRel);
         let done = handle(stream, shared.clone());
         let shared = shared.clone();
@@ -559,7 +499,7 @@ impl<C: Codec, T: Transport> ClientShared<C, T> {
             return Ok(c);
         }
         let stream = T::connect(&self.addr).await.map_err(Error::Transport)?;
-        Counters::add(&self.counters.connections);
+        self.counters.record(Event::Connection);
         let conn = Conn::spawn(
             stream,
             self.codec.clone(),

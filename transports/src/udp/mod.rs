@@ -59,9 +59,8 @@
 
 mod dedup;
 mod socket;
-mod stats;
 
-pub use self::stats::Stats;
+pub use crate::stats::Stats;
 
 use std::cell::RefCell;
 use std::fmt;
@@ -80,11 +79,11 @@ use rpc_core::{
     BoxChannel, BoxError, Client, Context, Error, Payload, Peer, Request, Response, Serve, Service,
 };
 use tokio::net::{ToSocketAddrs, UdpSocket};
-use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
-use self::stats::Counters;
-use crate::dispatch::{self, CallResult, Event, Link};
+use crate::dispatch::{self, CallResult, Link};
+use crate::slots::Slots;
+use crate::stats::{Counters, Event};
 use crate::{CallFuture, Cancel};
 
 /// The default largest payload, as rpcudp: 8192 bytes.
@@ -219,8 +218,8 @@ impl Builder {
             dedup: self
                 .at_most_once
                 .map(|(capacity, age)| dedup::Dedup::new(capacity, age)),
-            permits: Arc::new(Semaphore::new(self.max_concurrent_requests)),
-            max_concurrent_requests: self.max_concurrent_requests,
+            slots: Slots::new(self.max_concurrent_requests),
+            stopped: tokio_util::sync::CancellationToken::new(),
             counters: Counters::default(),
             closed: closed.clone(),
         });
@@ -254,8 +253,9 @@ struct Shared<C: Codec> {
     calls: Arc<InFlight<C::Id, SocketAddr, CallResult>>,
     service: OnceLock<Serve>,
     dedup: Option<dedup::Dedup<C::Id>>,
-    permits: Arc<Semaphore>,
-    max_concurrent_requests: usize,
+    slots: Arc<Slots>,
+    /// The receive loop has ended: it starts no more requests.
+    stopped: tokio_util::sync::CancellationToken,
     counters: Counters,
     closed: Cancel,
 }
@@ -332,10 +332,13 @@ impl<C: Codec> Endpoint<C> {
     /// answered. Returns whether all were answered in time.
     pub async fn shutdown(&self, grace: Duration) -> bool {
         self.close();
-        let all = u32::try_from(self.shared.max_concurrent_requests).unwrap_or(u32::MAX);
-        tokio::time::timeout(grace, self.shared.permits.acquire_many(all))
-            .await
-            .is_ok()
+        // The receive loop may be starting a request: once it has ended, every request that
+        // started holds its slot.
+        let answered = async {
+            self.shared.stopped.cancelled().await;
+            self.shared.slots.idle().await;
+        };
+        tokio::time::timeout(grace, answered).await.is_ok()
     }
 
     /// Whether the endpoint is closed.
@@ -629,8 +632,8 @@ impl<C: Codec> Link<C> for UdpLink<C> {
         &self.shared.codec
     }
 
-    fn permits(&self) -> &Arc<Semaphore> {
-        &self.shared.permits
+    fn slots(&self) -> &Arc<Slots> {
+        &self.shared.slots
     }
 
     fn context(&self) -> Context {
@@ -649,13 +652,13 @@ impl<C: Codec> Link<C> for UdpLink<C> {
     fn deliver(&self, id: C::Id, result: CallResult) {
         let counters = &self.shared.counters;
         match self.shared.calls.deliver(&id, &self.peer, result) {
-            Delivery::Delivered => Counters::add(&counters.responses_received),
+            Delivery::Delivered => counters.record(Event::ResponseReceived),
             Delivery::UnknownId => {
-                Counters::add(&counters.unknown_responses);
+                counters.record(Event::UnknownResponse);
                 tracing::debug!(from = %self.peer, ?id, "dropped a response to no call in flight");
             }
             Delivery::WrongPeer => {
-                Counters::add(&counters.spoofed_responses);
+                counters.record(Event::SpoofedResponse);
                 tracing::warn!(from = %self.peer, ?id, "dropped a response from the wrong address");
             }
         }
@@ -668,11 +671,11 @@ impl<C: Codec> Link<C> for UdpLink<C> {
         match dedup.check(self.peer, id) {
             dedup::Seen::New => true,
             dedup::Seen::Running => {
-                Counters::add(&self.shared.counters.duplicates);
+                self.shared.counters.record(Event::Duplicate);
                 false
             }
             dedup::Seen::Done(datagram) => {
-                Counters::add(&self.shared.counters.duplicates);
+                self.shared.counters.record(Event::Duplicate);
                 if !datagram.is_empty() {
                     let _ = self.shared.socket.send_to(&datagram, self.peer).await;
                 }
@@ -696,15 +699,12 @@ impl<C: Codec> Link<C> for UdpLink<C> {
         sent
     }
 
-    fn count(&self, event: Event) {
-        let c = &self.shared.counters;
-        Counters::add(match event {
-            Event::Request => &c.requests,
-            Event::Malformed => &c.malformed,
-            Event::Overloaded => &c.overloaded,
-            Event::ResponseSent => &c.responses_sent,
-            Event::SendError => &c.send_errors,
-        });
+    fn counters(&self) -> &Counters {
+        &self.shared.counters
+    }
+
+    fn peer(&self) -> &dyn fmt::Display {
+        &self.peer
     }
 }
 
@@ -759,7 +759,7 @@ async fn receive_loop<C: Codec>(shared: Arc<Shared<C>>) {
             }
         };
         if n > shared.max_datagram {
-            Counters::add(&shared.counters.oversize);
+            shared.counters.record(Event::Oversize);
             tracing::debug!(%from, "dropped a datagram over the size limit");
             continue;
         }
@@ -785,4 +785,5 @@ async fn receive_loop<C: Codec>(shared: Arc<Shared<C>>) {
         }
     }
     shared.calls.close_all();
+    shared.stopped.cancel();
 }

@@ -1,0 +1,253 @@
+//! What a server, endpoint, connection or client counted: one [`Stats`] for every transport.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use rpc_core::{ErrorCode, ServerError};
+
+/// What a server, endpoint, connection or client counted since it started. Every transport
+/// counts into the same fields; a field a transport has nothing to count for stays 0 (UDP has
+/// no connections, streams drop no datagrams).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Stats {
+    /// Connections accepted (servers) or opened (clients).
+    pub connections: u64,
+    /// Connections closed at once because the server had `max_connections`.
+    pub connections_refused: u64,
+    /// Connections closed for being idle.
+    pub idle_closed: u64,
+    /// Connections closed because their peer took no bytes for the write timeout.
+    pub write_stalled: u64,
+    /// Connections closed for a bad frame (over the size limit, malformed framing, cut short).
+    pub bad_frames: u64,
+    /// Datagrams dropped for exceeding the size limit.
+    pub oversize: u64,
+    /// Frames or datagrams that were not valid messages.
+    pub malformed: u64,
+    /// Requests and notifications received.
+    pub requests: u64,
+    /// Responses (error answers included) sent.
+    pub responses_sent: u64,
+    /// Error answers sent, by code; every one is also in `responses_sent`.
+    pub errors_sent: ErrorCounts,
+    /// Responses received and handed to a waiting call.
+    pub responses_received: u64,
+    /// Responses dropped for carrying no id in flight: late, duplicated or forged, or answers to
+    /// notifications sent over a codec without notifications (rpcudp answers every request).
+    pub unknown_responses: u64,
+    /// Responses dropped for coming from another address than the request went to (UDP).
+    pub spoofed_responses: u64,
+    /// Requests refused because too many were being served (the transport's own limit).
+    pub overloaded: u64,
+    /// Frames or datagrams that could not be sent.
+    pub send_errors: u64,
+    /// Retransmitted requests not run again (UDP with `at_most_once`).
+    pub duplicates: u64,
+}
+
+/// Error answers sent, by code ([`ErrorCode`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ErrorCounts {
+    /// [`ErrorCode::PARSE_ERROR`].
+    pub parse_error: u64,
+    /// [`ErrorCode::INVALID_REQUEST`].
+    pub invalid_request: u64,
+    /// [`ErrorCode::METHOD_NOT_FOUND`].
+    pub method_not_found: u64,
+    /// [`ErrorCode::INVALID_PARAMS`].
+    pub invalid_params: u64,
+    /// [`ErrorCode::INTERNAL_ERROR`].
+    pub internal_error: u64,
+    /// [`ErrorCode::OVERLOADED`], whoever refused: the transport's limit or a layer.
+    pub overloaded: u64,
+    /// [`ErrorCode::RATE_LIMITED`].
+    pub rate_limited: u64,
+    /// [`ErrorCode::DEADLINE_EXCEEDED`].
+    pub deadline_exceeded: u64,
+    /// [`ErrorCode::MESSAGE_TOO_LARGE`].
+    pub message_too_large: u64,
+    /// Every other code: the application's own.
+    pub other: u64,
+}
+
+impl ErrorCounts {
+    /// All error answers.
+    pub fn total(&self) -> u64 {
+        self.parse_error
+            + self.invalid_request
+            + self.method_not_found
+            + self.invalid_params
+            + self.internal_error
+            + self.overloaded
+            + self.rate_limited
+            + self.deadline_exceeded
+            + self.message_too_large
+            + self.other
+    }
+}
+
+/// What happened, for [`Counters::record`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Event {
+    Connection,
+    ConnectionRefused,
+    IdleClosed,
+    WriteStalled,
+    BadFrame,
+    Oversize,
+    Malformed,
+    Request,
+    ResponseSent,
+    ResponseReceived,
+    UnknownResponse,
+    SpoofedResponse,
+    Overloaded,
+    SendError,
+    Duplicate,
+}
+
+/// The live counters behind a [`Stats`].
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    events: [AtomicU64; EVENTS],
+    /// By `CODES`' order, then one for every other code.
+    errors: [AtomicU64; CODES.len() + 1],
+}
+
+const EVENTS: usize = Event::Duplicate as usize + 1;
+
+/// The codes counted apart, in `ErrorCounts`' order.
+const CODES: [ErrorCode; 9] = [
+    ErrorCode::PARSE_ERROR,
+    ErrorCode::INVALID_REQUEST,
+    ErrorCode::METHOD_NOT_FOUND,
+    ErrorCode::INVALID_PARAMS,
+    ErrorCode::INTERNAL_ERROR,
+    ErrorCode::OVERLOADED,
+    ErrorCode::RATE_LIMITED,
+    ErrorCode::DEADLINE_EXCEEDED,
+    ErrorCode::MESSAGE_TOO_LARGE,
+];
+
+impl Counters {
+    pub(crate) fn record(&self, event: Event) {
+        self.events[event as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// An error answer went out: counted by code, and told at debug level.
+    pub(crate) fn error_sent(&self, peer: &dyn std::fmt::Display, error: &ServerError) {
+        let code = error.code();
+        let i = CODES.iter().position(|c| *c == code).unwrap_or(CODES.len());
+        self.errors[i].fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(%peer, code = code.code(), message = error.message(), "answered an error");
+    }
+
+    pub(crate) fn snapshot(&self) -> Stats {
+        let e = |event: Event| self.events[event as usize].load(Ordering::Relaxed);
+        let c = |i: usize| self.errors[i].load(Ordering::Relaxed);
+        Stats {
+            connections: e(Event::Connection),
+            connections_refused: e(Event::ConnectionRefused),
+            idle_closed: e(Event::IdleClosed),
+            write_stalled: e(Event::WriteStalled),
+            bad_frames: e(Event::BadFrame),
+            oversize: e(Event::Oversize),
+            malformed: e(Event::Malformed),
+            requests: e(Event::Request),
+            responses_sent: e(Event::ResponseSent),
+            errors_sent: ErrorCounts {
+                parse_error: c(0),
+                invalid_request: c(1),
+                method_not_found: c(2),
+                invalid_params: c(3),
+                internal_error: c(4),
+                overloaded: c(5),
+                rate_limited: c(6),
+                deadline_exceeded: c(7),
+                message_too_large: c(8),
+                other: c(9),
+            },
+            responses_received: e(Event::ResponseReceived),
+            unknown_responses: e(Event::UnknownResponse),
+            spoofed_responses: e(Event::SpoofedResponse),
+            overloaded: e(Event::Overloaded),
+            send_errors: e(Event::SendError),
+            duplicates: e(Event::Duplicate),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_are_counted_by_code_and_every_event_has_its_field() {
+        let c = Counters::default();
+        for code in CODES {
+            c.error_sent(&"peer", &ServerError::from_code(code));
+        }
+        c.error_sent(&"peer", &ServerError::new(ErrorCode::new(7), "mine"));
+        let s = c.snapshot();
+        assert_eq!(s.errors_sent.total(), 10);
+        let e = s.errors_sent;
+        for n in [
+            e.parse_error,
+            e.invalid_request,
+            e.method_not_found,
+            e.invalid_params,
+            e.internal_error,
+            e.overloaded,
+            e.rate_limited,
+            e.deadline_exceeded,
+            e.message_too_large,
+            e.other,
+        ] {
+            assert_eq!(n, 1);
+        }
+        let events = [
+            Event::Connection,
+            Event::ConnectionRefused,
+            Event::IdleClosed,
+            Event::WriteStalled,
+            Event::BadFrame,
+            Event::Oversize,
+            Event::Malformed,
+            Event::Request,
+            Event::ResponseSent,
+            Event::ResponseReceived,
+            Event::UnknownResponse,
+            Event::SpoofedResponse,
+            Event::Overloaded,
+            Event::SendError,
+            Event::Duplicate,
+        ];
+        assert_eq!(events.len(), EVENTS);
+        for (i, event) in events.into_iter().enumerate() {
+            for _ in 0..=i {
+                c.record(event);
+            }
+        }
+        let s = c.snapshot();
+        let got = [
+            s.connections,
+            s.connections_refused,
+            s.idle_closed,
+            s.write_stalled,
+            s.bad_frames,
+            s.oversize,
+            s.malformed,
+            s.requests,
+            s.responses_sent,
+            s.responses_received,
+            s.unknown_responses,
+            s.spoofed_responses,
+            s.overloaded,
+            s.send_errors,
+            s.duplicates,
+        ];
+        let want: Vec<u64> = (1..=EVENTS as u64).collect();
+        assert_eq!(got.to_vec(), want);
+    }
+}
