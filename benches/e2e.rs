@@ -573,7 +573,7 @@ fn systems(a: &Addrs) -> Vec<System> {
             }
         }),
         system("rpc-stack msgpack tcp", "raw tcp", move |_| async move {
-            tcp::Builder::new().connect(msgpack_tcp, RpcudpCodec::new())
+            tcp::Builder::new().client(msgpack_tcp, RpcudpCodec::new())
         }),
         system("rpc-stack msgpack udp", "raw udp", move |_| async move {
             udp::Endpoint::bind("127.0.0.1:0", RpcudpCodec::new())
@@ -583,13 +583,13 @@ fn systems(a: &Addrs) -> Vec<System> {
         }),
         system("rpc-stack msgpack unix", "raw unix", move |_| {
             let path = msgpack_unix.clone();
-            async move { unix::Builder::new().connect(path, RpcudpCodec::new()) }
+            async move { unix::Builder::new().client(path, RpcudpCodec::new()) }
         }),
         system("rpc-stack jsonrpc tcp", "raw tcp", move |_| async move {
-            tcp::Builder::new().connect(jsonrpc_tcp, JsonRpcCodec::new())
+            tcp::Builder::new().client(jsonrpc_tcp, JsonRpcCodec::new())
         }),
         system("rpc-stack bsr tcp", "raw tcp", move |_| async move {
-            Bsr(raw::Builder::new().connect_tcp(bsr_tcp))
+            Bsr(raw::Builder::new().client_tcp(bsr_tcp))
         }),
         system("tarpc bincode tcp", "raw tcp", move |_| async move {
             let t = tarpc::serde_transport::tcp::connect(

@@ -371,7 +371,7 @@ fn phase_calls_in_flight(rt: &Runtime) {
     );
     let client = tcp::Builder::new()
         .timeout(Duration::from_secs(30))
-        .connect(server.addr, RpcudpCodec::new())
+        .client(server.addr, RpcudpCodec::new())
         .with_timeout(Duration::from_secs(30));
 
     let (before, after, reached) = rt.block_on(async {
@@ -424,7 +424,7 @@ fn phase_soak(rt: &Runtime, soak: Duration) {
         Router::new().route("echo", echo),
     );
     let client = tcp::Builder::new()
-        .connect(server.addr, RpcudpCodec::new())
+        .client(server.addr, RpcudpCodec::new())
         .with_timeout(Duration::from_secs(5));
     let calls = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));

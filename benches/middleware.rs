@@ -292,8 +292,8 @@ fn main() {
     runtime().block_on(async {
         // TCP, 64 in flight and then 1, on one connection each.
         if shape.is_empty() || shape.starts_with("tcp") {
-            let plain = tcp::Builder::new().connect(tcp_plain, RpcudpCodec::new());
-            let layered = tcp::Builder::new().connect(tcp_layered, RpcudpCodec::new());
+            let plain = tcp::Builder::new().client(tcp_plain, RpcudpCodec::new());
+            let layered = tcp::Builder::new().client(tcp_layered, RpcudpCodec::new());
             let (many, one) = (shape != "tcp1", shape != "tcp64");
             if no_client_stack {
                 if many {

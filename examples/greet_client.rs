@@ -26,7 +26,7 @@ async fn main() -> Result<ExitCode, Box<dyn std::error::Error>> {
         .await?
         .next()
         .ok_or("the address resolves to nothing")?;
-    let client = raw::Builder::new().connect_tcp(addr);
+    let client = raw::Builder::new().client_tcp(addr);
 
     let hello: String = client.call(0u16, ("Robert",)).await?;
     println!("hello(\"Robert\") -> {hello:?}");

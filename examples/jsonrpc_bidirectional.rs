@@ -62,7 +62,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         });
     let client = tcp::Builder::new()
         .serve(client_router)
-        .connect(server.local_addr(), JsonRpcCodec::new())
+        .client(server.local_addr(), JsonRpcCodec::new())
         .with_timeout(Duration::from_secs(5));
 
     let n: u32 = client.call("count", (3,)).await?;

@@ -252,7 +252,7 @@ async fn main() -> Result<()> {
         .bind(ADDR, RpcudpCodec::new())
         .await?;
     println!("serving on tcp://{}", server.local_addr());
-    let connect = || tcp::Builder::new().connect(server.local_addr(), RpcudpCodec::new());
+    let connect = || tcp::Builder::new().client(server.local_addr(), RpcudpCodec::new());
     demo("tcp", client_stack(connect()), connect(), &metrics).await?;
     server.shutdown(Duration::from_secs(1)).await;
 

@@ -56,13 +56,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         (
             "tcp",
             tcp::Builder::new()
-                .connect(over_tcp.local_addr(), RpcudpCodec::new())
+                .client(over_tcp.local_addr(), RpcudpCodec::new())
                 .boxed(),
         ),
         (
             "unix",
             unix::Builder::new()
-                .connect(&sock, RpcudpCodec::new())
+                .client(&sock, RpcudpCodec::new())
                 .boxed(),
         ),
     ];

@@ -18,7 +18,7 @@ use futures::future::BoxFuture;
 use rpc_codecs::jsonrpc::JsonRpcCodec;
 use rpc_codecs::msgpack::RpcudpCodec;
 use rpc_core::{BoxChannel, Client, Codec, Error};
-use rpc_transports::{raw, tcp, udp, unix};
+use rpc_transports::{raw, tcp, udp, unix, Serving};
 
 use crate::target::{Address, CodecName, Target};
 
@@ -229,8 +229,8 @@ pub(crate) async fn client_for(target: &Target) -> Result<Client<BoxChannel>, Fa
         CodecName::Msgpack => client_with(&target.address, RpcudpCodec::new()).await,
         CodecName::JsonRpc => client_with(&target.address, JsonRpcCodec::new()).await,
         CodecName::Raw => match &target.address {
-            Address::Tcp(addr) => Ok(raw::Builder::new().connect_tcp(*addr).boxed()),
-            Address::Unix(path) => Ok(raw::Builder::new().connect_unix(path).boxed()),
+            Address::Tcp(addr) => Ok(raw::Builder::new().client_tcp(*addr).boxed()),
+            Address::Unix(path) => Ok(raw::Builder::new().client_unix(path).boxed()),
             Address::Udp(_) => Err(Failure::usage(
                 "the raw codec (basic-socket-rpc) runs over tcp:// or unix://, not udp://",
             )),
@@ -274,31 +274,19 @@ async fn client_with<C: Codec>(address: &Address, codec: C) -> Result<Client<Box
                 .client(*peer)
                 .boxed()
         }
-        Address::Tcp(addr) => tcp::Builder::new().connect(*addr, codec).boxed(),
-        Address::Unix(path) => unix::Builder::new().connect(path, codec).boxed(),
+        Address::Tcp(addr) => tcp::Builder::new().client(*addr, codec).boxed(),
+        Address::Unix(path) => unix::Builder::new().client(path, codec).boxed(),
     })
 }
 
-/// A server started by `rpc serve`, whatever its transport and codec.
+/// A server started by `rpc serve`, whatever its transport, codec and address type.
 trait Running: Send + Sync {
     fn shutdown(&self, grace: Duration) -> BoxFuture<'_, bool>;
 }
 
-impl<C: Codec> Running for udp::Endpoint<C> {
+impl<S: Serving> Running for S {
     fn shutdown(&self, grace: Duration) -> BoxFuture<'_, bool> {
-        Box::pin(udp::Endpoint::shutdown(self, grace))
-    }
-}
-
-impl Running for tcp::Server {
-    fn shutdown(&self, grace: Duration) -> BoxFuture<'_, bool> {
-        Box::pin(tcp::Server::shutdown(self, grace))
-    }
-}
-
-impl Running for unix::Server {
-    fn shutdown(&self, grace: Duration) -> BoxFuture<'_, bool> {
-        Box::pin(unix::Server::shutdown(self, grace))
+        Serving::shutdown(self, grace)
     }
 }
 

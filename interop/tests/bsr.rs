@@ -155,7 +155,7 @@ async fn bad_input_gets_exceptions_and_the_connection_stays_usable() {
         .unwrap();
     assert!(rest.is_empty());
     // Others are still served.
-    let client = raw::Builder::new().connect_tcp(server.local_addr());
+    let client = raw::Builder::new().client_tcp(server.local_addr());
     let r: u32 = client.call(2u16, (1u32, 2u32)).await.unwrap();
     assert_eq!(r, 3);
 }
@@ -173,7 +173,7 @@ async fn python_client_calls_the_rpc_stack_greet_server() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rpc_stack_client_calls_the_python_greet_server() {
     let peer = PeerProcess::start("bsr_peer.py", &["server"]);
-    let client = raw::Builder::new().connect_tcp(peer.listen_addr());
+    let client = raw::Builder::new().client_tcp(peer.listen_addr());
     let hello: String = client.call(0u16, ("Robert",)).await.unwrap();
     assert_eq!(hello, "hello Robert");
     let goodbye: String = client.call(1u16, ("Robert",)).await.unwrap();
@@ -254,7 +254,7 @@ async fn sessions_are_granted_in_the_order_asked() {
     let client = |retry_ms| {
         raw::Builder::new()
             .init_retry_interval(Duration::from_millis(retry_ms))
-            .connect_tcp(server.local_addr())
+            .client_tcp(server.local_addr())
     };
     let first = client(20);
     let _: String = first.call(0u16, ("first",)).await.unwrap();
@@ -291,7 +291,7 @@ async fn over_a_unix_socket_with_detailed_errors() {
         .bind_unix(&path)
         .await
         .unwrap();
-    let client = raw::Builder::new().connect_unix(&path);
+    let client = raw::Builder::new().client_unix(&path);
     let hello: String = client.call(0u16, ("Unix",)).await.unwrap();
     assert_eq!(hello, "hello Unix");
     // With detail on, the exception text carries the code.
@@ -367,7 +367,7 @@ async fn a_peer_that_reads_no_answers_loses_its_session_after_the_write_timeout(
     let other = raw::Builder::new()
         .timeout(Duration::from_secs(5))
         .init_retry_interval(Duration::from_millis(100))
-        .connect_tcp(server.local_addr());
+        .client_tcp(server.local_addr());
     let answer: String = other.call(0u16, (3u32,)).await.unwrap();
     assert_eq!(answer, "xxx");
     assert_eq!(server.stats().write_stalled, 1);
@@ -399,7 +399,7 @@ async fn a_request_has_no_deadline_the_protocol_did_not_carry() {
         .bind_tcp("127.0.0.1:0")
         .await
         .unwrap();
-    let client = raw::Builder::new().connect_tcp(server.local_addr());
+    let client = raw::Builder::new().client_tcp(server.local_addr());
     let seen: String = client.call(0u16, ()).await.unwrap();
     assert_eq!(seen, "None");
 }
@@ -411,7 +411,7 @@ async fn failed_calls_are_not_counted_as_malformed_frames() {
         .bind_tcp("127.0.0.1:0")
         .await
         .unwrap();
-    let client = raw::Builder::new().connect_tcp(server.local_addr());
+    let client = raw::Builder::new().client_tcp(server.local_addr());
     // Wrong argument types: the call fails, the frame was well formed.
     for _ in 0..3 {
         assert!(client.call::<u32>(2u16, ("not a number",)).await.is_err());
@@ -439,7 +439,7 @@ async fn a_late_answer_is_never_taken_by_the_next_call() {
         .unwrap();
     let client = raw::Builder::new()
         .timeout(Duration::from_secs(2))
-        .connect_tcp(server.local_addr());
+        .client_tcp(server.local_addr());
     // The first call times out while its answer is on the way; the second, queued behind it
     // for the connection, must get its own answer.
     let impatient = client.clone().with_timeout(Duration::from_millis(200));

@@ -267,7 +267,7 @@ async fn typed_clients_over_tcp_and_udp() {
         .bind("127.0.0.1:0", JsonRpcCodec::new())
         .await
         .unwrap();
-    let client = tcp::Builder::new().connect(server.local_addr(), JsonRpcCodec::new());
+    let client = tcp::Builder::new().client(server.local_addr(), JsonRpcCodec::new());
     let r: i64 = client.call("subtract", (42, 23)).await.unwrap();
     assert_eq!(r, 19);
     let e = client.call::<i64>("nope", ()).await.unwrap_err();
@@ -309,7 +309,7 @@ async fn one_router_over_msgpack_udp_and_jsonrpc_tcp_at_once() {
         .await
         .unwrap();
     let msgpack = ep.client(over_udp.local_addr());
-    let json = tcp::Builder::new().connect(over_tcp.local_addr(), JsonRpcCodec::new());
+    let json = tcp::Builder::new().client(over_tcp.local_addr(), JsonRpcCodec::new());
     for (a, b) in [(42, 23), (1, 2), (-5, 5)] {
         let x: i64 = msgpack.call("subtract", (a, b)).await.unwrap();
         let y: i64 = json.call("subtract", (a, b)).await.unwrap();
@@ -347,7 +347,7 @@ async fn deadlines_travel_with_the_request_when_both_ends_opt_in() {
         .await
         .unwrap();
     let client = tcp::Builder::new()
-        .connect(server.local_addr(), JsonRpcCodec::new().with_deadlines())
+        .client(server.local_addr(), JsonRpcCodec::new().with_deadlines())
         .with_timeout(Duration::from_millis(300));
 
     // The handler sees the caller's deadline.

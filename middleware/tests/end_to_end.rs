@@ -157,7 +157,7 @@ impl Server {
                 .unwrap()
                 .client(s.local_addr())
                 .boxed(),
-            Server::Tcp(s) => tcp::Builder::new().connect(s.local_addr(), codec).boxed(),
+            Server::Tcp(s) => tcp::Builder::new().client(s.local_addr(), codec).boxed(),
         }
     }
 

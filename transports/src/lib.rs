@@ -29,11 +29,13 @@
     attr(deny(warnings, rust_2018_idioms), allow(dead_code, unused_variables))
 ))]
 
+mod builder;
 mod dispatch;
 #[cfg(feature = "memory")]
 pub mod memory;
 #[cfg(all(unix, feature = "raw"))]
 pub mod raw;
+mod serving;
 mod slots;
 mod stats;
 #[cfg(any(feature = "tcp", feature = "unix", feature = "memory"))]
@@ -45,6 +47,11 @@ pub mod udp;
 #[cfg(all(unix, feature = "unix"))]
 pub mod unix;
 
+pub use self::builder::{
+    Builder, Connected, Connections, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_CONCURRENT_REQUESTS,
+    DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_FRAME_LENGTH, DEFAULT_TIMEOUT, DEFAULT_WRITE_TIMEOUT,
+};
+pub use self::serving::Serving;
 pub use self::stats::{ErrorCounts, Stats};
 
 /// Entry points for the fuzz targets in `fuzz/` (built only under `cargo fuzz`).

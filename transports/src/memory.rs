@@ -20,7 +20,7 @@
 //! let server = memory::Builder::new()
 //!     .serve(Router::new().route("whoami", whoami))
 //!     .bind(RpcudpCodec::new());
-//! let client = memory::Builder::new().connect(server.local_addr(), RpcudpCodec::new());
+//! let client = memory::Builder::new().client(server.local_addr(), RpcudpCodec::new());
 //! let me: String = client.call("whoami", ()).await?;
 //! assert!(me.starts_with("stream:memory-client-"), "{me}");
 //! assert!(server.shutdown(std::time::Duration::from_secs(1)).await);
@@ -60,7 +60,7 @@ impl Default for Memory {
 }
 
 /// Configures in-memory servers and clients.
-pub type Builder = stream::Builder<Memory>;
+pub type Builder = crate::Builder<stream::Stream<Memory>>;
 
 /// A channel to an in-memory server.
 pub type Channel<C> = stream::Channel<C, Memory>;
@@ -129,7 +129,7 @@ impl Builder {
     /// unread. Default 64 KiB. A server's setting holds for its connections (the client's
     /// builder is not asked).
     pub fn buffer_size(mut self, bytes: usize) -> Self {
-        self.extra.buffer = bytes.max(1);
+        self.transport.kind.buffer = bytes.max(1);
         self
     }
 
@@ -142,7 +142,7 @@ impl Builder {
             inner: Arc::new(AddrInner {
                 id: NEXT.fetch_add(1, Ordering::Relaxed),
                 connections: tx,
-                buffer: self.extra.buffer,
+                buffer: self.transport.kind.buffer,
                 next_client: AtomicU64::new(0),
             }),
         };
@@ -150,7 +150,7 @@ impl Builder {
     }
 
     /// A typed client of the server at `addr`; it connects on its first call.
-    pub fn connect<C: Codec>(self, addr: Addr, codec: C) -> Client<Channel<C>> {
+    pub fn client<C: Codec>(self, addr: Addr, codec: C) -> Client<Channel<C>> {
         self.channel(addr, codec).into_client()
     }
 

@@ -294,14 +294,14 @@ impl Harness {
                 if let Some(r) = serve {
                     b = b.serve(r);
                 }
-                b.connect(*a, codec).boxed()
+                b.client(*a, codec).boxed()
             }
             (Kind::Unix, Addr::Path(p)) => {
                 let mut b = stream_builder::<unix::Unix>(limits);
                 if let Some(r) = serve {
                     b = b.serve(r);
                 }
-                b.connect(p, codec).boxed()
+                b.client(p, codec).boxed()
             }
             (kind, addr) => panic!("{kind:?} cannot connect to {addr:?}"),
         };
@@ -349,8 +349,8 @@ fn udp_builder(limits: Limits) -> udp::Builder {
     b
 }
 
-fn stream_builder<T: Default>(limits: Limits) -> stream::Builder<T> {
-    let mut b = stream::Builder::<T>::new();
+fn stream_builder<K: Default>(limits: Limits) -> stream::Builder<stream::Stream<K>> {
+    let mut b = stream::Builder::<stream::Stream<K>>::new();
     if let Some(n) = limits.max_frame {
         b = b.max_frame_length(n);
     }
@@ -1043,7 +1043,7 @@ async fn unix_socket_file_lifecycle(_: Kind) {
     let server = unix_bind(&path)
         .await
         .expect("replaces a stale socket file");
-    let client = unix::Builder::new().connect(&path, RpcudpCodec::new());
+    let client = unix::Builder::new().client(&path, RpcudpCodec::new());
     let sum: i64 = within(client.call("add", (1, 2))).await.unwrap();
     assert_eq!(sum, 3);
 

@@ -220,7 +220,7 @@ where
 /// already being served, and a connect that meets a flood of others can wait a second for the
 /// kernel to retransmit its SYN.
 async fn good_tcp_client(addr: SocketAddr, stop: Arc<AtomicBool>) -> JoinHandle<Served> {
-    let client = tcp::Builder::new().connect(addr, RpcudpCodec::new());
+    let client = tcp::Builder::new().client(addr, RpcudpCodec::new());
     let first: i64 = client.call("add", (0, 1000)).await.unwrap();
     assert_eq!(first, 1000);
     good_client(
@@ -599,7 +599,7 @@ fn tcp_connection_flood_is_capped_and_existing_clients_served() {
         );
         let addr = server.local_addr();
         // The good client's connection exists before the flood.
-        let client = tcp::Builder::new().connect(addr, RpcudpCodec::new());
+        let client = tcp::Builder::new().client(addr, RpcudpCodec::new());
         assert_eq!(client.call::<i64>("add", (1, 1)).await.unwrap(), 2);
         let rss = RssProbe::start();
         let stop = Arc::new(AtomicBool::new(false));
@@ -661,7 +661,7 @@ fn tcp_connection_flood_is_capped_and_existing_clients_served() {
         while server.connections() > 1 && t.elapsed() < Duration::from_secs(2) {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        let late = tcp::Builder::new().connect(addr, RpcudpCodec::new());
+        let late = tcp::Builder::new().client(addr, RpcudpCodec::new());
         assert_eq!(late.call::<i64>("add", (2, 3)).await.unwrap(), 5);
     });
 }
@@ -781,7 +781,7 @@ fn jsonrpc_giant_batches_and_deep_nesting_are_refused() {
         let addr = server.local_addr();
         let rss = RssProbe::start();
         let stop = Arc::new(AtomicBool::new(false));
-        let client = tcp::Builder::new().connect(addr, JsonRpcCodec::new());
+        let client = tcp::Builder::new().client(addr, JsonRpcCodec::new());
         let good = good_client(
             move |i| {
                 let c = client.clone();

@@ -50,7 +50,7 @@ async fn over_memory<C: Codec>(codec: C) {
     let server = memory::Builder::new().serve(router()).bind(codec.clone());
     let client = memory::Builder::new()
         .serve(Router::new().route("double", |n: i64| async move { 2 * n }))
-        .connect(server.local_addr(), codec);
+        .client(server.local_addr(), codec);
     let sums = futures::future::join_all((0..100i64).map(|i| client.call::<i64>("add", (i, 1))));
     for (i, sum) in sums.await.into_iter().enumerate() {
         assert_eq!(sum.unwrap(), i as i64 + 1);
@@ -189,12 +189,12 @@ async fn a_stopped_memory_server_refuses_connections_and_its_clients_reconnect_t
             .serve(router())
             .bind(RpcudpCodec::new());
         let addr = server.local_addr();
-        let client = memory::Builder::new().connect(addr.clone(), RpcudpCodec::new());
+        let client = memory::Builder::new().client(addr.clone(), RpcudpCodec::new());
         assert_eq!(client.call::<i64>("add", (1, 2)).await.unwrap(), 3);
         assert!(server.shutdown(Duration::from_secs(1)).await);
         let e = client.call::<i64>("add", (1, 2)).await.unwrap_err();
         assert!(matches!(e, Error::Transport(_)), "{e:?}");
-        let fresh = memory::Builder::new().connect(addr, RpcudpCodec::new());
+        let fresh = memory::Builder::new().client(addr, RpcudpCodec::new());
         let e = fresh.call::<i64>("add", (1, 2)).await.unwrap_err();
         assert!(
             matches!(&e, Error::Transport(io) if io.kind() == std::io::ErrorKind::ConnectionRefused),
@@ -213,7 +213,7 @@ async fn garbage_on_a_duplex_stream_closes_that_connection_only() {
             .max_frame_length(1024)
             .serve(router())
             .bind(RpcudpCodec::new());
-        let good = memory::Builder::new().connect(server.local_addr(), RpcudpCodec::new());
+        let good = memory::Builder::new().client(server.local_addr(), RpcudpCodec::new());
         assert_eq!(good.call::<i64>("add", (1, 2)).await.unwrap(), 3);
         // A raw stream to the same server claiming a frame over the limit.
         let (mut raw, theirs) = tokio::io::duplex(4096);

@@ -58,7 +58,7 @@ async fn self_delimited_framing_end_to_end() {
             .unwrap();
         let client = tcp::Builder::new()
             .framing(Framing::SelfDelimited(rpcudp_frame))
-            .connect(server.local_addr(), RpcudpCodec::new());
+            .client(server.local_addr(), RpcudpCodec::new());
         let calls = (0..200).map(|i| client.call::<i64>("add", (i, 1)));
         for (i, r) in futures::future::join_all(calls)
             .await
@@ -85,7 +85,7 @@ async fn bytes_echo() -> (
         .bind("127.0.0.1:0", RpcudpCodec::new())
         .await
         .unwrap();
-    let client = tcp::Builder::new().connect(server.local_addr(), RpcudpCodec::new());
+    let client = tcp::Builder::new().client(server.local_addr(), RpcudpCodec::new());
     (server, client)
 }
 
@@ -151,7 +151,7 @@ async fn calls_waiting_on_a_lost_connection_fail_with_a_transport_error() {
                 reads += 1;
             }
         });
-        let client = tcp::Builder::new().connect(addr, RpcudpCodec::new());
+        let client = tcp::Builder::new().client(addr, RpcudpCodec::new());
         let first = tokio::spawn({
             let client = client.clone();
             async move { client.call::<i64>("add", (1, 2)).await }
@@ -176,11 +176,11 @@ async fn connections_over_the_limit_are_closed() {
             .bind("127.0.0.1:0", RpcudpCodec::new())
             .await
             .unwrap();
-        let a = tcp::Builder::new().connect(server.local_addr(), RpcudpCodec::new());
-        let b = tcp::Builder::new().connect(server.local_addr(), RpcudpCodec::new());
+        let a = tcp::Builder::new().client(server.local_addr(), RpcudpCodec::new());
+        let b = tcp::Builder::new().client(server.local_addr(), RpcudpCodec::new());
         assert_eq!(a.call::<i64>("add", (1, 1)).await.unwrap(), 2);
         assert_eq!(b.call::<i64>("add", (1, 1)).await.unwrap(), 2);
-        let c = tcp::Builder::new().connect(server.local_addr(), RpcudpCodec::new());
+        let c = tcp::Builder::new().client(server.local_addr(), RpcudpCodec::new());
         let err = c.call::<i64>("add", (1, 1)).await.unwrap_err();
         assert!(
             !err.is_timeout(),
@@ -340,7 +340,7 @@ async fn a_peer_that_never_reads_does_not_stop_the_server() {
         });
         tokio::time::sleep(Duration::from_millis(300)).await;
         // Everyone else is still served.
-        let other = tcp::Builder::new().connect(server.local_addr(), RpcudpCodec::new());
+        let other = tcp::Builder::new().client(server.local_addr(), RpcudpCodec::new());
         for i in 0..20 {
             assert_eq!(other.call::<i64>("add", (i, i)).await.unwrap(), 2 * i);
         }
@@ -362,7 +362,7 @@ async fn unix_socket_permissions_are_set() {
             .unwrap();
         let mode = std::fs::metadata(&path).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
-        let client = unix::Builder::new().connect(&path, RpcudpCodec::new());
+        let client = unix::Builder::new().client(&path, RpcudpCodec::new());
         assert_eq!(client.call::<i64>("add", (1, 2)).await.unwrap(), 3);
         assert!(server.shutdown(Duration::from_secs(2)).await);
         assert!(!path.exists());
@@ -397,7 +397,7 @@ async fn a_server_calls_back_over_the_clients_connection() {
                 seen.fetch_add(1, Ordering::Relaxed);
                 double(x)
             }))
-            .connect(server.local_addr(), RpcudpCodec::new());
+            .client(server.local_addr(), RpcudpCodec::new());
         assert_eq!(client.call::<i64>("ask_back", (21,)).await.unwrap(), 42);
         assert_eq!(calls.load(Ordering::Relaxed), 1);
         assert_eq!(
@@ -420,7 +420,7 @@ async fn a_timeout_too_long_for_the_clock_means_no_timeout() {
             .unwrap();
         let client = tcp::Builder::new()
             .timeout(Duration::MAX)
-            .connect(server.local_addr(), RpcudpCodec::new());
+            .client(server.local_addr(), RpcudpCodec::new());
         assert_eq!(client.call::<i64>("add", (2, 3)).await.unwrap(), 5);
     })
     .await
@@ -697,7 +697,7 @@ async fn a_server_removes_only_its_own_socket_file() {
         .await
         .unwrap();
     drop(first);
-    let client = unix::Builder::new().connect(&path, RpcudpCodec::new());
+    let client = unix::Builder::new().client(&path, RpcudpCodec::new());
     assert_eq!(client.call::<i64>("add", (1, 2)).await.unwrap(), 3);
     drop(second);
     assert!(!path.exists());

@@ -1155,3 +1155,43 @@ async fn error_answers_are_counted_by_code() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn dropping_the_last_strong_handle_closes_an_endpoint_whose_handlers_hold_weak_ones() {
+    within(async {
+        let node = Endpoint::bind(LOCALHOST, RpcudpCodec::new()).await.unwrap();
+        let addr = node.local_addr();
+        let other = server().await;
+        let me = node.downgrade();
+        let other_addr = other.local_addr();
+        // The handler calls another peer through its own endpoint, as a Kademlia node does.
+        node.serve(Router::new().route("relay", move |a: i64, b: i64| {
+            let me = me.clone();
+            async move {
+                let node = me
+                    .upgrade()
+                    .ok_or_else(|| ServerError::internal("closed"))?;
+                node.client(other_addr)
+                    .call::<i64>("add", (a, b))
+                    .await
+                    .map_err(|e| ServerError::internal(e.to_string()))
+            }
+        }));
+        let caller = endpoint().await;
+        let sum: i64 = caller.client(addr).call("relay", (2, 40)).await.unwrap();
+        assert_eq!(sum, 42);
+        let weak = node.downgrade();
+        drop(node);
+        assert!(weak.upgrade().is_none(), "a weak handle kept the endpoint");
+        // The socket is closed: its port can be bound again.
+        let deadline = Instant::now() + BOUND;
+        while UdpSocket::bind(addr).await.is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "the endpoint's socket stayed open"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+}

@@ -21,7 +21,7 @@
 //!     .serve(Router::new().command(0, hello))
 //!     .bind_tcp("127.0.0.1:0")
 //!     .await?;
-//! let client = raw::Builder::new().connect_tcp(server.local_addr());
+//! let client = raw::Builder::new().client_tcp(server.local_addr());
 //! let greeting: String = client.call(0u16, ("Robert",)).await?;
 //! assert_eq!(greeting, "hello Robert");
 //! # Ok(())
@@ -63,7 +63,7 @@ use futures::StreamExt;
 use rpc_codecs::raw::LE;
 use rpc_core::context::deadline_after;
 use rpc_core::{
-    BoxError, Client, Context, Error, ErrorCode, Format, Method, Payload, Request, Response, Serve,
+    Client, Context, Error, ErrorCode, Format, Method, Payload, Request, Response, Serve,
     ServerError, Service,
 };
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
@@ -72,6 +72,7 @@ use tokio::time::Instant;
 use tokio_util::codec::FramedRead;
 
 use self::frame::{put_exception, put_frame, Frame, FrameDecoder, EXCEPTION, INIT, RPC, VERSION};
+use crate::builder::{sealed, Connected, Connections};
 use crate::stats::Event;
 use crate::stream::{self, Accept, Io, ServerShared};
 use crate::{tcp, unix};
@@ -85,73 +86,44 @@ pub(crate) fn frame_decoder(max: usize) -> FrameDecoder {
 /// How long a client waits before sending INIT again to a busy server: 4.5 s, as basic-socket-rpc.
 pub const INIT_RETRY_INTERVAL: Duration = Duration::from_millis(4500);
 
-/// Configures basic-socket-rpc servers and clients.
-#[derive(Clone)]
-pub struct Builder {
-    max_frame: usize,
-    max_connections: usize,
+/// basic-socket-rpc's own settings, beside [`Builder`]'s shared ones and the connection
+/// settings.
+#[derive(Debug, Clone)]
+pub struct Raw {
+    connections: Connections,
     max_sessions: usize,
-    idle_timeout: Option<Duration>,
-    write_timeout: Duration,
-    timeout: Duration,
     init_retry: Duration,
     detailed_errors: bool,
-    service: Option<Serve>,
 }
 
-impl Default for Builder {
+impl Default for Raw {
     fn default() -> Self {
         Self {
-            max_frame: stream::DEFAULT_MAX_FRAME_LENGTH,
-            max_connections: stream::DEFAULT_MAX_CONNECTIONS,
+            connections: Connections::default(),
             max_sessions: usize::MAX,
-            idle_timeout: Some(stream::DEFAULT_IDLE_TIMEOUT),
-            write_timeout: stream::DEFAULT_WRITE_TIMEOUT,
-            timeout: Duration::from_secs(20),
             init_retry: INIT_RETRY_INTERVAL,
             detailed_errors: false,
-            service: None,
         }
     }
 }
 
-impl fmt::Debug for Builder {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Builder")
-            .field("max_frame", &self.max_frame)
-            .field("max_connections", &self.max_connections)
-            .field("max_sessions", &self.max_sessions)
-            .field("idle_timeout", &self.idle_timeout)
-            .field("write_timeout", &self.write_timeout)
-            .field("timeout", &self.timeout)
-            .field("detailed_errors", &self.detailed_errors)
-            .field("serving", &self.service.is_some())
-            .finish()
+impl sealed::Sealed for Raw {}
+
+impl Connected for Raw {
+    fn connections(&mut self) -> &mut Connections {
+        &mut self.connections
     }
 }
 
+/// Configures basic-socket-rpc servers and clients: the settings every transport shares
+/// ([`crate::Builder`]), those of connections, and the protocol's own below.
+pub type Builder = crate::Builder<Raw>;
+
 impl Builder {
-    /// A builder with the defaults.
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// The largest frame sent or accepted, in bytes. Default 8 MiB.
-    pub fn max_frame_length(mut self, bytes: usize) -> Self {
-        self.max_frame = bytes.clamp(frame::HEADER, u32::MAX as usize);
-        self
-    }
-
-    /// How many connections a server keeps; more are closed at once. Default 1024.
-    pub fn max_connections(mut self, n: usize) -> Self {
-        self.max_connections = n.max(1);
-        self
-    }
-
     /// How many clients may hold a session at once; the others are answered "busy" at INIT and
     /// served in the order they asked. Default: no limit.
     pub fn max_sessions(mut self, n: usize) -> Self {
-        self.max_sessions = n.max(1);
+        self.transport.max_sessions = n.max(1);
         self
     }
 
@@ -160,60 +132,32 @@ impl Builder {
         self.max_sessions(1)
     }
 
-    /// Closes a server's connection after this long without a frame. Default 5 minutes.
-    pub fn idle_timeout(mut self, timeout: Option<Duration>) -> Self {
-        self.idle_timeout = timeout;
-        self
-    }
-
-    /// How long a server waits for its peer to take an answer before it closes the connection
-    /// (a peer that stops reading would otherwise hold it, and its session, for good). Default
-    /// 30 s; a timeout too long for the clock (`Duration::MAX`) means none.
-    pub fn write_timeout(mut self, timeout: Duration) -> Self {
-        self.write_timeout = timeout;
-        self
-    }
-
-    /// How long a client's call (connecting and waiting for a session included) may take when its
-    /// request has no deadline. Default 20 s, as basic-socket-rpc. A timeout too long for the
-    /// clock (`Duration::MAX`) means none.
-    pub fn timeout(mut self, timeout: Duration) -> Self {
-        self.timeout = timeout;
-        self
-    }
-
     /// How long a client waits before sending INIT again to a busy server. Default 4.5 s.
     pub fn init_retry_interval(mut self, interval: Duration) -> Self {
-        self.init_retry = interval;
+        self.transport.init_retry = interval;
         self
     }
 
     /// Exception frames also carry the error's code and data. Off by default: an exception says
     /// what went wrong, not how the server is built.
     pub fn detailed_errors(mut self, on: bool) -> Self {
-        self.detailed_errors = on;
+        self.transport.detailed_errors = on;
         self
     }
 
-    /// Serves `service` (a router with command ids) on every connection.
-    pub fn serve<S>(mut self, service: S) -> Self
-    where
-        S: Service<Request, Response = Response> + Clone + Send + Sync + 'static,
-        S::Error: Into<BoxError>,
-        S::Future: Send + 'static,
-    {
-        self.service = Some(Serve::new(service));
-        self
+    /// The largest frame, never under the header's size.
+    fn max_frame(&self) -> usize {
+        self.transport.connections.max_frame.max(frame::HEADER)
     }
 
-    fn start<A: Accept, T: stream::Transport>(
+    fn start_server<A: Accept, T: stream::Transport>(
         self,
         listener: A,
         local_addr: T::Addr,
     ) -> stream::Server<T> {
-        let max_connections = self.max_connections;
+        let max_connections = self.transport.connections.max_connections;
         let server = Arc::new(ServerState {
-            gate: Gate::new(self.max_sessions),
+            gate: Gate::new(self.transport.max_sessions),
             next_conn: AtomicU64::new(0),
             config: self,
         });
@@ -235,7 +179,7 @@ impl Builder {
     pub async fn bind_tcp(self, addr: impl ToSocketAddrs) -> io::Result<tcp::Server> {
         let listener = TcpListener::bind(addr).await?;
         let local_addr = listener.local_addr()?;
-        Ok(self.start(listener, local_addr))
+        Ok(self.start_server(listener, local_addr))
     }
 
     /// Serves on a Unix socket file (see [`unix`] for how the file is handled).
@@ -243,16 +187,18 @@ impl Builder {
         let path = path.as_ref().to_path_buf();
         let listener = unix::listen(&path, None).await?;
         let file = listener.file.clone();
-        Ok(self.start(listener, path).on_stop(move || file.remove()))
+        Ok(self
+            .start_server(listener, path)
+            .on_stop(move || file.remove()))
     }
 
     /// A typed client of the server at `addr`; it connects on its first call.
-    pub fn connect_tcp(self, addr: SocketAddr) -> Client<Channel<tcp::Tcp>> {
+    pub fn client_tcp(self, addr: SocketAddr) -> Client<Channel<tcp::Tcp>> {
         Client::new(self.channel::<tcp::Tcp>(addr), &LE)
     }
 
     /// A typed client of the server at the socket file `path`; it connects on its first call.
-    pub fn connect_unix(self, path: impl AsRef<Path>) -> Client<Channel<unix::Unix>> {
+    pub fn client_unix(self, path: impl AsRef<Path>) -> Client<Channel<unix::Unix>> {
         Client::new(self.channel::<unix::Unix>(path.as_ref().to_path_buf()), &LE)
     }
 
@@ -386,7 +332,7 @@ async fn serve_connection(server: Arc<ServerState>, io: Io, shared: Arc<ServerSh
     let mut frames = FramedRead::new(
         read,
         FrameDecoder {
-            max: config.max_frame,
+            max: config.max_frame(),
         },
     );
     let mut out = BytesMut::with_capacity(1024);
@@ -404,7 +350,7 @@ async fn serve_connection(server: Arc<ServerState>, io: Io, shared: Arc<ServerSh
             biased;
             _ = &mut drain => break,
             r = async {
-                match config.idle_timeout {
+                match config.transport.connections.idle_timeout {
                     Some(t) => tokio::time::timeout(t, frames.next()).await.ok(),
                     None => Some(frames.next().await),
                 }
@@ -421,7 +367,7 @@ async fn serve_connection(server: Arc<ServerState>, io: Io, shared: Arc<ServerSh
                 shared.counters.record(Event::BadFrame);
                 tracing::warn!(%peer, error = %e, "closing the connection");
                 put_exception(&mut out, &protocol_error(e.to_string()), false);
-                let _ = send(&mut w, &mut out, config.write_timeout).await;
+                let _ = send(&mut w, &mut out, config.transport.connections.write_timeout).await;
                 break;
             }
         };
@@ -477,7 +423,7 @@ async fn serve_connection(server: Arc<ServerState>, io: Io, shared: Arc<ServerSh
                 };
                 call_failed = response.result().is_err();
                 match response.result() {
-                    Ok(p) => match put_frame(&mut out, RPC, config.max_frame, |b| {
+                    Ok(p) => match put_frame(&mut out, RPC, config.max_frame(), |b| {
                         b.extend_from_slice(p.bytes())
                     }) {
                         Ok(()) => None,
@@ -503,9 +449,9 @@ async fn serve_connection(server: Arc<ServerState>, io: Io, shared: Arc<ServerSh
                 shared.counters.record(Event::Malformed);
             }
             shared.counters.error_sent(&peer, &e);
-            put_exception(&mut out, &e, config.detailed_errors);
+            put_exception(&mut out, &e, config.transport.detailed_errors);
         }
-        if let Err(e) = send(&mut w, &mut out, config.write_timeout).await {
+        if let Err(e) = send(&mut w, &mut out, config.transport.connections.write_timeout).await {
             if e.kind() == io::ErrorKind::TimedOut {
                 shared.counters.record(Event::WriteStalled);
                 tracing::warn!(%peer, "closing a connection whose peer takes no answers");
@@ -567,7 +513,7 @@ impl<T: stream::Transport> ClientShared<T> {
             frames: FramedRead::new(
                 read,
                 FrameDecoder {
-                    max: self.config.max_frame,
+                    max: self.config.max_frame(),
                 },
             ),
             w,
@@ -584,7 +530,7 @@ impl<T: stream::Transport> ClientShared<T> {
                 } if payload.first() == Some(&1) => return Ok(conn),
                 Frame::Msg { kind: INIT, .. } => {
                     tracing::debug!(addr = ?self.addr, "the server is busy; asking again");
-                    tokio::time::sleep(self.config.init_retry).await;
+                    tokio::time::sleep(self.config.transport.init_retry).await;
                 }
                 Frame::Msg {
                     kind: EXCEPTION,
@@ -624,10 +570,12 @@ impl<T: stream::Transport> ClientShared<T> {
             }
             let conn = held.slot.as_mut().expect("connected above");
             let args = req.args().bytes();
-            if let Err((size, limit)) = put_frame(&mut conn.out, RPC, self.config.max_frame, |b| {
-                b.extend_from_slice(&cmd.to_le_bytes());
-                b.extend_from_slice(args);
-            }) {
+            if let Err((size, limit)) =
+                put_frame(&mut conn.out, RPC, self.config.max_frame(), |b| {
+                    b.extend_from_slice(&cmd.to_le_bytes());
+                    b.extend_from_slice(args);
+                })
+            {
                 return Err(Error::TooLarge { size, limit });
             }
             // From here until its answer is read, the connection is only good for this call.

@@ -6,16 +6,7 @@
 //! responses to the calls waiting for them; and a writer task, which writes everything queued in one
 //! go, so frames sent while a write is under way are coalesced into the next write.
 //!
-//! # Defaults and limits
-//!
-//! | setting | default |
-//! |---|---|
-//! | [`Builder::max_frame_length`] | 8 MiB, enforced on send (the call fails, the connection stays) and on receive (the connection closes; the claimed size is never allocated) |
-//! | [`Builder::timeout`] | 30 s for a call without a deadline |
-//! | [`Builder::idle_timeout`] | 5 min without frames and with nothing in flight closes the connection, on either end (a client reconnects on its next call) |
-//! | [`Builder::write_timeout`] | 30 s without the peer taking any queued byte closes the connection (`Stats::write_stalled`); a forced shutdown drops what is queued |
-//! | [`Builder::max_connections`] | 1024 per server; more are closed as soon as they are accepted |
-//! | [`Builder::max_concurrent_requests`] | 1024 per connection; more are answered "overloaded" |
+//! Limits and defaults are [`Builder`]'s, shared with every transport.
 //!
 //! Queued outgoing bytes are bounded too: past 1 MiB, senders wait for the writer, and a
 //! connection that stops reading its responses stops being read from.
@@ -40,27 +31,16 @@ use std::time::Duration;
 
 use rpc_core::codec::Codec;
 use rpc_core::context::deadline_after;
-use rpc_core::{BoxError, Client, Error, Payload, Request, Response, Serve, Service};
+use rpc_core::{Client, Error, Payload, Request, Serve, Service};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use self::conn::Conn;
+pub use crate::builder::Builder;
+use crate::builder::{sealed, Connected, Connections};
 pub use crate::stats::Stats;
 use crate::stats::{Counters, Event};
 use crate::CallFuture;
-
-/// The default largest frame: 8 MiB.
-pub const DEFAULT_MAX_FRAME_LENGTH: usize = 8 * 1024 * 1024;
-/// The default time a call waits for its response: 30 s.
-pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
-/// The default idle timeout of a server's connections: 5 minutes.
-pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
-/// The default time a connection waits for its peer to take bytes it has queued: 30 s.
-pub const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(30);
-/// The default number of connections a server keeps.
-pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
-/// The default number of requests served at once on one connection.
-pub const DEFAULT_MAX_CONCURRENT_REQUESTS: usize = 1024;
 
 /// Settings of one connection.
 #[derive(Debug, Clone)]
@@ -86,115 +66,49 @@ pub(crate) trait Accept: Send + 'static {
     fn accept(&mut self) -> impl Future<Output = io::Result<Io>> + Send;
 }
 
-/// Configures servers and clients of a stream transport; [`tcp::Builder`](crate::tcp::Builder)
-/// and [`unix::Builder`](crate::unix::Builder) add `bind` and `connect`.
-pub struct Builder<T> {
-    pub(crate) config: Config,
-    pub(crate) max_connections: usize,
-    pub(crate) service: Option<Serve>,
-    pub(crate) extra: T,
+/// The stream transports' own settings, beside [`Builder`]'s shared ones: how frames are
+/// delimited, the connection settings, and the transport `K`'s own ([`Tcp`](crate::tcp::Tcp),
+/// [`Unix`](crate::unix::Unix), [`Memory`](crate::memory::Memory), or `()` for streams the caller
+/// opens).
+#[derive(Debug, Clone, Default)]
+pub struct Stream<K> {
+    framing: Framing,
+    connections: Connections,
+    pub(crate) kind: K,
 }
 
-impl<T: Default> Default for Builder<T> {
-    fn default() -> Self {
-        Self {
-            config: Config {
-                framing: Framing::LengthPrefixed,
-                max_frame: DEFAULT_MAX_FRAME_LENGTH,
-                timeout: DEFAULT_TIMEOUT,
-                idle_timeout: Some(DEFAULT_IDLE_TIMEOUT),
-                write_timeout: DEFAULT_WRITE_TIMEOUT,
-                max_concurrent_requests: DEFAULT_MAX_CONCURRENT_REQUESTS,
-            },
-            max_connections: DEFAULT_MAX_CONNECTIONS,
-            service: None,
-            extra: T::default(),
-        }
-    }
-}
+impl<K> sealed::Sealed for Stream<K> {}
 
-impl<T: Default> Builder<T> {
-    /// A builder with the defaults.
-    pub fn new() -> Self {
-        Self::default()
+impl<K> Connected for Stream<K> {
+    fn connections(&mut self) -> &mut Connections {
+        &mut self.connections
     }
 }
 
 /// A builder for connections over streams the caller opens ([`Builder::start`]), with the
-/// defaults: the same settings as every stream transport's, without a transport of its own.
-pub fn builder() -> Builder<()> {
+/// defaults: the settings of every stream transport, without a transport of its own.
+pub fn builder() -> Builder<Stream<()>> {
     Builder::default()
 }
 
-impl<T> Builder<T> {
+impl<K> Builder<Stream<K>> {
     /// How frames are delimited. Default [`Framing::LengthPrefixed`].
     pub fn framing(mut self, framing: Framing) -> Self {
-        self.config.framing = framing;
+        self.transport.framing = framing;
         self
     }
 
-    /// The largest frame sent or accepted, in bytes. Default 8 MiB.
-    pub fn max_frame_length(mut self, bytes: usize) -> Self {
-        self.config.max_frame = bytes.min(u32::MAX as usize);
-        self
-    }
-
-    /// How long a call waits for its response when its request has no deadline. Default 30 s.
-    ///
-    /// The connection's call table fails a call at its deadline (this timeout, or the one set on the
-    /// request: the client's `with_timeout`, `SetDeadlineLayer`), a millisecond late at most,
-    /// with no timer per call: its sweeper looks at the calls every sixteenth of this timeout
-    /// (1 ms to 1 s) and sleeps until the earliest deadline. A timeout too long for the clock
-    /// (`Duration::MAX`) means none.
-    pub fn timeout(mut self, timeout: Duration) -> Self {
-        self.config.timeout = timeout;
-        self
-    }
-
-    /// Closes a connection after this long without frames and with nothing in flight;
-    /// `None` keeps idle connections. Default 5 minutes. The timer is checked once a period,
-    /// not reset on every frame, so an idle connection closes between one and two periods
-    /// after its last frame.
-    pub fn idle_timeout(mut self, timeout: Option<Duration>) -> Self {
-        self.config.idle_timeout = timeout;
-        self
-    }
-
-    /// How long a connection waits for its peer to take any of the bytes it has queued before
-    /// it closes (a peer that stops reading would otherwise hold the connection, its queued
-    /// answers and the handlers waiting to send, for good). Default 30 s; a timeout too long
-    /// for the clock (`Duration::MAX`) means none.
-    pub fn write_timeout(mut self, timeout: Duration) -> Self {
-        self.config.write_timeout = timeout;
-        self
-    }
-
-    /// How many connections a server keeps; more are closed at once. Default 1024.
-    pub fn max_connections(mut self, n: usize) -> Self {
-        self.max_connections = n.max(1);
-        self
-    }
-
-    /// How many requests are served at once on one connection before more are refused as
-    /// overloaded. Default 1024.
-    ///
-    /// A request counts while its handler is still running after the reader first polled it;
-    /// one whose handler finishes at once never takes a slot.
-    pub fn max_concurrent_requests(mut self, n: usize) -> Self {
-        self.config.max_concurrent_requests = n.max(1);
-        self
-    }
-
-    /// Serves `service` on every connection: a server's, or a client's (the server may then call
-    /// the client back over the same connection).
-    pub fn serve<S>(mut self, service: S) -> Self
-    where
-        S: Service<Request, Response = Response> + Clone + Send + Sync + 'static,
-        S::Error: Into<BoxError>,
-        S::Future: Send + 'static,
-    {
-        self.service = Some(Serve::new(service));
-        self
+    /// The settings of each connection.
+    fn config(&self) -> Arc<Config> {
+        let c = &self.transport.connections;
+        Arc::new(Config {
+            framing: self.transport.framing,
+            max_frame: c.max_frame,
+            timeout: self.timeout,
+            idle_timeout: c.idle_timeout,
+            write_timeout: c.write_timeout,
+            max_concurrent_requests: self.max_concurrent_requests,
+        })
     }
 
     /// Starts a connection over a stream that is already open (an in-memory pipe, a TLS stream,
@@ -207,7 +121,7 @@ impl<T> Builder<T> {
         let conn = Conn::spawn(
             io,
             codec,
-            Arc::new(self.config),
+            self.config(),
             self.service,
             Arc::new(Counters::default()),
             crate::Cancel::default(),
@@ -221,12 +135,12 @@ impl<T> Builder<T> {
         codec: C,
         local_addr: U::Addr,
     ) -> Server<U> {
-        let config = Arc::new(self.config);
+        let config = self.config();
         let serve = self.service;
         start_accepting(
             listener,
             local_addr,
-            self.max_connections,
+            self.transport.connections.max_connections,
             move |stream, shared| {
                 let conn = Conn::spawn(
                     stream,
@@ -288,9 +202,8 @@ where
 /// [`unix::Server`](crate::unix::Server), [`memory::Server`](crate::memory::Server)).
 ///
 /// [`shutdown`](Server::shutdown) stops accepting, lets every connection answer what it accepted
-/// and closes them. Dropping the handle stops accepting too (and removes a Unix socket file), but
-/// leaves the open connections to finish on their own: they close when their peers close them or
-/// when they are idle.
+/// and closes them. Dropping the handle does the same without waiting (and removes a Unix socket
+/// file): see [`Serving`](crate::Serving).
 pub struct Server<T: Transport> {
     shared: Arc<ServerShared>,
     stop: CancellationToken,
@@ -342,8 +255,27 @@ impl<T: Transport> Server<T> {
 }
 
 impl<T: Transport> Drop for Server<T> {
+    /// Stops accepting and drains the connections (they stop reading, answer what they accepted
+    /// and close), without waiting.
     fn drop(&mut self) {
         self.stop_accepting();
+        self.shared.drain.cancel();
+    }
+}
+
+impl<T: Transport> crate::Serving for Server<T> {
+    type Addr = T::Addr;
+
+    fn local_addr(&self) -> T::Addr {
+        Server::local_addr(self)
+    }
+
+    fn stats(&self) -> Stats {
+        Server::stats(self)
+    }
+
+    fn shutdown(&self, grace: Duration) -> futures::future::BoxFuture<'_, bool> {
+        Box::pin(Server::shutdown(self, grace))
     }
 }
 
@@ -352,17 +284,6 @@ impl<T: Transport> fmt::Debug for Server<T> {
         f.debug_struct("Server")
             .field("local_addr", &self.local_addr)
             .field("connections", &self.connections())
-            .finish()
-    }
-}
-
-impl<T: fmt::Debug> fmt::Debug for Builder<T> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Builder")
-            .field("config", &self.config)
-            .field("max_connections", &self.max_connections)
-            .field("serving", &self.service.is_some())
-            .field("transport", &self.extra)
             .finish()
     }
 }
@@ -514,12 +435,12 @@ impl<C: Codec, T: Transport> ClientShared<C, T> {
 }
 
 impl<C: Codec, T: Transport> Channel<C, T> {
-    pub(crate) fn new<X>(builder: Builder<X>, addr: T::Addr, codec: C) -> Self {
+    pub(crate) fn new<X>(builder: Builder<Stream<X>>, addr: T::Addr, codec: C) -> Self {
         Self {
             shared: Arc::new(ClientShared {
                 addr,
                 codec,
-                config: Arc::new(builder.config),
+                config: builder.config(),
                 serve: builder.service,
                 current: Mutex::new(None),
                 connecting: tokio::sync::Mutex::new(()),

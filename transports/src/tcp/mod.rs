@@ -17,7 +17,7 @@
 //!     .await?;
 //!
 //! // Connects on the first call, and again after a lost connection.
-//! let client = tcp::Builder::new().connect(server.local_addr(), RpcudpCodec::new());
+//! let client = tcp::Builder::new().client(server.local_addr(), RpcudpCodec::new());
 //! let sum: i64 = client.call("add", (2, 40)).await?;
 //! assert_eq!(sum, 42);
 //! server.shutdown(std::time::Duration::from_secs(1)).await;
@@ -42,7 +42,7 @@ use crate::stream::{self, Accept, Io};
 pub struct Tcp;
 
 /// Configures TCP servers and clients.
-pub type Builder = stream::Builder<Tcp>;
+pub type Builder = crate::Builder<stream::Stream<Tcp>>;
 
 /// A channel to a TCP server.
 pub type Channel<C> = stream::Channel<C, Tcp>;
@@ -74,7 +74,7 @@ impl Builder {
     }
 
     /// A typed client for the server at `addr`; it connects on its first call.
-    pub fn connect<C: Codec>(self, addr: SocketAddr, codec: C) -> Client<Channel<C>> {
+    pub fn client<C: Codec>(self, addr: SocketAddr, codec: C) -> Client<Channel<C>> {
         self.channel(addr, codec).into_client()
     }
 

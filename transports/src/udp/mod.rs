@@ -14,9 +14,9 @@
 //! - A response is accepted only from the address its request was sent to, and only for an id in
 //!   flight; anything else is dropped and counted ([`Stats`]). Ids are unguessable with every
 //!   codec: the endpoint makes them from 128 bits of a cryptographically secure generator
-//!   ([`IdSeed::Unguessable`](rpc_core::IdSeed::Unguessable); rpcudp's are 20 random bytes,
+//!   ([`rpc_core::IdSeed::Unguessable`]; rpcudp's are 20 random bytes,
 //!   JSON-RPC's 32 hexadecimal digits), so a forged answer cannot match a call.
-//! - A call waits until its deadline (the request's, else [`Builder::timeout`], default 5 s) and
+//! - A call waits until its deadline (the request's, else [`Builder::timeout`], default 10 s) and
 //!   then fails with [`Error::Timeout`]. Requests are sent once unless
 //!   [`Builder::retransmit_every`] asks for copies (safe only against servers that answer copies
 //!   from an at-most-once cache, [`Builder::at_most_once`]); retrying after a failure is a
@@ -88,71 +88,39 @@ use crate::{CallFuture, Cancel};
 
 /// The default largest payload, as rpcudp: 8192 bytes.
 pub const DEFAULT_MAX_PAYLOAD: usize = 8192;
-/// The default time a call waits for its response: 5 seconds, as rpcudp.
-pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
-/// The default number of requests served at once.
-pub const DEFAULT_MAX_CONCURRENT_REQUESTS: usize = 1024;
 /// The largest payload a UDP datagram can carry over IPv4.
 const MAX_UDP_PAYLOAD: usize = 65_507;
 /// Receive buffers are cut from arenas of this size, so a datagram costs no allocation of its own.
 const RECV_ARENA: usize = 64 * 1024;
 
-/// Configures an [`Endpoint`].
+/// The UDP transport's own settings, beside [`Builder`]'s shared ones.
 #[derive(Debug, Clone)]
-pub struct Builder {
+pub struct Udp {
     max_payload: usize,
-    timeout: Duration,
-    max_concurrent_requests: usize,
-    service: Option<Serve>,
     at_most_once: Option<(usize, Duration)>,
     retransmit: Option<Duration>,
 }
 
-impl Default for Builder {
+impl Default for Udp {
     fn default() -> Self {
         Self {
             max_payload: DEFAULT_MAX_PAYLOAD,
-            timeout: DEFAULT_TIMEOUT,
-            max_concurrent_requests: DEFAULT_MAX_CONCURRENT_REQUESTS,
-            service: None,
             at_most_once: None,
             retransmit: None,
         }
     }
 }
 
-impl Builder {
-    /// A builder with the defaults.
-    pub fn new() -> Self {
-        Self::default()
-    }
+/// Configures an [`Endpoint`]: the settings every transport shares ([`crate::Builder`]) and
+/// UDP's own below.
+pub type Builder = crate::Builder<Udp>;
 
+impl Builder {
     /// The largest payload sent or accepted, in bytes, not counting the codec's fixed header.
     /// Default 8192 (rpcudp's limit); at most what a UDP datagram can carry (65507 bytes) less
     /// that header.
     pub fn max_payload(mut self, bytes: usize) -> Self {
-        self.max_payload = bytes;
-        self
-    }
-
-    /// How long a call waits for its response when its request has no deadline. Default 5 s.
-    ///
-    /// The endpoint's call table fails a call at its deadline (this timeout, or the one set on the
-    /// request: the client's `with_timeout`, `SetDeadlineLayer`), a millisecond late at most,
-    /// with no timer per call: its sweeper looks at the calls every sixteenth of this timeout
-    /// (1 ms to 1 s) and sleeps until the earliest deadline. A timeout too long for the clock
-    /// (`Duration::MAX`) means none.
-    pub fn timeout(mut self, timeout: Duration) -> Self {
-        self.timeout = timeout;
-        self
-    }
-
-    /// How many requests are served at once before more are refused as overloaded. Default 1024.
-    ///
-    /// A request counts while its handler is still running after the receive loop first polled
-    /// it; one whose handler finishes at once never takes a slot.
-    pub fn max_concurrent_requests(mut self, n: usize) -> Self {
-        self.max_concurrent_requests = n.max(1);
+        self.transport.max_payload = bytes;
         self
     }
 
@@ -161,7 +129,7 @@ impl Builder {
     /// requests kept for at most `max_age` (as ONC RPC servers' duplicate-request caches). A copy
     /// arriving while the first still runs is dropped. Off by default.
     pub fn at_most_once(mut self, capacity: usize, max_age: Duration) -> Self {
-        self.at_most_once = Some((capacity, max_age));
+        self.transport.at_most_once = Some((capacity, max_age));
         self
     }
 
@@ -170,19 +138,7 @@ impl Builder {
     /// call then survives lost datagrams without running twice; against other servers a
     /// retransmitted request may run again, so use it for idempotent methods there. Off by default.
     pub fn retransmit_every(mut self, interval: Duration) -> Self {
-        self.retransmit = Some(interval.max(Duration::from_millis(1)));
-        self
-    }
-
-    /// Serves `service` (a [`Router`](rpc_core::Router), or one under tower layers) on the
-    /// endpoint. Without it the endpoint only calls, and answers requests with "method not found".
-    pub fn serve<S>(mut self, service: S) -> Self
-    where
-        S: Service<Request, Response = Response> + Clone + Send + Sync + 'static,
-        S::Error: Into<BoxError>,
-        S::Future: Send + 'static,
-    {
-        self.service = Some(Serve::new(service));
+        self.transport.retransmit = Some(interval.max(Duration::from_millis(1)));
         self
     }
 
@@ -201,6 +157,7 @@ impl Builder {
         let socket = socket::Socket::new(socket)?;
         let local_addr = socket.local_addr()?;
         let max_payload = self
+            .transport
             .max_payload
             .min(MAX_UDP_PAYLOAD.saturating_sub(codec.overhead()));
         let closed = Cancel::default();
@@ -212,10 +169,11 @@ impl Builder {
             codec,
             max_payload,
             timeout: self.timeout,
-            retransmit: self.retransmit,
+            retransmit: self.transport.retransmit,
             calls: InFlight::with_sweep_every(crate::sweep_tick(self.timeout)),
             service: self.service.map_or_else(OnceLock::new, OnceLock::from),
             dedup: self
+                .transport
                 .at_most_once
                 .map(|(capacity, age)| dedup::Dedup::new(capacity, age)),
             slots: Slots::new(self.max_concurrent_requests),
@@ -344,6 +302,86 @@ impl<C: Codec> Endpoint<C> {
     /// Whether the endpoint is closed.
     pub fn is_closed(&self) -> bool {
         self.shared.closed.is_cancelled()
+    }
+
+    /// A handle that does not keep the endpoint open: for handlers that call other peers
+    /// through their own endpoint, as a Kademlia node does. (A handler holding an `Endpoint`
+    /// would keep it open for ever: the endpoint holds its handlers.)
+    pub fn downgrade(&self) -> WeakEndpoint<C> {
+        WeakEndpoint {
+            shared: Arc::downgrade(&self.shared),
+            guard: Arc::downgrade(&self.guard),
+        }
+    }
+}
+
+impl<C: Codec> crate::Serving for Endpoint<C> {
+    type Addr = SocketAddr;
+
+    fn local_addr(&self) -> SocketAddr {
+        Endpoint::local_addr(self)
+    }
+
+    fn stats(&self) -> Stats {
+        Endpoint::stats(self)
+    }
+
+    fn shutdown(&self, grace: Duration) -> futures::future::BoxFuture<'_, bool> {
+        Box::pin(Endpoint::shutdown(self, grace))
+    }
+}
+
+/// An [`Endpoint`] that does not keep it open; [`upgrade`](WeakEndpoint::upgrade) gives the
+/// endpoint while some `Endpoint`, [`Channel`] or [`Client`] of it is left.
+///
+/// ```
+/// use rpc_codecs::msgpack::RpcudpCodec;
+/// use rpc_core::Router;
+/// use rpc_transports::udp::Endpoint;
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let node = Endpoint::bind("127.0.0.1:0", RpcudpCodec::new()).await?;
+/// let me = node.downgrade();
+/// node.serve(Router::new().route("port", move || {
+///     let me = me.clone();
+///     async move { me.upgrade().map(|ep| ep.local_addr().port()) }
+/// }));
+/// let caller = Endpoint::bind("127.0.0.1:0", RpcudpCodec::new()).await?;
+/// let port: Option<u16> = caller.client(node.local_addr()).call("port", ()).await?;
+/// assert_eq!(port, Some(node.local_addr().port()));
+/// # Ok(())
+/// # }
+/// ```
+pub struct WeakEndpoint<C: Codec> {
+    shared: Weak<Shared<C>>,
+    guard: Weak<CloseOnDrop>,
+}
+
+impl<C: Codec> WeakEndpoint<C> {
+    /// The endpoint, unless every handle of it is gone.
+    pub fn upgrade(&self) -> Option<Endpoint<C>> {
+        Some(Endpoint {
+            guard: self.guard.upgrade()?,
+            shared: self.shared.upgrade()?,
+        })
+    }
+}
+
+impl<C: Codec> Clone for WeakEndpoint<C> {
+    fn clone(&self) -> Self {
+        Self {
+            shared: self.shared.clone(),
+            guard: self.guard.clone(),
+        }
+    }
+}
+
+impl<C: Codec> fmt::Debug for WeakEndpoint<C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WeakEndpoint")
+            .field("open", &(self.guard.strong_count() > 0))
+            .finish()
     }
 }
 

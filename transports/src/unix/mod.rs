@@ -27,7 +27,7 @@
 //!     .serve(Router::new().route("whoami", whoami))
 //!     .bind(&path, RpcudpCodec::new())
 //!     .await?;
-//! let client = unix::Builder::new().connect(&path, RpcudpCodec::new());
+//! let client = unix::Builder::new().client(&path, RpcudpCodec::new());
 //! let uid: u32 = client.call("whoami", ()).await?;
 //! assert_ne!(uid, u32::MAX);
 //! server.shutdown(std::time::Duration::from_secs(1)).await;
@@ -53,7 +53,7 @@ pub struct Unix {
 }
 
 /// Configures Unix socket servers and clients.
-pub type Builder = stream::Builder<Unix>;
+pub type Builder = crate::Builder<stream::Stream<Unix>>;
 
 /// A channel to a Unix socket server.
 pub type Channel<C> = stream::Channel<C, Unix>;
@@ -184,7 +184,7 @@ impl Accept for Listener {
 impl Builder {
     /// The socket file's permission bits, such as `0o600` (owner only). Default: as the umask leaves them.
     pub fn permissions(mut self, mode: u32) -> Self {
-        self.extra.mode = Some(mode);
+        self.transport.kind.mode = Some(mode);
         self
     }
 
@@ -193,7 +193,7 @@ impl Builder {
     /// Fails with `AddrInUse` if a server is listening there; replaces a stale socket file.
     pub async fn bind<C: Codec>(self, path: impl AsRef<Path>, codec: C) -> io::Result<Server> {
         let path = path.as_ref().to_path_buf();
-        let listener = listen(&path, self.extra.mode).await?;
+        let listener = listen(&path, self.transport.kind.mode).await?;
         let file = listener.file.clone();
         Ok(self
             .start_server(listener, codec, path)
@@ -201,7 +201,7 @@ impl Builder {
     }
 
     /// A typed client for the server at `path`; it connects on its first call.
-    pub fn connect<C: Codec>(self, path: impl AsRef<Path>, codec: C) -> Client<Channel<C>> {
+    pub fn client<C: Codec>(self, path: impl AsRef<Path>, codec: C) -> Client<Channel<C>> {
         self.channel(path, codec).into_client()
     }
 

@@ -1,0 +1,194 @@
+//! One builder for every transport: the settings they share are set and documented here once;
+//! each transport adds its own ([`udp`](crate::udp), [`stream`](crate::stream), ...).
+
+use std::fmt;
+use std::time::Duration;
+
+use rpc_core::{BoxError, Request, Response, Serve, Service};
+
+/// The default time a call waits for its response when its request has no deadline: 10 s, on
+/// every transport. (rpcudp's own is 5 s and basic-socket-rpc's 20 s; set
+/// [`Builder::timeout`] to match a peer's.)
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+/// The default number of requests served at once, per UDP endpoint or per connection.
+pub const DEFAULT_MAX_CONCURRENT_REQUESTS: usize = 1024;
+/// The default largest frame on a connection: 8 MiB.
+pub const DEFAULT_MAX_FRAME_LENGTH: usize = 8 * 1024 * 1024;
+/// The default idle timeout of connections: 5 minutes.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+/// The default time a connection waits for its peer to take bytes it has queued: 30 s.
+pub const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+/// The default number of connections a server keeps.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
+
+/// Configures servers and clients of a transport `T`: [`udp::Builder`](crate::udp::Builder),
+/// [`tcp::Builder`](crate::tcp::Builder), [`unix::Builder`](crate::unix::Builder),
+/// [`memory::Builder`](crate::memory::Builder), [`raw::Builder`](crate::raw::Builder), and
+/// [`stream::builder`](crate::stream::builder) for streams the caller opens.
+///
+/// # Defaults and limits
+///
+/// | setting | default | transports |
+/// |---|---|---|
+/// | [`timeout`](Builder::timeout) | 10 s for a call without a deadline | all |
+/// | [`max_concurrent_requests`](Builder::max_concurrent_requests) | 1024 per endpoint or connection; more are answered "overloaded" | all |
+/// | [`max_frame_length`](Builder::max_frame_length) | 8 MiB, enforced on send (the call fails, the connection stays) and on receive (the connection closes; the claimed size is never allocated) | connections |
+/// | [`idle_timeout`](Builder::idle_timeout) | 5 min without frames and with nothing in flight closes the connection, on either end (a client reconnects on its next call) | connections |
+/// | [`write_timeout`](Builder::write_timeout) | 30 s without the peer taking any queued byte closes the connection (`Stats::write_stalled`); a forced shutdown drops what is queued | connections |
+/// | [`max_connections`](Builder::max_connections) | 1024 per server; more are closed as soon as they are accepted | connections |
+/// | [`max_payload`](crate::udp::Builder::max_payload) | 8192 bytes, as rpcudp | UDP |
+///
+/// ```
+/// use std::time::Duration;
+/// use rpc_transports::{tcp, udp};
+///
+/// // The shared settings read the same on every transport.
+/// let over_udp = udp::Builder::new().timeout(Duration::from_secs(2)).max_concurrent_requests(64);
+/// let over_tcp = tcp::Builder::new().timeout(Duration::from_secs(2)).max_concurrent_requests(64);
+/// # let _ = (over_udp, over_tcp);
+/// ```
+pub struct Builder<T> {
+    pub(crate) timeout: Duration,
+    pub(crate) max_concurrent_requests: usize,
+    pub(crate) service: Option<Serve>,
+    pub(crate) transport: T,
+}
+
+impl<T: Default> Default for Builder<T> {
+    fn default() -> Self {
+        Self {
+            timeout: DEFAULT_TIMEOUT,
+            max_concurrent_requests: DEFAULT_MAX_CONCURRENT_REQUESTS,
+            service: None,
+            transport: T::default(),
+        }
+    }
+}
+
+impl<T: Default> Builder<T> {
+    /// A builder with the defaults.
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+impl<T> Builder<T> {
+    /// How long a call waits for its response when its request has no deadline. Default 10 s.
+    ///
+    /// The call table fails a call at its deadline (this timeout, or the one set on the
+    /// request: the client's `with_timeout`, `SetDeadlineLayer`), a millisecond late at most,
+    /// with no timer per call: its sweeper looks at the calls every sixteenth of this timeout
+    /// (1 ms to 1 s) and sleeps until the earliest deadline. A timeout too long for the clock
+    /// (`Duration::MAX`) means none.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// How many requests are served at once (per UDP endpoint, or per connection) before more
+    /// are refused as overloaded. Default 1024.
+    ///
+    /// A request counts while its handler is still running after the receive loop first polled
+    /// it; one whose handler finishes at once never takes a slot.
+    pub fn max_concurrent_requests(mut self, n: usize) -> Self {
+        self.max_concurrent_requests = n.max(1);
+        self
+    }
+
+    /// Serves `service` (a [`Router`](rpc_core::Router), or one under tower layers): a server's,
+    /// or a client's, which the server may then call back over the same connection or socket.
+    /// Without it requests are answered "method not found".
+    pub fn serve<S>(mut self, service: S) -> Self
+    where
+        S: Service<Request, Response = Response> + Clone + Send + Sync + 'static,
+        S::Error: Into<BoxError>,
+        S::Future: Send + 'static,
+    {
+        self.service = Some(Serve::new(service));
+        self
+    }
+}
+
+/// The settings of transports over connections (streams and basic-socket-rpc).
+#[derive(Debug, Clone)]
+pub struct Connections {
+    pub(crate) max_frame: usize,
+    pub(crate) idle_timeout: Option<Duration>,
+    pub(crate) write_timeout: Duration,
+    pub(crate) max_connections: usize,
+}
+
+impl Default for Connections {
+    fn default() -> Self {
+        Self {
+            max_frame: DEFAULT_MAX_FRAME_LENGTH,
+            idle_timeout: Some(DEFAULT_IDLE_TIMEOUT),
+            write_timeout: DEFAULT_WRITE_TIMEOUT,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+        }
+    }
+}
+
+/// Transports over connections: their builders take the connection settings.
+pub trait Connected: sealed::Sealed {
+    #[doc(hidden)]
+    fn connections(&mut self) -> &mut Connections;
+}
+
+pub(crate) mod sealed {
+    pub trait Sealed {}
+}
+
+impl<T: Connected> Builder<T> {
+    /// The largest frame sent or accepted, in bytes. Default 8 MiB.
+    pub fn max_frame_length(mut self, bytes: usize) -> Self {
+        self.transport.connections().max_frame = bytes.min(u32::MAX as usize);
+        self
+    }
+
+    /// Closes a connection after this long without frames and with nothing in flight;
+    /// `None` keeps idle connections. Default 5 minutes. The timer is checked once a period,
+    /// not reset on every frame, so an idle connection closes between one and two periods
+    /// after its last frame.
+    pub fn idle_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.transport.connections().idle_timeout = timeout;
+        self
+    }
+
+    /// How long a connection waits for its peer to take any of the bytes it has queued before
+    /// it closes (a peer that stops reading would otherwise hold the connection, its queued
+    /// answers and the handlers waiting to send, for good). Default 30 s; a timeout too long
+    /// for the clock (`Duration::MAX`) means none.
+    pub fn write_timeout(mut self, timeout: Duration) -> Self {
+        self.transport.connections().write_timeout = timeout;
+        self
+    }
+
+    /// How many connections a server keeps; more are closed at once. Default 1024.
+    pub fn max_connections(mut self, n: usize) -> Self {
+        self.transport.connections().max_connections = n.max(1);
+        self
+    }
+}
+
+impl<T: Clone> Clone for Builder<T> {
+    fn clone(&self) -> Self {
+        Self {
+            timeout: self.timeout,
+            max_concurrent_requests: self.max_concurrent_requests,
+            service: self.service.clone(),
+            transport: self.transport.clone(),
+        }
+    }
+}
+
+impl<T: fmt::Debug> fmt::Debug for Builder<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Builder")
+            .field("timeout", &self.timeout)
+            .field("max_concurrent_requests", &self.max_concurrent_requests)
+            .field("serving", &self.service.is_some())
+            .field("transport", &self.transport)
+            .finish()
+    }
+}
