@@ -142,13 +142,7 @@ where
         args: impl Args,
     ) -> Result<R, Error> {
         let req = self.request(method, &args)?;
-        // `send_mut`'s lines, not a call to it: one nested state machine (and its copies of the
-        // request and the future) less per call.
-        let error = |e: S::Error| Error::from_boxed(e.into());
-        std::future::poll_fn(|cx| self.service.poll_ready(cx))
-            .await
-            .map_err(error)?;
-        self.service.call(req).await.map_err(error)?.decode()
+        self.send_mut(req).await?.decode()
     }
 
     /// Sends a prepared request through this client's own instance of the service (see

@@ -377,14 +377,29 @@ impl<C: Codec> Conn<C> {
         }
     }
 
-    /// Starts a call. The common one (room in the outbox) is registered and queued or written
-    /// here, and its future only waits for the answer; others run in full in `call`.
-    pub(crate) fn start(self: &Arc<Self>, req: Request) -> CallFuture<C::Id, ()> {
-        if req.is_notification() || !self.accepts_calls() {
-            let conn = self.clone();
-            return CallFuture::boxed(async move { conn.call(req).await });
+    /// A call over this connection. It is registered and queued (or written, when alone) here;
+    /// the common one (room in the outbox) returns a future that only waits for the answer,
+    /// which the call table fails at the call's deadline. One that finds the outbox full waits
+    /// for room in a boxed future.
+    pub(crate) fn call(self: &Arc<Self>, req: Request) -> CallFuture<C::Id, ()> {
+        if !self.accepts_calls() {
+            return CallFuture::ready(Err(self.closed_error()));
         }
         let format = self.codec.format();
+        if req.is_notification() {
+            let sent = self.try_send_frame(&self.encoder(&req, None, None), false);
+            return match sent {
+                Some(sent) => CallFuture::ready(sent.map(|()| Payload::empty(format))),
+                None => {
+                    let conn = self.clone();
+                    CallFuture::boxed(async move {
+                        conn.send_frame(conn.encoder(&req, None, None), false)
+                            .await?;
+                        Ok(Payload::empty(format))
+                    })
+                }
+            };
+        }
         let now = Instant::now();
         // The caller's deadline, or the default timeout; the table fails the call at it.
         let deadline = req
@@ -396,73 +411,37 @@ impl<C: Codec> Conn<C> {
             return CallFuture::ready(Err(self.closed_error()));
         }
         let timeout = crate::time_left(&self.codec, deadline, now);
-        let alone = self.solo.load(Ordering::Relaxed) && self.calls.len() == 1;
-        let (method, args) = (req.method(), req.args());
-        let encode = |dst: &mut BytesMut| {
-            self.codec
-                .encode_request_with_timeout(Some(waiter.id()), method, args, timeout, dst)
-                .map(|()| true)
-        };
-        match self.try_send_frame(&encode, alone) {
-            Some(Ok(())) => CallFuture::waiting(waiter, format),
-            Some(Err(e)) => CallFuture::ready(Err(e)),
-            None => {
-                // The outbox is full: wait for room in a task-held future.
-                drop(waiter);
-                let conn = self.clone();
-                CallFuture::boxed(async move { conn.call(req).await })
-            }
-        }
-    }
-
-    /// Sends a call and waits for its response.
-    pub(crate) async fn call(&self, req: Request) -> Result<Payload, Error> {
-        if !self.accepts_calls() {
-            return Err(self.closed_error());
-        }
-        let format = self.codec.format();
-        let notification = req.is_notification();
-        let (method, args, ctx) = (req.method(), req.args(), req.context());
-        if notification {
-            self.send_frame(
-                |dst| {
-                    self.codec
-                        .encode_request(None, method, args, dst)
-                        .map(|()| true)
-                },
-                false,
-            )
-            .await?;
-            return Ok(Payload::empty(format));
-        }
-        let now = Instant::now();
-        // The caller's deadline, or the default timeout; the table fails the call at it.
-        let deadline = ctx
-            .deadline()
-            .unwrap_or_else(|| deadline_after(now, self.config.timeout));
-        let waiter = self.calls.register_call(|| self.new_id(), (), deadline);
-        if !self.accepts_calls() {
-            return Err(self.closed_error());
-        }
-        let timeout = crate::time_left(&self.codec, deadline, now);
         // A call alone on the connection writes its request itself; calls that overlap leave
         // theirs to the writer task, which sends them together. (Right after a burst of answers
         // the table may hold one call while the other callers are about to run: `solo` tells.)
         let alone = self.solo.load(Ordering::Relaxed) && self.calls.len() == 1;
-        self.send_frame(
-            |dst| {
-                self.codec
-                    .encode_request_with_timeout(Some(waiter.id()), method, args, timeout, dst)
-                    .map(|()| true)
-            },
-            alone,
-        )
-        .await?;
-        match waiter.wait_expiring().await {
-            Ok(Ok(bytes)) => Ok(Payload::new(bytes, format)),
-            Ok(Err(e)) => Err(Error::Server(e)),
-            Err(Error::Closed) => Err(self.closed_error()),
-            Err(e) => Err(e),
+        let sent = self.try_send_frame(&self.encoder(&req, Some(waiter.id()), timeout), alone);
+        match sent {
+            Some(Ok(())) => CallFuture::waiting(waiter, format),
+            Some(Err(e)) => CallFuture::ready(Err(e)),
+            None => {
+                // The outbox is full: wait for room, then for the answer.
+                let conn = self.clone();
+                CallFuture::boxed(async move {
+                    let encode = conn.encoder(&req, Some(waiter.id()), timeout);
+                    conn.send_frame(encode, false).await?;
+                    crate::answer(waiter.wait_expiring().await, format)
+                })
+            }
+        }
+    }
+
+    /// Encodes `req` as a frame: a call with `id`, or a notification.
+    fn encoder<'a>(
+        &'a self,
+        req: &'a Request,
+        id: Option<&'a C::Id>,
+        timeout: Option<std::time::Duration>,
+    ) -> impl Fn(&mut BytesMut) -> Result<bool, Error> + Send + Sync + 'a {
+        move |dst| {
+            self.codec
+                .encode_request_with_timeout(id, req.method(), req.args(), timeout, dst)
+                .map(|()| true)
         }
     }
 

@@ -140,6 +140,6 @@ impl<C: Codec> Service<Request> for Connection<C> {
     }
 
     fn call(&mut self, req: Request) -> Self::Future {
-        Conn::start(&self.conn, req)
+        self.conn.call(req)
     }
 }

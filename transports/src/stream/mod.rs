@@ -517,7 +517,7 @@ impl<C: Codec, T: Transport> Service<Request> for Channel<C, T> {
     fn call(&mut self, req: Request) -> Self::Future {
         // Connected: the call is sent here and its future only waits for the answer.
         if let Some(conn) = self.shared.live() {
-            return Conn::start(&conn, req);
+            return conn.call(req);
         }
         // Connecting first, within the call's deadline (or the default timeout): a connection
         // attempt the peer never answers, or other callers' attempts queued before this one,

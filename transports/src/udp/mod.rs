@@ -432,7 +432,7 @@ impl<C: Codec> Service<Request> for Channel<C> {
     }
 
     fn call(&mut self, req: Request) -> Self::Future {
-        self.shared.start(self.peer, req)
+        self.shared.call(self.peer, req)
     }
 }
 
@@ -538,17 +538,34 @@ impl<C: Codec> Shared<C> {
         })
     }
 
-    /// Starts a call. The common one (no retransmission, room in the socket) is registered and
-    /// sent here, and its future only waits for the answer; others run in full in `call`.
-    fn start(self: &Arc<Self>, peer: SocketAddr, req: Request) -> CallFuture<C::Id, SocketAddr> {
-        if self.retransmit.is_some() || req.is_notification() {
-            let shared = self.clone();
-            return CallFuture::boxed(async move { shared.call(peer, req).await });
-        }
+    /// A call to `peer`. It is registered, encoded and sent here; the common one (not a
+    /// notification, no retransmission, room in the socket) returns a future that only waits
+    /// for the answer, which the call table fails at the call's deadline. The others finish in a
+    /// boxed future: sending what the socket had no room for, retransmitting.
+    fn call(self: &Arc<Self>, peer: SocketAddr, req: Request) -> CallFuture<C::Id, SocketAddr> {
         if self.closed.is_cancelled() {
             return CallFuture::ready(Err(Error::Closed));
         }
         let format = self.codec.format();
+        let (method, args) = (req.method(), req.args());
+        if req.is_notification() {
+            let encode = |dst: &mut BytesMut| {
+                self.codec
+                    .encode_request(None, method, args, dst)
+                    .map(|()| true)
+            };
+            return match self.try_send(peer, encode, &mut None) {
+                Ok(Encoded::Later(bytes)) => {
+                    let shared = self.clone();
+                    CallFuture::boxed(async move {
+                        shared.send_later(peer, bytes).await?;
+                        Ok(Payload::empty(format))
+                    })
+                }
+                Ok(_) => CallFuture::ready(Ok(Payload::empty(format))),
+                Err(e) => CallFuture::ready(Err(e)),
+            };
+        }
         let now = Instant::now();
         // The caller's deadline, or the default timeout; the table fails the call at it.
         let deadline = req
@@ -560,93 +577,43 @@ impl<C: Codec> Shared<C> {
         if self.closed.is_cancelled() {
             return CallFuture::ready(Err(Error::Closed));
         }
-        let (method, args) = (req.method(), req.args());
-        let sent = self.try_send(
-            peer,
-            |dst| {
-                self.codec
-                    .encode_request_with_timeout(
-                        Some(waiter.id()),
-                        method,
-                        args,
-                        crate::time_left(&self.codec, deadline, now),
-                        dst,
-                    )
-                    .map(|()| true)
-            },
-            &mut None,
-        );
-        match sent {
-            Ok(Encoded::Sent | Encoded::Nothing) => CallFuture::waiting(waiter, format),
-            Ok(Encoded::Later(bytes)) => {
-                let shared = self.clone();
-                CallFuture::boxed(async move {
-                    shared.send_later(peer, bytes).await?;
-                    crate::answer(waiter.wait_expiring().await, format)
-                })
-            }
-            Err(e) => CallFuture::ready(Err(e)),
-        }
-    }
-
-    async fn call(&self, peer: SocketAddr, req: Request) -> Result<Payload, Error> {
-        if self.closed.is_cancelled() {
-            return Err(Error::Closed);
-        }
-        let format = self.codec.format();
-        let notification = req.is_notification();
-        let (method, args, ctx) = (req.method(), req.args(), req.context());
-        if notification {
-            self.send_with(peer, |dst| {
-                self.codec
-                    .encode_request(None, method, args, dst)
-                    .map(|()| true)
-            })
-            .await?;
-            return Ok(Payload::empty(format));
-        }
-        let now = Instant::now();
-        // The caller's deadline, or the default timeout; the table fails the call at it.
-        let deadline = ctx
-            .deadline()
-            .unwrap_or_else(|| deadline_after(now, self.timeout));
-        let waiter = self.calls.register_call(|| self.new_id(), peer, deadline);
-        // Closed between the first check and the registration: the loop will not deliver.
-        if self.closed.is_cancelled() {
-            return Err(Error::Closed);
-        }
         let timeout = crate::time_left(&self.codec, deadline, now);
+        let encode = |dst: &mut BytesMut| {
+            self.codec
+                .encode_request_with_timeout(Some(waiter.id()), method, args, timeout, dst)
+                .map(|()| true)
+        };
+        // A retransmitting call keeps its datagram to send again.
         let mut copy = self.retransmit.map(|_| Bytes::new());
-        self.send_keeping(
-            peer,
-            |dst| {
-                self.codec
-                    .encode_request_with_timeout(Some(waiter.id()), method, args, timeout, dst)
-                    .map(|()| true)
-            },
-            &mut copy,
-        )
-        .await?;
-        let answer = waiter.wait_expiring();
-        let result = match (self.retransmit, copy) {
-            (Some(every), Some(datagram)) => {
-                // The same datagram, same id, again and again until answered: with the server's
-                // at-most-once cache, lost requests and lost answers are both recovered.
-                tokio::pin!(answer);
-                let mut tick =
-                    tokio::time::interval_at(deadline_after(Instant::now(), every), every);
-                loop {
-                    tokio::select! {
-                        r = &mut answer => break r,
-                        _ = tick.tick() => {
-                            let _ = self.socket.send_to(&datagram, peer).await;
-                        }
+        let later = match self.try_send(peer, encode, &mut copy) {
+            Ok(Encoded::Later(bytes)) => Some(bytes),
+            Ok(_) if copy.is_none() => return CallFuture::waiting(waiter, format),
+            Ok(_) => None,
+            Err(e) => return CallFuture::ready(Err(e)),
+        };
+        let shared = self.clone();
+        CallFuture::boxed(async move {
+            if let Some(bytes) = later {
+                shared.send_later(peer, bytes).await?;
+            }
+            let answer = waiter.wait_expiring();
+            let (Some(every), Some(datagram)) = (shared.retransmit, copy) else {
+                return crate::answer(answer.await, format);
+            };
+            // The same datagram, same id, again and again until answered: with the server's
+            // at-most-once cache, lost requests and lost answers are both recovered.
+            tokio::pin!(answer);
+            let mut tick = tokio::time::interval_at(deadline_after(Instant::now(), every), every);
+            let result = loop {
+                tokio::select! {
+                    r = &mut answer => break r,
+                    _ = tick.tick() => {
+                        let _ = shared.socket.send_to(&datagram, peer).await;
                     }
                 }
-            }
-            _ => answer.await,
-        };
-        crate::answer(result, format)
+            };
+            crate::answer(result, format)
+        })
     }
 }
 
