@@ -13,11 +13,12 @@ use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use rpc_codecs::msgpack::MsgPack;
-use rpc_core::{BoxError, Client, Context, Payload, Peer, Request, Router, Serve};
+use rpc_core::{BoxError, Client, Context, Payload, Peer, Request, Router};
 use rpc_middleware::deadline::{DeadlineLayer, SetDeadlineLayer};
 use rpc_middleware::limit::{KeyedConcurrencyLimitLayer, RateLimitLayer};
 use rpc_middleware::retry::RetryPolicy;
 use rpc_middleware::trace::{Metrics, TraceLayer};
+use rpc_transports::serve::Serve;
 use tower::retry::RetryLayer;
 use tower::ServiceBuilder;
 

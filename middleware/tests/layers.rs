@@ -17,13 +17,13 @@ use std::time::Duration;
 use bytes::Bytes;
 use rpc_codecs::msgpack::MsgPack;
 use rpc_core::{
-    BoxError, Context, Error, ErrorCode, Payload, Peer, Request, Response, Router, Serve,
-    ServerError,
+    BoxError, Context, Error, ErrorCode, Payload, Peer, Request, Response, Router, ServerError,
 };
 use rpc_middleware::deadline::{DeadlineLayer, SetDeadlineLayer};
 use rpc_middleware::limit::{KeyedConcurrencyLimitLayer, RateLimitLayer};
 use rpc_middleware::retry::RetryPolicy;
 use rpc_middleware::trace::{Metrics, MetricsSnapshot, TraceLayer};
+use rpc_transports::serve::Serve;
 use tokio::time::Instant;
 use tower::retry::budget::TpsBudget;
 use tower::retry::RetryLayer;

@@ -87,8 +87,12 @@ pub trait Codec: Clone + Send + Sync + 'static {
     /// The request id type (20 random bytes for rpcudp, a number or string for JSON-RPC, ...).
     type Id: Clone + Eq + Hash + fmt::Debug + Send + Sync + 'static;
 
+    /// The format of arguments and results, named in the codec's type: a codec is written for
+    /// one format, and checks that the arguments it is given are in it ([`Payload::in_format`]).
+    type Format: Format;
+
     /// The format of arguments and results.
-    fn format(&self) -> &'static dyn Format;
+    fn format(&self) -> &'static Self::Format;
 
     /// Bytes a frame carries beyond its payload (fixed headers); transports add it to their
     /// payload limit to get their frame limit.

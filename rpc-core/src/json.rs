@@ -2,13 +2,13 @@
 //!
 //! It lives here rather than with the JSON-RPC codec so that typed code can call `serde_json`
 //! directly, monomorphized for the value's type, for positional argument lists and for results
-//! (see `Format::native`); argument lists by name still go through
+//! (rpc-core recognises its own formats by type: see [`Format`](crate::Format)); argument lists by name still go through
 //! `erased_serde`. `rpc_codecs::jsonrpc` re-exports it.
 
 use std::borrow::Cow;
 use std::collections::HashMap;
 
-use crate::format::{DeserializeFn, Native};
+use crate::format::DeserializeFn;
 use crate::{BoxError, Format};
 use bytes::{BufMut, BytesMut};
 use serde::de::{DeserializeSeed, SeqAccess, Visitor};
@@ -85,10 +85,6 @@ impl Format for Json {
                 Ok(())
             }
         }
-    }
-
-    fn native(&self) -> Option<Native> {
-        Some(Native::Json)
     }
 }
 

@@ -11,7 +11,8 @@
 //!   number of transports and codecs at once.
 //! - **Client side.** A transport gives a `Service<Request, Response = Payload>` per peer; a
 //!   [`Client`] puts typed calls on it (`client.call::<String>("sayhi", ("Snake Plissken",))`) and
-//!   keeps them when tower layers are added. Many calls share one socket, matched by id ([`calls`]).
+//!   keeps them when tower layers are added. Many calls share one socket, matched by id (the
+//!   transports' call tables).
 //! - **Encodings.** A [`Format`] turns values into bytes (msgpack, JSON, ...); a [`Codec`] turns
 //!   whole messages into frames. Both are object safe or generic at the transport, never per handler.
 //! - **Errors.** [`Error`] is what a caller sees; [`ServerError`] is what travels back on the wire.
@@ -45,17 +46,15 @@
 //! - [`message`]: [`Request`], [`Response`], [`Method`].
 //! - [`context`]: [`Context`], [`Peer`], [`Extensions`].
 //! - [`handler`], [`router`]: the server side.
-//! - [`client`]: the client side. [`calls`]: matching responses to calls in flight.
-//! - [`format`](mod@format), [`codec`]: encodings; [`msgpack`] and [`json`]: the MessagePack and
-//!   JSON value formats.
-//! - [`serve`]: what a transport does with a request.
+//! - [`client`]: the client side.
+//! - [`format`](mod@format), [`codec`]: encodings; [`msgpack`], [`json`] and [`le`]: the
+//!   MessagePack, JSON and little-endian (basic-socket-rpc) value formats.
 //! - [`error`]: the error model.
 #![doc(test(
     no_crate_inject,
     attr(deny(warnings, rust_2018_idioms), allow(dead_code, unused_variables))
 ))]
 
-pub mod calls;
 pub mod client;
 pub mod codec;
 pub mod context;
@@ -64,10 +63,10 @@ pub mod format;
 pub mod handler;
 mod hash;
 pub mod json;
+pub mod le;
 pub mod message;
 pub mod msgpack;
 pub mod router;
-pub mod serve;
 
 pub use client::{BoxChannel, Client};
 pub use codec::{Codec, DecodeError, IdSeed, Message};
@@ -77,7 +76,6 @@ pub use format::{Format, Payload};
 pub use handler::{Handler, IntoReply};
 pub use message::{Method, MethodName, Request, Response};
 pub use router::{Route, Router};
-pub use serve::{LocalServe, Running, Serve, Served};
 
 #[doc(inline)]
 pub use tower::{Layer, Service};

@@ -4,7 +4,8 @@
 use std::fmt;
 use std::time::Duration;
 
-use rpc_core::{BoxError, Request, Response, Serve, Service};
+use crate::serve::Serve;
+use rpc_core::{BoxError, Request, Response, Service};
 
 /// The default time a call waits for its response when its request has no deadline: 10 s, on
 /// every transport. (rpcudp's own is 5 s and basic-socket-rpc's 20 s; set

@@ -5,12 +5,10 @@
 use std::future::Future;
 use std::sync::Arc;
 
+use crate::serve::{LocalServe, Running, Served};
 use bytes::{Bytes, BytesMut};
 use rpc_core::codec::{Codec, DecodeError, Message};
-use rpc_core::{
-    Context, Error, ErrorCode, LocalServe, Method, Payload, Request, Response, Running, Served,
-    ServerError,
-};
+use rpc_core::{Context, Error, ErrorCode, Method, Payload, Request, Response, ServerError};
 
 use crate::slots::{Slot, Slots};
 pub(crate) use crate::stats::{Counters, Event};
@@ -56,7 +54,7 @@ pub(crate) trait Link<C: Codec>: Clone + Send + Sync + 'static {
 }
 
 /// Handles one received frame; `serve` is the receive loop's instance of its service (see
-/// [`Serve::local`](rpc_core::Serve::local)); without one, requests are answered "method not
+/// [`Serve::local`](crate::serve::Serve::local)); without one, requests are answered "method not
 /// found". Returns whether the frame was a response (handed to the call table).
 pub(crate) async fn handle<C: Codec, L: Link<C>>(
     link: &L,

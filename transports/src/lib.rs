@@ -30,16 +30,20 @@
 ))]
 
 mod builder;
+mod calls;
 mod dispatch;
+mod life;
 #[cfg(feature = "memory")]
 pub mod memory;
 #[cfg(all(unix, feature = "raw"))]
 pub mod raw;
+pub mod serve;
 mod serving;
 mod slots;
 mod stats;
 #[cfg(any(feature = "tcp", feature = "unix", feature = "memory"))]
 pub mod stream;
+mod sync;
 #[cfg(feature = "tcp")]
 pub mod tcp;
 #[cfg(feature = "udp")]
@@ -117,38 +121,6 @@ fn time_left<C: rpc_core::Codec>(
         .then(|| deadline.saturating_duration_since(now))
 }
 
-/// A cancellation token with a flag that tells the same without the token's lock: loops and
-/// calls check it once per wake-up or call, where the token's own check takes a mutex.
-#[derive(Debug, Clone, Default)]
-pub(crate) struct Cancel {
-    token: tokio_util::sync::CancellationToken,
-    flag: std::sync::Arc<std::sync::atomic::AtomicBool>,
-}
-
-impl Cancel {
-    pub(crate) fn cancel(&self) {
-        self.flag.store(true, std::sync::atomic::Ordering::Release);
-        self.token.cancel();
-    }
-
-    pub(crate) fn is_cancelled(&self) -> bool {
-        self.flag.load(std::sync::atomic::Ordering::Acquire)
-    }
-
-    pub(crate) fn cancelled(&self) -> tokio_util::sync::WaitForCancellationFuture<'_> {
-        self.token.cancelled()
-    }
-
-    /// A handle cancelled with this one. It shares this one's flag, so only the leader is to be
-    /// cancelled: cancelling a follower would set the flag for all of them.
-    pub(crate) fn follower(&self) -> Self {
-        Self {
-            token: self.token.child_token(),
-            flag: self.flag.clone(),
-        }
-    }
-}
-
 /// Pending once, waking its task at once: the task goes behind the tasks it woke in its
 /// runtime's queue. (`tokio::task::yield_now` may instead hold the task until the runtime has
 /// polled its drivers, a system call on the way to the next answer.)
@@ -171,51 +143,6 @@ impl std::future::Future for YieldOnce {
     }
 }
 
-/// A cancellation future that is polled in full only until it has registered the task's waker;
-/// after that a wake-up is checked with `fired` alone.
-///
-/// A `WaitForCancellationFuture` takes two locks per poll (the token's state, then its waiter
-/// list), and a receive loop's select polls it on every wake-up for a frame or a datagram:
-/// about a tenth of a server's instructions per call at one call in flight. Once registered, the token wakes this task
-/// when it fires, and `fired` (an atomic load, or the token's own check) sees it then. The
-/// task's waker does not change, so the registration stays valid.
-pub(crate) struct Armed<'a, F, C> {
-    fut: std::pin::Pin<&'a mut F>,
-    armed: bool,
-    fired: C,
-}
-
-impl<'a, F: std::future::Future<Output = ()>, C: Fn() -> bool> Armed<'a, F, C> {
-    pub(crate) fn new(fut: std::pin::Pin<&'a mut F>, fired: C) -> Self {
-        Self {
-            fut,
-            armed: false,
-            fired,
-        }
-    }
-}
-
-impl<F: std::future::Future<Output = ()>, C: Fn() -> bool + Unpin> std::future::Future
-    for Armed<'_, F, C>
-{
-    type Output = ();
-
-    fn poll(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<()> {
-        if (self.fired)() {
-            return std::task::Poll::Ready(());
-        }
-        if self.armed {
-            return std::task::Poll::Pending;
-        }
-        let ready = self.fut.as_mut().poll(cx);
-        self.armed = ready.is_pending();
-        ready
-    }
-}
-
 /// The future of a call on a [`udp::Channel`] or a [`stream::Channel`].
 ///
 /// A call that needs nothing but its answer (the channel is connected and the request went out
@@ -232,7 +159,7 @@ pub struct CallFuture<Id: std::hash::Hash + Eq + Clone, P: PartialEq> {
 enum CallState<Id: std::hash::Hash + Eq + Clone, P: PartialEq> {
     /// Sent: waiting for the answer, or for the call table to time it out.
     Waiting {
-        waiter: rpc_core::calls::Waiter<Id, P, dispatch::CallResult>,
+        waiter: crate::calls::Waiter<Id, P, dispatch::CallResult>,
         format: &'static dyn rpc_core::Format,
     },
     /// Finished before it had to wait.
@@ -245,7 +172,7 @@ impl<Id: std::hash::Hash + Eq + Clone, P: PartialEq> CallFuture<Id, P> {
     /// Waits for `waiter`'s answer, or for the call table to expire it (it was registered with
     /// `register_call`).
     fn waiting(
-        waiter: rpc_core::calls::Waiter<Id, P, dispatch::CallResult>,
+        waiter: crate::calls::Waiter<Id, P, dispatch::CallResult>,
         format: &'static dyn rpc_core::Format,
     ) -> Self {
         Self {

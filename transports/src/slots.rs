@@ -11,17 +11,15 @@
 
 use std::sync::Arc;
 
-#[cfg(rpc_loom)]
-use loom::sync::atomic::{AtomicUsize, Ordering};
-#[cfg(not(rpc_loom))]
-use std::sync::atomic::{AtomicUsize, Ordering};
+use crate::sync::atomic::{AtomicUsize, Ordering};
+use crate::sync::Notify;
 
 /// Requests being served, and who waits for none to be.
 #[derive(Debug)]
 pub(crate) struct Slots {
     max: usize,
     taken: AtomicUsize,
-    idle: Idle,
+    idle: Notify,
 }
 
 /// A request's place among those being served; given back on drop.
@@ -33,7 +31,7 @@ impl Slots {
         Arc::new(Self {
             max: max.max(1),
             taken: AtomicUsize::new(0),
-            idle: Idle::default(),
+            idle: Notify::default(),
         })
     }
 
@@ -73,69 +71,6 @@ impl Drop for Slot {
         if self.0.taken.fetch_sub(1, Ordering::AcqRel) == 1 {
             self.0.idle.notify_waiters();
         }
-    }
-}
-
-#[cfg(not(rpc_loom))]
-type Idle = tokio::sync::Notify;
-
-/// Under loom, a notifier loom can see: a flag per wait-round and the waiters' wakers.
-#[cfg(rpc_loom)]
-#[derive(Debug, Default)]
-struct Idle {
-    waiters: loom::sync::Mutex<Vec<std::task::Waker>>,
-    rounds: loom::sync::atomic::AtomicUsize,
-}
-
-#[cfg(rpc_loom)]
-impl Idle {
-    fn notify_waiters(&self) {
-        self.rounds.fetch_add(1, Ordering::AcqRel);
-        for w in self.waiters.lock().unwrap().drain(..) {
-            w.wake();
-        }
-    }
-
-    fn notified(&self) -> Notified<'_> {
-        Notified {
-            idle: self,
-            round: None,
-        }
-    }
-}
-
-#[cfg(rpc_loom)]
-struct Notified<'a> {
-    idle: &'a Idle,
-    round: Option<usize>,
-}
-
-#[cfg(rpc_loom)]
-impl Notified<'_> {
-    fn enable(self: std::pin::Pin<&mut Self>) {
-        let this = self.get_mut();
-        this.round = Some(this.idle.rounds.load(Ordering::Acquire));
-    }
-}
-
-#[cfg(rpc_loom)]
-impl std::future::Future for Notified<'_> {
-    type Output = ();
-
-    fn poll(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<()> {
-        let this = self.get_mut();
-        let round = *this
-            .round
-            .get_or_insert_with(|| this.idle.rounds.load(Ordering::Acquire));
-        let mut waiters = this.idle.waiters.lock().unwrap();
-        if this.idle.rounds.load(Ordering::Acquire) != round {
-            return std::task::Poll::Ready(());
-        }
-        waiters.push(cx.waker().clone());
-        std::task::Poll::Pending
     }
 }
 

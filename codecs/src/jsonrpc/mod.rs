@@ -34,7 +34,7 @@ use std::sync::Arc;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use rpc_core::codec::{Codec, DecodeError, IdSeed, Message};
-use rpc_core::{Error, ErrorCode, Format, Method, MethodName, Payload, Response, ServerError};
+use rpc_core::{Error, ErrorCode, Method, MethodName, Payload, Response, ServerError};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
@@ -233,16 +233,6 @@ impl JsonRpcCodec {
 fn write_json<T: serde::Serialize + ?Sized>(dst: &mut BytesMut, v: &T) {
     // Strings, numbers and JSON values always serialize.
     let _ = serde_json::to_writer(dst.writer(), v);
-}
-
-fn check_format(p: &Payload) -> Result<(), Error> {
-    if p.format().name() == JSON.name() {
-        Ok(())
-    } else {
-        Err(Error::Codec(
-            format!("JSON-RPC carries JSON, not {}", p.format().name()).into(),
-        ))
-    }
 }
 
 /// The members of a message, as raw JSON; `null` counts as present.
@@ -481,7 +471,9 @@ fn decode_one(frame: &Bytes, text: &[u8], deadlines: bool) -> Result<Message<Id>
 impl Codec for JsonRpcCodec {
     type Id = Id;
 
-    fn format(&self) -> &'static dyn Format {
+    type Format = Json;
+
+    fn format(&self) -> &'static Json {
         &JSON
     }
 
@@ -546,7 +538,7 @@ impl Codec for JsonRpcCodec {
         timeout: Option<std::time::Duration>,
         dst: &mut BytesMut,
     ) -> Result<(), Error> {
-        check_format(args)?;
+        args.in_format(&JSON)?;
         let Method::Name(name) = method else {
             return Err(Error::Codec(
                 "JSON-RPC names its methods; it has no numeric command ids".into(),
@@ -579,7 +571,7 @@ impl Codec for JsonRpcCodec {
     ) -> Result<bool, Error> {
         match result {
             Ok(p) => {
-                check_format(p)?;
+                p.in_format(&JSON)?;
                 dst.put_slice(br#"{"jsonrpc":"2.0","result":"#);
                 if p.bytes().is_empty() {
                     dst.put_slice(b"null");

@@ -15,7 +15,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use rpc_core::codec::{Codec, DecodeError, IdSeed, Message};
 use rpc_core::{Error, ErrorCode, Format, Method, MethodName, Payload, ServerError};
 
-use super::{skip_value, MSGPACK};
+use super::{skip_value, MsgPack, MSGPACK};
 
 const REQUEST: u8 = 0x00;
 const RESPONSE: u8 = 0x01;
@@ -106,16 +106,6 @@ fn header(dst: &mut BytesMut, kind: u8, id: &MessageId) {
     dst.reserve(HEADER);
     dst.put_u8(kind);
     dst.put_slice(&id.0);
-}
-
-fn check_format(p: &Payload) -> Result<(), Error> {
-    if p.format().name() == MSGPACK.name() {
-        Ok(())
-    } else {
-        Err(Error::Codec(
-            format!("rpcudp carries msgpack, not {}", p.format().name()).into(),
-        ))
-    }
 }
 
 /// Reads a msgpack array header; returns its length and the header's size.
@@ -229,7 +219,9 @@ fn random_id() -> MessageId {
 impl Codec for RpcudpCodec {
     type Id = MessageId;
 
-    fn format(&self) -> &'static dyn Format {
+    type Format = MsgPack;
+
+    fn format(&self) -> &'static MsgPack {
         &MSGPACK
     }
 
@@ -279,7 +271,7 @@ impl Codec for RpcudpCodec {
         args: &Payload,
         dst: &mut BytesMut,
     ) -> Result<(), Error> {
-        check_format(args)?;
+        args.in_format(&MSGPACK)?;
         let Method::Name(name) = method else {
             return Err(Error::Codec(
                 "rpcudp names its methods; it has no numeric command ids".into(),
@@ -308,7 +300,7 @@ impl Codec for RpcudpCodec {
     ) -> Result<bool, Error> {
         match result {
             Ok(p) => {
-                check_format(p)?;
+                p.in_format(&MSGPACK)?;
                 header(dst, RESPONSE, id);
                 if p.bytes().is_empty() {
                     // A handler that returned nothing encodes as nil, as Python's None does.

@@ -4,7 +4,7 @@
 //! Commands are a [`Router`](rpc_core::Router)'s routes registered by id
 //! ([`Router::command`](rpc_core::Router::command), or a [`Route`](rpc_core::Route) with both a
 //! name and an id). Arguments and results are in the little-endian format of
-//! `rpc_codecs::raw` (`u32`-prefixed strings, fixed-width integers, ...), so typed handlers work
+//! [`rpc_core::le`] (`u32`-prefixed strings, fixed-width integers, ...), so typed handlers work
 //! unchanged; a [`raw`](rpc_core::handler::raw) handler sees the argument bytes as they came.
 //!
 //! ```
@@ -57,14 +57,14 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context as TaskContext, Poll};
 use std::time::Duration;
 
+use crate::serve::Serve;
 use bytes::BytesMut;
 use futures::future::BoxFuture;
 use futures::StreamExt;
-use rpc_codecs::raw::LE;
 use rpc_core::context::deadline_after;
+use rpc_core::le::LE;
 use rpc_core::{
-    Client, Context, Error, ErrorCode, Format, Method, Payload, Request, Response, Serve,
-    ServerError, Service,
+    Client, Context, Error, ErrorCode, Method, Payload, Request, Response, ServerError, Service,
 };
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, ToSocketAddrs};
@@ -73,6 +73,7 @@ use tokio_util::codec::FramedRead;
 
 use self::frame::{put_exception, put_frame, Frame, FrameDecoder, EXCEPTION, INIT, RPC, VERSION};
 use crate::builder::{sealed, Connected, Connections};
+use crate::life::Phase;
 use crate::stats::Event;
 use crate::stream::{self, Accept, Io, ServerShared};
 use crate::{tcp, unix};
@@ -166,10 +167,10 @@ impl Builder {
             async move {
                 // A forced shutdown drops the connection wherever it waits (its socket and its
                 // seat at the gate go with it).
-                let force = shared.force.clone();
+                let forced = shared.clone();
                 tokio::select! {
                     _ = serve_connection(server, io, shared) => {}
-                    _ = force.cancelled() => {}
+                    _ = forced.life.reached(Phase::Aborted) => {}
                 }
             }
         })
@@ -343,8 +344,7 @@ async fn serve_connection(server: Arc<ServerState>, io: Io, shared: Arc<ServerSh
     };
     // The connection's own instance of the service.
     let mut serve = config.service.as_ref().map(Serve::local);
-    let drain = shared.drain.cancelled();
-    tokio::pin!(drain);
+    let mut drain = shared.life.reached(Phase::Draining);
     loop {
         let next = tokio::select! {
             biased;
@@ -547,15 +547,7 @@ impl<T: stream::Transport> ClientShared<T> {
                 "basic-socket-rpc calls commands by numeric id, not by name".into(),
             ));
         };
-        if req.args().format().name() != LE.name() {
-            return Err(Error::Codec(
-                format!(
-                    "basic-socket-rpc carries the le format, not {}",
-                    req.args().format().name()
-                )
-                .into(),
-            ));
-        }
+        req.args().in_format(&LE)?;
         let deadline = req
             .context()
             .deadline()

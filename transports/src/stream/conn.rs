@@ -5,26 +5,27 @@ use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 
+use crate::calls::{Delivery, InFlight};
+use crate::serve::Serve;
 use bytes::BytesMut;
 use futures::{FutureExt, StreamExt};
-use rpc_core::calls::{Delivery, InFlight};
 use rpc_core::codec::{Codec, IdSeed};
 use rpc_core::context::deadline_after;
 use rpc_core::context::Origin;
-use rpc_core::{BoxChannel, Client, Context, Error, Payload, Peer, Request, Serve};
+use rpc_core::{BoxChannel, Client, Context, Error, Payload, Peer, Request};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::codec::FramedRead;
-use tokio_util::sync::CancellationToken;
 
 use super::framing::FrameError;
 use super::stream_io::{Io, TryWrite};
 use super::Config;
 use crate::dispatch::{self, CallResult, Link};
+use crate::life::{Life, Phase};
 use crate::slots::Slots;
 use crate::stats::{Counters, Event};
-use crate::{Armed, CallFuture};
+use crate::CallFuture;
 
 /// The most frames a connection's reader takes in a row before it yields to the other tasks.
 ///
@@ -50,8 +51,6 @@ struct Outbox {
     ready: Notify,
     /// Wakes senders waiting for room.
     drained: Notify,
-    /// No more frames will be queued; the writer flushes and closes.
-    closing: AtomicBool,
 }
 
 /// Above this many queued bytes a sender waits for the writer (backpressure).
@@ -108,16 +107,10 @@ pub(crate) struct Conn<C: Codec> {
     calls: Arc<InFlight<C::Id, (), CallResult>>,
     serve: Option<Serve>,
     peer: Peer,
-    /// The connection is finished; calls fail.
-    closed: CancellationToken,
-    /// Stop writing too, dropping what is queued (a forced shutdown).
-    aborted: CancellationToken,
-    /// Mirrors `closed` for the hot path (reading a token takes a lock).
-    done: AtomicBool,
-    /// Stop reading new requests, answer those being served, then close (graceful shutdown).
-    drain: crate::Cancel,
-    /// It ended by failure (reset, bad frame), not by either side closing it cleanly.
-    lost: AtomicBool,
+    /// Open; draining (no new requests read, those accepted answered); closing (nothing more
+    /// queued, what is queued written); closed; or aborted (closed, what was queued dropped).
+    /// Lost: it ended by failure (reset, bad frame), not by either side closing it cleanly.
+    life: Life,
     serving: Arc<Slots>,
     counters: Arc<Counters>,
     /// Responses delivered during the reader's current burst.
@@ -132,14 +125,13 @@ pub(crate) struct Conn<C: Codec> {
 }
 
 impl<C: Codec> Conn<C> {
-    /// Starts the connection's tasks. `drain` is the owner's graceful-shutdown signal.
+    /// Starts the connection's tasks.
     pub(crate) fn spawn(
         io: Io,
         codec: C,
         config: Arc<Config>,
         serve: Option<Serve>,
         counters: Arc<Counters>,
-        drain: crate::Cancel,
     ) -> Arc<Self> {
         let Io {
             read,
@@ -160,16 +152,11 @@ impl<C: Codec> Conn<C> {
                 }),
                 ready: Notify::new(),
                 drained: Notify::new(),
-                closing: AtomicBool::new(false),
             },
             calls: InFlight::with_sweep_every(crate::sweep_tick(config.timeout)),
             serve,
             peer,
-            closed: CancellationToken::new(),
-            aborted: CancellationToken::new(),
-            done: AtomicBool::new(false),
-            drain,
-            lost: AtomicBool::new(false),
+            life: Life::default(),
             serving: Slots::new(config.max_concurrent_requests),
             counters,
             delivered: AtomicUsize::new(0),
@@ -191,34 +178,36 @@ impl<C: Codec> Conn<C> {
 
     /// Whether the connection is finished.
     pub(crate) fn is_closed(&self) -> bool {
-        self.done.load(Ordering::Acquire)
+        self.life.phase() >= Phase::Closed
     }
 
-    /// Whether new calls may use the connection: not finished, not closing, and the peer has not
-    /// gone (a connection whose read side ended can still send answers, but no call would get one).
+    /// Whether new calls may use the connection: open, and the peer has not gone (a connection
+    /// whose read side ended can still send answers, but no call would get one; one that drains
+    /// reads no more answers).
     pub(crate) fn accepts_calls(&self) -> bool {
-        !self.is_closed()
-            && !self.lost.load(Ordering::Relaxed)
-            && !self.out.closing.load(Ordering::Acquire)
+        self.life.phase() == Phase::Open && !self.life.is_lost()
     }
 
     /// Closes the connection now; queued frames are still written, calls in flight fail.
     pub(crate) fn close(&self) {
-        self.finish_writing();
-        self.done.store(true, Ordering::Release);
-        self.closed.cancel();
-        self.fail_calls();
+        self.end(Phase::Closed);
     }
 
     /// Closes the connection and drops what is queued for it, rather than write it.
     pub(crate) fn abort(&self) {
-        self.aborted.cancel();
-        self.close();
+        self.end(Phase::Aborted);
+    }
+
+    fn end(&self, phase: Phase) {
+        self.life.advance(phase);
+        // The writer writes what is queued (unless aborted) and goes.
+        self.out.ready.notify_one();
+        self.fail_calls();
     }
 
     /// Stops reading new requests, answers those accepted, then closes (graceful shutdown).
     pub(crate) fn drain(&self) {
-        self.drain.cancel();
+        self.life.advance(Phase::Draining);
     }
 
     /// The next id of the connection's sequence: only its peer can answer, so ids need only
@@ -245,17 +234,17 @@ impl<C: Codec> Conn<C> {
 
     /// Resolves when the connection is finished.
     pub(crate) async fn closed(&self) {
-        self.closed.cancelled().await
+        self.life.reached(Phase::Closed).await
     }
 
     fn fail(&self, why: &dyn fmt::Display) {
         tracing::debug!(peer = %self.peer, %why, "connection lost");
-        self.lost.store(true, Ordering::Relaxed);
+        self.life.mark_lost();
         self.close();
     }
 
     fn finish_writing(&self) {
-        self.out.closing.store(true, Ordering::Release);
+        self.life.advance(Phase::Closing);
         self.out.ready.notify_one();
     }
 
@@ -280,7 +269,7 @@ impl<C: Codec> Conn<C> {
             }
             tokio::select! {
                 _ = room => {}
-                _ = self.closed.cancelled() => return Err(self.closed_error()),
+                _ = self.life.reached(Phase::Closed) => return Err(self.closed_error()),
             }
         }
     }
@@ -291,7 +280,7 @@ impl<C: Codec> Conn<C> {
         encode: &impl Fn(&mut BytesMut) -> Result<bool, Error>,
         direct: bool,
     ) -> Option<Result<(), Error>> {
-        if self.out.closing.load(Ordering::Acquire) || self.is_closed() {
+        if self.life.phase() >= Phase::Closing {
             return Some(Err(self.closed_error()));
         }
         let mut out = self.out.lock();
@@ -367,7 +356,7 @@ impl<C: Codec> Conn<C> {
     }
 
     fn closed_error(&self) -> Error {
-        if self.lost.load(Ordering::Relaxed) {
+        if self.life.is_lost() {
             Error::Transport(io::Error::new(
                 io::ErrorKind::ConnectionReset,
                 "the connection was closed by the peer or lost",
@@ -466,18 +455,19 @@ async fn read_loop<C: Codec, R: AsyncRead + Unpin>(
         .idle_timeout
         .map(|period| AbortOnDrop(tokio::spawn(watch_idle(conn.clone(), period))));
     // The connection's own instance of the service.
-    let mut serve = conn.serve.as_ref().map(rpc_core::Serve::local);
+    let mut serve = conn.serve.as_ref().map(crate::serve::Serve::local);
     // Made once, not per frame; polled in full only until they hold this task's waker.
-    let closed = conn.closed.cancelled();
-    let drain = conn.drain.cancelled();
-    tokio::pin!(closed, drain);
-    let mut closed = Armed::new(closed, || conn.is_closed());
-    let mut drain = Armed::new(drain, || conn.drain.is_cancelled());
+    // Made once, not per frame: polled on every wake-up for a frame, it costs a load then.
+    let mut stop = conn.life.reached(Phase::Draining);
     'frames: loop {
         let next = tokio::select! {
             biased;
-            _ = &mut closed => return,
-            _ = &mut drain => break,
+            _ = &mut stop => {
+                if conn.is_closed() {
+                    return;
+                }
+                break;
+            }
             r = frames.next() => r,
         };
         // Read before written: the flag's cache line is dirtied once per idle period, not per
@@ -526,14 +516,14 @@ async fn read_loop<C: Codec, R: AsyncRead + Unpin>(
                 // The peer closed its side: what we still send may arrive, calls we wait
                 // for won't, so they fail now rather than when the requests being served
                 // are done.
-                conn.lost.store(true, Ordering::Relaxed);
+                conn.life.mark_lost();
                 conn.fail_calls();
                 break 'frames;
             }
             BurstEnd::BadFrame(e) => {
                 conn.counters.record(Event::BadFrame);
                 tracing::warn!(peer = %conn.peer, error = %e, "closing the connection");
-                conn.lost.store(true, Ordering::Relaxed);
+                conn.life.mark_lost();
                 conn.fail_calls();
                 conn.answered().await;
                 conn.fail(&e);
@@ -583,9 +573,8 @@ enum BurstEnd {
 
 async fn write_loop<C: Codec>(conn: Arc<Conn<C>>, mut w: Box<dyn AsyncWrite + Send + Unpin>) {
     let mut spare = BytesMut::new();
-    let closed = conn.closed.cancelled();
-    tokio::pin!(closed);
-    let mut closed = Armed::new(closed, || conn.is_closed());
+    let mut closing = conn.life.reached(Phase::Closing);
+    let mut aborted = conn.life.reached(Phase::Aborted);
     loop {
         {
             let mut out = conn.out.lock();
@@ -595,22 +584,20 @@ async fn write_loop<C: Codec>(conn: Arc<Conn<C>>, mut w: Box<dyn AsyncWrite + Se
             out.writing = !spare.is_empty();
         }
         if spare.is_empty() {
-            if conn.out.closing.load(Ordering::Acquire) {
+            // Closing (or closed): nothing more will be queued, and what was is written.
+            if conn.life.phase() >= Phase::Closing {
                 break;
             }
             tokio::select! {
                 _ = conn.out.ready.notified() => {}
-                _ = &mut closed => {
-                    // Write what is still queued before going.
-                    conn.out.closing.store(true, Ordering::Release);
-                }
+                _ = &mut closing => {}
             }
             continue;
         }
         let written = tokio::select! {
             biased;
             r = write_all(&mut w, &spare, conn.config.write_timeout) => r,
-            _ = conn.aborted.cancelled() => Err(io::Error::other("connection aborted")),
+            _ = &mut aborted => Err(io::Error::other("connection aborted")),
         };
         spare.clear();
         conn.out.drained.notify_waiters();
@@ -626,7 +613,7 @@ async fn write_loop<C: Codec>(conn: Arc<Conn<C>>, mut w: Box<dyn AsyncWrite + Se
     // Direct writers are done; the stream is shut down for writing (a socket's, when its last
     // handle goes), unless the connection was aborted.
     conn.out.lock().direct = None;
-    if !conn.aborted.is_cancelled() {
+    if conn.life.phase() != Phase::Aborted {
         let stall = deadline_after(Instant::now(), conn.config.write_timeout);
         let _ = tokio::time::timeout_at(stall, w.shutdown()).await;
     }

@@ -24,20 +24,20 @@ use std::fmt;
 use std::future::Future;
 use std::io;
 use std::marker::PhantomData;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context as TaskContext, Poll};
 use std::time::Duration;
 
+use crate::serve::Serve;
 use rpc_core::codec::Codec;
 use rpc_core::context::deadline_after;
-use rpc_core::{Client, Error, Payload, Request, Serve, Service};
-use tokio::sync::Notify;
-use tokio_util::sync::CancellationToken;
+use rpc_core::{Client, Error, Payload, Request, Service};
 
 use self::conn::Conn;
 pub use crate::builder::Builder;
 use crate::builder::{sealed, Connected, Connections};
+use crate::life::{Life, Phase};
+use crate::slots::Slots;
 pub use crate::stats::Stats;
 use crate::stats::{Counters, Event};
 use crate::CallFuture;
@@ -124,7 +124,6 @@ impl<K> Builder<Stream<K>> {
             self.config(),
             self.service,
             Arc::new(Counters::default()),
-            crate::Cancel::default(),
         );
         Connection::guarded(conn)
     }
@@ -148,12 +147,17 @@ impl<K> Builder<Stream<K>> {
                     config.clone(),
                     serve.clone(),
                     shared.counters.clone(),
-                    shared.drain.follower(),
                 );
                 async move {
+                    // Runs until the connection closes; the server's shutdown drains it, and
+                    // at the end of the grace period aborts it.
+                    tokio::select! {
+                        _ = conn.closed() => return,
+                        _ = shared.life.reached(Phase::Draining) => conn.drain(),
+                    }
                     tokio::select! {
                         _ = conn.closed() => {}
-                        _ = shared.force.cancelled() => conn.abort(),
+                        _ = shared.life.reached(Phase::Aborted) => conn.abort(),
                     }
                 }
             },
@@ -176,23 +180,18 @@ where
     Fut: Future<Output = ()> + Send + 'static,
 {
     let shared = Arc::new(ServerShared {
-        live: AtomicUsize::new(0),
-        all_closed: Notify::new(),
-        drain: crate::Cancel::default(),
-        force: CancellationToken::new(),
+        life: Life::default(),
+        connections: Slots::new(max_connections),
         counters: Arc::new(Counters::default()),
     });
-    let stop = CancellationToken::new();
     tokio::spawn(accept_loop(
         listener,
         max_connections,
         shared.clone(),
-        stop.clone(),
         handle,
     ));
     Server {
         shared,
-        stop,
         local_addr,
         on_stop: Mutex::new(None),
     }
@@ -206,7 +205,6 @@ where
 /// file): see [`Serving`](crate::Serving).
 pub struct Server<T: Transport> {
     shared: Arc<ServerShared>,
-    stop: CancellationToken,
     local_addr: T::Addr,
     /// What to undo once the server stops accepting (a Unix socket file to remove).
     on_stop: Mutex<Option<Box<dyn FnOnce() + Send>>>,
@@ -234,8 +232,9 @@ impl<T: Transport> Server<T> {
         self.shared.counters.snapshot()
     }
 
+    /// Stops accepting and drains the connections.
     fn stop_accepting(&self) {
-        self.stop.cancel();
+        self.shared.life.advance(Phase::Draining);
         let undo = self
             .on_stop
             .lock()
@@ -250,7 +249,7 @@ impl<T: Transport> Server<T> {
     /// waits at most `grace`; what is still open then is closed. Returns whether all closed in time.
     pub async fn shutdown(&self, grace: Duration) -> bool {
         self.stop_accepting();
-        self.shared.shutdown(&self.stop, grace).await
+        self.shared.shutdown(grace).await
     }
 }
 
@@ -259,7 +258,6 @@ impl<T: Transport> Drop for Server<T> {
     /// and close), without waiting.
     fn drop(&mut self) {
         self.stop_accepting();
-        self.shared.drain.cancel();
     }
 }
 
@@ -291,37 +289,26 @@ impl<T: Transport> fmt::Debug for Server<T> {
 /// State a server's accept loop shares with its handle.
 #[derive(Debug)]
 pub(crate) struct ServerShared {
-    live: AtomicUsize,
-    all_closed: Notify,
-    /// Graceful shutdown: connections stop reading, answer what they accepted, and close.
-    pub(crate) drain: crate::Cancel,
-    /// The grace period is over: close what is left.
-    pub(crate) force: CancellationToken,
+    /// Open (accepting); draining (not accepting; connections stop reading, answer what they
+    /// accepted, and close); aborted (the grace period is over: what is left is closed).
+    pub(crate) life: Life,
+    /// The open connections: each holds a slot until it is done.
+    connections: Arc<Slots>,
     pub(crate) counters: Arc<Counters>,
 }
 
 impl ServerShared {
     pub(crate) fn connections(&self) -> usize {
-        self.live.load(Ordering::Acquire)
+        self.connections.in_use()
     }
 
-    /// Stops accepting (via `stop`), drains every connection, and waits at most `grace`.
-    pub(crate) async fn shutdown(&self, stop: &CancellationToken, grace: Duration) -> bool {
-        stop.cancel();
-        self.drain.cancel();
-        let done = async {
-            loop {
-                let notified = self.all_closed.notified();
-                tokio::pin!(notified);
-                notified.as_mut().enable();
-                if self.connections() == 0 {
-                    return;
-                }
-                notified.await;
-            }
-        };
-        let clean = tokio::time::timeout(grace, done).await.is_ok();
-        self.force.cancel();
+    /// Drains every connection and waits at most `grace`; then closes what is left.
+    pub(crate) async fn shutdown(&self, grace: Duration) -> bool {
+        self.life.advance(Phase::Draining);
+        let clean = tokio::time::timeout(grace, self.connections.idle())
+            .await
+            .is_ok();
+        self.life.advance(Phase::Aborted);
         clean
     }
 }
@@ -330,17 +317,17 @@ async fn accept_loop<A, F, Fut>(
     mut listener: A,
     max_connections: usize,
     shared: Arc<ServerShared>,
-    stop: CancellationToken,
     handle: F,
 ) where
     A: Accept,
     F: Fn(Io, Arc<ServerShared>) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
+    let mut stop = shared.life.reached(Phase::Draining);
     loop {
         let accepted = tokio::select! {
             biased;
-            _ = stop.cancelled() => return,
+            _ = &mut stop => return,
             r = listener.accept() => r,
         };
         let stream = match accepted {
@@ -352,20 +339,18 @@ async fn accept_loop<A, F, Fut>(
                 continue;
             }
         };
-        if shared.live.load(Ordering::Acquire) >= max_connections {
+        if shared.connections.is_full() {
             shared.counters.record(Event::ConnectionRefused);
             tracing::warn!(peer = %stream.peer(), max_connections, "connection limit reached; closing a new connection");
             drop(stream);
             continue;
         }
         shared.counters.record(Event::Connection);
-        shared.live.fetch_add(1, Ordering::AcqRel);
+        let slot = shared.connections.take();
         let done = handle(stream, shared.clone());
-        let shared = shared.clone();
         tokio::spawn(async move {
             done.await;
-            shared.live.fetch_sub(1, Ordering::AcqRel);
-            shared.all_closed.notify_waiters();
+            drop(slot);
         });
     }
 }
@@ -427,7 +412,6 @@ impl<C: Codec, T: Transport> ClientShared<C, T> {
             self.config.clone(),
             self.serve.clone(),
             self.counters.clone(),
-            crate::Cancel::default(),
         );
         *self.current.lock().unwrap_or_else(PoisonError::into_inner) = Some(conn.clone());
         Ok(conn)

@@ -70,21 +70,23 @@ use std::sync::{Arc, OnceLock, Weak};
 use std::task::{Context as TaskContext, Poll};
 use std::time::Duration;
 
+use crate::calls::{Delivery, InFlight};
+use crate::serve::Serve;
 use bytes::{Bytes, BytesMut};
-use rpc_core::calls::{Delivery, InFlight};
 use rpc_core::codec::{Codec, IdSeed};
 use rpc_core::context::deadline_after;
 use rpc_core::context::Origin;
 use rpc_core::{
-    BoxChannel, BoxError, Client, Context, Error, Payload, Peer, Request, Response, Serve, Service,
+    BoxChannel, BoxError, Client, Context, Error, Payload, Peer, Request, Response, Service,
 };
 use tokio::net::{ToSocketAddrs, UdpSocket};
 use tokio::time::Instant;
 
 use crate::dispatch::{self, CallResult, Link};
+use crate::life::{Life, Phase};
 use crate::slots::Slots;
 use crate::stats::{Counters, Event};
-use crate::{CallFuture, Cancel};
+use crate::CallFuture;
 
 /// The default largest payload, as rpcudp: 8192 bytes.
 pub const DEFAULT_MAX_PAYLOAD: usize = 8192;
@@ -160,7 +162,7 @@ impl Builder {
             .transport
             .max_payload
             .min(MAX_UDP_PAYLOAD.saturating_sub(codec.overhead()));
-        let closed = Cancel::default();
+        let life = Arc::new(Life::default());
         let shared = Arc::new_cyclic(|me| Shared {
             me: me.clone(),
             socket,
@@ -177,25 +179,24 @@ impl Builder {
                 .at_most_once
                 .map(|(capacity, age)| dedup::Dedup::new(capacity, age)),
             slots: Slots::new(self.max_concurrent_requests),
-            stopped: tokio_util::sync::CancellationToken::new(),
             counters: Counters::default(),
-            closed: closed.clone(),
+            life: life.clone(),
         });
         tokio::spawn(receive_loop(shared.clone()));
         Ok(Endpoint {
             shared,
-            guard: Arc::new(CloseOnDrop(closed)),
+            guard: Arc::new(CloseOnDrop(life)),
         })
     }
 }
 
 /// Closes the endpoint when the last user handle goes.
 #[derive(Debug)]
-struct CloseOnDrop(Cancel);
+struct CloseOnDrop(Arc<Life>);
 
 impl Drop for CloseOnDrop {
     fn drop(&mut self) {
-        self.0.cancel();
+        self.0.advance(Phase::Draining);
     }
 }
 
@@ -212,10 +213,10 @@ struct Shared<C: Codec> {
     service: OnceLock<Serve>,
     dedup: Option<dedup::Dedup<C::Id>>,
     slots: Arc<Slots>,
-    /// The receive loop has ended: it starts no more requests.
-    stopped: tokio_util::sync::CancellationToken,
     counters: Counters,
-    closed: Cancel,
+    /// Open; draining once closed (no more datagrams received, calls fail, requests being
+    /// served still answered); closed once the receive loop has ended.
+    life: Arc<Life>,
 }
 
 /// A UDP socket that serves and calls. Cloning is cheap; the socket closes when the last clone,
@@ -283,7 +284,7 @@ impl<C: Codec> Endpoint<C> {
     /// Stops the endpoint: the receive loop ends, calls in flight fail with [`Error::Closed`], and
     /// later calls fail at once. Requests being served are still answered.
     pub fn close(&self) {
-        self.shared.closed.cancel();
+        self.shared.life.advance(Phase::Draining);
     }
 
     /// Closes the endpoint and waits, at most `grace`, until every request it accepted has been
@@ -293,7 +294,7 @@ impl<C: Codec> Endpoint<C> {
         // The receive loop may be starting a request: once it has ended, every request that
         // started holds its slot.
         let answered = async {
-            self.shared.stopped.cancelled().await;
+            self.shared.life.reached(Phase::Closed).await;
             self.shared.slots.idle().await;
         };
         tokio::time::timeout(grace, answered).await.is_ok()
@@ -301,7 +302,7 @@ impl<C: Codec> Endpoint<C> {
 
     /// Whether the endpoint is closed.
     pub fn is_closed(&self) -> bool {
-        self.shared.closed.is_cancelled()
+        self.shared.is_closed()
     }
 
     /// A handle that does not keep the endpoint open: for handlers that call other peers
@@ -469,6 +470,10 @@ enum Encoded {
 }
 
 impl<C: Codec> Shared<C> {
+    fn is_closed(&self) -> bool {
+        self.life.phase() >= Phase::Draining
+    }
+
     /// An id nobody can guess, whatever the codec: anyone can send a datagram from a forged
     /// address, and only the id tells a real answer from a forged one.
     fn new_id(&self) -> C::Id {
@@ -543,7 +548,7 @@ impl<C: Codec> Shared<C> {
     /// for the answer, which the call table fails at the call's deadline. The others finish in a
     /// boxed future: sending what the socket had no room for, retransmitting.
     fn call(self: &Arc<Self>, peer: SocketAddr, req: Request) -> CallFuture<C::Id, SocketAddr> {
-        if self.closed.is_cancelled() {
+        if self.is_closed() {
             return CallFuture::ready(Err(Error::Closed));
         }
         let format = self.codec.format();
@@ -574,7 +579,7 @@ impl<C: Codec> Shared<C> {
             .unwrap_or_else(|| deadline_after(now, self.timeout));
         let waiter = self.calls.register_call(|| self.new_id(), peer, deadline);
         // Closed between the first check and the registration: the loop will not deliver.
-        if self.closed.is_cancelled() {
+        if self.is_closed() {
             return CallFuture::ready(Err(Error::Closed));
         }
         let timeout = crate::time_left(&self.codec, deadline, now);
@@ -726,9 +731,7 @@ async fn receive_loop<C: Codec>(shared: Arc<Shared<C>>) {
     // The loop's own instance of the service, once the endpoint has one.
     let mut serve = None;
     // Made once, not per datagram.
-    let closed = shared.closed.cancelled();
-    tokio::pin!(closed);
-    let mut closed = crate::Armed::new(closed, || shared.closed.is_cancelled());
+    let mut closed = shared.life.reached(Phase::Draining);
     let mut burst = 0;
     loop {
         // While datagrams keep coming, take them without going through the select (whose
@@ -790,5 +793,5 @@ async fn receive_loop<C: Codec>(shared: Arc<Shared<C>>) {
         }
     }
     shared.calls.close_all();
-    shared.stopped.cancel();
+    shared.life.advance(Phase::Closed);
 }

@@ -1,4 +1,8 @@
 //! Driving a server's service: what every transport does with a decoded request.
+//!
+//! Transports wrap the service a builder is given ([`Builder::serve`](crate::Builder::serve)) in a
+//! [`Serve`]; code outside the transports needs it only to drive a service the way they do (the
+//! dispatch benchmark).
 
 use std::fmt;
 use std::future::Future;
@@ -10,8 +14,7 @@ use futures::future::{BoxFuture, FutureExt};
 use tokio_util::sync::ReusableBoxFuture;
 use tower::{Service, ServiceExt};
 
-use crate::error::{BoxError, ServerError};
-use crate::message::{Request, Response};
+use rpc_core::{BoxError, Request, Response, ServerError};
 
 /// A server's service with its type erased, as transports hold it.
 ///
@@ -23,7 +26,8 @@ use crate::message::{Request, Response};
 /// error, never a lost receive loop.
 ///
 /// ```
-/// use rpc_core::{format::Payload, Request, Router, Serve};
+/// use rpc_core::{format::Payload, Request, Router};
+/// use rpc_transports::serve::Serve;
 /// # use rpc_core::format::Format;
 /// # #[derive(Debug)] struct Json;
 /// # impl Format for Json {
@@ -156,7 +160,8 @@ where
 /// still running. Awaiting it gives the response either way.
 ///
 /// ```
-/// use rpc_core::{msgpack::MsgPack, Payload, Request, Router, Serve, Served};
+/// use rpc_core::{msgpack::MsgPack, Payload, Request, Router};
+/// use rpc_transports::serve::{Serve, Served};
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> Result<(), rpc_core::Error> {
 /// let serve = Serve::new(
@@ -294,8 +299,8 @@ mod tests {
     use futures::future::{join_all, BoxFuture};
 
     use super::*;
-    use crate::format::{DeserializeFn, Format, Payload};
-    use crate::ErrorCode;
+    use rpc_core::format::{DeserializeFn, Format, Payload};
+    use rpc_core::ErrorCode;
 
     /// Payloads here are never decoded.
     #[derive(Debug)]

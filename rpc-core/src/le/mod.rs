@@ -37,7 +37,7 @@
 //! and a command without arguments sends nothing.
 //!
 //! ```
-//! use rpc_codecs::raw::{from_bytes, to_bytes, LE};
+//! use rpc_core::le::{from_bytes, to_bytes, LE};
 //! use rpc_core::format::{AsSeq, FromArgs};
 //! use rpc_core::Payload;
 //!
@@ -73,9 +73,9 @@ pub use self::ser::{Compound, Serializer};
 
 use std::fmt;
 
+use crate::error::BoxError;
+use crate::format::{DeserializeFn, Format};
 use bytes::BytesMut;
-use rpc_core::format::DeserializeFn;
-use rpc_core::{BoxError, Format};
 use serde::{Deserialize, Serialize};
 
 /// basic-socket-rpc's little-endian value format, as an rpc-core [`Format`] named `"le"`.
@@ -84,7 +84,7 @@ use serde::{Deserialize, Serialize};
 /// every byte; the handler's parameter names are not used (arguments are positional).
 ///
 /// ```
-/// use rpc_codecs::raw::LE;
+/// use rpc_core::le::LE;
 /// use rpc_core::Payload;
 ///
 /// let result = Payload::encode(&LE, &3050u32)?;
@@ -134,8 +134,8 @@ impl Format for Le {
 /// Encodes `value` into a new buffer.
 ///
 /// ```
-/// assert_eq!(rpc_codecs::raw::to_bytes(&("hi", true, 7u16))?, b"\x02\0\0\0hi\x01\x07\0");
-/// # Ok::<(), rpc_codecs::raw::LeError>(())
+/// assert_eq!(rpc_core::le::to_bytes(&("hi", true, 7u16))?, b"\x02\0\0\0hi\x01\x07\0");
+/// # Ok::<(), rpc_core::le::LeError>(())
 /// ```
 pub fn to_bytes<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, LeError> {
     let mut out = Vec::new();
@@ -147,7 +147,7 @@ pub fn to_bytes<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, LeError> {
 /// [`LeError::TrailingBytes`]. Strings and byte strings may borrow from `bytes`.
 ///
 /// ```
-/// use rpc_codecs::raw::{from_bytes, LeError};
+/// use rpc_core::le::{from_bytes, LeError};
 ///
 /// assert_eq!(from_bytes::<(u32, u32)>(b"\xe8\x03\0\0\x02\x08\0\0")?, (1000, 2050));
 /// assert_eq!(from_bytes::<&str>(b"\x02\0\0\0hi")?, "hi");

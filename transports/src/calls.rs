@@ -1,5 +1,7 @@
 //! The table of calls in flight: matches responses to waiting callers by request id.
 //!
+//! Machinery of the transports only: it is not part of the public API.
+//!
 //! The UDP, TCP and Unix transports use it (basic-socket-rpc, one call at a time per connection,
 //! needs none): a caller [`register`](InFlight::register)s an id with the peer it
 //! sends to, awaits its [`Waiter`], and the transport's receive loop [`deliver`](InFlight::deliver)s
@@ -8,9 +10,8 @@
 //! call's slot, beside the caller's waker, until the caller takes it: no channel and no
 //! allocation per call.
 //!
-//! A call either waits with a timer of its own ([`Waiter::wait`]) or lets the table expire it
-//! ([`InFlight::register_expiring`]): one task per table fails such calls with
-//! [`Error::Timeout`] at their deadline, without a timer per call (a timer costs about 8% of a
+//! The table expires its calls ([`InFlight::register_expiring`]): one task per table fails them
+//! with [`Error::Timeout`] at their deadline, without a timer per call (a timer costs about 8% of a
 //! client's instructions per call at 64 calls in flight). Every `tick` the task looks at every
 //! call with a deadline and keeps those due before the next look in a heap, earliest first; it
 //! sleeps until the earliest of them (or the next look), so calls fail at their deadline, a
@@ -31,12 +32,16 @@ use std::task::{Context as TaskContext, Poll, Waker};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use crate::error::Error;
-use crate::hash::FoldState;
+use rpc_core::Error;
+
+/// foldhash's fast hash with a fixed seed, instead of SipHash: only this side inserts ids (a
+/// peer can look them up but never insert one, so it cannot build the colliding set a seeded,
+/// keyed hash guards against).
+type FoldState = foldhash::fast::FixedState;
 
 /// What became of a delivered response.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Delivery {
+pub(crate) enum Delivery {
     /// A caller was waiting for it and got it.
     Delivered,
     /// No call with that id is in flight (late, duplicated, or forged).
@@ -48,8 +53,8 @@ pub enum Delivery {
 struct Slot<P, V> {
     peer: P,
     serial: u64,
-    /// When the table fails the call itself (registered with `register_expiring`).
-    expires: Option<Instant>,
+    /// When the table fails the call.
+    expires: Instant,
     state: State<V>,
 }
 
@@ -208,7 +213,7 @@ struct Signal {
 }
 
 /// Calls in flight, keyed by id; `P` is the peer type and `V` the delivered value.
-pub struct InFlight<Id, P, V> {
+pub(crate) struct InFlight<Id, P, V> {
     table: Mutex<Table<Id, P, V>>,
     serial: AtomicU64,
     tick: Duration,
@@ -259,29 +264,17 @@ impl<Id, P, V> Drop for InFlight<Id, P, V> {
 }
 
 impl<Id: Hash + Eq + Clone, P: PartialEq, V> InFlight<Id, P, V> {
-    /// An empty table whose sweeper (for calls it expires itself) looks at every call every
-    /// 100 ms.
-    pub fn new() -> Arc<Self> {
-        Arc::new(Self::default())
-    }
-
     /// An empty table whose sweeper looks at every call with a deadline every `tick` (at least
     /// 1 ms, at most an hour) while there are some; calls fail at their deadline whatever the tick (see the
     /// [module docs](self)), which only sets how often the sweeper visits the calls far from
     /// theirs.
-    pub fn with_sweep_every(tick: Duration) -> Arc<Self> {
+    pub(crate) fn with_sweep_every(tick: Duration) -> Arc<Self> {
         Arc::new(Self::with_tick(tick))
     }
 
     fn lock(&self) -> MutexGuard<'_, Table<Id, P, V>> {
         // The map stays consistent across a panic in another holder: no invariant spans two calls.
         self.table.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// Registers a call; `None` if `id` is already in flight. The caller times it out with
-    /// [`Waiter::wait`].
-    pub fn register(self: &Arc<Self>, id: Id, peer: P) -> Option<Waiter<Id, P, V>> {
-        self.insert(id, peer, None).map(|(w, _)| w)
     }
 
     /// Registers a call that the table fails with [`Error::Timeout`] at `deadline` (a millisecond
@@ -291,7 +284,7 @@ impl<Id: Hash + Eq + Clone, P: PartialEq, V> InFlight<Id, P, V> {
     /// The sweeper is a task, started by the first such call on the current runtime or, from
     /// outside any, on the one the table was made in. A table made and used outside any runtime
     /// fails its calls only once a call registered within one has started the sweeper.
-    pub fn register_expiring(
+    pub(crate) fn register_expiring(
         self: &Arc<Self>,
         id: Id,
         peer: P,
@@ -302,7 +295,7 @@ impl<Id: Hash + Eq + Clone, P: PartialEq, V> InFlight<Id, P, V> {
         P: Send + 'static,
         V: Send + 'static,
     {
-        let (waiter, wake) = self.insert(id, peer, Some(deadline))?;
+        let (waiter, wake) = self.insert(id, peer, deadline)?;
         match wake {
             Wake::No => {}
             Wake::Sweeper => self.signal.wake.notify_one(),
@@ -317,7 +310,7 @@ impl<Id: Hash + Eq + Clone, P: PartialEq, V> InFlight<Id, P, V> {
 
     /// Registers a call under the first id from `next_id` that is not in flight, expiring at
     /// `deadline` (see [`register_expiring`](Self::register_expiring)).
-    pub fn register_call(
+    pub(crate) fn register_call(
         self: &Arc<Self>,
         mut next_id: impl FnMut() -> Id,
         peer: P,
@@ -339,7 +332,7 @@ impl<Id: Hash + Eq + Clone, P: PartialEq, V> InFlight<Id, P, V> {
         self: &Arc<Self>,
         id: Id,
         peer: P,
-        expires: Option<Instant>,
+        expires: Instant,
     ) -> Option<(Waiter<Id, P, V>, Wake)> {
         let mut table = self.lock();
         let serial = self.serial.fetch_add(1, Ordering::Relaxed);
@@ -351,38 +344,37 @@ impl<Id: Hash + Eq + Clone, P: PartialEq, V> InFlight<Id, P, V> {
         };
         let hash = table.slots.insert(id.clone(), slot)?;
         let mut wake = Wake::No;
-        if let Some(at) = expires {
-            if table.task.as_ref().is_some_and(|t| t.is_finished()) {
-                // The sweeper's runtime shut down under it: start over with a new one.
-                table.task = None;
-                table.sweeper = false;
-                table.sweeping = false;
-                table.horizon = None;
-                table.next_wake = None;
+        let at = expires;
+        if table.task.as_ref().is_some_and(|t| t.is_finished()) {
+            // The sweeper's runtime shut down under it: start over with a new one.
+            table.task = None;
+            table.sweeper = false;
+            table.sweeping = false;
+            table.horizon = None;
+            table.next_wake = None;
+        }
+        if !table.sweeping {
+            if table.sweeper {
+                table.sweeping = true;
+                wake = Wake::Sweeper;
+            } else if let Some(rt) = self.runtime() {
+                // Decided under the lock: a registration racing this one finds the
+                // sweeper started.
+                table.sweeper = true;
+                table.sweeping = true;
+                wake = Wake::Spawn(rt);
             }
-            if !table.sweeping {
-                if table.sweeper {
-                    table.sweeping = true;
-                    wake = Wake::Sweeper;
-                } else if let Some(rt) = self.runtime() {
-                    // Decided under the lock: a registration racing this one finds the
-                    // sweeper started.
-                    table.sweeper = true;
-                    table.sweeping = true;
-                    wake = Wake::Spawn(rt);
-                }
-                // Else no runtime can run a sweeper: the call waits for a registration made
-                // within one to start it.
-            } else if table.horizon.is_some_and(|h| at < h) {
-                // Due before the sweeper's next look: it must know now.
-                table.near.push(Reverse(Near {
-                    at,
-                    serial,
-                    id: id.clone(),
-                }));
-                if table.next_wake.is_some_and(|w| at < w) {
-                    wake = Wake::Sweeper;
-                }
+            // Else no runtime can run a sweeper: the call waits for a registration made
+            // within one to start it.
+        } else if table.horizon.is_some_and(|h| at < h) {
+            // Due before the sweeper's next look: it must know now.
+            table.near.push(Reverse(Near {
+                at,
+                serial,
+                id: id.clone(),
+            }));
+            if table.next_wake.is_some_and(|w| at < w) {
+                wake = Wake::Sweeper;
             }
         }
         drop(table);
@@ -397,7 +389,7 @@ impl<Id: Hash + Eq + Clone, P: PartialEq, V> InFlight<Id, P, V> {
     }
 
     /// Hands a response from `from` to the caller waiting on `id`.
-    pub fn deliver(&self, id: &Id, from: &P, value: V) -> Delivery {
+    pub(crate) fn deliver(&self, id: &Id, from: &P, value: V) -> Delivery {
         let mut table = self.lock();
         let waker = match table.slots.get_mut(id) {
             // Answered already (a duplicate), or never asked.
@@ -427,19 +419,18 @@ impl<Id: Hash + Eq + Clone, P: PartialEq, V> InFlight<Id, P, V> {
                 let mut later = false;
                 let waiting = table.slots.entries.iter().filter(|e| e.slot.waiting());
                 for Entry { id, slot, .. } in waiting {
-                    match slot.expires {
-                        Some(at) if at <= now => due.push(id.clone()),
-                        Some(at) => {
-                            later = true;
-                            if at < horizon {
-                                table.near.push(Reverse(Near {
-                                    at,
-                                    serial: slot.serial,
-                                    id: id.clone(),
-                                }));
-                            }
+                    let at = slot.expires;
+                    if at <= now {
+                        due.push(id.clone());
+                    } else {
+                        later = true;
+                        if at < horizon {
+                            table.near.push(Reverse(Near {
+                                at,
+                                serial: slot.serial,
+                                id: id.clone(),
+                            }));
                         }
-                        None => {}
                     }
                 }
                 table.horizon = later.then_some(horizon);
@@ -483,12 +474,12 @@ impl<Id: Hash + Eq + Clone, P: PartialEq, V> InFlight<Id, P, V> {
 
     /// Fails every call in flight with [`Error::Closed`] (the connection is gone). Answers that
     /// arrived before are still taken by their callers.
-    pub fn close_all(&self) {
+    pub(crate) fn close_all(&self) {
         self.close_where(|_| true);
     }
 
     /// Fails every call in flight with the error `error` makes (say, why the connection ended).
-    pub fn fail_all(&self, error: impl Fn() -> Error) {
+    pub(crate) fn fail_all(&self, error: impl Fn() -> Error) {
         let mut table = self.lock();
         let wakers: Vec<_> = table
             .slots
@@ -498,11 +489,6 @@ impl<Id: Hash + Eq + Clone, P: PartialEq, V> InFlight<Id, P, V> {
             .collect();
         drop(table);
         wake_all(wakers);
-    }
-
-    /// Fails the calls in flight to `peer` with [`Error::Closed`].
-    pub fn close_peer(&self, peer: &P) {
-        self.close_where(|p| p == peer);
     }
 
     /// Drops the slots of the calls still waiting whose peer `closes`: their callers find none
@@ -524,12 +510,12 @@ impl<Id: Hash + Eq + Clone, P: PartialEq, V> InFlight<Id, P, V> {
 
     /// The number of calls in flight: registered, and not yet taken by their callers (an answer
     /// counts until its caller takes it, or gives up).
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.lock().slots.len()
     }
 
     /// Whether no call is in flight.
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.len() == 0
     }
 }
@@ -576,7 +562,7 @@ impl<Id, P, V> fmt::Debug for InFlight<Id, P, V> {
 }
 
 /// One registered call. Dropping it (the caller gave up) frees the id.
-pub struct Waiter<Id: Hash + Eq + Clone, P: PartialEq, V> {
+pub(crate) struct Waiter<Id: Hash + Eq + Clone, P: PartialEq, V> {
     serial: u64,
     /// The id's hash, as the table keeps it.
     hash: u64,
@@ -588,32 +574,21 @@ pub struct Waiter<Id: Hash + Eq + Clone, P: PartialEq, V> {
 
 impl<Id: Hash + Eq + Clone, P: PartialEq, V> Waiter<Id, P, V> {
     /// The call's id.
-    pub fn id(&self) -> &Id {
+    pub(crate) fn id(&self) -> &Id {
         &self.id
-    }
-
-    /// Waits for the response until `deadline`, with a timer of its own.
-    ///
-    /// [`Error::Timeout`] once the deadline passes, [`Error::Closed`] if the call was failed by
-    /// [`InFlight::close_all`].
-    pub async fn wait(mut self, deadline: Instant) -> Result<V, Error> {
-        let answer = std::future::poll_fn(|cx| self.poll_expiring(cx));
-        tokio::time::timeout_at(deadline, answer)
-            .await
-            .unwrap_or(Err(Error::Timeout))
     }
 
     /// Waits for the response to a call registered with
     /// [`register_expiring`](InFlight::register_expiring): the table fails it with
     /// [`Error::Timeout`] when it expires, [`Error::Closed`] if it is closed.
-    pub async fn wait_expiring(mut self) -> Result<V, Error> {
+    pub(crate) async fn wait_expiring(mut self) -> Result<V, Error> {
         std::future::poll_fn(|cx| self.poll_expiring(cx)).await
     }
 
     /// Polls for the response to a call registered with
     /// [`register_expiring`](InFlight::register_expiring), as
     /// [`wait_expiring`](Self::wait_expiring) waits for it: for futures that hold the waiter.
-    pub fn poll_expiring(&mut self, cx: &mut TaskContext<'_>) -> Poll<Result<V, Error>> {
+    pub(crate) fn poll_expiring(&mut self, cx: &mut TaskContext<'_>) -> Poll<Result<V, Error>> {
         if self.answered {
             return Poll::Ready(Err(Error::Other("polled after its answer".into())));
         }
@@ -672,16 +647,22 @@ mod tests {
     use super::*;
     use std::time::Duration;
 
+    fn far() -> Instant {
+        Instant::now() + Duration::from_secs(60)
+    }
+
     #[tokio::test]
     async fn delivers_only_from_the_right_peer() {
-        let t = InFlight::<u32, &str, i32>::new();
-        let w = t.register(1, "a").unwrap();
-        assert!(t.register(1, "a").is_none(), "ids in flight are unique");
+        let t = InFlight::<u32, &str, i32>::with_sweep_every(Duration::from_millis(100));
+        let w = t.register_expiring(1, "a", far()).unwrap();
+        assert!(
+            t.register_expiring(1, "a", far()).is_none(),
+            "ids in flight are unique"
+        );
         assert_eq!(t.deliver(&1, &"b", 9), Delivery::WrongPeer);
         assert_eq!(t.deliver(&2, &"a", 9), Delivery::UnknownId);
         assert_eq!(t.deliver(&1, &"a", 7), Delivery::Delivered);
-        let deadline = Instant::now() + Duration::from_secs(1);
-        assert_eq!(w.wait(deadline).await.unwrap(), 7);
+        assert_eq!(w.wait_expiring().await.unwrap(), 7);
         assert!(t.is_empty());
     }
 
@@ -747,14 +728,7 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(50)).await;
         let w = t.register_expiring(2, "a", Instant::now()).unwrap();
         assert!(w.wait_expiring().await.unwrap_err().is_timeout());
-        // A call with a timer of its own is left alone by the sweep.
-        let w = t.register(3, "a").unwrap();
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        assert_eq!(t.len(), 1);
-        t.close_all();
-        let far = Instant::now() + Duration::from_secs(5);
-        assert!(w.wait(far).await.unwrap_err().is_closed());
-        let w = t.register_expiring(4, "a", far).unwrap();
+        let w = t.register_expiring(4, "a", far()).unwrap();
         t.close_all();
         assert!(w.wait_expiring().await.unwrap_err().is_closed());
     }
@@ -784,23 +758,22 @@ mod tests {
 
     #[tokio::test]
     async fn an_answer_that_came_before_a_close_is_still_taken() {
-        let t = InFlight::<u32, &str, i32>::new();
-        let answered = t.register(1, "a").unwrap();
-        let waiting = t.register(2, "a").unwrap();
+        let t = InFlight::<u32, &str, i32>::with_sweep_every(Duration::from_millis(100));
+        let answered = t.register_expiring(1, "a", far()).unwrap();
+        let waiting = t.register_expiring(2, "a", far()).unwrap();
         assert_eq!(t.deliver(&1, &"a", 7), Delivery::Delivered);
         assert_eq!(t.deliver(&1, &"a", 8), Delivery::UnknownId, "a duplicate");
         t.close_all();
-        let far = Instant::now() + Duration::from_secs(5);
-        assert_eq!(answered.wait(far).await.unwrap(), 7);
-        assert!(waiting.wait(far).await.unwrap_err().is_closed());
+        assert_eq!(answered.wait_expiring().await.unwrap(), 7);
+        assert!(waiting.wait_expiring().await.unwrap_err().is_closed());
         assert!(t.is_empty());
     }
 
     #[tokio::test]
     async fn a_waiting_caller_is_woken_by_its_answer() {
-        let t = InFlight::<u32, &str, i32>::new();
-        let w = t.register(1, "a").unwrap();
-        let answer = tokio::spawn(w.wait(Instant::now() + Duration::from_secs(5)));
+        let t = InFlight::<u32, &str, i32>::with_sweep_every(Duration::from_millis(100));
+        let w = t.register_expiring(1, "a", far()).unwrap();
+        let answer = tokio::spawn(w.wait_expiring());
         // The caller polls first and waits; the answer comes from elsewhere.
         tokio::task::yield_now().await;
         tokio::time::sleep(Duration::from_millis(10)).await;
@@ -890,24 +863,19 @@ mod tests {
 
     #[tokio::test]
     async fn giving_up_frees_the_slot() {
-        let t = InFlight::<u32, (), ()>::new();
-        let w = t.register(1, ()).unwrap();
-        let err = w.wait(Instant::now()).await.unwrap_err();
+        let t = InFlight::<u32, (), ()>::with_sweep_every(Duration::from_millis(100));
+        let w = t.register_expiring(1, (), Instant::now()).unwrap();
+        let err = w.wait_expiring().await.unwrap_err();
         assert!(err.is_timeout());
         assert!(t.is_empty());
-        let w = t.register(2, ()).unwrap();
+        let w = t.register_expiring(2, (), far()).unwrap();
         t.close_all();
-        assert!(w
-            .wait(Instant::now() + Duration::from_secs(1))
-            .await
-            .unwrap_err()
-            .is_closed());
-        let w = t.register(3, ()).unwrap();
+        assert!(w.wait_expiring().await.unwrap_err().is_closed());
+        let w = t.register_expiring(3, (), far()).unwrap();
         t.fail_all(|| Error::Overloaded);
-        assert!(matches!(
-            w.wait(Instant::now() + Duration::from_secs(1)).await,
-            Err(Error::Overloaded)
-        ));
+        assert!(matches!(w.wait_expiring().await, Err(Error::Overloaded)));
+        // A caller that gives up frees its slot.
+        drop(t.register_expiring(4, (), far()).unwrap());
         assert!(t.is_empty());
     }
 }

@@ -15,14 +15,14 @@ pub const MAX_DEPTH: usize = 128;
 /// [`LeError::NotSelfDescribing`]. Call [`end`](Self::end) after the value to refuse trailing bytes.
 ///
 /// ```
-/// use rpc_codecs::raw::Deserializer;
+/// use rpc_core::le::Deserializer;
 /// use serde::Deserialize;
 ///
 /// let mut de = Deserializer::new(b"\x01\x02\0\0\0hi\xff");
 /// assert_eq!(<(bool, &str)>::deserialize(&mut de)?, (true, "hi"));
 /// assert_eq!(de.remaining(), b"\xff");
 /// assert!(de.end().is_err());
-/// # Ok::<(), rpc_codecs::raw::LeError>(())
+/// # Ok::<(), rpc_core::le::LeError>(())
 /// ```
 #[derive(Debug)]
 pub struct Deserializer<'de> {

@@ -12,13 +12,13 @@ use super::LeError;
 /// reserved before them.
 ///
 /// ```
-/// use rpc_codecs::raw::Serializer;
+/// use rpc_core::le::Serializer;
 /// use serde::Serialize;
 ///
 /// let mut out = Vec::new();
 /// ["a", "bc"].to_vec().serialize(&mut Serializer::new(&mut out))?;
 /// assert_eq!(out, b"\x0f\0\0\0\x02\0\0\0\x01\0\0\0a\x02\0\0\0bc");
-/// # Ok::<(), rpc_codecs::raw::LeError>(())
+/// # Ok::<(), rpc_core::le::LeError>(())
 /// ```
 #[derive(Debug)]
 pub struct Serializer<W> {

@@ -1,0 +1,81 @@
+//! The synchronisation the transports' concurrency cells ([`slots`](crate::slots),
+//! [`life`](crate::life)) are built of: std's atomics and tokio's `Notify`, or under
+//! `--cfg rpc_loom` loom's atomics and a notifier loom can see, for the model checks.
+
+#[cfg(not(rpc_loom))]
+pub(crate) use std::sync::atomic;
+#[cfg(not(rpc_loom))]
+pub(crate) use tokio::sync::futures::Notified;
+#[cfg(not(rpc_loom))]
+pub(crate) use tokio::sync::Notify;
+
+#[cfg(rpc_loom)]
+pub(crate) use self::model::{Notified, Notify};
+#[cfg(rpc_loom)]
+pub(crate) use loom::sync::atomic;
+
+/// `Notify::notify_waiters` and its `Notified` futures over loom's primitives: a count of
+/// notifications, and the wakers of the futures that wait for the next one.
+#[cfg(rpc_loom)]
+mod model {
+    use std::future::Future;
+    use std::pin::Pin;
+    use std::task::{Context, Poll, Waker};
+
+    use loom::sync::atomic::{AtomicUsize, Ordering};
+    use loom::sync::Mutex;
+
+    #[derive(Debug, Default)]
+    pub(crate) struct Notify {
+        rounds: AtomicUsize,
+        waiters: Mutex<Vec<Waker>>,
+    }
+
+    impl Notify {
+        pub(crate) fn notify_waiters(&self) {
+            self.rounds.fetch_add(1, Ordering::AcqRel);
+            let woken: Vec<Waker> = self.waiters.lock().unwrap().drain(..).collect();
+            woken.into_iter().for_each(Waker::wake);
+        }
+
+        pub(crate) fn notified(&self) -> Notified<'_> {
+            Notified {
+                notify: self,
+                round: None,
+            }
+        }
+    }
+
+    /// Resolves at the first notification after it was enabled (or first polled).
+    pub(crate) struct Notified<'a> {
+        notify: &'a Notify,
+        round: Option<usize>,
+    }
+
+    impl Notified<'_> {
+        pub(crate) fn enable(self: Pin<&mut Self>) -> bool {
+            let this = self.get_mut();
+            if this.round.is_none() {
+                this.round = Some(this.notify.rounds.load(Ordering::Acquire));
+            }
+            true
+        }
+    }
+
+    impl Future for Notified<'_> {
+        type Output = ();
+
+        fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+            let this = self.get_mut();
+            let round = *this
+                .round
+                .get_or_insert_with(|| this.notify.rounds.load(Ordering::Acquire));
+            let mut waiters = this.notify.waiters.lock().unwrap();
+            if this.notify.rounds.load(Ordering::Acquire) != round {
+                return Poll::Ready(());
+            }
+            waiters.push(cx.waker().clone());
+            Poll::Pending
+        }
+    }
+}
