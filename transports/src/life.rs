@@ -1,10 +1,12 @@
 //! Where a connection, endpoint or server is in its life: one state that only moves forward, and
 //! the one way its tasks wait for it to move.
 //!
-//! Every phase change wakes every waiter ([`Notify::notify_waiters`]); a waiter
-//! ([`Life::reached`]) re-registers only when the state it last saw has changed, so a task that
-//! polls it on every wake-up (a receive loop's select) pays an atomic load per poll, not the
-//! notifier's lock.
+//! Each phase has a notifier of its own, which wakes its waiters ([`Life::reached`]) when the
+//! state reaches it (phases it skips are notified too). A waiter is woken only once its phase is
+//! reached, so it registers once and then needs no more than an atomic load per poll: a task
+//! that polls it on every wake-up (a receive loop's select) never takes the notifier's lock
+//! again. (One notifier for every change would wake a waiter for a phase it does not wait for,
+//! and it would have to register again, under the lock, after every such wake-up.)
 
 use std::future::Future;
 use std::pin::Pin;
@@ -49,7 +51,8 @@ const LOST: u8 = 0x80;
 #[derive(Debug, Default)]
 pub(crate) struct Life {
     state: AtomicU8,
-    changed: Notify,
+    /// The waiters of each phase after `Open`, by `phase - 1`.
+    reached: [Notify; 4],
 }
 
 impl Life {
@@ -63,16 +66,19 @@ impl Life {
 
     /// Moves to `to` unless it is there or past it already; whether it moved.
     pub(crate) fn advance(&self, to: Phase) -> bool {
-        let moved = self
+        let Ok(before) = self
             .state
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |s| {
                 (Phase::of(s) < to).then_some((s & !PHASE) | to as u8)
             })
-            .is_ok();
-        if moved {
-            self.changed.notify_waiters();
+        else {
+            return false;
+        };
+        // Every phase passed on the way is reached too.
+        for phase in (Phase::of(before) as usize + 1)..=(to as usize) {
+            self.reached[phase - 1].notify_waiters();
         }
-        moved
+        true
     }
 
     /// Marks it as ended by failure (no phase changes).
@@ -83,11 +89,12 @@ impl Life {
     /// Resolves once the phase is `phase` or later. Polled from one task (its registration
     /// holds that task's waker until the state changes).
     pub(crate) fn reached(&self, phase: Phase) -> Reached<'_> {
+        let waiters = &self.reached[(phase as usize).max(1) - 1];
         Reached {
             life: self,
             target: phase,
-            seen: None,
-            notified: Box::pin(self.changed.notified()),
+            armed: false,
+            notified: Box::pin(waiters.notified()),
         }
     }
 }
@@ -96,8 +103,8 @@ impl Life {
 pub(crate) struct Reached<'a> {
     life: &'a Life,
     target: Phase,
-    /// The state when the registration was made; a wake-up with the same state needs no new one.
-    seen: Option<u8>,
+    /// Registered with the phase's notifier, which wakes this task once the phase is reached.
+    armed: bool,
     notified: Pin<Box<Notified<'a>>>,
 }
 
@@ -106,27 +113,20 @@ impl Future for Reached<'_> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         let this = self.get_mut();
-        loop {
-            let state = this.life.state.load(Ordering::Acquire);
-            if Phase::of(state) >= this.target {
-                return Poll::Ready(());
-            }
-            if this.seen == Some(state) {
-                // Registered for this state, with this task's waker: a change wakes it.
-                return Poll::Pending;
-            }
-            // Register first, then look again: a change in between is seen either way.
-            this.notified.set(this.life.changed.notified());
-            this.notified.as_mut().enable();
-            if this.life.state.load(Ordering::Acquire) != state {
-                continue;
-            }
-            if this.notified.as_mut().poll(cx).is_ready() {
-                continue;
-            }
-            this.seen = Some(state);
+        if this.life.phase() >= this.target {
+            return Poll::Ready(());
+        }
+        if this.armed {
+            // Registered: the phase's notifier wakes this task, after the change is made.
             return Poll::Pending;
         }
+        // Register first, then look again: a change in between is seen either way.
+        this.notified.as_mut().enable();
+        if this.life.phase() >= this.target || this.notified.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(());
+        }
+        this.armed = true;
+        Poll::Pending
     }
 }
 
@@ -141,12 +141,31 @@ impl std::fmt::Debug for Reached<'_> {
 #[cfg(all(test, rpc_loom))]
 mod loom_tests {
     use super::*;
+    use crate::sync::model;
+
+    #[test]
+    fn a_waiter_is_woken_past_a_phase_it_does_not_wait_for() {
+        model(|| {
+            let life = loom::sync::Arc::new(Life::default());
+            let a = life.clone();
+            let drain = loom::thread::spawn(move || {
+                a.advance(Phase::Draining);
+            });
+            let b = life.clone();
+            let close = loom::thread::spawn(move || {
+                b.advance(Phase::Closed);
+            });
+            loom::future::block_on(life.reached(Phase::Closed));
+            close.join().unwrap();
+            drain.join().unwrap();
+        });
+    }
 
     /// A waiter polled while other threads move the state on is always woken, whatever the
     /// interleaving, and the phase never goes back.
     #[test]
     fn a_waiter_is_woken_by_any_interleaving_of_changes() {
-        loom::model(|| {
+        model(|| {
             let life = loom::sync::Arc::new(Life::default());
             let a = life.clone();
             let drain = loom::thread::spawn(move || {

@@ -77,12 +77,13 @@ impl Drop for Slot {
 #[cfg(all(test, rpc_loom))]
 mod loom_tests {
     use super::*;
+    use crate::sync::model;
 
     /// Two requests finish on other threads while a shutdown waits: it never returns while a
     /// slot is taken, and it always returns (no lost wake-up).
     #[test]
     fn idle_waits_for_every_slot_and_is_woken() {
-        loom::model(|| {
+        model(|| {
             let slots = Slots::new(1);
             let a = slots.take();
             // Past the limit: taken anyway, as a request that had already started.
