@@ -23,8 +23,11 @@ use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::fmt;
 use std::hash::{BuildHasher, Hash};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, PoisonError, Weak};
+
+use crate::sync::atomic::{AtomicU64, Ordering};
+use crate::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use std::task::{Context as TaskContext, Poll, Waker};
@@ -642,7 +645,60 @@ impl<Id: Hash + Eq + Clone + fmt::Debug, P: PartialEq, V> fmt::Debug for Waiter<
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, rpc_loom))]
+mod loom_tests {
+    use super::*;
+    use crate::sync::model;
+
+    fn far() -> Instant {
+        Instant::now() + Duration::from_secs(3600)
+    }
+
+    /// An answer and a failure of every call race a waiting caller: it gets exactly one of them,
+    /// and the table is left empty.
+    #[test]
+    fn a_caller_gets_its_answer_or_the_failure_never_neither() {
+        model(|| {
+            let t = InFlight::<u32, &'static str, i32>::with_sweep_every(Duration::from_secs(1));
+            let w = t.register_expiring(1, "a", far()).unwrap();
+            let answer = {
+                let t = t.clone();
+                loom::thread::spawn(move || t.deliver(&1, &"a", 7))
+            };
+            let failure = {
+                let t = t.clone();
+                loom::thread::spawn(move || t.fail_all(|| Error::Closed))
+            };
+            let got = loom::future::block_on(w.wait_expiring());
+            let delivered = answer.join().unwrap();
+            failure.join().unwrap();
+            match got {
+                Ok(7) => assert_eq!(delivered, Delivery::Delivered),
+                Err(Error::Closed) => assert_eq!(delivered, Delivery::UnknownId),
+                other => panic!("{other:?}"),
+            }
+            assert!(t.is_empty());
+        });
+    }
+
+    /// A caller that gives up while its answer arrives leaves no slot behind.
+    #[test]
+    fn giving_up_while_the_answer_arrives_leaves_the_table_empty() {
+        model(|| {
+            let t = InFlight::<u32, &'static str, i32>::with_sweep_every(Duration::from_secs(1));
+            let w = t.register_expiring(1, "a", far()).unwrap();
+            let answer = {
+                let t = t.clone();
+                loom::thread::spawn(move || t.deliver(&1, &"a", 7))
+            };
+            drop(w);
+            answer.join().unwrap();
+            assert!(t.is_empty());
+        });
+    }
+}
+
+#[cfg(all(test, not(rpc_loom)))]
 mod tests {
     use super::*;
     use std::time::Duration;

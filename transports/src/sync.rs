@@ -1,9 +1,11 @@
 //! The synchronisation the transports' concurrency cells ([`slots`](crate::slots),
-//! [`life`](crate::life)) are built of: std's atomics and tokio's `Notify`, or under
+//! [`life`](crate::life), the call table) are built of: std's atomics and tokio's `Notify`, or under
 //! `--cfg rpc_loom` loom's atomics and a notifier loom can see, for the model checks.
 
 #[cfg(not(rpc_loom))]
 pub(crate) use std::sync::atomic;
+#[cfg(not(rpc_loom))]
+pub(crate) use std::sync::{Mutex, MutexGuard};
 #[cfg(not(rpc_loom))]
 pub(crate) use tokio::sync::futures::Notified;
 #[cfg(not(rpc_loom))]
@@ -22,6 +24,8 @@ pub(crate) fn model(f: impl Fn() + Sync + Send + 'static) {
 }
 #[cfg(rpc_loom)]
 pub(crate) use loom::sync::atomic;
+#[cfg(rpc_loom)]
+pub(crate) use loom::sync::{Mutex, MutexGuard};
 
 /// `Notify::notify_waiters` and its `Notified` futures over loom's primitives: a count of
 /// notifications, and the wakers of the futures that wait for the next one.
