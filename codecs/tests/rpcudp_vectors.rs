@@ -601,10 +601,16 @@ fn notifications_get_a_random_id() {
 }
 
 #[test]
-fn ids_are_random_whatever_the_seed() {
+fn ids_are_unguessable_whatever_the_seed() {
     let codec = RpcudpCodec::new();
+    // Over a stream the seed is a sequence: rpcudp's ids are random all the same.
     let ids: std::collections::HashSet<MessageId> = (0..1000)
         .map(|n| codec.new_id(rpc_core::IdSeed::Sequence(n)))
+        .collect();
+    assert_eq!(ids.len(), 1000);
+    // Over UDP they are the seed's bits.
+    let ids: std::collections::HashSet<MessageId> = (0..1000u128)
+        .map(|n| codec.new_id(rpc_core::IdSeed::Unguessable(n << 64 | n)))
         .collect();
     assert_eq!(ids.len(), 1000);
 }

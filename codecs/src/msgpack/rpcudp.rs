@@ -229,8 +229,19 @@ impl Codec for RpcudpCodec {
         HEADER
     }
 
-    fn new_id(&self, _: IdSeed) -> MessageId {
-        random_id()
+    /// 20 bytes, as rpcudp's: over UDP the seed's 128 unguessable bits (its first 4 bytes
+    /// again fill the rest), over a stream 20 random bytes.
+    fn new_id(&self, seed: IdSeed) -> MessageId {
+        match seed {
+            IdSeed::Unguessable(bits) => {
+                let bytes = bits.to_le_bytes();
+                let mut id = [0u8; ID_LEN];
+                id[..16].copy_from_slice(&bytes);
+                id[16..].copy_from_slice(&bytes[..ID_LEN - 16]);
+                MessageId(id)
+            }
+            IdSeed::Sequence(_) => random_id(),
+        }
     }
 
     fn decode(&self, frame: Bytes) -> Result<Message<MessageId>, DecodeError<MessageId>> {
