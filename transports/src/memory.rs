@@ -96,6 +96,7 @@ impl fmt::Display for Addr {
 
 impl stream::Transport for Memory {
     type Addr = Addr;
+    type Local = Addr;
 
     async fn connect(addr: &Addr) -> io::Result<Io> {
         let inner = &addr.inner;

@@ -282,7 +282,7 @@ async fn read_frame(s: &mut TcpStream) -> std::io::Result<Vec<u8>> {
 fn rpcudp_request(method: &'static str, args: impl rpc_core::format::Args) -> Vec<u8> {
     let codec = RpcudpCodec::new();
     let c = tcp::Builder::new()
-        .channel("127.0.0.1:9".parse().unwrap(), codec)
+        .channel("127.0.0.1:9", codec)
         .into_client();
     let req = c.request(method, &args).unwrap();
     let mut body = bytes::BytesMut::new();

@@ -702,3 +702,24 @@ async fn a_server_removes_only_its_own_socket_file() {
     drop(second);
     assert!(!path.exists());
 }
+
+#[tokio::test]
+async fn a_tcp_client_connects_by_host_name() {
+    timeout(LIMIT, async {
+        let server = tcp::Builder::new()
+            .serve(router())
+            .bind("127.0.0.1:0", RpcudpCodec::new())
+            .await
+            .unwrap();
+        let port = server.local_addr().port();
+        // The name is resolved at each connection; each address it gives is tried in turn.
+        let by_name = tcp::Builder::new().client(format!("localhost:{port}"), RpcudpCodec::new());
+        assert_eq!(by_name.call::<i64>("add", (1, 2)).await.unwrap(), 3);
+        let by_pair = tcp::Builder::new().client(("localhost", port), RpcudpCodec::new());
+        assert_eq!(by_pair.call::<i64>("add", (2, 2)).await.unwrap(), 4);
+        let by_ip = tcp::Builder::new().client(([127, 0, 0, 1], port), RpcudpCodec::new());
+        assert_eq!(by_ip.call::<i64>("add", (3, 2)).await.unwrap(), 5);
+    })
+    .await
+    .unwrap();
+}

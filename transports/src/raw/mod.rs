@@ -50,7 +50,6 @@ mod frame;
 use std::collections::VecDeque;
 use std::fmt;
 use std::io;
-use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -154,7 +153,7 @@ impl Builder {
     fn start_server<A: Accept, T: stream::Transport>(
         self,
         listener: A,
-        local_addr: T::Addr,
+        local_addr: T::Local,
     ) -> stream::Server<T> {
         let max_connections = self.transport.connections.max_connections;
         let server = Arc::new(ServerState {
@@ -194,8 +193,8 @@ impl Builder {
     }
 
     /// A typed client of the server at `addr`; it connects on its first call.
-    pub fn client_tcp(self, addr: SocketAddr) -> Client<Channel<tcp::Tcp>> {
-        Client::new(self.channel::<tcp::Tcp>(addr), &LE)
+    pub fn client_tcp(self, addr: impl Into<tcp::Address>) -> Client<Channel<tcp::Tcp>> {
+        Client::new(self.channel::<tcp::Tcp>(addr.into()), &LE)
     }
 
     /// A typed client of the server at the socket file `path`; it connects on its first call.

@@ -57,6 +57,9 @@ pub(crate) struct Config {
 pub trait Transport: Send + Sync + 'static {
     /// What a client connects to.
     type Addr: Clone + fmt::Debug + Send + Sync + 'static;
+    /// What a server is bound at ([`Server::local_addr`]): a socket address for TCP, while
+    /// clients may name a host.
+    type Local: Clone + fmt::Debug + Send + Sync + 'static;
     /// Connects.
     fn connect(addr: &Self::Addr) -> impl Future<Output = io::Result<Io>> + Send;
 }
@@ -132,7 +135,7 @@ impl<K> Builder<Stream<K>> {
         self,
         listener: A,
         codec: C,
-        local_addr: U::Addr,
+        local_addr: U::Local,
     ) -> Server<U> {
         let config = self.config();
         let serve = self.service;
@@ -169,7 +172,7 @@ impl<K> Builder<Stream<K>> {
 /// the connection is done. Returns the server's handle.
 pub(crate) fn start_accepting<A, F, Fut, T>(
     listener: A,
-    local_addr: T::Addr,
+    local_addr: T::Local,
     max_connections: usize,
     handle: F,
 ) -> Server<T>
@@ -205,7 +208,7 @@ where
 /// file): see [`Serving`](crate::Serving).
 pub struct Server<T: Transport> {
     shared: Arc<ServerShared>,
-    local_addr: T::Addr,
+    local_addr: T::Local,
     /// What to undo once the server stops accepting (a Unix socket file to remove).
     on_stop: Mutex<Option<Box<dyn FnOnce() + Send>>>,
 }
@@ -218,7 +221,7 @@ impl<T: Transport> Server<T> {
     }
 
     /// The address clients connect to.
-    pub fn local_addr(&self) -> T::Addr {
+    pub fn local_addr(&self) -> T::Local {
         self.local_addr.clone()
     }
 
@@ -262,9 +265,9 @@ impl<T: Transport> Drop for Server<T> {
 }
 
 impl<T: Transport> crate::Serving for Server<T> {
-    type Addr = T::Addr;
+    type Addr = T::Local;
 
-    fn local_addr(&self) -> T::Addr {
+    fn local_addr(&self) -> T::Local {
         Server::local_addr(self)
     }
 

@@ -29,7 +29,8 @@
 //! Limits and defaults are in [`stream`].
 
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 
 use rpc_core::codec::Codec;
 use rpc_core::Client;
@@ -47,11 +48,92 @@ pub type Builder = crate::Builder<stream::Stream<Tcp>>;
 /// A channel to a TCP server.
 pub type Channel<C> = stream::Channel<C, Tcp>;
 
-impl stream::Transport for Tcp {
-    type Addr = SocketAddr;
+/// Where a TCP client connects: a socket address, or a host name and port resolved at each
+/// connection (each address the name resolves to is tried in turn, as `TcpStream::connect`
+/// does). Made from anything `tokio::net::ToSocketAddrs` takes: a `SocketAddr`, `(IpAddr, u16)`,
+/// `"host:port"`, `("host", port)`.
+///
+/// ```
+/// use rpc_transports::tcp::Address;
+///
+/// let by_name = Address::from("localhost:4000");
+/// let by_number = Address::from(([127, 0, 0, 1], 4000));
+/// assert_eq!(by_name.to_string(), "localhost:4000");
+/// assert_eq!(by_number.to_string(), "127.0.0.1:4000");
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Address(Target);
 
-    async fn connect(addr: &SocketAddr) -> io::Result<Io> {
-        let s = TcpStream::connect(addr).await?;
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Target {
+    Socket(SocketAddr),
+    Host(Arc<str>),
+}
+
+impl From<SocketAddr> for Address {
+    fn from(a: SocketAddr) -> Self {
+        Address(Target::Socket(a))
+    }
+}
+
+/// An IP address and a port, in each form `IpAddr` is made from.
+macro_rules! from_ip_and_port {
+    ($($ip:ty),*) => {$(
+        impl From<($ip, u16)> for Address {
+            fn from((ip, port): ($ip, u16)) -> Self {
+                Address(Target::Socket(SocketAddr::new(IpAddr::from(ip), port)))
+            }
+        }
+    )*};
+}
+
+from_ip_and_port!(
+    IpAddr,
+    std::net::Ipv4Addr,
+    std::net::Ipv6Addr,
+    [u8; 4],
+    [u8; 16]
+);
+
+impl From<&str> for Address {
+    fn from(host_and_port: &str) -> Self {
+        match host_and_port.parse() {
+            Ok(a) => Address(Target::Socket(a)),
+            Err(_) => Address(Target::Host(host_and_port.into())),
+        }
+    }
+}
+
+impl From<String> for Address {
+    fn from(host_and_port: String) -> Self {
+        Address::from(host_and_port.as_str())
+    }
+}
+
+impl From<(&str, u16)> for Address {
+    fn from((host, port): (&str, u16)) -> Self {
+        Address::from(format!("{host}:{port}"))
+    }
+}
+
+impl std::fmt::Display for Address {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.0 {
+            Target::Socket(a) => a.fmt(f),
+            Target::Host(h) => f.pad(h),
+        }
+    }
+}
+
+impl stream::Transport for Tcp {
+    type Addr = Address;
+    type Local = SocketAddr;
+
+    async fn connect(addr: &Address) -> io::Result<Io> {
+        let s = match &addr.0 {
+            Target::Socket(a) => TcpStream::connect(a).await?,
+            Target::Host(h) => TcpStream::connect(&**h).await?,
+        };
         s.set_nodelay(true)?;
         Ok(Io::from(s))
     }
@@ -74,13 +156,13 @@ impl Builder {
     }
 
     /// A typed client for the server at `addr`; it connects on its first call.
-    pub fn client<C: Codec>(self, addr: SocketAddr, codec: C) -> Client<Channel<C>> {
+    pub fn client<C: Codec>(self, addr: impl Into<Address>, codec: C) -> Client<Channel<C>> {
         self.channel(addr, codec).into_client()
     }
 
     /// A channel (a `tower::Service`) to the server at `addr`.
-    pub fn channel<C: Codec>(self, addr: SocketAddr, codec: C) -> Channel<C> {
-        stream::Channel::new(self, addr, codec)
+    pub fn channel<C: Codec>(self, addr: impl Into<Address>, codec: C) -> Channel<C> {
+        stream::Channel::new(self, addr.into(), codec)
     }
 }
 

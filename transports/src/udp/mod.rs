@@ -252,6 +252,10 @@ impl<C: Codec> Endpoint<C> {
     }
 
     /// A `tower::Service` of requests to `peer`.
+    ///
+    /// A peer is a socket address, not a name: answers are accepted only from the address their
+    /// request went to, so a name is resolved once, by the caller (`tokio::net::lookup_host`),
+    /// rather than at each datagram.
     pub fn channel(&self, peer: SocketAddr) -> Channel<C> {
         Channel {
             shared: self.shared.clone(),

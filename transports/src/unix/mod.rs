@@ -60,6 +60,7 @@ pub type Channel<C> = stream::Channel<C, Unix>;
 
 impl stream::Transport for Unix {
     type Addr = PathBuf;
+    type Local = PathBuf;
 
     async fn connect(path: &PathBuf) -> io::Result<Io> {
         Ok(Io::from(UnixStream::connect(path).await?))
