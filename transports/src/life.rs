@@ -10,7 +10,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 
 use crate::sync::atomic::{AtomicU8, Ordering};
 use crate::sync::{Notified, Notify};
@@ -86,14 +86,13 @@ impl Life {
         self.state.fetch_or(LOST, Ordering::AcqRel);
     }
 
-    /// Resolves once the phase is `phase` or later. Polled from one task (its registration
-    /// holds that task's waker until the state changes).
+    /// Resolves once the phase is `phase` or later.
     pub(crate) fn reached(&self, phase: Phase) -> Reached<'_> {
         let waiters = &self.reached[(phase as usize).max(1) - 1];
         Reached {
             life: self,
             target: phase,
-            armed: false,
+            armed: None,
             notified: Box::pin(waiters.notified()),
         }
     }
@@ -103,8 +102,9 @@ impl Life {
 pub(crate) struct Reached<'a> {
     life: &'a Life,
     target: Phase,
-    /// Registered with the phase's notifier, which wakes this task once the phase is reached.
-    armed: bool,
+    /// The waker registered with the phase's notifier, which wakes it once the phase is
+    /// reached.
+    armed: Option<Waker>,
     notified: Pin<Box<Notified<'a>>>,
 }
 
@@ -116,16 +116,17 @@ impl Future for Reached<'_> {
         if this.life.phase() >= this.target {
             return Poll::Ready(());
         }
-        if this.armed {
-            // Registered: the phase's notifier wakes this task, after the change is made.
+        if this.armed.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+            // Registered with this waker: the phase's notifier wakes it after the change.
             return Poll::Pending;
         }
-        // Register first, then look again: a change in between is seen either way.
+        // Register first, then look again: a change in between is seen either way. (Polled
+        // with another waker, the registration takes the new one.)
         this.notified.as_mut().enable();
         if this.life.phase() >= this.target || this.notified.as_mut().poll(cx).is_ready() {
             return Poll::Ready(());
         }
-        this.armed = true;
+        this.armed = Some(cx.waker().clone());
         Poll::Pending
     }
 }
@@ -216,5 +217,23 @@ mod tests {
         life.mark_lost();
         assert!(life.is_lost());
         assert_eq!(life.phase(), Phase::Aborted);
+    }
+
+    #[tokio::test]
+    async fn a_waiter_polled_once_with_another_waker_is_woken_with_the_one_it_waits_with() {
+        use futures::FutureExt;
+        let life = Life::default();
+        let mut closed = life.reached(Phase::Closed);
+        // Polled with a waker that is never woken, then awaited with this task's.
+        assert!((&mut closed).now_or_never().is_none());
+        let close = async {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            life.advance(Phase::Closed);
+        };
+        tokio::time::timeout(Duration::from_secs(5), async {
+            tokio::join!(closed, close)
+        })
+        .await
+        .expect("woken with the waker it waits with now");
     }
 }

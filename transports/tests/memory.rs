@@ -231,3 +231,32 @@ async fn garbage_on_a_duplex_stream_closes_that_connection_only() {
     .await
     .unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forced_shutdown_ends_a_pipe_whose_handler_still_runs() {
+    timeout(LIMIT, async {
+        let server = memory::Builder::new()
+            .serve(router())
+            .bind(RpcudpCodec::new());
+        let client = memory::Builder::new()
+            .timeout(Duration::from_secs(60))
+            .client(server.local_addr(), RpcudpCodec::new());
+        let slow = tokio::spawn({
+            let client = client.clone();
+            async move { client.call::<u64>("sleep", (30_000u64,)).await }
+        });
+        while server.stats().requests < 1 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert!(!server.shutdown(Duration::from_millis(100)).await);
+        // The pipe is closed at once, not when the handler ends: the call fails now.
+        let e = timeout(Duration::from_secs(5), slow)
+            .await
+            .expect("the call failed when the connection was dropped")
+            .unwrap()
+            .unwrap_err();
+        assert!(matches!(e, Error::Transport(_)), "{e:?}");
+    })
+    .await
+    .unwrap();
+}

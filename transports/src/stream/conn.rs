@@ -434,9 +434,14 @@ impl<C: Codec> Conn<C> {
         }
     }
 
-    /// Waits until every request being served has been answered.
+    /// Waits until every request being served has been answered, or the connection is aborted
+    /// (then the reader lets go of its half of the stream at once: over a stream that is not a
+    /// socket, the peer sees the end only once both halves are gone).
     async fn answered(&self) {
-        self.serving.idle().await
+        tokio::select! {
+            _ = self.serving.idle() => {}
+            _ = self.life.reached(Phase::Aborted) => {}
+        }
     }
 
     fn idle(&self) -> bool {
@@ -456,7 +461,6 @@ async fn read_loop<C: Codec, R: AsyncRead + Unpin>(
         .map(|period| AbortOnDrop(tokio::spawn(watch_idle(conn.clone(), period))));
     // The connection's own instance of the service.
     let mut serve = conn.serve.as_ref().map(crate::serve::Serve::local);
-    // Made once, not per frame; polled in full only until they hold this task's waker.
     // Made once, not per frame: polled on every wake-up for a frame, it costs a load then.
     let mut stop = conn.life.reached(Phase::Draining);
     'frames: loop {
@@ -611,9 +615,12 @@ async fn write_loop<C: Codec>(conn: Arc<Conn<C>>, mut w: Box<dyn AsyncWrite + Se
         }
     }
     // Direct writers are done; the stream is shut down for writing (a socket's, when its last
-    // handle goes), unless the connection was aborted.
+    // handle goes): in full after a clean end, only as far as it goes at once after a failed
+    // write or an abort (a TLS stream would otherwise wait for its peer again).
     conn.out.lock().direct = None;
-    if conn.life.phase() != Phase::Aborted {
+    if conn.life.phase() == Phase::Aborted || conn.life.is_lost() {
+        let _ = w.shutdown().now_or_never();
+    } else {
         let stall = deadline_after(Instant::now(), conn.config.write_timeout);
         let _ = tokio::time::timeout_at(stall, w.shutdown()).await;
     }

@@ -184,14 +184,17 @@ where
 {
     let shared = Arc::new(ServerShared {
         life: Life::default(),
+        accepting: Slots::new(1),
         connections: Slots::new(max_connections),
         counters: Arc::new(Counters::default()),
     });
+    let accepting = shared.accepting.take();
     tokio::spawn(accept_loop(
         listener,
         max_connections,
         shared.clone(),
         handle,
+        accepting,
     ));
     Server {
         shared,
@@ -295,6 +298,9 @@ pub(crate) struct ServerShared {
     /// Open (accepting); draining (not accepting; connections stop reading, answer what they
     /// accepted, and close); aborted (the grace period is over: what is left is closed).
     pub(crate) life: Life,
+    /// Held by the accept loop until it has stopped: a connection it was taking when the
+    /// shutdown began is then counted among `connections`.
+    accepting: Arc<Slots>,
     /// The open connections: each holds a slot until it is done.
     connections: Arc<Slots>,
     pub(crate) counters: Arc<Counters>,
@@ -308,9 +314,11 @@ impl ServerShared {
     /// Drains every connection and waits at most `grace`; then closes what is left.
     pub(crate) async fn shutdown(&self, grace: Duration) -> bool {
         self.life.advance(Phase::Draining);
-        let clean = tokio::time::timeout(grace, self.connections.idle())
-            .await
-            .is_ok();
+        let drained = async {
+            self.accepting.idle().await;
+            self.connections.idle().await;
+        };
+        let clean = tokio::time::timeout(grace, drained).await.is_ok();
         self.life.advance(Phase::Aborted);
         clean
     }
@@ -321,6 +329,7 @@ async fn accept_loop<A, F, Fut>(
     max_connections: usize,
     shared: Arc<ServerShared>,
     handle: F,
+    _accepting: crate::slots::Slot,
 ) where
     A: Accept,
     F: Fn(Io, Arc<ServerShared>) -> Fut,
