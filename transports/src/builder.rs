@@ -32,7 +32,7 @@ pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
 /// | setting | default | transports |
 /// |---|---|---|
 /// | [`timeout`](Builder::timeout) | 10 s for a call without a deadline | all |
-/// | [`max_concurrent_requests`](Builder::max_concurrent_requests) | 1024 per endpoint or connection; more are answered "overloaded" | all |
+/// | [`max_concurrent_requests`](Builder::max_concurrent_requests) | 1024 per endpoint or connection; more are answered "overloaded" | all but basic-socket-rpc, which serves one call at a time per connection |
 /// | [`max_frame_length`](Builder::max_frame_length) | 8 MiB, enforced on send (the call fails, the connection stays) and on receive (the connection closes; the claimed size is never allocated) | connections |
 /// | [`idle_timeout`](Builder::idle_timeout) | 5 min without frames and with nothing in flight closes the connection, on either end (a client reconnects on its next call) | connections |
 /// | [`write_timeout`](Builder::write_timeout) | 30 s without the peer taking any queued byte closes the connection (`Stats::write_stalled`); a forced shutdown drops what is queued | connections |

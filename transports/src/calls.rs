@@ -478,7 +478,7 @@ impl<Id: Hash + Eq + Clone, P: PartialEq, V> InFlight<Id, P, V> {
     /// Fails every call in flight with [`Error::Closed`] (the connection is gone). Answers that
     /// arrived before are still taken by their callers.
     pub(crate) fn close_all(&self) {
-        self.close_where(|_| true);
+        self.fail_all(|| Error::Closed);
     }
 
     /// Fails every call in flight with the error `error` makes (say, why the connection ended).
@@ -491,23 +491,6 @@ impl<Id: Hash + Eq + Clone, P: PartialEq, V> InFlight<Id, P, V> {
             .map(|e| e.slot.finish(Err(error())))
             .collect();
         drop(table);
-        wake_all(wakers);
-    }
-
-    /// Drops the slots of the calls still waiting whose peer `closes`: their callers find none
-    /// and fail with [`Error::Closed`].
-    fn close_where(&self, closes: impl Fn(&P) -> bool) {
-        let mut wakers = Vec::new();
-        self.lock()
-            .slots
-            .entries
-            .retain(|e| match &mut e.slot.state {
-                State::Waiting(waker) if closes(&e.slot.peer) => {
-                    wakers.push(waker.take());
-                    false
-                }
-                _ => true,
-            });
         wake_all(wakers);
     }
 

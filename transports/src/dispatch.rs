@@ -3,6 +3,7 @@
 //! they describe as a [`Link`].
 
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use crate::serve::{LocalServe, Running, Served};
@@ -167,8 +168,15 @@ fn start<C: Codec, L: Link<C>>(
 /// Sends one response; a response over the size limit is replaced by an error saying so.
 pub(crate) async fn respond<C: Codec, L: Link<C>>(link: &L, id: &C::Id, response: &Response) {
     let codec = link.codec();
+    // Whether the codec wrote anything: a protocol without error replies writes nothing.
+    let wrote = AtomicBool::new(false);
+    let encode = |dst: &mut BytesMut, result| {
+        let wrote_one = codec.encode_response(id, result, dst)?;
+        wrote.store(wrote_one, Ordering::Relaxed);
+        Ok(wrote_one)
+    };
     let sent = link
-        .send_response(id, |dst| codec.encode_response(id, response.result(), dst))
+        .send_response(id, |dst| encode(dst, response.result()))
         .await;
     let too_large;
     let (sent, error) = match sent {
@@ -185,19 +193,15 @@ pub(crate) async fn respond<C: Codec, L: Link<C>>(link: &L, id: &C::Id, response
             // As an answer to `id`: a server that remembers answers (UDP's at-most-once
             // cache) answers copies of the request with this one.
             let sent = link
-                .send_response(id, |dst| codec.encode_response(id, Err(&too_large), dst))
+                .send_response(id, |dst| encode(dst, Err(&too_large)))
                 .await;
             (sent, Some(&too_large))
         }
         other => (other, response.result().err()),
     };
     match sent {
-        Ok(()) => {
-            link.counters().record(Event::ResponseSent);
-            if let Some(e) = error {
-                link.counters().error_sent(link.peer(), e);
-            }
-        }
+        Ok(()) if wrote.load(Ordering::Relaxed) => link.counters().answered(link.peer(), error),
+        Ok(()) => {}
         Err(error) => {
             link.counters().record(Event::SendError);
             tracing::debug!(%error, "could not send a response");
@@ -272,15 +276,19 @@ async fn send_batch<C: Codec, L: Link<C>>(link: &L, answers: &[(C::Id, Response)
         return;
     }
     let codec = link.codec();
-    match link.send(|dst| codec.encode_batch(answers, dst)).await {
-        Ok(()) => {
-            link.counters().record(Event::ResponseSent);
+    let wrote = AtomicBool::new(false);
+    let encode = |dst: &mut BytesMut| {
+        let wrote_one = codec.encode_batch(answers, dst)?;
+        wrote.store(wrote_one, Ordering::Relaxed);
+        Ok(wrote_one)
+    };
+    match link.send(encode).await {
+        Ok(()) if wrote.load(Ordering::Relaxed) => {
             for (_, r) in answers {
-                if let Err(e) = r.result() {
-                    link.counters().error_sent(link.peer(), e);
-                }
+                link.counters().answered(link.peer(), r.result().err());
             }
         }
+        Ok(()) => {}
         Err(error) => {
             link.counters().record(Event::SendError);
             tracing::warn!(%error, "could not send a batch's answers");

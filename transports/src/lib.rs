@@ -101,12 +101,23 @@ pub mod fuzzing {
 
 /// How often a call table looks at every call with a deadline: a sixteenth of the default
 /// timeout, between 1 ms and 1 s. Calls fail at their deadlines whatever the tick (see
-/// `rpc_core::calls`); it only sets how often the calls far from theirs are visited.
+/// `calls`); it only sets how often the calls far from theirs are visited.
 fn sweep_tick(timeout: std::time::Duration) -> std::time::Duration {
     (timeout / 16).clamp(
         std::time::Duration::from_millis(1),
         std::time::Duration::from_secs(1),
     )
+}
+
+/// When a call must be answered by: its request's deadline, or `timeout` from `now`.
+fn deadline_of(
+    req: &rpc_core::Request,
+    now: tokio::time::Instant,
+    timeout: std::time::Duration,
+) -> tokio::time::Instant {
+    req.context()
+        .deadline()
+        .unwrap_or_else(|| rpc_core::context::deadline_after(now, timeout))
 }
 
 /// The time a request has left, for codecs that send it (`None` for the others, which need

@@ -4,10 +4,10 @@
 //! A request takes a [`Slot`] when its handler is still running after the receive loop first
 //! polled it, and gives it back when it has been answered; a request that is done at once never
 //! takes one (no atomic write at all). A receive loop checks [`Slots::is_full`] before it starts a
-//! request and takes the slot after, so a request that has started always has its slot: the
-//! count may pass the limit by the requests other receive loops started at the same moment, never
-//! miss one. A graceful shutdown stops its receive loops first, then waits for [`Slots::idle`],
-//! so it waits for every request that started.
+//! request and takes the slot after, so a request that has started always has its slot (a limit
+//! shared by several loops could be passed by the requests they started at the same moment; the
+//! transports give each receive loop its own). A graceful shutdown stops the receive loop first,
+//! then waits for [`Slots::idle`], so it waits for every request that started.
 
 use std::sync::Arc;
 

@@ -26,7 +26,7 @@ pub struct Stats {
     pub malformed: u64,
     /// Requests and notifications received.
     pub requests: u64,
-    /// Responses (error answers included) sent.
+    /// Answers sent, error answers included; each answer in a batch counts.
     pub responses_sent: u64,
     /// Error answers sent, by code; every one is also in `responses_sent`.
     pub errors_sent: ErrorCounts,
@@ -135,8 +135,13 @@ impl Counters {
         self.events[event as usize].fetch_add(1, Ordering::Relaxed);
     }
 
-    /// An error answer went out: counted by code, and told at debug level.
-    pub(crate) fn error_sent(&self, peer: &dyn std::fmt::Display, error: &ServerError) {
+    /// An answer went out to `peer`; an error answer is also counted by code, and told at
+    /// debug level.
+    pub(crate) fn answered(&self, peer: &dyn std::fmt::Display, error: Option<&ServerError>) {
+        self.record(Event::ResponseSent);
+        let Some(error) = error else {
+            return;
+        };
         let code = error.code();
         let i = CODES.iter().position(|c| *c == code).unwrap_or(CODES.len());
         self.errors[i].fetch_add(1, Ordering::Relaxed);
@@ -186,11 +191,15 @@ mod tests {
     fn errors_are_counted_by_code_and_every_event_has_its_field() {
         let c = Counters::default();
         for code in CODES {
-            c.error_sent(&"peer", &ServerError::from_code(code));
+            c.answered(&"peer", Some(&ServerError::from_code(code)));
         }
-        c.error_sent(&"peer", &ServerError::new(ErrorCode::new(7), "mine"));
+        c.answered(&"peer", Some(&ServerError::new(ErrorCode::new(7), "mine")));
+        c.answered(&"peer", None);
         let s = c.snapshot();
         assert_eq!(s.errors_sent.total(), 10);
+        assert_eq!(s.responses_sent, 11, "every error answer is an answer");
+        // The events below start from none.
+        let c = Counters::default();
         let e = s.errors_sent;
         for n in [
             e.parse_error,

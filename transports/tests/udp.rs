@@ -382,7 +382,7 @@ async fn abandoned_call_frees_its_slot() {
     let caller = endpoint().await;
     let client = caller.client(silent.local_addr().unwrap());
     let call = client.call::<()>("ping", ());
-    // The caller gives up long before the 5 s default.
+    // The caller gives up long before the default timeout.
     assert!(tokio::time::timeout(Duration::from_millis(50), call)
         .await
         .is_err());
@@ -1192,6 +1192,44 @@ async fn dropping_the_last_strong_handle_closes_an_endpoint_whose_handlers_hold_
             );
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn every_answer_of_a_batch_is_counted_and_an_answer_never_sent_is_not() {
+    use rpc_codecs::jsonrpc::JsonRpcCodec;
+    within(async {
+        let json = Builder::new()
+            .serve(router())
+            .bind(LOCALHOST, JsonRpcCodec::new())
+            .await
+            .unwrap();
+        let peer = raw_socket().await;
+        let batch = br#"[{"jsonrpc":"2.0","method":"nope","id":1},{"jsonrpc":"2.0","method":"add","params":[1,2],"id":2},{"jsonrpc":"2.0","method":"nope","id":3}]"#;
+        peer.send_to(batch, json.local_addr()).await.unwrap();
+        let (answer, _) = recv(&peer).await;
+        let answers: serde_json::Value = serde_json::from_slice(&answer).unwrap();
+        assert_eq!(answers.as_array().map(Vec::len), Some(3));
+        let s = json.stats();
+        assert_eq!(s.responses_sent, 3, "{s:?}");
+        assert_eq!(s.errors_sent.method_not_found, 2, "{s:?}");
+
+        // rpcudp without error replies sends nothing for an unknown method: nothing is counted.
+        let quiet = Builder::new()
+            .serve(router())
+            .bind(LOCALHOST, RpcudpCodec::new().without_error_replies())
+            .await
+            .unwrap();
+        let client = endpoint().await.client(quiet.local_addr());
+        let e = client
+            .with_timeout(Duration::from_millis(100))
+            .call::<i64>("nope", ())
+            .await
+            .unwrap_err();
+        assert!(e.is_timeout(), "{e:?}");
+        let s = quiet.stats();
+        assert_eq!((s.requests, s.responses_sent, s.errors_sent.total()), (1, 0, 0), "{s:?}");
     })
     .await;
 }

@@ -443,12 +443,11 @@ async fn serve_connection(server: Arc<ServerState>, io: Io, shared: Arc<ServerSh
                 Some(protocol_error(format!("unexpected message type {kind}")))
             }
         };
-        if let Some(e) = error {
+        if let Some(e) = &error {
             if !call_failed {
                 shared.counters.record(Event::Malformed);
             }
-            shared.counters.error_sent(&peer, &e);
-            put_exception(&mut out, &e, config.transport.detailed_errors);
+            put_exception(&mut out, e, config.transport.detailed_errors);
         }
         if let Err(e) = send(&mut w, &mut out, config.transport.connections.write_timeout).await {
             if e.kind() == io::ErrorKind::TimedOut {
@@ -457,7 +456,7 @@ async fn serve_connection(server: Arc<ServerState>, io: Io, shared: Arc<ServerSh
             }
             break;
         }
-        shared.counters.record(Event::ResponseSent);
+        shared.counters.answered(&peer, error.as_ref());
     }
     drop(seat);
     let _ = w.shutdown().await;
@@ -547,10 +546,7 @@ impl<T: stream::Transport> ClientShared<T> {
             ));
         };
         req.args().in_format(&LE)?;
-        let deadline = req
-            .context()
-            .deadline()
-            .unwrap_or_else(|| deadline_after(Instant::now(), self.config.timeout));
+        let deadline = crate::deadline_of(&req, Instant::now(), self.config.timeout);
         let attempt = async {
             let mut held = Held {
                 slot: self.conn.lock().await,

@@ -390,11 +390,8 @@ impl<C: Codec> Conn<C> {
             };
         }
         let now = Instant::now();
-        // The caller's deadline, or the default timeout; the table fails the call at it.
-        let deadline = req
-            .context()
-            .deadline()
-            .unwrap_or_else(|| deadline_after(now, self.config.timeout));
+        // The table fails the call at it.
+        let deadline = crate::deadline_of(&req, now, self.config.timeout);
         let waiter = self.calls.register_call(|| self.new_id(), (), deadline);
         if !self.accepts_calls() {
             return CallFuture::ready(Err(self.closed_error()));

@@ -1,4 +1,5 @@
-//! What TCP and Unix sockets share: framing, connections, servers and reconnecting clients.
+//! What every stream transport shares (TCP, Unix sockets, in-memory pipes, any byte stream):
+//! framing, connections, servers and reconnecting clients.
 //!
 //! A connection is symmetric: both ends may serve and call over it. Each connection has a reader
 //! task, which cuts frames ([`Framing`]), decodes them with the codec and either serves requests
@@ -30,7 +31,6 @@ use std::time::Duration;
 
 use crate::serve::Serve;
 use rpc_core::codec::Codec;
-use rpc_core::context::deadline_after;
 use rpc_core::{Client, Error, Payload, Request, Service};
 
 use self::conn::Conn;
@@ -520,10 +520,7 @@ impl<C: Codec, T: Transport> Service<Request> for Channel<C, T> {
         // must not keep the call past it.
         let shared = self.shared.clone();
         let mut req = req;
-        let deadline = req
-            .context()
-            .deadline()
-            .unwrap_or_else(|| deadline_after(tokio::time::Instant::now(), shared.config.timeout));
+        let deadline = crate::deadline_of(&req, tokio::time::Instant::now(), shared.config.timeout);
         req.context_mut().set_deadline(Some(deadline));
         CallFuture::boxed(async move {
             match tokio::time::timeout_at(deadline, shared.conn()).await {

@@ -50,8 +50,9 @@ pub type Channel<C> = stream::Channel<C, Tcp>;
 
 /// Where a TCP client connects: a socket address, or a host name and port resolved at each
 /// connection (each address the name resolves to is tried in turn, as `TcpStream::connect`
-/// does). Made from anything `tokio::net::ToSocketAddrs` takes: a `SocketAddr`, `(IpAddr, u16)`,
-/// `"host:port"`, `("host", port)`.
+/// does). Made from the forms of `tokio::net::ToSocketAddrs` that name one peer: a `SocketAddr`,
+/// an IP address and a port (`(IpAddr, u16)`, `([u8; 4], u16)`, ...), `"host:port"` or
+/// `("host", port)`; an IP literal is kept as a socket address, never resolved.
 ///
 /// ```
 /// use rpc_transports::tcp::Address;
@@ -60,6 +61,7 @@ pub type Channel<C> = stream::Channel<C, Tcp>;
 /// let by_number = Address::from(([127, 0, 0, 1], 4000));
 /// assert_eq!(by_name.to_string(), "localhost:4000");
 /// assert_eq!(by_number.to_string(), "127.0.0.1:4000");
+/// assert_eq!(Address::from(("::1", 4000)), Address::from("[::1]:4000"));
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Address(Target);
@@ -112,7 +114,10 @@ impl From<String> for Address {
 
 impl From<(&str, u16)> for Address {
     fn from((host, port): (&str, u16)) -> Self {
-        Address::from(format!("{host}:{port}"))
+        match host.parse::<IpAddr>() {
+            Ok(ip) => Address::from((ip, port)),
+            Err(_) => Address(Target::Host(format!("{host}:{port}").into())),
+        }
     }
 }
 
@@ -148,7 +153,8 @@ impl Accept for TcpListener {
 }
 
 impl Builder {
-    /// Binds a listener and serves until [`Server::shutdown`]. Must run within a tokio runtime.
+    /// Binds a listener and serves until the server is shut down or its handle dropped
+    /// ([`Serving`](crate::Serving)). Must run within a tokio runtime.
     pub async fn bind<C: Codec>(self, addr: impl ToSocketAddrs, codec: C) -> io::Result<Server> {
         let listener = TcpListener::bind(addr).await?;
         let local_addr = listener.local_addr()?;

@@ -576,11 +576,8 @@ impl<C: Codec> Shared<C> {
             };
         }
         let now = Instant::now();
-        // The caller's deadline, or the default timeout; the table fails the call at it.
-        let deadline = req
-            .context()
-            .deadline()
-            .unwrap_or_else(|| deadline_after(now, self.timeout));
+        // The table fails the call at it.
+        let deadline = crate::deadline_of(&req, now, self.timeout);
         let waiter = self.calls.register_call(|| self.new_id(), peer, deadline);
         // Closed between the first check and the registration: the loop will not deliver.
         if self.is_closed() {
