@@ -148,6 +148,15 @@ pub trait Codec: Clone + Send + Sync + 'static {
         dst: &mut BytesMut,
     ) -> Result<bool, Error>;
 
+    /// Appends an error about a frame as a whole, addressed to no request (JSON-RPC's error with
+    /// id `null`): a batch whose answer cannot be sent whole is answered with it. Returns
+    /// `false`, writing nothing, for protocols that cannot carry one; the default. Codecs
+    /// without batches never need it.
+    fn encode_frame_error(&self, error: &ServerError, dst: &mut BytesMut) -> Result<bool, Error> {
+        let _ = (error, dst);
+        Ok(false)
+    }
+
     /// Appends the answers to a batch as one frame. Returns `false`, writing nothing, when there is
     /// nothing to send. Codecs without batches never decode one, so the default is never called.
     fn encode_batch(

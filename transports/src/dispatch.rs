@@ -34,6 +34,12 @@ pub(crate) trait Link<C: Codec>: Clone + Send + Sync + 'static {
     fn counters(&self) -> &Counters;
     /// Who is answered, for the log.
     fn peer(&self) -> &dyn std::fmt::Display;
+    /// The most bytes an error answer to this frame may take: over UDP a multiple of the
+    /// datagram it answers (a forged source address must not turn a small datagram into a large
+    /// one aimed at a third party); `None`, the default, for no bound.
+    fn error_budget(&self) -> Option<usize> {
+        None
+    }
     /// Whether to serve the request `id`; `false` drops it (a transport with a duplicate-request
     /// cache answers a retransmission itself).
     fn admit(&self, id: &C::Id) -> impl Future<Output = bool> + Send {
@@ -168,16 +174,29 @@ fn start<C: Codec, L: Link<C>>(
 /// Sends one response; a response over the size limit is replaced by an error saying so.
 pub(crate) async fn respond<C: Codec, L: Link<C>>(link: &L, id: &C::Id, response: &Response) {
     let codec = link.codec();
+    let budget = link.error_budget();
     // Whether the codec wrote anything: a protocol without error replies writes nothing.
     let wrote = AtomicBool::new(false);
-    let encode = |dst: &mut BytesMut, result| {
+    let encode = |dst: &mut BytesMut, result: Result<&Payload, &ServerError>| {
         let wrote_one = codec.encode_response(id, result, dst)?;
         wrote.store(wrote_one, Ordering::Relaxed);
         Ok(wrote_one)
     };
-    let sent = link
-        .send_response(id, |dst| encode(dst, response.result()))
-        .await;
+    // An error answer over the budget is cut to fit it, or withheld.
+    let fitted;
+    let result = match (response.result(), budget) {
+        (Err(e), Some(budget)) => {
+            fitted = fit(e, budget, |e| {
+                encoded_len(|dst| codec.encode_response(id, Err(e), dst))
+            });
+            match &fitted {
+                Some(e) => Err(e),
+                None => return withhold(link),
+            }
+        }
+        (result, _) => result,
+    };
+    let sent = link.send_response(id, |dst| encode(dst, result)).await;
     let too_large;
     let (sent, error) = match sent {
         Err(Error::TooLarge { size, limit }) => {
@@ -186,18 +205,27 @@ pub(crate) async fn respond<C: Codec, L: Link<C>>(link: &L, id: &C::Id, response
                 limit,
                 "response over the size limit; answering an error"
             );
-            too_large = ServerError::new(
+            let e = ServerError::new(
                 ErrorCode::MESSAGE_TOO_LARGE,
                 format!("the response of {size} bytes exceeds the limit of {limit} bytes"),
             );
+            too_large = match budget {
+                Some(b) => fit(&e, b, |e| {
+                    encoded_len(|dst| codec.encode_response(id, Err(e), dst))
+                }),
+                None => Some(e),
+            };
+            let Some(too_large) = &too_large else {
+                return withhold(link);
+            };
             // As an answer to `id`: a server that remembers answers (UDP's at-most-once
             // cache) answers copies of the request with this one.
             let sent = link
-                .send_response(id, |dst| encode(dst, Err(&too_large)))
+                .send_response(id, |dst| encode(dst, Err(too_large)))
                 .await;
-            (sent, Some(&too_large))
+            (sent, Some(too_large))
         }
-        other => (other, response.result().err()),
+        other => (other, result.err()),
     };
     match sent {
         Ok(()) if wrote.load(Ordering::Relaxed) => link.counters().answered(link.peer(), error),
@@ -272,26 +300,150 @@ async fn batch<C: Codec, L: Link<C>>(
 }
 
 async fn send_batch<C: Codec, L: Link<C>>(link: &L, answers: &[(C::Id, Response)]) {
+    let codec = link.codec();
+    let answers = within_budget(link, answers);
     if answers.is_empty() {
         return;
     }
-    let codec = link.codec();
     let wrote = AtomicBool::new(false);
     let encode = |dst: &mut BytesMut| {
-        let wrote_one = codec.encode_batch(answers, dst)?;
+        let wrote_one = codec.encode_batch(&answers, dst)?;
         wrote.store(wrote_one, Ordering::Relaxed);
         Ok(wrote_one)
     };
     match link.send(encode).await {
         Ok(()) if wrote.load(Ordering::Relaxed) => {
-            for (_, r) in answers {
+            for (_, r) in answers.iter() {
                 link.counters().answered(link.peer(), r.result().err());
             }
         }
         Ok(()) => {}
+        Err(Error::TooLarge { size, limit }) => {
+            // Not sent whole, so not at all: one error about the batch says why.
+            tracing::warn!(
+                size,
+                limit,
+                "a batch's answer over the size limit; answering an error"
+            );
+            let e = ServerError::new(
+                ErrorCode::MESSAGE_TOO_LARGE,
+                format!("the batch's answer of {size} bytes exceeds the limit of {limit} bytes"),
+            );
+            let fits = link
+                .error_budget()
+                .is_none_or(|b| encoded_len(|dst| codec.encode_frame_error(&e, dst)) <= b);
+            if !fits {
+                return withhold(link);
+            }
+            match link.send(|dst| codec.encode_frame_error(&e, dst)).await {
+                Ok(()) => link.counters().answered(link.peer(), Some(&e)),
+                Err(error) => {
+                    link.counters().record(Event::SendError);
+                    tracing::warn!(%error, "could not send a batch's answers");
+                }
+            }
+        }
         Err(error) => {
             link.counters().record(Event::SendError);
             tracing::warn!(%error, "could not send a batch's answers");
         }
     }
+}
+
+/// A batch's answers without the error items past the link's error budget (taken in order).
+fn within_budget<'a, C: Codec, L: Link<C>>(
+    link: &L,
+    answers: &'a [(C::Id, Response)],
+) -> std::borrow::Cow<'a, [(C::Id, Response)]> {
+    let Some(budget) = link.error_budget() else {
+        return answers.into();
+    };
+    if answers.iter().all(|(_, r)| r.result().is_ok()) {
+        return answers.into();
+    }
+    let codec = link.codec();
+    let mut left = budget;
+    let mut kept = Vec::with_capacity(answers.len());
+    for (id, r) in answers {
+        let Err(e) = r.result() else {
+            kept.push((id.clone(), r.clone()));
+            continue;
+        };
+        let len = |e: &ServerError| encoded_len(|dst| codec.encode_response(id, Err(e), dst));
+        match fit(e, left, len) {
+            Some(e) => {
+                left -= len(&e);
+                kept.push((id.clone(), Response::error(e)));
+            }
+            None => withhold(link),
+        }
+    }
+    // The batch's own framing (brackets, separators) counts too: error items go, last first,
+    // until the whole fits.
+    let over = |kept: &[(C::Id, Response)]| {
+        encoded_len(|dst| codec.encode_batch(kept, dst)) > budget
+            && kept.iter().any(|(_, r)| r.result().is_err())
+    };
+    while over(&kept) {
+        if let Some(i) = kept.iter().rposition(|(_, r)| r.result().is_err()) {
+            kept.remove(i);
+            withhold(link);
+        }
+    }
+    kept.into()
+}
+
+/// `e`, or a shorter copy of it, whose encoding (`len`) takes at most `budget` bytes: its
+/// message cut (at a character boundary, ending in "…"), then its data left out (but for a
+/// refusal's mark, which retry policies read); `None` if even that does not fit.
+fn fit(e: &ServerError, budget: usize, len: impl Fn(&ServerError) -> usize) -> Option<ServerError> {
+    if len(e) <= budget {
+        return Some(e.clone());
+    }
+    let data = e
+        .was_refused()
+        .then(|| ServerError::refused(e.code(), "").data().cloned())
+        .flatten();
+    let with = |message: &str, data: Option<serde_json::Value>| {
+        let cut = ServerError::new(e.code(), message.to_owned());
+        match data {
+            Some(d) => cut.with_data(d),
+            None => cut,
+        }
+    };
+    for data in [e.data().cloned(), data] {
+        let bare = len(&with("…", data.clone()));
+        if bare > budget {
+            continue;
+        }
+        // Cut the message to the room left (escaping may make it longer: shorten until it fits).
+        let mut room = (budget - bare).min(e.message().len());
+        loop {
+            let mut end = room;
+            while !e.message().is_char_boundary(end) {
+                end -= 1;
+            }
+            let cut = with(&format!("{}…", &e.message()[..end]), data.clone());
+            if len(&cut) <= budget || end == 0 {
+                return (len(&cut) <= budget).then_some(cut);
+            }
+            room = end.saturating_sub(1 + (len(&cut) - budget));
+        }
+    }
+    None
+}
+
+/// The bytes `encode` writes.
+fn encoded_len(encode: impl FnOnce(&mut BytesMut) -> Result<bool, Error>) -> usize {
+    let mut scratch = BytesMut::new();
+    match encode(&mut scratch) {
+        Ok(true) => scratch.len(),
+        _ => 0,
+    }
+}
+
+/// An error answer held back for being over the link's budget: counted and told.
+fn withhold<C: Codec, L: Link<C>>(link: &L) {
+    link.counters().record(Event::Withheld);
+    tracing::debug!(peer = %link.peer(), "error answer withheld: larger than the amplification limit allows");
 }

@@ -43,6 +43,10 @@ pub struct Stats {
     pub send_errors: u64,
     /// Retransmitted requests not run again (UDP with `at_most_once`).
     pub duplicates: u64,
+    /// Error answers not sent because they would have been larger than the amplification limit
+    /// allows (UDP: [`max_error_amplification`](crate::udp::Builder::max_error_amplification)
+    /// times the datagram they answer).
+    pub withheld: u64,
 }
 
 /// Error answers sent, by code ([`ErrorCode`]).
@@ -105,6 +109,7 @@ pub(crate) enum Event {
     Overloaded,
     SendError,
     Duplicate,
+    Withheld,
 }
 
 /// The live counters behind a [`Stats`].
@@ -115,7 +120,7 @@ pub(crate) struct Counters {
     errors: [AtomicU64; CODES.len() + 1],
 }
 
-const EVENTS: usize = Event::Duplicate as usize + 1;
+const EVENTS: usize = Event::Withheld as usize + 1;
 
 /// The codes counted apart, in `ErrorCounts`' order.
 const CODES: [ErrorCode; 9] = [
@@ -179,6 +184,7 @@ impl Counters {
             overloaded: e(Event::Overloaded),
             send_errors: e(Event::SendError),
             duplicates: e(Event::Duplicate),
+            withheld: e(Event::Withheld),
         }
     }
 }
@@ -231,6 +237,7 @@ mod tests {
             Event::Overloaded,
             Event::SendError,
             Event::Duplicate,
+            Event::Withheld,
         ];
         assert_eq!(events.len(), EVENTS);
         for (i, event) in events.into_iter().enumerate() {
@@ -255,6 +262,7 @@ mod tests {
             s.overloaded,
             s.send_errors,
             s.duplicates,
+            s.withheld,
         ];
         let want: Vec<u64> = (1..=EVENTS as u64).collect();
         assert_eq!(got.to_vec(), want);

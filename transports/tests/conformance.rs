@@ -995,11 +995,19 @@ async fn symmetric(kind: Kind) {
         assert_eq!(server.accepted(), 1, "calls back used the same connection");
     }
 
-    // A client that serves nothing answers the call back "method not found".
+    // A client that serves nothing answers the call back "method not found". Over UDP the
+    // relay's error answer is cut to three times the size of the request it answers.
     let plain = h.client(&server.addr()).await;
     let err = within(plain.call::<i64>("relay", (1,))).await.unwrap_err();
     let e = err.server_error().expect("relay reports the failure");
-    assert!(e.message().contains("method not found"), "{e}");
+    if kind == Kind::Udp {
+        assert!(
+            e.message().starts_with("the call back failed") && e.message().ends_with('…'),
+            "{e}"
+        );
+    } else {
+        assert!(e.message().contains("method not found"), "{e}");
+    }
 }
 
 for_kinds!(symmetric: udp, tcp, unix);

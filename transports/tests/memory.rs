@@ -260,3 +260,39 @@ async fn a_forced_shutdown_ends_a_pipe_whose_handler_still_runs() {
     .await
     .unwrap();
 }
+
+#[tokio::test]
+async fn a_batch_whose_answer_is_over_the_frame_limit_is_answered_with_an_error_saying_so() {
+    use tokio::io::AsyncWriteExt;
+    timeout(LIMIT, async {
+        let server = memory::Builder::new()
+            .max_frame_length(1024)
+            .framing(Framing::Newline)
+            .serve(Router::new().route("big", |n: usize| async move { "x".repeat(n) }))
+            .bind(JsonRpcCodec::new());
+        // A peer that writes a batch by hand over a pipe of the server's.
+        let (mut raw, theirs) = tokio::io::duplex(64 * 1024);
+        let _conn = stream::builder()
+            .framing(Framing::Newline)
+            .max_frame_length(1024)
+            .serve(Router::new().route("big", |n: usize| async move { "x".repeat(n) }))
+            .start(Io::new(theirs), JsonRpcCodec::new());
+        let batch = concat!(
+            r#"[{"jsonrpc":"2.0","method":"big","params":[600],"id":1},"#,
+            r#"{"jsonrpc":"2.0","method":"big","params":[600],"id":2}]"#,
+            "\n"
+        );
+        raw.write_all(batch.as_bytes()).await.unwrap();
+        let mut line = Vec::new();
+        let mut byte = [0u8; 1];
+        while raw.read(&mut byte).await.unwrap() == 1 && byte[0] != b'\n' {
+            line.push(byte[0]);
+        }
+        let answer: serde_json::Value = serde_json::from_slice(&line).unwrap();
+        assert_eq!(answer["id"], serde_json::Value::Null, "{answer}");
+        assert_eq!(answer["error"]["code"], -32003, "{answer}");
+        drop(server);
+    })
+    .await
+    .unwrap();
+}

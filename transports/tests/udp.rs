@@ -686,7 +686,10 @@ async fn double(ctx: Context, x: i64) -> i64 {
 
 #[tokio::test]
 async fn handler_calls_its_caller_back() {
+    // The relay's error answers below quote the error of the call back in full: more than
+    // three times the size of the request they answer.
     let server = Builder::new()
+        .max_error_amplification(100)
         .serve(Router::new().route("relay", relay))
         .bind(LOCALHOST, RpcudpCodec::new())
         .await
@@ -1230,6 +1233,100 @@ async fn every_answer_of_a_batch_is_counted_and_an_answer_never_sent_is_not() {
         assert!(e.is_timeout(), "{e:?}");
         let s = quiet.stats();
         assert_eq!((s.requests, s.responses_sent, s.errors_sent.total()), (1, 0, 0), "{s:?}");
+    })
+    .await;
+}
+
+/// Sends `datagram` to `to` from `peer` and returns the size of the answer, if one comes within
+/// 200 ms.
+async fn answer_size(peer: &UdpSocket, to: SocketAddr, datagram: &[u8]) -> Option<usize> {
+    peer.send_to(datagram, to).await.unwrap();
+    let mut buf = vec![0u8; 70_000];
+    tokio::time::timeout(Duration::from_millis(200), peer.recv_from(&mut buf))
+        .await
+        .ok()
+        .map(|r| r.unwrap().0)
+}
+
+#[tokio::test]
+async fn no_bad_datagram_is_answered_with_more_than_three_times_its_size() {
+    use rpc_codecs::jsonrpc::JsonRpcCodec;
+    within(async {
+        let json = Builder::new()
+            .serve(router())
+            .bind(LOCALHOST, JsonRpcCodec::new())
+            .await
+            .unwrap();
+        let rpcudp = server().await;
+        let peer = raw_socket().await;
+        let invalid_items = format!("[{}]", vec!["1"; 72].join(","));
+        let mut rpcudp_bad = vec![0u8];
+        rpcudp_bad.extend_from_slice(&[7u8; 20]);
+        rpcudp_bad.push(0xc1);
+        let mut rpcudp_unknown = vec![0u8];
+        rpcudp_unknown.extend_from_slice(&[8u8; 20]);
+        rpcudp_unknown.extend_from_slice(&[0x92, 0xa1, b'x', 0x90]);
+        let cases: Vec<(&str, SocketAddr, Vec<u8>)> = vec![
+            ("empty, JSON-RPC", json.local_addr(), vec![]),
+            ("one byte, JSON-RPC", json.local_addr(), b"x".to_vec()),
+            ("not JSON", json.local_addr(), b"{\"jsonrpc\":".to_vec()),
+            (
+                "a batch of invalid items",
+                json.local_addr(),
+                invalid_items.into_bytes(),
+            ),
+            (
+                "an unknown method",
+                json.local_addr(),
+                br#"{"jsonrpc":"2.0","method":"x","id":1}"#.to_vec(),
+            ),
+            ("empty, rpcudp", rpcudp.local_addr(), vec![]),
+            ("a bad rpcudp body", rpcudp.local_addr(), rpcudp_bad),
+            (
+                "an unknown rpcudp method",
+                rpcudp.local_addr(),
+                rpcudp_unknown,
+            ),
+        ];
+        for (what, to, datagram) in cases {
+            let answered = answer_size(&peer, to, &datagram).await;
+            if let Some(n) = answered {
+                assert!(
+                    n <= 3 * datagram.len(),
+                    "{what}: {} bytes answered with {n}",
+                    datagram.len()
+                );
+            }
+            if datagram.is_empty() {
+                assert_eq!(answered, None, "{what}: an empty datagram was answered");
+            }
+        }
+        assert!(json.stats().withheld >= 2, "{:?}", json.stats());
+        // A well-formed call is still answered in full, however large its result.
+        let client = endpoint().await.client(rpcudp.local_addr());
+        let hi: String = client.call("sayhi", ("x".repeat(3000),)).await.unwrap();
+        assert!(hi.len() > 3000);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_batch_whose_answer_is_too_large_is_answered_with_an_error_saying_so() {
+    use rpc_codecs::jsonrpc::JsonRpcCodec;
+    within(async {
+        let server = Builder::new()
+            .serve(Router::new().route("big", |n: usize| async move { "x".repeat(n) }))
+            .bind(LOCALHOST, JsonRpcCodec::new())
+            .await
+            .unwrap();
+        let peer = raw_socket().await;
+        let batch = br#"[{"jsonrpc":"2.0","method":"big","params":[5000],"id":1},{"jsonrpc":"2.0","method":"big","params":[5000],"id":2}]"#;
+        peer.send_to(batch, server.local_addr()).await.unwrap();
+        let (answer, _) = recv(&peer).await;
+        let answer: serde_json::Value = serde_json::from_slice(&answer).unwrap();
+        assert_eq!(answer["id"], serde_json::Value::Null, "{answer}");
+        assert_eq!(answer["error"]["code"], -32003, "{answer}");
+        assert_eq!(server.stats().errors_sent.message_too_large, 1);
     })
     .await;
 }

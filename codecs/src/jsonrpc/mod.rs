@@ -597,6 +597,10 @@ impl Codec for JsonRpcCodec {
         Ok(true)
     }
 
+    fn encode_frame_error(&self, error: &ServerError, dst: &mut BytesMut) -> Result<bool, Error> {
+        self.encode_response(&Id::Null, Err(error), dst)
+    }
+
     fn encode_batch(
         &self,
         responses: &[(Id, Response)],

@@ -90,6 +90,9 @@ use crate::CallFuture;
 
 /// The default largest payload, as rpcudp: 8192 bytes.
 pub const DEFAULT_MAX_PAYLOAD: usize = 8192;
+/// The default bound on an error answer: three times the datagram it answers (QUIC's
+/// anti-amplification factor).
+pub const DEFAULT_MAX_ERROR_AMPLIFICATION: usize = 3;
 /// The largest payload a UDP datagram can carry over IPv4.
 const MAX_UDP_PAYLOAD: usize = 65_507;
 /// Receive buffers are cut from arenas of this size, so a datagram costs no allocation of its own.
@@ -99,6 +102,7 @@ const RECV_ARENA: usize = 64 * 1024;
 #[derive(Debug, Clone)]
 pub struct Udp {
     max_payload: usize,
+    max_error_amplification: usize,
     at_most_once: Option<(usize, Duration)>,
     retransmit: Option<Duration>,
 }
@@ -107,6 +111,7 @@ impl Default for Udp {
     fn default() -> Self {
         Self {
             max_payload: DEFAULT_MAX_PAYLOAD,
+            max_error_amplification: DEFAULT_MAX_ERROR_AMPLIFICATION,
             at_most_once: None,
             retransmit: None,
         }
@@ -123,6 +128,17 @@ impl Builder {
     /// that header.
     pub fn max_payload(mut self, bytes: usize) -> Self {
         self.transport.max_payload = bytes;
+        self
+    }
+
+    /// Error answers (to malformed datagrams, unknown methods, bad arguments, refusals, and a
+    /// batch's error items together) are sent only if at most `factor` times the size of the
+    /// datagram they answer; larger ones are withheld and counted (`Stats::withheld`). A source
+    /// address over UDP can be forged: without the bound, anyone could have small datagrams
+    /// answered with large ones aimed at a third party. Default 3, QUIC's factor; an empty
+    /// datagram is never answered. Results of well-formed calls are not bounded (SECURITY.md).
+    pub fn max_error_amplification(mut self, factor: usize) -> Self {
+        self.transport.max_error_amplification = factor;
         self
     }
 
@@ -172,6 +188,7 @@ impl Builder {
             max_payload,
             timeout: self.timeout,
             retransmit: self.transport.retransmit,
+            max_error_amplification: self.transport.max_error_amplification,
             calls: InFlight::with_sweep_every(crate::sweep_tick(self.timeout)),
             service: self.service.map_or_else(OnceLock::new, OnceLock::from),
             dedup: self
@@ -209,6 +226,7 @@ struct Shared<C: Codec> {
     max_datagram: usize,
     timeout: Duration,
     retransmit: Option<Duration>,
+    max_error_amplification: usize,
     calls: Arc<InFlight<C::Id, SocketAddr, CallResult>>,
     service: OnceLock<Serve>,
     dedup: Option<dedup::Dedup<C::Id>>,
@@ -627,6 +645,8 @@ impl<C: Codec> Shared<C> {
 struct UdpLink<C: Codec> {
     shared: Arc<Shared<C>>,
     peer: SocketAddr,
+    /// The size of the datagram being answered.
+    received: usize,
 }
 
 impl<C: Codec> Clone for UdpLink<C> {
@@ -634,6 +654,7 @@ impl<C: Codec> Clone for UdpLink<C> {
         Self {
             shared: self.shared.clone(),
             peer: self.peer,
+            received: self.received,
         }
     }
 }
@@ -714,6 +735,13 @@ impl<C: Codec> Link<C> for UdpLink<C> {
         &self.shared.counters
     }
 
+    fn error_budget(&self) -> Option<usize> {
+        Some(
+            self.received
+                .saturating_mul(self.shared.max_error_amplification),
+        )
+    }
+
     fn peer(&self) -> &dyn fmt::Display {
         &self.peer
     }
@@ -780,6 +808,7 @@ async fn receive_loop<C: Codec>(shared: Arc<Shared<C>>) {
         let link = UdpLink {
             shared: shared.clone(),
             peer: canonical(from),
+            received: n,
         };
         if serve.is_none() {
             serve = shared.service.get().map(Serve::local);
