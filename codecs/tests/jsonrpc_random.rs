@@ -160,3 +160,23 @@ fn a_request_carrying_result_or_error_is_invalid() {
         assert!(e.reply_to.is_some());
     }
 }
+
+#[test]
+fn number_ids_are_echoed_byte_for_byte() {
+    use rpc_core::Payload;
+    let codec = JsonRpcCodec::new();
+    for id in ["1180591620717411303424", "1e400", "-0", "7.50", "12"] {
+        let frame = format!(r#"{{"jsonrpc":"2.0","method":"m","params":[],"id":{id}}}"#);
+        let Ok(Message::Request { id: Some(got), .. }) = codec.decode(Bytes::from(frame)) else {
+            panic!("{id}: not a request");
+        };
+        let mut dst = BytesMut::new();
+        let result = Payload::encode(codec.format(), &1u8).unwrap();
+        codec.encode_response(&got, Ok(&result), &mut dst).unwrap();
+        let answer = String::from_utf8(dst.to_vec()).unwrap();
+        assert!(
+            answer.ends_with(&format!(r#","id":{id}}}"#)),
+            "{id}: {answer}"
+        );
+    }
+}

@@ -45,12 +45,16 @@ static JSON: Json = Json;
 pub const DEFAULT_MAX_BATCH: usize = 1000;
 
 /// A JSON-RPC request id: a number, a string, or null.
+///
+/// A number is kept as the JSON text it came as, and answered with that text byte for byte, as
+/// the specification asks: `1180591620717411303424` or `1e400` come back as they went, not as
+/// the nearest double. Two ids are the same when their text is.
 #[derive(Clone, PartialEq, Eq, Hash)]
 pub enum Id {
     /// `null` (the id of errors about requests whose id could not be read).
     Null,
-    /// A number.
-    Number(serde_json::Number),
+    /// A number, as its JSON text.
+    Number(Arc<str>),
     /// A string.
     String(Arc<str>),
 }
@@ -59,10 +63,7 @@ impl Id {
     fn write(&self, dst: &mut BytesMut) {
         match self {
             Id::Null => dst.put_slice(b"null"),
-            Id::Number(n) => {
-                // Straight into the frame, not through a `String`.
-                let _ = fmt::Write::write_fmt(dst, format_args!("{n}"));
-            }
+            Id::Number(n) => dst.put_slice(n.as_bytes()),
             Id::String(s) => write_json(dst, &**s),
         }
     }
@@ -116,19 +117,16 @@ impl<'de> Deserialize<'de> for Read<Id> {
             fn visit_unit<E: serde::de::Error>(self) -> Result<Self::Value, E> {
                 Ok(Read::Is(Id::Null))
             }
-            fn visit_u64<E: serde::de::Error>(self, n: u64) -> Result<Self::Value, E> {
-                Ok(Read::Is(Id::Number(n.into())))
-            }
-            fn visit_i64<E: serde::de::Error>(self, n: i64) -> Result<Self::Value, E> {
-                Ok(Read::Is(Id::Number(n.into())))
-            }
-            fn visit_f64<E: serde::de::Error>(self, n: f64) -> Result<Self::Value, E> {
-                Ok(serde_json::Number::from_f64(n).map_or(Read::Not, |n| Read::Is(Id::Number(n))))
-            }
             fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<Self::Value, E> {
                 Ok(Read::Is(Id::String(s.into())))
             }
-            not_this!(visit_bool(bool));
+            // Numbers are read from their text (`id_of`), not here.
+            not_this!(
+                visit_bool(bool),
+                visit_u64(u64),
+                visit_i64(i64),
+                visit_f64(f64)
+            );
         }
         d.deserialize_any(V)
     }
@@ -180,7 +178,13 @@ impl fmt::Debug for Id {
 
 impl From<u64> for Id {
     fn from(n: u64) -> Self {
-        Id::Number(n.into())
+        Id::Number(n.to_string().into())
+    }
+}
+
+impl From<i64> for Id {
+    fn from(n: i64) -> Self {
+        Id::Number(n.to_string().into())
     }
 }
 
@@ -241,7 +245,7 @@ struct Envelope<'a> {
     jsonrpc: Option<&'a RawValue>,
     method: Option<Read<Text<'a>>>,
     params: Option<&'a RawValue>,
-    id: Option<Read<Id>>,
+    id: Option<&'a RawValue>,
     result: Option<&'a RawValue>,
     error: Option<&'a RawValue>,
     timeout_ms: Option<&'a RawValue>,
@@ -378,6 +382,15 @@ fn parse_error(e: impl fmt::Display) -> DecodeError<Id> {
     }
 }
 
+/// An id member, from its JSON text: a number as that text, a string or null as such.
+fn id_of(raw: &RawValue) -> Read<Id> {
+    let text = raw.get();
+    match text.as_bytes().first() {
+        Some(b'-' | b'0'..=b'9') => Read::Is(Id::Number(text.into())),
+        _ => serde_json::from_str(text).unwrap_or(Read::Not),
+    }
+}
+
 /// Decodes one message: `text` is a JSON object (or, within a batch, any JSON value).
 fn decode_one(frame: &Bytes, text: &[u8], deadlines: bool) -> Result<Message<Id>, DecodeError<Id>> {
     if first_byte(text) != Some(b'{') {
@@ -385,7 +398,7 @@ fn decode_one(frame: &Bytes, text: &[u8], deadlines: bool) -> Result<Message<Id>
     }
     let env: Envelope<'_> = serde_json::from_slice(text).map_err(parse_error)?;
     let looks_like_response = env.result.is_some() || env.error.is_some();
-    let id = match env.id {
+    let id = match env.id.map(id_of) {
         None => None,
         Some(Read::Is(id)) => Some(id),
         // A response: never answered, whatever is wrong with it.
