@@ -5,7 +5,10 @@ use std::io;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use rpc_core::BoxError;
-use tokio_util::codec::{AnyDelimiterCodec, Decoder, LengthDelimitedCodec};
+use tokio_util::codec::{AnyDelimiterCodec, Decoder};
+
+/// The length prefix of [`Framing::LengthPrefixed`]: 4 bytes, big-endian.
+const LENGTH_PREFIX: usize = 4;
 
 /// Measures the self-delimiting frame at the start of a buffer: `Ok(Some(len))` when a whole
 /// frame of `len` bytes is there, `Ok(None)` when more bytes are needed, `Err` when the bytes
@@ -27,7 +30,8 @@ pub type FrameSplitter = fn(&[u8]) -> Result<Option<usize>, BoxError>;
 /// the claimed size ever being allocated.
 #[derive(Clone, Copy, Default)]
 pub enum Framing {
-    /// A 4-byte big-endian length, then the frame (tokio-util's `LengthDelimitedCodec`).
+    /// A 4-byte big-endian length, then the frame (as tokio-util's `LengthDelimitedCodec` writes
+    /// them).
     #[default]
     LengthPrefixed,
     /// Each frame ends with a newline; frames must not contain one (compact JSON does not).
@@ -62,13 +66,7 @@ impl Framing {
     /// A decoder that cuts frames of at most `max` bytes.
     pub(crate) fn decoder(self, max: usize) -> FrameDecoder {
         match self {
-            Framing::LengthPrefixed => FrameDecoder::Length(
-                LengthDelimitedCodec::builder()
-                    .big_endian()
-                    .length_field_type::<u32>()
-                    .max_frame_length(max)
-                    .new_codec(),
-            ),
+            Framing::LengthPrefixed => FrameDecoder::Length { max },
             Framing::Newline | Framing::Eot => {
                 let d = [self.delimiter().expect("a delimiter framing")];
                 FrameDecoder::Delimited(AnyDelimiterCodec::new_with_max_length(
@@ -136,9 +134,18 @@ pub(crate) enum FrameError {
 /// Cuts frames off a stream.
 #[derive(Debug)]
 pub(crate) enum FrameDecoder {
-    Length(LengthDelimitedCodec),
+    /// A 4-byte big-endian length, then the frame. (tokio-util's `LengthDelimitedCodec` reserves
+    /// the whole claimed length as soon as it reads a header: a peer could make the server hold
+    /// up to the frame limit per connection for 4 bytes sent. Here the buffer grows only with
+    /// the bytes that arrive.)
+    Length {
+        max: usize,
+    },
     Delimited(AnyDelimiterCodec),
-    Custom { split: FrameSplitter, max: usize },
+    Custom {
+        split: FrameSplitter,
+        max: usize,
+    },
 }
 
 impl Decoder for FrameDecoder {
@@ -147,7 +154,20 @@ impl Decoder for FrameDecoder {
 
     fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Bytes>, io::Error> {
         match self {
-            FrameDecoder::Length(c) => Ok(c.decode(src)?.map(BytesMut::freeze)),
+            FrameDecoder::Length { max } => {
+                let Some(head) = src.get(..LENGTH_PREFIX) else {
+                    return Ok(None);
+                };
+                let n = u32::from_be_bytes([head[0], head[1], head[2], head[3]]) as usize;
+                if n > *max {
+                    return Err(too_large(n, *max));
+                }
+                if src.len() < LENGTH_PREFIX + n {
+                    return Ok(None);
+                }
+                src.advance(LENGTH_PREFIX);
+                Ok(Some(src.split_to(n).freeze()))
+            }
             FrameDecoder::Delimited(c) => c
                 .decode(src)
                 .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string())),
@@ -186,6 +206,23 @@ fn too_large(size: usize, limit: usize) -> io::Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_claimed_length_reserves_nothing_until_the_bytes_arrive() {
+        let mut d = Framing::LengthPrefixed.decoder(8 << 20);
+        let mut src = BytesMut::with_capacity(16);
+        src.extend_from_slice(&((8u32 << 20) - 1).to_be_bytes());
+        src.extend_from_slice(b"x");
+        assert!(d.decode(&mut src).unwrap().is_none());
+        assert!(
+            src.capacity() < 1024,
+            "the claim was reserved: {}",
+            src.capacity()
+        );
+        // A claim over the limit is refused from the header alone.
+        let mut over = BytesMut::from(&((8u32 << 20) + 1).to_be_bytes()[..]);
+        assert!(d.decode(&mut over).is_err());
+    }
 
     fn write(f: Framing, frames: &[&[u8]]) -> BytesMut {
         let mut dst = BytesMut::new();
