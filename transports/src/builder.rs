@@ -21,6 +21,9 @@ pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 pub const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 /// The default number of connections a server keeps.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
+/// The default number of connections a server keeps from one IP address: an eighth of all, so
+/// one host cannot take every connection.
+pub const DEFAULT_MAX_CONNECTIONS_PER_IP: usize = DEFAULT_MAX_CONNECTIONS / 8;
 
 /// Configures servers and clients of a transport `T`: [`udp::Builder`](crate::udp::Builder),
 /// [`tcp::Builder`](crate::tcp::Builder), [`unix::Builder`](crate::unix::Builder),
@@ -37,6 +40,7 @@ pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
 /// | [`idle_timeout`](Builder::idle_timeout) | 5 min without frames and with nothing in flight closes the connection, on either end (a client reconnects on its next call) | connections |
 /// | [`write_timeout`](Builder::write_timeout) | 30 s without the peer taking any queued byte closes the connection (`Stats::write_stalled`); a forced shutdown drops what is queued | connections |
 /// | [`max_connections`](Builder::max_connections) | 1024 per server; more are closed as soon as they are accepted | connections |
+/// | [`max_connections_per_ip`](Builder::max_connections_per_ip) | 128 from one IP address; more from it are closed as soon as they are accepted | TCP |
 /// | [`max_payload`](crate::udp::Builder::max_payload) | 8192 bytes, as rpcudp | UDP |
 ///
 /// ```
@@ -117,6 +121,7 @@ pub struct Connections {
     pub(crate) idle_timeout: Option<Duration>,
     pub(crate) write_timeout: Duration,
     pub(crate) max_connections: usize,
+    pub(crate) max_connections_per_ip: usize,
 }
 
 impl Default for Connections {
@@ -126,6 +131,7 @@ impl Default for Connections {
             idle_timeout: Some(DEFAULT_IDLE_TIMEOUT),
             write_timeout: DEFAULT_WRITE_TIMEOUT,
             max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_connections_per_ip: DEFAULT_MAX_CONNECTIONS_PER_IP,
         }
     }
 }
@@ -168,6 +174,15 @@ impl<T: Connected> Builder<T> {
     /// How many connections a server keeps; more are closed at once. Default 1024.
     pub fn max_connections(mut self, n: usize) -> Self {
         self.transport.connections().max_connections = n.max(1);
+        self
+    }
+
+    /// How many connections a server keeps from one IP address (a host, whatever its ports);
+    /// more from it are closed at once, so one host cannot lock the others out. Default 128, an
+    /// eighth of [`max_connections`](Builder::max_connections)' default. Peers without an IP
+    /// address (Unix sockets, pipes) count against `max_connections` only.
+    pub fn max_connections_per_ip(mut self, n: usize) -> Self {
+        self.transport.connections().max_connections_per_ip = n.max(1);
         self
     }
 }

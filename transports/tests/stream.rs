@@ -723,3 +723,48 @@ async fn a_tcp_client_connects_by_host_name() {
     .await
     .unwrap();
 }
+
+/// A TCP connection to `to` from the loopback address `from` (127.x.y.z stand for hosts).
+async fn connect_from(from: [u8; 4], to: std::net::SocketAddr) -> TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(std::net::SocketAddr::from((from, 0))).unwrap();
+    socket.connect(to).await.unwrap()
+}
+
+#[tokio::test]
+async fn one_host_cannot_take_every_connection() {
+    timeout(LIMIT, async {
+        let server = tcp::Builder::new()
+            .serve(router())
+            .bind("127.0.0.1:0", RpcudpCodec::new())
+            .await
+            .unwrap();
+        let addr = server.local_addr();
+        // One host opens more idle connections than its share (the default, 128).
+        let mut idle = Vec::new();
+        for _ in 0..200 {
+            idle.push(connect_from([127, 0, 0, 2], addr).await);
+        }
+        let deadline = tokio::time::Instant::now() + LIMIT;
+        while server.stats().connections_refused < 72 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{:?}",
+                server.stats()
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(
+            server.connections(),
+            rpc_transports::DEFAULT_MAX_CONNECTIONS_PER_IP
+        );
+        // Another host is served at once.
+        let other = connect_from([127, 0, 0, 3], addr).await;
+        let conn = rpc_transports::stream::builder()
+            .start(rpc_transports::stream::Io::from(other), RpcudpCodec::new());
+        assert_eq!(conn.client().call::<i64>("add", (1, 2)).await.unwrap(), 3);
+        drop(idle);
+    })
+    .await
+    .unwrap();
+}

@@ -155,13 +155,13 @@ impl Builder {
         listener: A,
         local_addr: T::Local,
     ) -> stream::Server<T> {
-        let max_connections = self.transport.connections.max_connections;
+        let limits = self.transport.connections.clone();
         let server = Arc::new(ServerState {
             gate: Gate::new(self.transport.max_sessions),
             next_conn: AtomicU64::new(0),
             config: self,
         });
-        stream::start_accepting(listener, local_addr, max_connections, move |io, shared| {
+        stream::start_accepting(listener, local_addr, &limits, move |io, shared| {
             let server = server.clone();
             async move {
                 // A forced shutdown drops the connection wherever it waits (its socket and its

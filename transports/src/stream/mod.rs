@@ -142,7 +142,7 @@ impl<K> Builder<Stream<K>> {
         start_accepting(
             listener,
             local_addr,
-            self.transport.connections.max_connections,
+            &self.transport.connections,
             move |stream, shared| {
                 let conn = Conn::spawn(
                     stream,
@@ -173,7 +173,7 @@ impl<K> Builder<Stream<K>> {
 pub(crate) fn start_accepting<A, F, Fut, T>(
     listener: A,
     local_addr: T::Local,
-    max_connections: usize,
+    limits: &Connections,
     handle: F,
 ) -> Server<T>
 where
@@ -185,13 +185,14 @@ where
     let shared = Arc::new(ServerShared {
         life: Life::default(),
         accepting: Slots::new(1),
-        connections: Slots::new(max_connections),
+        connections: Slots::new(limits.max_connections),
+        per_ip: PerIp::new(limits.max_connections_per_ip),
         counters: Arc::new(Counters::default()),
     });
     let accepting = shared.accepting.take();
     tokio::spawn(accept_loop(
         listener,
-        max_connections,
+        limits.max_connections,
         shared.clone(),
         handle,
         accepting,
@@ -303,6 +304,8 @@ pub(crate) struct ServerShared {
     accepting: Arc<Slots>,
     /// The open connections: each holds a slot until it is done.
     connections: Arc<Slots>,
+    /// The open connections by IP address.
+    per_ip: Arc<PerIp>,
     pub(crate) counters: Arc<Counters>,
 }
 
@@ -357,13 +360,71 @@ async fn accept_loop<A, F, Fut>(
             drop(stream);
             continue;
         }
+        let ip = stream.peer().socket_addr().map(|a| a.ip());
+        let Some(from_ip) = shared.per_ip.take(ip) else {
+            shared.counters.record(Event::ConnectionRefused);
+            tracing::warn!(peer = %stream.peer(), "connection limit per IP address reached; closing a new connection");
+            drop(stream);
+            continue;
+        };
         shared.counters.record(Event::Connection);
         let slot = shared.connections.take();
         let done = handle(stream, shared.clone());
         tokio::spawn(async move {
             done.await;
-            drop(slot);
+            drop((slot, from_ip));
         });
+    }
+}
+
+/// The open connections of a server by IP address, each bounded.
+#[derive(Debug)]
+struct PerIp {
+    max: usize,
+    /// SipHash: the keys come from the network.
+    open: Mutex<std::collections::HashMap<std::net::IpAddr, usize>>,
+}
+
+/// A connection's place among those from its IP address; given back on drop.
+#[derive(Debug)]
+struct IpSlot(Option<(Arc<PerIp>, std::net::IpAddr)>);
+
+impl PerIp {
+    fn new(max: usize) -> Arc<Self> {
+        Arc::new(Self {
+            max,
+            open: Mutex::default(),
+        })
+    }
+
+    /// A place for a connection from `ip` (any for a peer without one), or `None` if its
+    /// address has all it may have.
+    fn take(self: &Arc<Self>, ip: Option<std::net::IpAddr>) -> Option<IpSlot> {
+        let Some(ip) = ip else {
+            return Some(IpSlot(None));
+        };
+        let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
+        let n = open.entry(ip).or_default();
+        if *n >= self.max {
+            return None;
+        }
+        *n += 1;
+        Some(IpSlot(Some((self.clone(), ip))))
+    }
+}
+
+impl Drop for IpSlot {
+    fn drop(&mut self) {
+        let Some((per_ip, ip)) = self.0.take() else {
+            return;
+        };
+        let mut open = per_ip.open.lock().unwrap_or_else(PoisonError::into_inner);
+        if let std::collections::hash_map::Entry::Occupied(mut e) = open.entry(ip) {
+            *e.get_mut() -= 1;
+            if *e.get() == 0 {
+                e.remove();
+            }
+        }
     }
 }
 
