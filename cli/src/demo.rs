@@ -110,10 +110,19 @@ async fn sum(req: Request) -> Result<Num, ServerError> {
 async fn accept(_: Request) {}
 
 /// A count of at least one.
-fn positive(s: &str) -> Result<usize, String> {
+pub(crate) fn positive(s: &str) -> Result<usize, String> {
     match s.parse::<usize>() {
         Ok(0) => Err("must be at least 1".into()),
         Ok(n) => Ok(n),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// A duration of more than nothing (`0s` would fail every call).
+fn nonzero_duration(s: &str) -> Result<Duration, String> {
+    match humantime::parse_duration(s) {
+        Ok(d) if d.is_zero() => Err("must be more than 0".into()),
+        Ok(d) => Ok(d),
         Err(e) => Err(e.to_string()),
     }
 }
@@ -145,7 +154,7 @@ pub(crate) struct Limits {
     #[arg(long, value_name = "N", value_parser = positive)]
     max_concurrent: Option<usize>,
     /// The time a call may take when its caller set no deadline; longer calls are cancelled.
-    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    #[arg(long, value_name = "DURATION", value_parser = nonzero_duration)]
     request_timeout: Option<Duration>,
 }
 

@@ -91,6 +91,10 @@ struct ServeArgs {
     /// How long shutdown waits for calls in progress.
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     grace: Duration,
+    /// Connections kept from one IP address over TCP (a host, whatever its ports); more from it
+    /// are closed at once, so one host cannot lock the others out.
+    #[arg(long, value_name = "N", default_value_t = rpc_transports::DEFAULT_MAX_CONNECTIONS_PER_IP, value_parser = demo::positive)]
+    max_connections_per_ip: usize,
     #[command(flatten)]
     limits: demo::Limits,
 }
@@ -295,12 +299,19 @@ async fn start(
     target: &Target,
     url: &str,
     service: &demo::Service,
+    per_ip: usize,
 ) -> Result<(Box<dyn Running>, String), Failure> {
     match target.codec {
-        CodecName::Msgpack => start_with(&target.address, RpcudpCodec::new(), url, service).await,
-        CodecName::JsonRpc => start_with(&target.address, JsonRpcCodec::new(), url, service).await,
+        CodecName::Msgpack => {
+            start_with(&target.address, RpcudpCodec::new(), url, service, per_ip).await
+        }
+        CodecName::JsonRpc => {
+            start_with(&target.address, JsonRpcCodec::new(), url, service, per_ip).await
+        }
         CodecName::Raw => {
-            let builder = raw::Builder::new().serve(service.clone());
+            let builder = raw::Builder::new()
+                .max_connections_per_ip(per_ip)
+                .serve(service.clone());
             let cannot =
                 |e: std::io::Error| Failure::transport(format!("cannot listen on {url}: {e}"));
             match &target.address {
@@ -326,6 +337,7 @@ async fn start_with<C: Codec>(
     codec: C,
     url: &str,
     service: &demo::Service,
+    per_ip: usize,
 ) -> Result<(Box<dyn Running>, String), Failure> {
     let cannot = |e: std::io::Error| Failure::transport(format!("cannot listen on {url}: {e}"));
     let suffix = match url.split_once('?') {
@@ -344,6 +356,7 @@ async fn start_with<C: Codec>(
         }
         Address::Tcp(addr) => {
             let s = tcp::Builder::new()
+                .max_connections_per_ip(per_ip)
                 .serve(service.clone())
                 .bind(*addr, codec)
                 .await
@@ -449,7 +462,7 @@ async fn serve(args: ServeArgs) -> Result<(), Failure> {
     for url in &args.listen {
         let target = Target::parse(url, args.codec).map_err(Failure::usage)?;
         // On a failure the process exits, which stops those already started.
-        running.push(start(&target, url, &service).await?);
+        running.push(start(&target, url, &service, args.max_connections_per_ip).await?);
     }
     // Announced once every listener is up: a script that waits for these lines may use them all.
     let mut out = std::io::stdout();

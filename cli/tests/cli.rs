@@ -625,8 +625,18 @@ fn zero_limits_are_refused() {
         "--max-concurrent",
         "--max-concurrent-per-peer",
         "--max-concurrent-per-ip",
+        "--max-connections-per-ip",
     ] {
         let out = rpc(&["serve", "--listen", "udp://127.0.0.1:0", option, "0"]);
         assert_eq!(out.status.code(), Some(2), "{option}: {out:?}");
     }
+    // A request timeout of nothing would fail every call.
+    let out = rpc(&[
+        "serve",
+        "--listen",
+        "udp://127.0.0.1:0",
+        "--request-timeout",
+        "0s",
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
 }
