@@ -144,6 +144,9 @@ pub(crate) async fn run(args: BenchArgs) -> Result<(), Failure> {
             let mut hist = histogram();
             let mut errors = Errors::default();
             let mut next = first;
+            // After a transport failure (a refused connection, say), the next call waits: from
+            // 10 ms, doubling to 1 s while they go on failing.
+            let mut backoff = None::<Duration>;
             loop {
                 // When this call was due: its latency counts from then.
                 let due = match interval {
@@ -166,10 +169,20 @@ pub(crate) async fn run(args: BenchArgs) -> Result<(), Failure> {
                     .set_deadline(Some(deadline_after(sent, timeout)));
                 match client.send(req).await {
                     Ok(_) => {
+                        backoff = None;
                         let us = due.elapsed().as_micros().max(1);
                         hist.saturating_record(u64::try_from(us).unwrap_or(u64::MAX));
                     }
-                    Err(e) => errors.count(&e),
+                    Err(e) => {
+                        if matches!(e, rpc_core::Error::Transport(_)) {
+                            let wait = backoff.map_or(Duration::from_millis(10), |b| {
+                                (b * 2).min(Duration::from_secs(1))
+                            });
+                            backoff = Some(wait);
+                            tokio::time::sleep_until(end.min(Instant::now() + wait)).await;
+                        }
+                        errors.count(&e);
+                    }
                 }
                 done.fetch_add(1, Ordering::Relaxed);
             }
@@ -178,6 +191,10 @@ pub(crate) async fn run(args: BenchArgs) -> Result<(), Failure> {
     }
     let mut hist = histogram();
     let mut errors = Errors::default();
+    // A paced run lasts its whole duration, not until its last scheduled call.
+    if interval.is_some() {
+        tokio::time::sleep_until(end).await;
+    }
     while let Some(r) = workers.join_next().await {
         let (h, e) = r.map_err(|e| Failure::usage(format!("a worker failed: {e}")))?;
         hist.add(&h)

@@ -119,7 +119,7 @@ pub(crate) fn positive(s: &str) -> Result<usize, String> {
 }
 
 /// A duration of more than nothing (`0s` would fail every call).
-fn nonzero_duration(s: &str) -> Result<Duration, String> {
+pub(crate) fn nonzero_duration(s: &str) -> Result<Duration, String> {
     match humantime::parse_duration(s) {
         Ok(d) if d.is_zero() => Err("must be more than 0".into()),
         Ok(d) => Ok(d),

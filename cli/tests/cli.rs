@@ -609,11 +609,58 @@ fn bench_takes_extreme_numbers_without_panicking() {
         "--rate",
         "1e-19",
         "--duration",
-        "500000000000years",
+        "300ms",
         "--timeout",
         "500000000000years",
     ]);
     assert_eq!(out.status.code(), Some(4), "{out:?}");
+    // A duration of nothing would run no call.
+    let out = rpc(&["bench", "tcp://127.0.0.1:1", "add", "--duration", "0s"]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+}
+
+#[test]
+fn a_paced_bench_lasts_its_duration_and_a_refused_connection_backs_off() {
+    let started = std::time::Instant::now();
+    let out = rpc(&[
+        "bench",
+        "tcp://127.0.0.1:1",
+        "add",
+        "1",
+        "2",
+        "--rate",
+        "0.5",
+        "--duration",
+        "1500ms",
+        "--json",
+    ]);
+    assert_eq!(out.status.code(), Some(4), "{out:?}");
+    assert!(
+        started.elapsed() >= Duration::from_millis(1500),
+        "{:?}",
+        started.elapsed()
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(report["duration_s"].as_f64().unwrap() >= 1.5, "{report}");
+    // Closed loop against a port nobody listens on: the workers back off (10 ms, doubling)
+    // instead of trying again at once.
+    let out = rpc(&[
+        "bench",
+        "tcp://127.0.0.1:1",
+        "add",
+        "--concurrency",
+        "2",
+        "--duration",
+        "1s",
+        "--json",
+    ]);
+    assert_eq!(out.status.code(), Some(4), "{out:?}");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let attempts = report["requests"].as_u64().unwrap();
+    assert!(
+        attempts < 50,
+        "{attempts} connection attempts in a second: {report}"
+    );
 }
 
 #[test]
