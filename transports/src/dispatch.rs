@@ -11,7 +11,7 @@ use bytes::{Bytes, BytesMut};
 use rpc_core::codec::{Codec, DecodeError, Message};
 use rpc_core::{Context, Error, ErrorCode, Method, Payload, Request, Response, ServerError};
 
-use crate::slots::{Slot, Slots};
+use crate::slots::{IpSlot, PerIp, Slot, Slots};
 pub(crate) use crate::stats::{Counters, Event};
 
 /// The result a response carries, before it becomes a `Payload`.
@@ -22,6 +22,11 @@ pub(crate) trait Link<C: Codec>: Clone + Send + Sync + 'static {
     fn codec(&self) -> &C;
     /// Bounds the requests served at once.
     fn slots(&self) -> &Arc<Slots>;
+    /// The peer's IP address and what each address may hold of `slots`, where requests from
+    /// one address must not take them all (UDP); `None`, the default, for no share.
+    fn share(&self) -> Option<(&Arc<PerIp>, std::net::IpAddr)> {
+        None
+    }
     /// The context of a request from this peer.
     fn context(&self) -> Context;
     /// Encodes one frame with `encode` and sends it to the peer.
@@ -130,8 +135,8 @@ where
 
 enum Started {
     Ready(Response),
-    /// Still running, holding its slot.
-    Pending(Running, Slot),
+    /// Still running, holding its slot (and its address's share).
+    Pending(Running, (Slot, Option<IpSlot>)),
 }
 
 /// Starts serving a request; answers from here when the handler does not wait.
@@ -148,7 +153,9 @@ fn start<C: Codec, L: Link<C>>(
     };
     // The limit counts requests still running after their first poll: one that is done at
     // once never takes a slot (see `slots`).
-    if link.slots().is_full() {
+    let share = link.share();
+    let slots = link.slots();
+    if slots.is_full() || share.is_some_and(|(per_ip, ip)| per_ip.is_full(ip, slots.in_use())) {
         link.counters().record(Event::Overloaded);
         return Started::Ready(ServerError::overloaded().into());
     }
@@ -167,7 +174,10 @@ fn start<C: Codec, L: Link<C>>(
         Served::Done(response) => Started::Ready(response),
         // Started, so it has its slot, even if another receive loop took the last one since
         // the check above: a shutdown then waits for it too.
-        Served::Running(fut) => Started::Pending(fut, link.slots().take()),
+        Served::Running(fut) => {
+            let share = share.map(|(per_ip, ip)| per_ip.take(ip));
+            Started::Pending(fut, (link.slots().take(), share))
+        }
     }
 }
 

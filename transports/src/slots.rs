@@ -9,7 +9,7 @@
 //! transports give each receive loop its own). A graceful shutdown stops the receive loop first,
 //! then waits for [`Slots::idle`], so it waits for every request that started.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use crate::sync::atomic::{AtomicUsize, Ordering};
 use crate::sync::Notify;
@@ -70,6 +70,77 @@ impl Drop for Slot {
     fn drop(&mut self) {
         if self.0.taken.fetch_sub(1, Ordering::AcqRel) == 1 {
             self.0.idle.notify_waiters();
+        }
+    }
+}
+
+/// What each IP address holds of a shared bound (a server's connections, an endpoint's requests
+/// being served), each address at most `max`.
+#[derive(Debug)]
+pub(crate) struct PerIp {
+    max: usize,
+    /// SipHash: the keys come from the network.
+    open: Mutex<std::collections::HashMap<std::net::IpAddr, usize>>,
+}
+
+/// A place among those of an IP address; given back on drop.
+#[derive(Debug)]
+pub(crate) struct IpSlot(Option<(Arc<PerIp>, std::net::IpAddr)>);
+
+impl PerIp {
+    pub(crate) fn new(max: usize) -> Arc<Self> {
+        Arc::new(Self {
+            max,
+            open: Mutex::default(),
+        })
+    }
+
+    /// A place for `ip` (any for a peer without an IP address), or `None` if its address has
+    /// all it may have.
+    pub(crate) fn take_if_room(self: &Arc<Self>, ip: Option<std::net::IpAddr>) -> Option<IpSlot> {
+        let Some(ip) = ip else {
+            return Some(IpSlot(None));
+        };
+        let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
+        let n = open.entry(ip).or_default();
+        if *n >= self.max {
+            return None;
+        }
+        *n += 1;
+        Some(IpSlot(Some((self.clone(), ip))))
+    }
+
+    /// Whether `ip` has all it may have, of a bound of which `held` are taken in all by every
+    /// address: while fewer than an address's share are, none can have it all, and the map is
+    /// not looked at (no lock on the way of a request, most of the time).
+    pub(crate) fn is_full(&self, ip: std::net::IpAddr, held: usize) -> bool {
+        if held < self.max {
+            return false;
+        }
+        let open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
+        open.get(&ip).is_some_and(|n| *n >= self.max)
+    }
+
+    /// A place for `ip` for a request that has started (as [`Slots::take`]: it may pass the
+    /// bound by what started since the check).
+    pub(crate) fn take(self: &Arc<Self>, ip: std::net::IpAddr) -> IpSlot {
+        let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
+        *open.entry(ip).or_default() += 1;
+        IpSlot(Some((self.clone(), ip)))
+    }
+}
+
+impl Drop for IpSlot {
+    fn drop(&mut self) {
+        let Some((per_ip, ip)) = self.0.take() else {
+            return;
+        };
+        let mut open = per_ip.open.lock().unwrap_or_else(PoisonError::into_inner);
+        if let std::collections::hash_map::Entry::Occupied(mut e) = open.entry(ip) {
+            *e.get_mut() -= 1;
+            if *e.get() == 0 {
+                e.remove();
+            }
         }
     }
 }

@@ -1330,3 +1330,48 @@ async fn a_batch_whose_answer_is_too_large_is_answered_with_an_error_saying_so()
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_source_cannot_take_every_place_among_the_requests_served() {
+    within(async {
+        let server = Builder::new()
+            .serve(Router::new().route("sleep", |ms: u64| async move {
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+                ms
+            }))
+            .bind(LOCALHOST, RpcudpCodec::new())
+            .await
+            .unwrap();
+        let addr = server.local_addr();
+        // One host keeps 1100 calls running: more than all there is room for (the default, 1024),
+        // and more than its share (the default, 512).
+        let greedy = Endpoint::bind("127.0.0.2:0", RpcudpCodec::new())
+            .await
+            .unwrap();
+        let mut calls = JoinSet::new();
+        // In steps of 50, so that no datagram is lost to a full socket buffer on the way.
+        for _ in 0..22 {
+            for _ in 0..50 {
+                let c = greedy.client(addr).with_timeout(Duration::from_secs(8));
+                calls.spawn(async move { c.call::<u64>("sleep", (5000u64,)).await });
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        eventually("the greedy host had its share", || {
+            server.stats().overloaded >= 588
+        })
+        .await;
+        // Another host is served at once.
+        let other = Endpoint::bind("127.0.0.3:0", RpcudpCodec::new())
+            .await
+            .unwrap();
+        let got = other
+            .client(addr)
+            .with_timeout(Duration::from_secs(1))
+            .call::<u64>("sleep", (1u64,))
+            .await;
+        assert_eq!(got.unwrap(), 1);
+        calls.abort_all();
+    })
+    .await;
+}

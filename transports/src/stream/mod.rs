@@ -37,7 +37,7 @@ use self::conn::Conn;
 pub use crate::builder::Builder;
 use crate::builder::{sealed, Connected, Connections};
 use crate::life::{Life, Phase};
-use crate::slots::Slots;
+use crate::slots::{PerIp, Slots};
 pub use crate::stats::Stats;
 use crate::stats::{Counters, Event};
 use crate::CallFuture;
@@ -361,7 +361,7 @@ async fn accept_loop<A, F, Fut>(
             continue;
         }
         let ip = stream.peer().socket_addr().map(|a| a.ip());
-        let Some(from_ip) = shared.per_ip.take(ip) else {
+        let Some(from_ip) = shared.per_ip.take_if_room(ip) else {
             shared.counters.record(Event::ConnectionRefused);
             tracing::warn!(peer = %stream.peer(), "connection limit per IP address reached; closing a new connection");
             drop(stream);
@@ -374,57 +374,6 @@ async fn accept_loop<A, F, Fut>(
             done.await;
             drop((slot, from_ip));
         });
-    }
-}
-
-/// The open connections of a server by IP address, each bounded.
-#[derive(Debug)]
-struct PerIp {
-    max: usize,
-    /// SipHash: the keys come from the network.
-    open: Mutex<std::collections::HashMap<std::net::IpAddr, usize>>,
-}
-
-/// A connection's place among those from its IP address; given back on drop.
-#[derive(Debug)]
-struct IpSlot(Option<(Arc<PerIp>, std::net::IpAddr)>);
-
-impl PerIp {
-    fn new(max: usize) -> Arc<Self> {
-        Arc::new(Self {
-            max,
-            open: Mutex::default(),
-        })
-    }
-
-    /// A place for a connection from `ip` (any for a peer without one), or `None` if its
-    /// address has all it may have.
-    fn take(self: &Arc<Self>, ip: Option<std::net::IpAddr>) -> Option<IpSlot> {
-        let Some(ip) = ip else {
-            return Some(IpSlot(None));
-        };
-        let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
-        let n = open.entry(ip).or_default();
-        if *n >= self.max {
-            return None;
-        }
-        *n += 1;
-        Some(IpSlot(Some((self.clone(), ip))))
-    }
-}
-
-impl Drop for IpSlot {
-    fn drop(&mut self) {
-        let Some((per_ip, ip)) = self.0.take() else {
-            return;
-        };
-        let mut open = per_ip.open.lock().unwrap_or_else(PoisonError::into_inner);
-        if let std::collections::hash_map::Entry::Occupied(mut e) = open.entry(ip) {
-            *e.get_mut() -= 1;
-            if *e.get() == 0 {
-                e.remove();
-            }
-        }
     }
 }
 

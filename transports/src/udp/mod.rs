@@ -84,12 +84,17 @@ use tokio::time::Instant;
 
 use crate::dispatch::{self, CallResult, Link};
 use crate::life::{Life, Phase};
-use crate::slots::Slots;
+use crate::slots::{PerIp, Slots};
 use crate::stats::{Counters, Event};
 use crate::CallFuture;
 
 /// The default largest payload, as rpcudp: 8192 bytes.
 pub const DEFAULT_MAX_PAYLOAD: usize = 8192;
+/// The default number of requests from one IP address served at once: half of all
+/// ([`DEFAULT_MAX_CONCURRENT_REQUESTS`](crate::DEFAULT_MAX_CONCURRENT_REQUESTS)), so one source
+/// cannot take every place, while one busy client still has many.
+pub const DEFAULT_MAX_CONCURRENT_REQUESTS_PER_IP: usize =
+    crate::DEFAULT_MAX_CONCURRENT_REQUESTS / 2;
 /// The default bound on an error answer: three times the datagram it answers (QUIC's
 /// anti-amplification factor).
 pub const DEFAULT_MAX_ERROR_AMPLIFICATION: usize = 3;
@@ -102,6 +107,7 @@ const RECV_ARENA: usize = 64 * 1024;
 #[derive(Debug, Clone)]
 pub struct Udp {
     max_payload: usize,
+    max_concurrent_requests_per_ip: usize,
     max_error_amplification: usize,
     at_most_once: Option<(usize, Duration)>,
     retransmit: Option<Duration>,
@@ -111,6 +117,7 @@ impl Default for Udp {
     fn default() -> Self {
         Self {
             max_payload: DEFAULT_MAX_PAYLOAD,
+            max_concurrent_requests_per_ip: DEFAULT_MAX_CONCURRENT_REQUESTS_PER_IP,
             max_error_amplification: DEFAULT_MAX_ERROR_AMPLIFICATION,
             at_most_once: None,
             retransmit: None,
@@ -128,6 +135,15 @@ impl Builder {
     /// that header.
     pub fn max_payload(mut self, bytes: usize) -> Self {
         self.transport.max_payload = bytes;
+        self
+    }
+
+    /// How many requests from one IP address (a host, whatever its ports) are served at once;
+    /// more from it are answered "overloaded", so one source cannot take what all share
+    /// ([`max_concurrent_requests`](crate::Builder::max_concurrent_requests)). Default 512, half
+    /// of the default for all.
+    pub fn max_concurrent_requests_per_ip(mut self, n: usize) -> Self {
+        self.transport.max_concurrent_requests_per_ip = n.max(1);
         self
     }
 
@@ -196,6 +212,7 @@ impl Builder {
                 .at_most_once
                 .map(|(capacity, age)| dedup::Dedup::new(capacity, age)),
             slots: Slots::new(self.max_concurrent_requests),
+            per_ip: PerIp::new(self.transport.max_concurrent_requests_per_ip),
             counters: Counters::default(),
             life: life.clone(),
         });
@@ -231,6 +248,8 @@ struct Shared<C: Codec> {
     service: OnceLock<Serve>,
     dedup: Option<dedup::Dedup<C::Id>>,
     slots: Arc<Slots>,
+    /// What each source address may hold of `slots`.
+    per_ip: Arc<PerIp>,
     counters: Counters,
     /// Open; draining once closed (no more datagrams received, calls fail, requests being
     /// served still answered); closed once the receive loop has ended.
@@ -666,6 +685,10 @@ impl<C: Codec> Link<C> for UdpLink<C> {
 
     fn slots(&self) -> &Arc<Slots> {
         &self.shared.slots
+    }
+
+    fn share(&self) -> Option<(&Arc<PerIp>, std::net::IpAddr)> {
+        Some((&self.shared.per_ip, self.peer.ip()))
     }
 
     fn context(&self) -> Context {
