@@ -286,12 +286,43 @@ async fn client_with<C: Codec>(address: &Address, codec: C) -> Result<Client<Box
 /// A server started by `rpc serve`, whatever its transport, codec and address type.
 trait Running: Send + Sync {
     fn shutdown(&self, grace: Duration) -> BoxFuture<'_, bool>;
+    fn stats(&self) -> rpc_transports::Stats;
 }
 
 impl<S: Serving> Running for S {
     fn shutdown(&self, grace: Duration) -> BoxFuture<'_, bool> {
         Serving::shutdown(self, grace)
     }
+
+    fn stats(&self) -> rpc_transports::Stats {
+        Serving::stats(self)
+    }
+}
+
+/// A server's counters on one line, as `rpc serve` prints them when it stops.
+fn counters_line(url: &str, s: &rpc_transports::Stats) -> String {
+    let e = &s.errors_sent;
+    format!(
+        "counters {url}: requests {}, answers {}, errors {} (method not found {}, invalid params {}, \
+         overloaded {}, rate limited {}, deadline exceeded {}, too large {}, internal {}, other {}), \
+         malformed {}, withheld {}, overloaded by the transport {}, connections {} (refused {})",
+        s.requests,
+        s.responses_sent,
+        e.total(),
+        e.method_not_found,
+        e.invalid_params,
+        e.overloaded,
+        e.rate_limited,
+        e.deadline_exceeded,
+        e.message_too_large,
+        e.internal_error,
+        e.other + e.parse_error + e.invalid_request,
+        s.malformed,
+        s.withheld,
+        s.overloaded,
+        s.connections,
+        s.connections_refused,
+    )
 }
 
 /// Serves `service` at `target`; returns the server and the URL it listens on.
@@ -483,6 +514,10 @@ async fn serve(args: ServeArgs) -> Result<(), Failure> {
         }
     });
     futures::future::join_all(drained).await;
+    for (server, url) in &running {
+        let _ = writeln!(out, "{}", counters_line(url, &server.stats()));
+    }
+    let _ = out.flush();
     Ok(())
 }
 

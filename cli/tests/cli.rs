@@ -687,3 +687,35 @@ fn zero_limits_are_refused() {
     ]);
     assert_eq!(out.status.code(), Some(2), "{out:?}");
 }
+
+#[test]
+fn serve_prints_its_counters_when_it_stops() {
+    let mut child = Command::new(RPC)
+        .args(["serve", "--listen", "udp://127.0.0.1:0"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("rpc serve starts");
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let first = lines.next().unwrap().unwrap();
+    let url = first.strip_prefix("listening on ").unwrap().to_string();
+    let (code, _, err) = call(&url, "add", &["1", "2"]);
+    assert_eq!(code, 0, "{err}");
+    let (code, _, _) = call(&url, "no_such_method", &[]);
+    assert_eq!(code, 1);
+    let pid = child.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    assert!(child.wait().unwrap().success());
+    let counters = rest
+        .iter()
+        .find(|l| l.starts_with(&format!("counters {url}: ")))
+        .unwrap_or_else(|| panic!("no counters in {rest:?}"));
+    assert!(
+        counters.contains("requests 2, answers 2, errors 1 (method not found 1,"),
+        "{counters}"
+    );
+}
