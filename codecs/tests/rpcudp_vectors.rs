@@ -685,3 +685,22 @@ fn error_reply_with_trailing_bytes_is_dropped() {
 fn error_reply_with_null_data_round_trips() {
     error_round_trip(&ServerError::internal("x").with_data(serde_json::Value::Null));
 }
+
+#[test]
+fn arguments_nested_too_deep_say_so() {
+    // 00 ‖ id ‖ [ "m", [[[[...]]]] ] with 200 levels of arrays.
+    let mut frame = vec![0u8];
+    frame.extend_from_slice(&[9u8; 20]);
+    frame.extend_from_slice(&[0x92, 0xa1, b'm']);
+    frame.extend(std::iter::repeat_n(0x91u8, 200));
+    frame.push(0x90);
+    let Err(e) = RpcudpCodec::new().decode(Bytes::from(frame)) else {
+        panic!("decoded");
+    };
+    assert!(e.reply_to.is_some());
+    assert!(
+        e.error.message().contains("nested deeper than"),
+        "{}",
+        e.error
+    );
+}

@@ -169,8 +169,11 @@ fn decode_request(
             if array_len(&args).is_none() {
                 return Err(bad("the arguments are not a msgpack array"));
             }
-            if !exactly_one_value(&args) {
-                return Err(bad("malformed or trailing bytes after the arguments"));
+            match skip_value(&args) {
+                Ok(n) if n == args.len() => {}
+                Ok(_) => return Err(bad("trailing bytes after the arguments")),
+                // Says which: nested too deep, cut short, or a byte msgpack never uses.
+                Err(e) => return Err(bad(&format!("the arguments are malformed: {e}"))),
             }
             Ok(Message::Request {
                 id: Some(id),
