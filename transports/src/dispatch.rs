@@ -373,6 +373,7 @@ fn within_budget<'a, C: Codec, L: Link<C>>(
     }
     let codec = link.codec();
     let mut left = budget;
+    let mut withheld = 0;
     let mut kept = Vec::with_capacity(answers.len());
     for (id, r) in answers {
         let Err(e) = r.result() else {
@@ -385,7 +386,7 @@ fn within_budget<'a, C: Codec, L: Link<C>>(
                 left -= len(&e);
                 kept.push((id.clone(), Response::error(e)));
             }
-            None => withhold(link),
+            None => withheld += 1,
         }
     }
     // The batch's own framing (brackets, separators) counts too: error items go, last first,
@@ -397,8 +398,11 @@ fn within_budget<'a, C: Codec, L: Link<C>>(
     while over(&kept) {
         if let Some(i) = kept.iter().rposition(|(_, r)| r.result().is_err()) {
             kept.remove(i);
-            withhold(link);
+            withheld += 1;
         }
+    }
+    if withheld > 0 {
+        withhold_n(link, withheld);
     }
     kept.into()
 }
@@ -454,6 +458,12 @@ fn encoded_len(encode: impl FnOnce(&mut BytesMut) -> Result<bool, Error>) -> usi
 
 /// An error answer held back for being over the link's budget: counted and told.
 fn withhold<C: Codec, L: Link<C>>(link: &L) {
-    link.counters().record(Event::Withheld);
-    tracing::debug!(peer = %link.peer(), "error answer withheld: larger than the amplification limit allows");
+    withhold_n(link, 1);
+}
+
+/// `n` error answers held back (a batch's: counted each, told once, so a batch of a thousand
+/// bad items is not a thousand log lines).
+fn withhold_n<C: Codec, L: Link<C>>(link: &L, n: usize) {
+    link.counters().record_n(Event::Withheld, n as u64);
+    tracing::debug!(peer = %link.peer(), n, "error answers withheld: larger than the amplification limit allows");
 }

@@ -137,7 +137,11 @@ const CODES: [ErrorCode; 9] = [
 
 impl Counters {
     pub(crate) fn record(&self, event: Event) {
-        self.events[event as usize].fetch_add(1, Ordering::Relaxed);
+        self.record_n(event, 1);
+    }
+
+    pub(crate) fn record_n(&self, event: Event, n: u64) {
+        self.events[event as usize].fetch_add(n, Ordering::Relaxed);
     }
 
     /// An answer went out to `peer`; an error answer is also counted by code, and told at
