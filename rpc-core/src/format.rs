@@ -54,6 +54,18 @@ pub trait Format: Any + fmt::Debug + Send + Sync {
         names: Option<&[&'static str]>,
         visit: &mut DeserializeFn<'_>,
     ) -> Result<(), BoxError>;
+
+    /// How many values `src` holds, counted without decoding it (containers, their elements,
+    /// map keys and values), or a number past `limit` as soon as it has more; `None` for a format
+    /// that cannot tell, the default.
+    ///
+    /// Transports use it to refuse arguments that would decode into far more memory than they
+    /// take on the wire (a megabyte of one-byte values is a million decoded values of tens of
+    /// bytes each).
+    fn count_values(&self, src: &[u8], limit: usize) -> Option<usize> {
+        let _ = (src, limit);
+        None
+    }
 }
 
 /// A format rpc-core implements itself, which typed code encodes and decodes directly.

@@ -43,6 +43,37 @@ impl Format for Json {
         "json"
     }
 
+    /// Counted from the structure outside strings: one, plus one per bracket opened, comma and
+    /// colon (so an object's keys count as values, and an empty container as two): at least the
+    /// values there are, at most twice as many.
+    fn count_values(&self, src: &[u8], limit: usize) -> Option<usize> {
+        let mut n = 1usize;
+        let mut in_string = false;
+        let mut escaped = false;
+        for &b in src {
+            if in_string {
+                match (escaped, b) {
+                    (true, _) => escaped = false,
+                    (false, b'\\') => escaped = true,
+                    (false, b'"') => in_string = false,
+                    _ => {}
+                }
+                continue;
+            }
+            match b {
+                b'"' => in_string = true,
+                b'[' | b'{' | b',' | b':' => {
+                    n += 1;
+                    if n > limit {
+                        return Some(n);
+                    }
+                }
+                _ => {}
+            }
+        }
+        Some(n)
+    }
+
     fn encode(
         &self,
         value: &dyn erased_serde::Serialize,

@@ -24,6 +24,19 @@ pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
 /// The default number of connections a server keeps from one IP address: an eighth of all, so
 /// one host cannot take every connection.
 pub const DEFAULT_MAX_CONNECTIONS_PER_IP: usize = DEFAULT_MAX_CONNECTIONS / 8;
+/// The default number of requests from one IP address served at once: half of
+/// [`DEFAULT_MAX_CONCURRENT_REQUESTS`], so one source cannot take every place, while one busy
+/// client still has many.
+pub const DEFAULT_MAX_CONCURRENT_REQUESTS_PER_IP: usize = DEFAULT_MAX_CONCURRENT_REQUESTS / 2;
+/// The default memory a server's connections may hold in unfinished frames and frames being
+/// served: 64 MiB, eight frames of the largest size.
+pub const DEFAULT_MAX_FRAME_MEMORY: usize = 64 * 1024 * 1024;
+/// The default density past which arguments are refused: more than one value per 4 bytes (in
+/// arguments over 4 KiB).
+pub const DEFAULT_MIN_BYTES_PER_VALUE: usize = 4;
+/// Arguments up to this size are decoded whatever their density: their decoded size is small
+/// however dense they are.
+pub(crate) const DENSITY_CHECKED_FROM: usize = 4 * 1024;
 
 /// Configures servers and clients of a transport `T`: [`udp::Builder`](crate::udp::Builder),
 /// [`tcp::Builder`](crate::tcp::Builder), [`unix::Builder`](crate::unix::Builder),
@@ -41,6 +54,9 @@ pub const DEFAULT_MAX_CONNECTIONS_PER_IP: usize = DEFAULT_MAX_CONNECTIONS / 8;
 /// | [`write_timeout`](Builder::write_timeout) | 30 s without the peer taking any queued byte closes the connection (`Stats::write_stalled`); a forced shutdown drops what is queued | connections |
 /// | [`max_connections`](Builder::max_connections) | 1024 per server; more are closed as soon as they are accepted | connections |
 /// | [`max_connections_per_ip`](Builder::max_connections_per_ip) | 128 from one IP address; more from it are closed as soon as they are accepted | TCP |
+/// | [`max_concurrent_requests_per_ip`](Builder::max_concurrent_requests_per_ip) | 512 from one IP address served at once (of an endpoint's, or of a server's over all its connections); more from it are answered "overloaded" | UDP, TCP |
+/// | [`max_frame_memory`](Builder::max_frame_memory) | 64 MiB per server for unfinished frames and frames being served; past it the connection holding the most of an unfinished frame is closed, or reading waits for frames to be served | connections |
+/// | [`min_bytes_per_value`](Builder::min_bytes_per_value) | 4: arguments over 4 KiB with more than one value per 4 bytes are answered "message too large" | all (JSON and msgpack arguments) |
 /// | [`max_payload`](crate::udp::Builder::max_payload) | 8192 bytes, as rpcudp | UDP |
 ///
 /// ```
@@ -55,6 +71,8 @@ pub const DEFAULT_MAX_CONNECTIONS_PER_IP: usize = DEFAULT_MAX_CONNECTIONS / 8;
 pub struct Builder<T> {
     pub(crate) timeout: Duration,
     pub(crate) max_concurrent_requests: usize,
+    pub(crate) max_concurrent_requests_per_ip: usize,
+    pub(crate) min_bytes_per_value: usize,
     pub(crate) service: Option<Serve>,
     pub(crate) transport: T,
 }
@@ -64,6 +82,8 @@ impl<T: Default> Default for Builder<T> {
         Self {
             timeout: DEFAULT_TIMEOUT,
             max_concurrent_requests: DEFAULT_MAX_CONCURRENT_REQUESTS,
+            max_concurrent_requests_per_ip: DEFAULT_MAX_CONCURRENT_REQUESTS_PER_IP,
+            min_bytes_per_value: DEFAULT_MIN_BYTES_PER_VALUE,
             service: None,
             transport: T::default(),
         }
@@ -100,6 +120,33 @@ impl<T> Builder<T> {
         self
     }
 
+    /// How many requests from one IP address (a host, whatever its ports) are served at once;
+    /// more from it are answered "overloaded", so one source cannot take what all share. Over
+    /// UDP, of an endpoint's [`max_concurrent_requests`](Builder::max_concurrent_requests); over
+    /// TCP, of a server's, counted over all the connections from the address. Default 512.
+    /// Peers without an IP address (Unix sockets, pipes) have no share; basic-socket-rpc serves
+    /// one call at a time per connection, bounded by
+    /// [`max_connections_per_ip`](Builder::max_connections_per_ip).
+    pub fn max_concurrent_requests_per_ip(mut self, n: usize) -> Self {
+        self.max_concurrent_requests_per_ip = n.max(1);
+        self
+    }
+
+    /// Refuses arguments over 4 KiB that hold more than one value per `bytes` of their
+    /// encoding, answering "message too large" (`Stats::too_dense`), before any handler decodes
+    /// them. Default 4; 0 turns the check off.
+    ///
+    /// Decoding turns each value into a Rust one of tens of bytes (a `serde_json::Value` takes
+    /// 32, an `rmpv::Value` 40, a `String` 24): a megabyte of one-byte msgpack values would take
+    /// 40 MB decoded. With the default, decoded arguments take at most about ten times their
+    /// size in such types (and a few hundred kilobytes at most below 4 KiB). Values are counted
+    /// by the codec's format ([`Format::count_values`](rpc_core::Format::count_values)): JSON
+    /// and msgpack count; a format that cannot count is not checked.
+    pub fn min_bytes_per_value(mut self, bytes: usize) -> Self {
+        self.min_bytes_per_value = bytes;
+        self
+    }
+
     /// Serves `service` (a [`Router`](rpc_core::Router), or one under tower layers): a server's,
     /// or a client's, which the server may then call back over the same connection or socket.
     /// Without it requests are answered "method not found".
@@ -122,6 +169,7 @@ pub struct Connections {
     pub(crate) write_timeout: Duration,
     pub(crate) max_connections: usize,
     pub(crate) max_connections_per_ip: usize,
+    pub(crate) max_frame_memory: usize,
 }
 
 impl Default for Connections {
@@ -132,7 +180,15 @@ impl Default for Connections {
             write_timeout: DEFAULT_WRITE_TIMEOUT,
             max_connections: DEFAULT_MAX_CONNECTIONS,
             max_connections_per_ip: DEFAULT_MAX_CONNECTIONS_PER_IP,
+            max_frame_memory: DEFAULT_MAX_FRAME_MEMORY,
         }
+    }
+}
+
+impl Connections {
+    /// A server's frame memory: never less than a frame of the largest size needs.
+    pub(crate) fn budget(&self) -> std::sync::Arc<crate::budget::Budget> {
+        crate::budget::Budget::new(self.max_frame_memory.max(self.max_frame))
     }
 }
 
@@ -185,6 +241,24 @@ impl<T: Connected> Builder<T> {
         self.transport.connections().max_connections_per_ip = n.max(1);
         self
     }
+
+    /// The memory a server's connections may hold in frames, in bytes: frames still arriving,
+    /// beyond the first 64 KiB of each connection's buffer, and frames whose requests are being
+    /// decoded and served. Default 64 MiB; never less than
+    /// [`max_frame_length`](Builder::max_frame_length), so that a frame of the largest size can
+    /// always be read.
+    ///
+    /// When a connection needs more to go on reading and the budget is spent, then if frames
+    /// still arriving hold too much, the connection holding the most of one is closed
+    /// (`Stats::over_budget`): a peer that sends most of a large frame and stops holds memory
+    /// for nothing. Else the budget is held by requests being served, which end by themselves,
+    /// and the connection is not read until they do. So a server's frame memory stays under
+    /// this plus 64 KiB per connection, whatever the peers send. Clients and connections
+    /// started outside a server ([`Builder::start`]) have no budget of their own.
+    pub fn max_frame_memory(mut self, bytes: usize) -> Self {
+        self.transport.connections().max_frame_memory = bytes;
+        self
+    }
 }
 
 impl<T: Clone> Clone for Builder<T> {
@@ -192,6 +266,8 @@ impl<T: Clone> Clone for Builder<T> {
         Self {
             timeout: self.timeout,
             max_concurrent_requests: self.max_concurrent_requests,
+            max_concurrent_requests_per_ip: self.max_concurrent_requests_per_ip,
+            min_bytes_per_value: self.min_bytes_per_value,
             service: self.service.clone(),
             transport: self.transport.clone(),
         }
@@ -203,6 +279,11 @@ impl<T: fmt::Debug> fmt::Debug for Builder<T> {
         f.debug_struct("Builder")
             .field("timeout", &self.timeout)
             .field("max_concurrent_requests", &self.max_concurrent_requests)
+            .field(
+                "max_concurrent_requests_per_ip",
+                &self.max_concurrent_requests_per_ip,
+            )
+            .field("min_bytes_per_value", &self.min_bytes_per_value)
             .field("serving", &self.service.is_some())
             .field("transport", &self.transport)
             .finish()

@@ -11,6 +11,7 @@ use bytes::{Bytes, BytesMut};
 use rpc_core::codec::{Codec, DecodeError, Message};
 use rpc_core::{Context, Error, ErrorCode, Method, Payload, Request, Response, ServerError};
 
+use crate::budget::Serving;
 use crate::slots::{IpSlot, PerIp, Slot, Slots};
 pub(crate) use crate::stats::{Counters, Event};
 
@@ -22,11 +23,12 @@ pub(crate) trait Link<C: Codec>: Clone + Send + Sync + 'static {
     fn codec(&self) -> &C;
     /// Bounds the requests served at once.
     fn slots(&self) -> &Arc<Slots>;
-    /// The peer's IP address and what each address may hold of `slots`, where requests from
-    /// one address must not take them all (UDP); `None`, the default, for no share.
-    fn share(&self) -> Option<(&Arc<PerIp>, std::net::IpAddr)> {
-        None
-    }
+    /// The peer's IP address and what each address may hold of the requests served at once,
+    /// where requests from one address must not take them all; `None` for no share.
+    fn share(&self) -> Option<(&Arc<PerIp>, std::net::IpAddr)>;
+    /// Arguments over 4 KiB with more than one value per this many bytes are refused; 0 for no
+    /// check ([`Builder::min_bytes_per_value`](crate::Builder::min_bytes_per_value)).
+    fn min_bytes_per_value(&self) -> usize;
     /// The context of a request from this peer.
     fn context(&self) -> Context;
     /// Encodes one frame with `encode` and sends it to the peer.
@@ -67,14 +69,16 @@ pub(crate) trait Link<C: Codec>: Clone + Send + Sync + 'static {
 
 /// Handles one received frame; `serve` is the receive loop's instance of its service (see
 /// [`Serve::local`](crate::serve::Serve::local)); without one, requests are answered "method not
-/// found". Returns whether the frame was a response (handed to the call table).
+/// found". `held` counts the frame against its server's memory budget until every request in it
+/// has been answered. Returns whether the frame was a response (handed to the call table).
 pub(crate) async fn handle<C: Codec, L: Link<C>>(
     link: &L,
     serve: Option<&mut LocalServe>,
     frame: Bytes,
+    held: Option<Serving>,
 ) -> bool {
     match link.codec().decode(frame) {
-        Ok(Message::Batch(items)) => batch(link, serve, items).await,
+        Ok(Message::Batch(items)) => batch(link, serve, items, held).await,
         Ok(Message::Response { id, result }) => {
             link.deliver(id, result);
             return true;
@@ -104,7 +108,7 @@ pub(crate) async fn handle<C: Codec, L: Link<C>>(
                         if let Some(id) = id {
                             respond(&link, &id, &response).await;
                         }
-                        drop(slot);
+                        drop((slot, held));
                     });
                 }
             }
@@ -155,9 +159,13 @@ fn start<C: Codec, L: Link<C>>(
     // once never takes a slot (see `slots`).
     let share = link.share();
     let slots = link.slots();
-    if slots.is_full() || share.is_some_and(|(per_ip, ip)| per_ip.is_full(ip, slots.in_use())) {
+    if slots.is_full() || share.is_some_and(|(per_ip, ip)| per_ip.is_full(ip)) {
         link.counters().record(Event::Overloaded);
         return Started::Ready(ServerError::overloaded().into());
+    }
+    if let Some(refusal) = too_dense(link, &args) {
+        link.counters().record(Event::TooDense);
+        return Started::Ready(refusal.into());
     }
     let args = Payload::new(args, link.codec().format());
     let mut context = link.context();
@@ -179,6 +187,26 @@ fn start<C: Codec, L: Link<C>>(
             Started::Pending(fut, (link.slots().take(), share))
         }
     }
+}
+
+/// The refusal of arguments with more values than their size allows, if they have
+/// ([`Builder::min_bytes_per_value`](crate::Builder::min_bytes_per_value)).
+fn too_dense<C: Codec, L: Link<C>>(link: &L, args: &[u8]) -> Option<ServerError> {
+    let per = link.min_bytes_per_value();
+    if per == 0 || args.len() <= crate::builder::DENSITY_CHECKED_FROM {
+        return None;
+    }
+    let allowed = args.len() / per;
+    let values = rpc_core::Format::count_values(link.codec().format(), args, allowed)?;
+    (values > allowed).then(|| {
+        ServerError::new(
+            ErrorCode::MESSAGE_TOO_LARGE,
+            format!(
+                "arguments of {} bytes hold more than {allowed} values (one per {per} bytes): too many to decode",
+                args.len()
+            ),
+        )
+    })
 }
 
 /// Sends one response; a response over the size limit is replaced by an error saying so.
@@ -252,6 +280,7 @@ async fn batch<C: Codec, L: Link<C>>(
     link: &L,
     mut serve: Option<&mut LocalServe>,
     items: Vec<Result<Message<C::Id>, DecodeError<C::Id>>>,
+    held: Option<Serving>,
 ) {
     let mut answers: Vec<(C::Id, Response)> = Vec::new();
     let mut pending = Vec::new();
@@ -304,7 +333,7 @@ async fn batch<C: Codec, L: Link<C>>(
                 slots.push(slot);
             }
             send_batch(&link, &answers).await;
-            drop(slots);
+            drop((slots, held));
         });
     }
 }

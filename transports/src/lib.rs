@@ -29,6 +29,7 @@
     attr(deny(warnings, rust_2018_idioms), allow(dead_code, unused_variables))
 ))]
 
+mod budget;
 mod builder;
 mod calls;
 mod dispatch;
@@ -53,8 +54,9 @@ pub mod unix;
 
 pub use self::builder::{
     Builder, Connected, Connections, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_CONCURRENT_REQUESTS,
-    DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_CONNECTIONS_PER_IP, DEFAULT_MAX_FRAME_LENGTH,
-    DEFAULT_TIMEOUT, DEFAULT_WRITE_TIMEOUT,
+    DEFAULT_MAX_CONCURRENT_REQUESTS_PER_IP, DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_MAX_CONNECTIONS_PER_IP, DEFAULT_MAX_FRAME_LENGTH, DEFAULT_MAX_FRAME_MEMORY,
+    DEFAULT_MIN_BYTES_PER_VALUE, DEFAULT_TIMEOUT, DEFAULT_WRITE_TIMEOUT,
 };
 pub use self::serving::Serving;
 pub use self::stats::{ErrorCounts, Stats};

@@ -79,6 +79,9 @@ impl Drop for Slot {
 #[derive(Debug)]
 pub(crate) struct PerIp {
     max: usize,
+    /// Held by every address: while fewer than `max` are, none can have it all, and the map
+    /// need not be looked at.
+    total: AtomicUsize,
     /// SipHash: the keys come from the network.
     open: Mutex<std::collections::HashMap<std::net::IpAddr, usize>>,
 }
@@ -91,6 +94,7 @@ impl PerIp {
     pub(crate) fn new(max: usize) -> Arc<Self> {
         Arc::new(Self {
             max,
+            total: AtomicUsize::new(0),
             open: Mutex::default(),
         })
     }
@@ -107,14 +111,15 @@ impl PerIp {
             return None;
         }
         *n += 1;
+        self.total.fetch_add(1, Ordering::Relaxed);
         Some(IpSlot(Some((self.clone(), ip))))
     }
 
-    /// Whether `ip` has all it may have, of a bound of which `held` are taken in all by every
-    /// address: while fewer than an address's share are, none can have it all, and the map is
-    /// not looked at (no lock on the way of a request, most of the time).
-    pub(crate) fn is_full(&self, ip: std::net::IpAddr, held: usize) -> bool {
-        if held < self.max {
+    /// Whether `ip` has all it may have: while fewer than an address's share are taken by all,
+    /// none can have it all, and the map is not looked at (no lock on the way of a request,
+    /// most of the time).
+    pub(crate) fn is_full(&self, ip: std::net::IpAddr) -> bool {
+        if self.total.load(Ordering::Relaxed) < self.max {
             return false;
         }
         let open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
@@ -126,6 +131,7 @@ impl PerIp {
     pub(crate) fn take(self: &Arc<Self>, ip: std::net::IpAddr) -> IpSlot {
         let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
         *open.entry(ip).or_default() += 1;
+        self.total.fetch_add(1, Ordering::Relaxed);
         IpSlot(Some((self.clone(), ip)))
     }
 }
@@ -136,6 +142,7 @@ impl Drop for IpSlot {
             return;
         };
         let mut open = per_ip.open.lock().unwrap_or_else(PoisonError::into_inner);
+        per_ip.total.fetch_sub(1, Ordering::Relaxed);
         if let std::collections::hash_map::Entry::Occupied(mut e) = open.entry(ip) {
             *e.get_mut() -= 1;
             if *e.get() == 0 {

@@ -47,6 +47,163 @@ pub struct Stats {
     /// allows (UDP: [`max_error_amplification`](crate::udp::Builder::max_error_amplification)
     /// times the datagram they answer).
     pub withheld: u64,
+    /// Connections closed to keep the server's memory for unfinished frames within its budget
+    /// ([`max_frame_memory`](crate::Builder::max_frame_memory)).
+    pub over_budget: u64,
+    /// Requests refused for arguments with more values than their size allows
+    /// ([`min_bytes_per_value`](crate::Builder::min_bytes_per_value)).
+    pub too_dense: u64,
+}
+
+impl Stats {
+    /// Every counter with its name (as in the Prometheus exposition, without the `rpc_` prefix
+    /// and `_total` suffix) and what it counts, error answers by code last, named
+    /// `errors_sent_<code>`: for printing and exporting them all.
+    pub fn counters(&self) -> [(&'static str, &'static str, u64); 28] {
+        let e = &self.errors_sent;
+        [
+            (
+                "connections",
+                "connections accepted or opened",
+                self.connections,
+            ),
+            (
+                "connections_refused",
+                "connections closed at once by a connection limit",
+                self.connections_refused,
+            ),
+            (
+                "idle_closed",
+                "connections closed for being idle",
+                self.idle_closed,
+            ),
+            (
+                "write_stalled",
+                "connections closed because the peer took no bytes",
+                self.write_stalled,
+            ),
+            (
+                "bad_frames",
+                "connections closed for a bad frame",
+                self.bad_frames,
+            ),
+            (
+                "over_budget",
+                "connections closed to keep frame memory within its budget",
+                self.over_budget,
+            ),
+            (
+                "oversize",
+                "datagrams dropped for their size",
+                self.oversize,
+            ),
+            (
+                "malformed",
+                "frames or datagrams that were not valid messages",
+                self.malformed,
+            ),
+            (
+                "requests",
+                "requests and notifications received",
+                self.requests,
+            ),
+            (
+                "responses_sent",
+                "answers sent, error answers included",
+                self.responses_sent,
+            ),
+            (
+                "responses_received",
+                "responses handed to a waiting call",
+                self.responses_received,
+            ),
+            (
+                "unknown_responses",
+                "responses to no call in flight",
+                self.unknown_responses,
+            ),
+            (
+                "spoofed_responses",
+                "responses from another address than asked",
+                self.spoofed_responses,
+            ),
+            (
+                "overloaded",
+                "requests refused by the transport's concurrency limits",
+                self.overloaded,
+            ),
+            (
+                "too_dense",
+                "requests refused for arguments too dense to decode",
+                self.too_dense,
+            ),
+            (
+                "send_errors",
+                "frames or datagrams that could not be sent",
+                self.send_errors,
+            ),
+            (
+                "duplicates",
+                "retransmitted requests not run again",
+                self.duplicates,
+            ),
+            (
+                "withheld",
+                "error answers withheld by the amplification limit",
+                self.withheld,
+            ),
+            (
+                "errors_sent_parse_error",
+                "error answers: parse error",
+                e.parse_error,
+            ),
+            (
+                "errors_sent_invalid_request",
+                "error answers: invalid request",
+                e.invalid_request,
+            ),
+            (
+                "errors_sent_method_not_found",
+                "error answers: method not found",
+                e.method_not_found,
+            ),
+            (
+                "errors_sent_invalid_params",
+                "error answers: invalid params",
+                e.invalid_params,
+            ),
+            (
+                "errors_sent_internal_error",
+                "error answers: internal error",
+                e.internal_error,
+            ),
+            (
+                "errors_sent_overloaded",
+                "error answers: overloaded",
+                e.overloaded,
+            ),
+            (
+                "errors_sent_rate_limited",
+                "error answers: rate limited",
+                e.rate_limited,
+            ),
+            (
+                "errors_sent_deadline_exceeded",
+                "error answers: deadline exceeded",
+                e.deadline_exceeded,
+            ),
+            (
+                "errors_sent_message_too_large",
+                "error answers: message too large",
+                e.message_too_large,
+            ),
+            (
+                "errors_sent_other",
+                "error answers: the application's own codes",
+                e.other,
+            ),
+        ]
+    }
 }
 
 /// Error answers sent, by code ([`ErrorCode`]).
@@ -110,6 +267,8 @@ pub(crate) enum Event {
     SendError,
     Duplicate,
     Withheld,
+    OverBudget,
+    TooDense,
 }
 
 /// The live counters behind a [`Stats`].
@@ -120,7 +279,7 @@ pub(crate) struct Counters {
     errors: [AtomicU64; CODES.len() + 1],
 }
 
-const EVENTS: usize = Event::Withheld as usize + 1;
+const EVENTS: usize = Event::TooDense as usize + 1;
 
 /// The codes counted apart, in `ErrorCounts`' order.
 const CODES: [ErrorCode; 9] = [
@@ -189,6 +348,8 @@ impl Counters {
             send_errors: e(Event::SendError),
             duplicates: e(Event::Duplicate),
             withheld: e(Event::Withheld),
+            over_budget: e(Event::OverBudget),
+            too_dense: e(Event::TooDense),
         }
     }
 }
@@ -242,6 +403,8 @@ mod tests {
             Event::SendError,
             Event::Duplicate,
             Event::Withheld,
+            Event::OverBudget,
+            Event::TooDense,
         ];
         assert_eq!(events.len(), EVENTS);
         for (i, event) in events.into_iter().enumerate() {
@@ -267,6 +430,8 @@ mod tests {
             s.send_errors,
             s.duplicates,
             s.withheld,
+            s.over_budget,
+            s.too_dense,
         ];
         let want: Vec<u64> = (1..=EVENTS as u64).collect();
         assert_eq!(got.to_vec(), want);

@@ -48,6 +48,10 @@ impl Format for MsgPack {
         "msgpack"
     }
 
+    fn count_values(&self, src: &[u8], limit: usize) -> Option<usize> {
+        Some(skip::count_values(src, limit))
+    }
+
     fn encode(
         &self,
         value: &dyn erased_serde::Serialize,

@@ -70,6 +70,20 @@ pub fn skip_value(buf: &[u8]) -> Result<usize, SkipError> {
     Ok(pos)
 }
 
+/// The values in `buf` (every marker: containers, their elements, map keys and values), counted
+/// up to the first that does not parse, or to one past `limit`.
+pub(crate) fn count_values(buf: &[u8], limit: usize) -> usize {
+    let mut pos = 0usize;
+    let mut n = 0usize;
+    while pos < buf.len() && n <= limit {
+        if step(buf, &mut pos).is_err() {
+            break;
+        }
+        n += 1;
+    }
+    n
+}
+
 /// Refuses `value` (one whole msgpack value) if its containers nest deeper than the limit.
 fn check_depth(value: &[u8]) -> Result<(), SkipError> {
     let mut pos = 0usize;
@@ -186,6 +200,15 @@ mod tests {
                 "cut at {cut}"
             );
         }
+    }
+
+    #[test]
+    fn values_are_counted_to_the_limit() {
+        // [nil, "ab", {1: [2]}]: the array, nil, the string, the map, 1, the inner array, 2.
+        let v = b"\x93\xc0\xa2ab\x81\x01\x91\x02";
+        assert_eq!(count_values(v, 100), 7);
+        assert_eq!(count_values(v, 3), 4, "one past the limit, then it stops");
+        assert_eq!(count_values(&[0xc0; 1000], usize::MAX), 1000);
     }
 
     #[test]

@@ -66,7 +66,7 @@ impl Decoder for FrameDecoder {
             ));
         }
         if src.len() < size {
-            src.reserve(size - src.len());
+            // The buffer grows with the bytes that arrive, not with the size claimed.
             return Ok(None);
         }
         let mut frame = src.split_to(size);
@@ -177,6 +177,12 @@ mod tests {
         assert!(src.is_empty());
         let mut huge = BytesMut::from(&b"\xff\xff\xff\xff\x01"[..]);
         assert!(d.decode(&mut huge).is_err());
+        // A claim within the limit reserves nothing until its bytes arrive.
+        let mut d = FrameDecoder { max: 8 << 20 };
+        let mut claim = BytesMut::from(&((8u32 << 20).to_le_bytes())[..]);
+        claim.extend_from_slice(b"\x01");
+        assert!(d.decode(&mut claim).unwrap().is_none());
+        assert!(claim.capacity() < 1024, "reserved {}", claim.capacity());
     }
 
     #[test]

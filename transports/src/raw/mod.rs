@@ -57,9 +57,9 @@ use std::task::{Context as TaskContext, Poll};
 use std::time::Duration;
 
 use crate::serve::Serve;
+use crate::stream::FrameReader;
 use bytes::BytesMut;
 use futures::future::BoxFuture;
-use futures::StreamExt;
 use rpc_core::context::deadline_after;
 use rpc_core::le::LE;
 use rpc_core::{
@@ -68,7 +68,6 @@ use rpc_core::{
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, ToSocketAddrs};
 use tokio::time::Instant;
-use tokio_util::codec::FramedRead;
 
 use self::frame::{put_exception, put_frame, Frame, FrameDecoder, EXCEPTION, INIT, RPC, VERSION};
 use crate::builder::{sealed, Connected, Connections};
@@ -329,11 +328,13 @@ async fn serve_connection(server: Arc<ServerState>, io: Io, shared: Arc<ServerSh
         peer,
         ..
     } = io;
-    let mut frames = FramedRead::new(
+    let mut frames = FrameReader::new(
         read,
         FrameDecoder {
             max: config.max_frame(),
         },
+        config.max_frame(),
+        Some(shared.budget.account()),
     );
     let mut out = BytesMut::with_capacity(1024);
     let mut seat = Seat {
@@ -363,12 +364,23 @@ async fn serve_connection(server: Arc<ServerState>, io: Io, shared: Arc<ServerSh
             Some(None) => break,
             Some(Some(Ok(f))) => f,
             Some(Some(Err(e))) => {
-                shared.counters.record(Event::BadFrame);
+                shared
+                    .counters
+                    .record(if e.kind() == io::ErrorKind::OutOfMemory {
+                        Event::OverBudget
+                    } else {
+                        Event::BadFrame
+                    });
                 tracing::warn!(%peer, error = %e, "closing the connection");
                 put_exception(&mut out, &protocol_error(e.to_string()), false);
                 let _ = send(&mut w, &mut out, config.transport.connections.write_timeout).await;
                 break;
             }
+        };
+        // Counted against the server's frame memory until it has been answered.
+        let _held = match &frame {
+            Frame::Msg { payload, .. } => frames.serving(payload.len()),
+            Frame::TooSmall(_) => None,
         };
         // A call that was made and failed (its handler's error, an answer too large) is not a
         // malformed frame.
@@ -477,7 +489,7 @@ struct ClientShared<T: stream::Transport> {
 }
 
 struct ClientConn {
-    frames: FramedRead<Box<dyn AsyncRead + Send + Unpin>, FrameDecoder>,
+    frames: FrameReader<Box<dyn AsyncRead + Send + Unpin>, FrameDecoder>,
     w: Box<dyn AsyncWrite + Send + Unpin>,
     out: BytesMut,
 }
@@ -508,11 +520,13 @@ impl<T: stream::Transport> ClientShared<T> {
     async fn connect(&self) -> Result<ClientConn, Error> {
         let Io { read, write: w, .. } = T::connect(&self.addr).await?;
         let mut conn = ClientConn {
-            frames: FramedRead::new(
+            frames: FrameReader::new(
                 read,
                 FrameDecoder {
                     max: self.config.max_frame(),
                 },
+                self.config.max_frame(),
+                None,
             ),
             w,
             out: BytesMut::with_capacity(1024),

@@ -2,13 +2,14 @@
 
 use std::fmt;
 use std::io;
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 
 use crate::calls::{Delivery, InFlight};
 use crate::serve::Serve;
 use bytes::BytesMut;
-use futures::{FutureExt, StreamExt};
+use futures::FutureExt;
 use rpc_core::codec::{Codec, IdSeed};
 use rpc_core::context::deadline_after;
 use rpc_core::context::Origin;
@@ -16,14 +17,15 @@ use rpc_core::{BoxChannel, Client, Context, Error, Payload, Peer, Request};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::sync::Notify;
 use tokio::time::Instant;
-use tokio_util::codec::FramedRead;
 
-use super::framing::FrameError;
+use super::framing::{FrameDecoder, FrameError};
+use super::reader::FrameReader;
 use super::stream_io::{Io, TryWrite};
 use super::Config;
+use crate::budget::Budget;
 use crate::dispatch::{self, CallResult, Link};
 use crate::life::{Life, Phase};
-use crate::slots::Slots;
+use crate::slots::{PerIp, Slots};
 use crate::stats::{Counters, Event};
 use crate::CallFuture;
 
@@ -34,9 +36,6 @@ use crate::CallFuture;
 /// work at the same time instead of in turn (a whole window each), which measured 1.5x the calls
 /// per second of bursts of 64 (`benches/e2e.rs`, 1x64; bursts of 16 and 48 were slower than 32).
 const BURST: usize = 32;
-
-/// The read buffer a connection starts with.
-const READ_BUFFER: usize = 4 * 1024;
 
 /// Frames waiting to be written. Senders encode straight into `buf`; the writer takes everything
 /// there in one write, so frames queued while a write is under way go out together.
@@ -122,6 +121,30 @@ pub(crate) struct Conn<C: Codec> {
     active: AtomicBool,
     /// The number of the next call's id.
     next_id: AtomicU64,
+    /// What requests from the peer's IP address may hold of those its server serves at once.
+    share: Option<(Arc<PerIp>, IpAddr)>,
+}
+
+/// What a connection shares with the other connections of its server, or has alone outside
+/// one.
+#[derive(Debug, Clone)]
+pub(crate) struct Pool {
+    pub(crate) counters: Arc<Counters>,
+    /// Frame memory ([`Builder::max_frame_memory`](crate::Builder::max_frame_memory)).
+    pub(crate) budget: Option<Arc<Budget>>,
+    /// Requests served at once, by IP address.
+    pub(crate) requests_per_ip: Option<Arc<PerIp>>,
+}
+
+impl Pool {
+    /// A connection's own counters, outside a server: no budget, no share.
+    pub(crate) fn alone(counters: Arc<Counters>) -> Self {
+        Self {
+            counters,
+            budget: None,
+            requests_per_ip: None,
+        }
+    }
 }
 
 impl<C: Codec> Conn<C> {
@@ -131,7 +154,7 @@ impl<C: Codec> Conn<C> {
         codec: C,
         config: Arc<Config>,
         serve: Option<Serve>,
-        counters: Arc<Counters>,
+        pool: Pool,
     ) -> Arc<Self> {
         let Io {
             read,
@@ -139,6 +162,13 @@ impl<C: Codec> Conn<C> {
             direct,
             peer,
         } = io;
+        let Pool {
+            counters,
+            budget,
+            requests_per_ip,
+        } = pool;
+        let ip = peer.socket_addr().map(|a| a.ip());
+        let share = requests_per_ip.zip(ip);
         let conn = Arc::new_cyclic(|me| Conn {
             me: me.clone(),
             codec,
@@ -163,13 +193,15 @@ impl<C: Codec> Conn<C> {
             solo: AtomicBool::new(true),
             active: AtomicBool::new(false),
             next_id: AtomicU64::new(1),
+            share,
             config,
         });
         // Small to start with (memory per idle connection); grows with the frames.
-        let frames = FramedRead::with_capacity(
+        let frames = FrameReader::new(
             read,
             conn.config.framing.decoder(conn.config.max_frame),
-            READ_BUFFER,
+            conn.config.max_frame,
+            budget.as_ref().map(Budget::account),
         );
         tokio::spawn(read_loop(conn.clone(), frames));
         tokio::spawn(write_loop(conn.clone(), write));
@@ -448,7 +480,7 @@ impl<C: Codec> Conn<C> {
 
 async fn read_loop<C: Codec, R: AsyncRead + Unpin>(
     conn: Arc<Conn<C>>,
-    mut frames: FramedRead<R, super::framing::FrameDecoder>,
+    mut frames: FrameReader<R, FrameDecoder>,
 ) {
     // Idleness is watched by a task of its own, so the reader waits on its frames alone (a
     // timer polled beside them cost the reader ~5% of a call's instructions at one in flight).
@@ -486,7 +518,8 @@ async fn read_loop<C: Codec, R: AsyncRead + Unpin>(
             match next {
                 None => break BurstEnd::Eof,
                 Some(Ok(frame)) => {
-                    dispatch::handle(&conn, serve.as_mut(), frame).await;
+                    let held = frames.serving(frame.len());
+                    dispatch::handle(&conn, serve.as_mut(), frame, held).await;
                 }
                 Some(Err(e)) => break BurstEnd::BadFrame(e),
             }
@@ -494,16 +527,11 @@ async fn read_loop<C: Codec, R: AsyncRead + Unpin>(
             if burst == BURST {
                 break BurstEnd::Full;
             }
-            // Nothing buffered: the burst ends before the socket is read again, so that its
-            // answers are sent first (as the callers its responses woke send their next
+            // No whole frame buffered: the burst ends before the socket is read again, so that
+            // its answers are sent first (as the callers its responses woke send their next
             // requests, below) and the read that usually finds nothing comes after.
-            if frames.read_buffer().is_empty() {
-                break BurstEnd::Drained;
-            }
-            // Polled with a no-op waker: if nothing is buffered, the select above polls it
-            // again with this task's waker before waiting.
-            match frames.next().now_or_never() {
-                Some(n) => next = n,
+            match frames.buffered() {
+                Some(n) => next = Some(n),
                 None => break BurstEnd::Drained,
             }
         };
@@ -522,7 +550,12 @@ async fn read_loop<C: Codec, R: AsyncRead + Unpin>(
                 break 'frames;
             }
             BurstEnd::BadFrame(e) => {
-                conn.counters.record(Event::BadFrame);
+                conn.counters
+                    .record(if e.kind() == io::ErrorKind::OutOfMemory {
+                        Event::OverBudget
+                    } else {
+                        Event::BadFrame
+                    });
                 tracing::warn!(peer = %conn.peer, error = %e, "closing the connection");
                 conn.life.mark_lost();
                 conn.fail_calls();
@@ -678,6 +711,14 @@ impl<C: Codec> Link<C> for Arc<Conn<C>> {
 
     fn slots(&self) -> &Arc<Slots> {
         &self.serving
+    }
+
+    fn share(&self) -> Option<(&Arc<PerIp>, IpAddr)> {
+        self.share.as_ref().map(|(per_ip, ip)| (per_ip, *ip))
+    }
+
+    fn min_bytes_per_value(&self) -> usize {
+        self.config.min_bytes_per_value
     }
 
     fn context(&self) -> Context {

@@ -15,10 +15,12 @@
 mod conn;
 mod connection;
 mod framing;
+mod reader;
 mod stream_io;
 
 pub use self::connection::Connection;
 pub use self::framing::{FrameSplitter, Framing};
+pub(crate) use self::reader::FrameReader;
 pub use self::stream_io::Io;
 
 use std::fmt;
@@ -33,7 +35,8 @@ use crate::serve::Serve;
 use rpc_core::codec::Codec;
 use rpc_core::{Client, Error, Payload, Request, Service};
 
-use self::conn::Conn;
+use self::conn::{Conn, Pool};
+use crate::budget::Budget;
 pub use crate::builder::Builder;
 use crate::builder::{sealed, Connected, Connections};
 use crate::life::{Life, Phase};
@@ -51,6 +54,7 @@ pub(crate) struct Config {
     pub(crate) idle_timeout: Option<Duration>,
     pub(crate) write_timeout: Duration,
     pub(crate) max_concurrent_requests: usize,
+    pub(crate) min_bytes_per_value: usize,
 }
 
 /// A stream transport: how to reach an address (TCP, Unix).
@@ -111,6 +115,7 @@ impl<K> Builder<Stream<K>> {
             idle_timeout: c.idle_timeout,
             write_timeout: c.write_timeout,
             max_concurrent_requests: self.max_concurrent_requests,
+            min_bytes_per_value: self.min_bytes_per_value,
         })
     }
 
@@ -126,7 +131,7 @@ impl<K> Builder<Stream<K>> {
             codec,
             self.config(),
             self.service,
-            Arc::new(Counters::default()),
+            Pool::alone(Arc::new(Counters::default())),
         );
         Connection::guarded(conn)
     }
@@ -139,6 +144,7 @@ impl<K> Builder<Stream<K>> {
     ) -> Server<U> {
         let config = self.config();
         let serve = self.service;
+        let requests_per_ip = PerIp::new(self.max_concurrent_requests_per_ip);
         start_accepting(
             listener,
             local_addr,
@@ -149,7 +155,11 @@ impl<K> Builder<Stream<K>> {
                     codec.clone(),
                     config.clone(),
                     serve.clone(),
-                    shared.counters.clone(),
+                    Pool {
+                        counters: shared.counters.clone(),
+                        budget: Some(shared.budget.clone()),
+                        requests_per_ip: Some(requests_per_ip.clone()),
+                    },
                 );
                 async move {
                     // Runs until the connection closes; the server's shutdown drains it, and
@@ -187,6 +197,7 @@ where
         accepting: Slots::new(1),
         connections: Slots::new(limits.max_connections),
         per_ip: PerIp::new(limits.max_connections_per_ip),
+        budget: limits.budget(),
         counters: Arc::new(Counters::default()),
     });
     let accepting = shared.accepting.take();
@@ -237,6 +248,13 @@ impl<T: Transport> Server<T> {
     /// What the server counted.
     pub fn stats(&self) -> Stats {
         self.shared.counters.snapshot()
+    }
+
+    /// The bytes its connections hold now in frames still arriving (past each one's first
+    /// 64 KiB) and in frames being served: what
+    /// [`max_frame_memory`](Builder::max_frame_memory) bounds.
+    pub fn frame_memory(&self) -> usize {
+        self.shared.budget.used()
     }
 
     /// Stops accepting and drains the connections.
@@ -306,6 +324,8 @@ pub(crate) struct ServerShared {
     connections: Arc<Slots>,
     /// The open connections by IP address.
     per_ip: Arc<PerIp>,
+    /// The memory its connections hold in frames.
+    pub(crate) budget: Arc<Budget>,
     pub(crate) counters: Arc<Counters>,
 }
 
@@ -433,7 +453,7 @@ impl<C: Codec, T: Transport> ClientShared<C, T> {
             self.codec.clone(),
             self.config.clone(),
             self.serve.clone(),
-            self.counters.clone(),
+            Pool::alone(self.counters.clone()),
         );
         *self.current.lock().unwrap_or_else(PoisonError::into_inner) = Some(conn.clone());
         Ok(conn)

@@ -90,11 +90,6 @@ use crate::CallFuture;
 
 /// The default largest payload, as rpcudp: 8192 bytes.
 pub const DEFAULT_MAX_PAYLOAD: usize = 8192;
-/// The default number of requests from one IP address served at once: half of all
-/// ([`DEFAULT_MAX_CONCURRENT_REQUESTS`](crate::DEFAULT_MAX_CONCURRENT_REQUESTS)), so one source
-/// cannot take every place, while one busy client still has many.
-pub const DEFAULT_MAX_CONCURRENT_REQUESTS_PER_IP: usize =
-    crate::DEFAULT_MAX_CONCURRENT_REQUESTS / 2;
 /// The default bound on an error answer: three times the datagram it answers (QUIC's
 /// anti-amplification factor).
 pub const DEFAULT_MAX_ERROR_AMPLIFICATION: usize = 3;
@@ -107,7 +102,6 @@ const RECV_ARENA: usize = 64 * 1024;
 #[derive(Debug, Clone)]
 pub struct Udp {
     max_payload: usize,
-    max_concurrent_requests_per_ip: usize,
     max_error_amplification: usize,
     at_most_once: Option<(usize, Duration)>,
     retransmit: Option<Duration>,
@@ -117,7 +111,6 @@ impl Default for Udp {
     fn default() -> Self {
         Self {
             max_payload: DEFAULT_MAX_PAYLOAD,
-            max_concurrent_requests_per_ip: DEFAULT_MAX_CONCURRENT_REQUESTS_PER_IP,
             max_error_amplification: DEFAULT_MAX_ERROR_AMPLIFICATION,
             at_most_once: None,
             retransmit: None,
@@ -135,15 +128,6 @@ impl Builder {
     /// that header.
     pub fn max_payload(mut self, bytes: usize) -> Self {
         self.transport.max_payload = bytes;
-        self
-    }
-
-    /// How many requests from one IP address (a host, whatever its ports) are served at once;
-    /// more from it are answered "overloaded", so one source cannot take what all share
-    /// ([`max_concurrent_requests`](crate::Builder::max_concurrent_requests)). Default 512, half
-    /// of the default for all.
-    pub fn max_concurrent_requests_per_ip(mut self, n: usize) -> Self {
-        self.transport.max_concurrent_requests_per_ip = n.max(1);
         self
     }
 
@@ -205,6 +189,7 @@ impl Builder {
             timeout: self.timeout,
             retransmit: self.transport.retransmit,
             max_error_amplification: self.transport.max_error_amplification,
+            min_bytes_per_value: self.min_bytes_per_value,
             calls: InFlight::with_sweep_every(crate::sweep_tick(self.timeout)),
             service: self.service.map_or_else(OnceLock::new, OnceLock::from),
             dedup: self
@@ -212,7 +197,7 @@ impl Builder {
                 .at_most_once
                 .map(|(capacity, age)| dedup::Dedup::new(capacity, age)),
             slots: Slots::new(self.max_concurrent_requests),
-            per_ip: PerIp::new(self.transport.max_concurrent_requests_per_ip),
+            per_ip: PerIp::new(self.max_concurrent_requests_per_ip),
             counters: Counters::default(),
             life: life.clone(),
         });
@@ -244,6 +229,7 @@ struct Shared<C: Codec> {
     timeout: Duration,
     retransmit: Option<Duration>,
     max_error_amplification: usize,
+    min_bytes_per_value: usize,
     calls: Arc<InFlight<C::Id, SocketAddr, CallResult>>,
     service: OnceLock<Serve>,
     dedup: Option<dedup::Dedup<C::Id>>,
@@ -691,6 +677,10 @@ impl<C: Codec> Link<C> for UdpLink<C> {
         Some((&self.shared.per_ip, self.peer.ip()))
     }
 
+    fn min_bytes_per_value(&self) -> usize {
+        self.shared.min_bytes_per_value
+    }
+
     fn context(&self) -> Context {
         let mut ctx = Context::from_peer(Peer::Socket(self.peer));
         ctx.set_origin(self.shared.clone());
@@ -836,7 +826,7 @@ async fn receive_loop<C: Codec>(shared: Arc<Shared<C>>) {
         if serve.is_none() {
             serve = shared.service.get().map(Serve::local);
         }
-        let response = dispatch::handle(&link, serve.as_mut(), frame).await;
+        let response = dispatch::handle(&link, serve.as_mut(), frame, None).await;
         // The only call in flight was answered (its answer waits in the table for its caller):
         // the caller runs, and sends its next request, before this loop's next receive, which
         // then usually finds nothing. With more calls in flight their answers are likely

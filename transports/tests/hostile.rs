@@ -1,7 +1,9 @@
-//! Floods: what hostile or broken peers do to a server, and what it must survive. Garbage
-//! datagrams, 4 GiB length prefixes, connections that stall half-way through a frame, peers that
-//! open connections without end, peers that never read their answers, giant and deeply nested
-//! JSON-RPC. In each, a separate well-behaved client keeps calling during the attack, and must keep
+//! Hostile peers: what they do to a server, and what it must survive. Garbage datagrams, 4 GiB
+//! length prefixes, connections that stall half-way through a frame, peers that open connections
+//! without end, peers that never read their answers, giant and deeply nested JSON-RPC, frames of
+//! the largest size that never end, frames built to expand in decoding, one host that takes every
+//! connection or request it can. Several 127.x.y.z source addresses stand for several hosts. In
+//! each, a separate well-behaved client keeps calling during the attack, and must keep
 //! getting right answers, each within `GOOD_LATENCY`; the process's resident memory (RSS) must not
 //! grow by more than `RSS_BOUND`.
 //!
@@ -32,8 +34,9 @@ const ATTACK: Duration = Duration::from_secs(2);
 /// The slowest a well-behaved client's call may be during an attack.
 const GOOD_LATENCY: Duration = Duration::from_secs(1);
 /// The same during a UDP flood, where the kernel drops the good client's datagrams along with the
-/// garbage (both cores are busy flooding) and only retransmission gets them through.
-const UDP_FLOOD_LATENCY: Duration = Duration::from_secs(3);
+/// garbage (both cores are busy flooding) and only retransmission gets them through, and while
+/// both cores decode frames of the largest size.
+const SATURATED_LATENCY: Duration = Duration::from_secs(3);
 /// How much the process's RSS may grow during one attack.
 const RSS_BOUND: u64 = 64 << 20;
 /// A good client stops after this many calls, whatever the time.
@@ -215,6 +218,26 @@ where
     })
 }
 
+/// A good client calling `add` through `client` (see [`good_client`]).
+fn good_adder<S>(client: rpc_core::Client<S>, stop: Arc<AtomicBool>) -> JoinHandle<Served>
+where
+    S: tower::Service<rpc_core::Request, Response = rpc_core::Payload>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Error: Into<rpc_core::BoxError>,
+    S::Future: Send,
+{
+    good_client(
+        move |i| {
+            let c = client.clone();
+            async move { c.call::<i64>("add", (i, 1000)).await }
+        },
+        stop,
+    )
+}
+
 /// A good TCP client of `addr` (rpcudp codec), started at once.
 /// Connected (by a first call) before it returns: the attacks are on a server with a client
 /// already being served, and a connect that meets a flood of others can wait a second for the
@@ -223,13 +246,7 @@ async fn good_tcp_client(addr: SocketAddr, stop: Arc<AtomicBool>) -> JoinHandle<
     let client = tcp::Builder::new().client(addr, RpcudpCodec::new());
     let first: i64 = client.call("add", (0, 1000)).await.unwrap();
     assert_eq!(first, 1000);
-    good_client(
-        move |i| {
-            let c = client.clone();
-            async move { c.call::<i64>("add", (i, 1000)).await }
-        },
-        stop,
-    )
+    good_adder(client, stop)
 }
 
 /// Stops a good client and returns what it saw.
@@ -393,13 +410,7 @@ fn udp_garbage_flood_is_dropped_and_counted() {
             .await
             .unwrap();
         let client = caller.client(addr);
-        let good = good_client(
-            move |i| {
-                let c = client.clone();
-                async move { c.call::<i64>("add", (i, 1000)).await }
-            },
-            stop.clone(),
-        );
+        let good = good_adder(client, stop.clone());
 
         // The attackers run on threads of their own, as another process would, rather than
         // taking turns with the server on the runtime's two workers.
@@ -444,7 +455,7 @@ fn udp_garbage_flood_is_dropped_and_counted() {
         // everyone alike, so how many of the good client's (retransmitted) requests get in is a
         // lottery the server does not run: 11 to 56 calls in 2 s over 20 runs on a 2-core
         // machine. The floor checks that it is served throughout, not how fairly the kernel drops.
-        served.assert_served_within("udp garbage", 5, UDP_FLOOD_LATENCY);
+        served.assert_served_within("udp garbage", 5, SATURATED_LATENCY);
         assert!(stats.malformed > 0, "{stats:?}");
         assert!(stats.oversize > 0, "{stats:?}");
         // Still answering, to a new peer too.
@@ -607,13 +618,7 @@ fn tcp_connection_flood_is_capped_and_existing_clients_served() {
         assert_eq!(client.call::<i64>("add", (1, 1)).await.unwrap(), 2);
         let rss = RssProbe::start();
         let stop = Arc::new(AtomicBool::new(false));
-        let good = good_client(
-            move |i| {
-                let c = client.clone();
-                async move { c.call::<i64>("add", (i, 1000)).await }
-            },
-            stop.clone(),
-        );
+        let good = good_adder(client, stop.clone());
 
         // Watches the server's count of connections, every millisecond.
         let most = Arc::new(AtomicUsize::new(0));
@@ -786,13 +791,7 @@ fn jsonrpc_giant_batches_and_deep_nesting_are_refused() {
         let rss = RssProbe::start();
         let stop = Arc::new(AtomicBool::new(false));
         let client = tcp::Builder::new().client(addr, JsonRpcCodec::new());
-        let good = good_client(
-            move |i| {
-                let c = client.clone();
-                async move { c.call::<i64>("add", (i, 1000)).await }
-            },
-            stop.clone(),
-        );
+        let good = good_adder(client, stop.clone());
 
         // (what, frame, whether the answer is a batch's array, the expected error code)
         let attacks: Vec<(&str, Vec<u8>, bool, i64)> = vec![
@@ -825,7 +824,8 @@ fn jsonrpc_giant_batches_and_deep_nesting_are_refused() {
                 false,
                 -32600,
             ),
-            // Params 100 000 deep reach the handler, whose decoding refuses them.
+            // Params 100 000 deep: a value per two bytes, refused as too dense to decode before
+            // the handler's decoding would refuse them for their depth.
             (
                 "params nested 100 000 deep",
                 format!(
@@ -835,7 +835,7 @@ fn jsonrpc_giant_batches_and_deep_nesting_are_refused() {
                 )
                 .into_bytes(),
                 false,
-                -32602,
+                -32003,
             ),
         ];
 
@@ -888,5 +888,305 @@ fn jsonrpc_giant_batches_and_deep_nesting_are_refused() {
         served.assert_served("jsonrpc floods", 5);
         assert_eq!(stats.bad_frames, 0, "{stats:?}");
         assert!(growth < RSS_BOUND, "RSS grew by {:.1} MiB", mib(growth));
+    });
+}
+
+// ---- 7. Memory: frames that never end, frames built to expand ----------------------------------
+
+/// A TCP connection from the address `from` (a 127.x.y.z standing for a host of its own).
+async fn connect_from(from: &str, to: SocketAddr) -> std::io::Result<TcpStream> {
+    let s = tokio::net::TcpSocket::new_v4()?;
+    s.bind(format!("{from}:0").parse().expect("an address"))?;
+    s.connect(to).await
+}
+
+/// How much a server's frame memory and the process can hold while 128 connections from one host
+/// each claim a frame of the largest size (8 MiB) and send all of it but the last byte: the issue
+/// this answers saw +1 GB of RSS with them.
+const PARTIAL_FRAMES_RSS_BOUND: u64 = 300 << 20;
+
+#[test]
+fn tcp_partial_frames_of_the_largest_size_keep_memory_within_the_budget() {
+    const PEERS: usize = 128;
+    const FRAME: usize = rpc_transports::DEFAULT_MAX_FRAME_LENGTH;
+    serial(async {
+        let server = Arc::new(
+            tcp::Builder::new()
+                .serve(router())
+                .bind("127.0.0.1:0", RpcudpCodec::new())
+                .await
+                .unwrap(),
+        );
+        let addr = server.local_addr();
+        let rss = RssProbe::start();
+        let stop = Arc::new(AtomicBool::new(false));
+        // The most the server's connections held in frames, sampled every millisecond.
+        let most = Arc::new(AtomicUsize::new(0));
+        let watch = {
+            let (server, most, stop) = (server.clone(), most.clone(), stop.clone());
+            tokio::spawn(async move {
+                for _ in 0..20_000 {
+                    if stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    most.fetch_max(server.frame_memory(), Ordering::Relaxed);
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+            })
+        };
+        // The good client comes from another host than the attackers, who have all the
+        // connections one address may hold.
+        let good = {
+            let client = tcp::Builder::new().client(addr, RpcudpCodec::new());
+            assert_eq!(client.call::<i64>("add", (0, 1000)).await.unwrap(), 1000);
+            good_adder(client, stop.clone())
+        };
+        // One buffer for every attacker's bytes: the attack costs this process nothing per peer.
+        let body: Arc<[u8]> = vec![0x90u8; 64 * 1024].into();
+        let began = Instant::now();
+        let attackers: Vec<JoinHandle<usize>> = (0..PEERS)
+            .map(|_| {
+                let body = body.clone();
+                tokio::spawn(async move {
+                    let Ok(mut s) = connect_from("127.0.0.2", addr).await else {
+                        return 0;
+                    };
+                    let mut sent = 0usize;
+                    if s.write_all(&(FRAME as u32).to_be_bytes()).await.is_err() {
+                        return 0;
+                    }
+                    // All but the last byte, for at most the attack's time; then held open.
+                    let end = Instant::now() + ATTACK * 2;
+                    while sent < FRAME - 1 && Instant::now() < end {
+                        let n = body.len().min(FRAME - 1 - sent);
+                        match tokio::time::timeout_at(end, s.write_all(&body[..n])).await {
+                            Ok(Ok(())) => sent += n,
+                            _ => break,
+                        }
+                    }
+                    // Held until the server closes it (or the attack is over).
+                    let _ = closed_within(&mut s, Duration::from_millis(500)).await;
+                    sent
+                })
+            })
+            .collect();
+        let mut sent = 0;
+        for a in attackers {
+            sent += a.await.unwrap();
+        }
+        let took = began.elapsed();
+        let served = stop_good(&stop, good).await;
+        watch.await.unwrap();
+        let growth = rss.finish("tcp partial frames").await;
+        let stats = server.stats();
+        let most = most.load(Ordering::Relaxed);
+        println!(
+            "[tcp partial frames] {PEERS} peers sent {:.0} MiB of unfinished frames in {took:?}; \
+             the server held at most {:.1} MiB of frames; stats {stats:?}",
+            mib(sent as u64),
+            mib(most as u64)
+        );
+        let bound = rpc_transports::DEFAULT_MAX_FRAME_MEMORY + (PEERS + 1) * 64 * 1024;
+        assert!(most <= bound, "{most} bytes held in frames");
+        assert!(stats.over_budget > 0, "no connection was closed: {stats:?}");
+        assert!(
+            sent as u64 > 2 * PARTIAL_FRAMES_RSS_BOUND,
+            "the attack sent only {:.0} MiB",
+            mib(sent as u64)
+        );
+        served.assert_served("tcp partial frames", 20);
+        assert!(
+            growth < PARTIAL_FRAMES_RSS_BOUND,
+            "RSS grew by {:.1} MiB",
+            mib(growth)
+        );
+    });
+}
+
+/// A JSON-RPC request whose params, `[[0,0,...]]`, hold a value per two bytes over `len` bytes.
+fn dense_request(len: usize) -> Vec<u8> {
+    let mut params = b"[[0".to_vec();
+    while params.len() < len {
+        params.extend_from_slice(b",0");
+    }
+    params.extend_from_slice(b"]]");
+    let mut body = br#"{"jsonrpc":"2.0","method":"count","params":"#.to_vec();
+    body.extend_from_slice(&params);
+    body.extend_from_slice(br#","id":1}"#);
+    body
+}
+
+#[test]
+fn jsonrpc_frames_built_to_expand_in_decoding_are_refused_before_decoding() {
+    const PEERS: usize = 8;
+    // Just under the largest frame: 4 million values of 32 bytes each once decoded (128 MiB).
+    const LEN: usize = rpc_transports::DEFAULT_MAX_FRAME_LENGTH - 100;
+    async fn count(values: Vec<serde_json::Value>) -> usize {
+        values.len()
+    }
+    serial(async {
+        let server = tcp::Builder::new()
+            .serve(Router::new().route("count", count).route("add", add))
+            .bind("127.0.0.1:0", JsonRpcCodec::new())
+            .await
+            .unwrap();
+        let lenient = tcp::Builder::new()
+            .min_bytes_per_value(0)
+            .serve(Router::new().route("count", count))
+            .bind("127.0.0.1:0", JsonRpcCodec::new())
+            .await
+            .unwrap();
+        let addr = server.local_addr();
+        let request: Arc<[u8]> = frame(&dense_request(LEN)).into();
+        let rss = RssProbe::start();
+        let stop = Arc::new(AtomicBool::new(false));
+        let client = tcp::Builder::new().client(addr, JsonRpcCodec::new());
+        let good = good_adder(client, stop.clone());
+        let attacks: Vec<JoinHandle<String>> = (0..PEERS)
+            .map(|_| {
+                let request = request.clone();
+                tokio::spawn(async move {
+                    let mut s = TcpStream::connect(addr).await.unwrap();
+                    s.write_all(&request).await.unwrap();
+                    let answer = timeout(Duration::from_secs(10), read_frame(&mut s))
+                        .await
+                        .expect("an answer within 10 s")
+                        .expect("an answer");
+                    String::from_utf8(answer).unwrap()
+                })
+            })
+            .collect();
+        for a in attacks {
+            let answer = a.await.unwrap();
+            assert_eq!(error_code(&answer), Some(-32003), "{answer}");
+            assert!(answer.contains("values"), "{answer}");
+        }
+        let served = stop_good(&stop, good).await;
+        let growth = rss.finish("jsonrpc dense frames").await;
+        let stats = server.stats();
+        println!("[jsonrpc dense frames] {PEERS} frames of {LEN} bytes; stats {stats:?}");
+        assert_eq!(stats.too_dense, PEERS as u64, "{stats:?}");
+        // Each frame is read, parsed as a message and counted on one of the two workers (in a
+        // debug build, about half a second each), so a good call can wait for one.
+        served.assert_served_within("jsonrpc dense frames", 5, SATURATED_LATENCY);
+        // Eight such frames decoded at once took 752 MB; refused, the frames alone (64 MiB) and
+        // their buffers remain.
+        assert!(growth < 2 * RSS_BOUND, "RSS grew by {:.1} MiB", mib(growth));
+        // The check is what refused them: without it, a small one is decoded.
+        let mut s = TcpStream::connect(lenient.local_addr()).await.unwrap();
+        s.write_all(&frame(&dense_request(64 * 1024)))
+            .await
+            .unwrap();
+        let answer = String::from_utf8(read_frame(&mut s).await.unwrap()).unwrap();
+        assert!(answer.contains(r#""result":"#), "{answer}");
+    });
+}
+
+// ---- 8. Fairness: one host cannot take what all hosts share ------------------------------------
+
+#[test]
+fn tcp_one_host_with_1100_idle_connections_leaves_another_served_at_once() {
+    serial(async {
+        // Each connection costs two descriptors (ours and the server's); keep 300 spare.
+        let fits = (open_files_limit().saturating_sub(300) / 2) as usize;
+        let greedy = 1100.min(fits);
+        assert!(
+            greedy > rpc_transports::DEFAULT_MAX_CONNECTIONS_PER_IP * 2,
+            "an open files limit of {} leaves room for only {greedy} connections",
+            open_files_limit()
+        );
+        let server = tcp::Builder::new()
+            .serve(router())
+            .bind("127.0.0.1:0", RpcudpCodec::new())
+            .await
+            .unwrap();
+        let addr = server.local_addr();
+        let mut held = Vec::with_capacity(greedy);
+        for _ in 0..greedy {
+            if let Ok(s) = connect_from("127.0.0.2", addr).await {
+                held.push(s);
+            }
+        }
+        // Every connection past the host's share is closed as soon as it is accepted.
+        let t = Instant::now();
+        while server.stats().connections_refused < (greedy - 128) as u64
+            && t.elapsed() < Duration::from_secs(5)
+        {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let stats = server.stats();
+        println!(
+            "[tcp idle host] {} connections from one host; stats {stats:?}",
+            held.len()
+        );
+        assert_eq!(server.connections(), 128, "{stats:?}");
+        // Another host connects and is answered at once.
+        let s = connect_from("127.0.0.3", addr).await.unwrap();
+        let other = rpc_transports::stream::builder()
+            .start(s.into(), RpcudpCodec::new())
+            .client();
+        let t = Instant::now();
+        let got = timeout(Duration::from_secs(1), other.call::<i64>("add", (1, 2)))
+            .await
+            .expect("answered within 1 s");
+        println!(
+            "[tcp idle host] the other host was answered in {:?}",
+            t.elapsed()
+        );
+        assert_eq!(got.unwrap(), 3);
+        drop(held);
+    });
+}
+
+#[test]
+fn tcp_one_host_with_1100_sleeping_calls_leaves_another_served_at_once() {
+    const CONNECTIONS: usize = 11;
+    const CALLS: usize = 100;
+    serial(async {
+        let server = tcp::Builder::new()
+            .serve(router().route("sleep", |ms: u64| async move {
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+                ms
+            }))
+            .bind("127.0.0.1:0", RpcudpCodec::new())
+            .await
+            .unwrap();
+        let addr = server.local_addr();
+        // One host keeps 1100 calls running over 11 connections: more than its share (512).
+        let mut calls = tokio::task::JoinSet::new();
+        for _ in 0..CONNECTIONS {
+            let s = connect_from("127.0.0.4", addr).await.unwrap();
+            let c = rpc_transports::stream::builder()
+                .start(s.into(), RpcudpCodec::new())
+                .client()
+                .with_timeout(Duration::from_secs(8));
+            for _ in 0..CALLS {
+                let c = c.clone();
+                calls.spawn(async move { c.call::<u64>("sleep", (5000u64,)).await });
+            }
+        }
+        let t = Instant::now();
+        while server.stats().overloaded < (CONNECTIONS * CALLS - 512) as u64
+            && t.elapsed() < Duration::from_secs(5)
+        {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let stats = server.stats();
+        println!("[tcp sleeping host] 1100 calls from one host; stats {stats:?}");
+        assert_eq!(
+            stats.overloaded,
+            (CONNECTIONS * CALLS - 512) as u64,
+            "{stats:?}"
+        );
+        // Another host's call runs at once.
+        let s = connect_from("127.0.0.5", addr).await.unwrap();
+        let other = rpc_transports::stream::builder()
+            .start(s.into(), RpcudpCodec::new())
+            .client();
+        let got = timeout(Duration::from_secs(1), other.call::<u64>("sleep", (1u64,)))
+            .await
+            .expect("answered within 1 s");
+        assert_eq!(got.unwrap(), 1);
+        calls.abort_all();
     });
 }
