@@ -158,10 +158,10 @@ pub(crate) struct Limits {
     request_timeout: Option<Duration>,
 }
 
-/// The demo router under the limits asked for: per-peer, per-IP and global rate limits, per-peer
-/// and per-IP concurrency, load shedding over a global concurrency limit, and deadlines
-/// (outermost first).
-pub(crate) fn service(limits: &Limits) -> Service {
+/// The demo router under the limits asked for, counted in `calls` (outermost first): calls
+/// traced and counted, per-peer, per-IP and global rate limits, per-peer and per-IP concurrency,
+/// load shedding over a global concurrency limit, and deadlines.
+pub(crate) fn service(limits: &Limits, calls: rpc_middleware::trace::Metrics) -> Service {
     use rpc_middleware::deadline::DeadlineLayer;
     use rpc_middleware::limit::{KeyedConcurrencyLimitLayer, RateLimitLayer};
     use tower::{Layer, ServiceBuilder, ServiceExt};
@@ -199,7 +199,7 @@ pub(crate) fn service(limits: &Limits) -> Service {
     if let Some(n) = limits.rate_per_peer {
         svc = Service::new(RateLimitLayer::per_peer(n, second).layer(svc));
     }
-    svc
+    Service::new(rpc_middleware::trace::TraceLayer::new(calls).layer(svc))
 }
 
 /// The demo service with its layers, type-erased.

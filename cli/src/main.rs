@@ -11,6 +11,7 @@ mod target;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
@@ -18,7 +19,7 @@ use futures::future::BoxFuture;
 use rpc_codecs::jsonrpc::JsonRpcCodec;
 use rpc_codecs::msgpack::RpcudpCodec;
 use rpc_core::{BoxChannel, Client, Codec, Error};
-use rpc_transports::{raw, tcp, udp, unix, Serving};
+use rpc_transports::{raw, tcp, udp, unix, Connected, Serving};
 
 use crate::target::{Address, CodecName, Target};
 
@@ -91,12 +92,51 @@ struct ServeArgs {
     /// How long shutdown waits for calls in progress.
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     grace: Duration,
+    #[command(flatten)]
+    transport: TransportLimits,
+    #[command(flatten)]
+    limits: demo::Limits,
+    /// Serve every listener's counters, and the calls' (started, ok, failed, refused, in
+    /// flight, latency), in Prometheus' text format at http://HOST:PORT/metrics; they are
+    /// brought up to date every second.
+    #[arg(long, value_name = "HOST:PORT")]
+    metrics: Option<SocketAddr>,
+}
+
+/// The transports' own bounds on what peers may hold, as `rpc serve` sets them on every listener.
+#[derive(Args)]
+struct TransportLimits {
     /// Connections kept from one IP address over TCP (a host, whatever its ports); more from it
     /// are closed at once, so one host cannot lock the others out.
     #[arg(long, value_name = "N", default_value_t = rpc_transports::DEFAULT_MAX_CONNECTIONS_PER_IP, value_parser = demo::positive)]
     max_connections_per_ip: usize,
-    #[command(flatten)]
-    limits: demo::Limits,
+    /// Requests from one IP address served at once, over UDP (of a listener's) and TCP (over
+    /// all of the address's connections); more from it are answered "overloaded".
+    #[arg(long, value_name = "N", default_value_t = rpc_transports::DEFAULT_MAX_CONCURRENT_REQUESTS_PER_IP, value_parser = demo::positive)]
+    max_concurrent_requests_per_ip: usize,
+    /// Bytes a listener's connections may hold in frames still arriving and frames being
+    /// served; past it the connection holding the most of an unfinished frame is closed.
+    #[arg(long, value_name = "BYTES", default_value_t = rpc_transports::DEFAULT_MAX_FRAME_MEMORY, value_parser = demo::positive)]
+    max_frame_memory: usize,
+    /// Arguments over 4 KiB with more than one value per this many bytes are answered "message
+    /// too large" before they are decoded (0: no check).
+    #[arg(long, value_name = "BYTES", default_value_t = rpc_transports::DEFAULT_MIN_BYTES_PER_VALUE)]
+    min_bytes_per_value: usize,
+}
+
+impl TransportLimits {
+    /// The settings every transport has.
+    fn shared<T>(&self, b: rpc_transports::Builder<T>) -> rpc_transports::Builder<T> {
+        b.max_concurrent_requests_per_ip(self.max_concurrent_requests_per_ip)
+            .min_bytes_per_value(self.min_bytes_per_value)
+    }
+
+    /// The settings of transports over connections too.
+    fn connected<T: Connected>(&self, b: rpc_transports::Builder<T>) -> rpc_transports::Builder<T> {
+        self.shared(b)
+            .max_connections_per_ip(self.max_connections_per_ip)
+            .max_frame_memory(self.max_frame_memory)
+    }
 }
 
 /// What to call: the endpoint, the method and its arguments.
@@ -305,7 +345,8 @@ fn counters_line(url: &str, s: &rpc_transports::Stats) -> String {
     format!(
         "counters {url}: requests {}, answers {}, errors {} (method not found {}, invalid params {}, \
          overloaded {}, rate limited {}, deadline exceeded {}, too large {}, internal {}, other {}), \
-         malformed {}, withheld {}, overloaded by the transport {}, connections {} (refused {})",
+         malformed {}, withheld {}, overloaded by the transport {}, too dense {}, connections {} \
+         (refused {}, closed over the frame memory budget {})",
         s.requests,
         s.responses_sent,
         e.total(),
@@ -320,8 +361,10 @@ fn counters_line(url: &str, s: &rpc_transports::Stats) -> String {
         s.malformed,
         s.withheld,
         s.overloaded,
+        s.too_dense,
         s.connections,
         s.connections_refused,
+        s.over_budget,
     )
 }
 
@@ -330,19 +373,17 @@ async fn start(
     target: &Target,
     url: &str,
     service: &demo::Service,
-    per_ip: usize,
+    limits: &TransportLimits,
 ) -> Result<(Box<dyn Running>, String), Failure> {
     match target.codec {
         CodecName::Msgpack => {
-            start_with(&target.address, RpcudpCodec::new(), url, service, per_ip).await
+            start_with(&target.address, RpcudpCodec::new(), url, service, limits).await
         }
         CodecName::JsonRpc => {
-            start_with(&target.address, JsonRpcCodec::new(), url, service, per_ip).await
+            start_with(&target.address, JsonRpcCodec::new(), url, service, limits).await
         }
         CodecName::Raw => {
-            let builder = raw::Builder::new()
-                .max_connections_per_ip(per_ip)
-                .serve(service.clone());
+            let builder = limits.connected(raw::Builder::new()).serve(service.clone());
             let cannot =
                 |e: std::io::Error| Failure::transport(format!("cannot listen on {url}: {e}"));
             match &target.address {
@@ -368,7 +409,7 @@ async fn start_with<C: Codec>(
     codec: C,
     url: &str,
     service: &demo::Service,
-    per_ip: usize,
+    limits: &TransportLimits,
 ) -> Result<(Box<dyn Running>, String), Failure> {
     let cannot = |e: std::io::Error| Failure::transport(format!("cannot listen on {url}: {e}"));
     let suffix = match url.split_once('?') {
@@ -377,7 +418,8 @@ async fn start_with<C: Codec>(
     };
     Ok(match address {
         Address::Udp(addr) => {
-            let e = udp::Builder::new()
+            let e = limits
+                .shared(udp::Builder::new())
                 .serve(service.clone())
                 .bind(*addr, codec)
                 .await
@@ -386,8 +428,8 @@ async fn start_with<C: Codec>(
             (Box::new(e), url)
         }
         Address::Tcp(addr) => {
-            let s = tcp::Builder::new()
-                .max_connections_per_ip(per_ip)
+            let s = limits
+                .connected(tcp::Builder::new())
                 .serve(service.clone())
                 .bind(*addr, codec)
                 .await
@@ -396,7 +438,8 @@ async fn start_with<C: Codec>(
             (Box::new(s), url)
         }
         Address::Unix(path) => {
-            let s = unix::Builder::new()
+            let s = limits
+                .connected(unix::Builder::new())
                 .serve(service.clone())
                 .bind(path, codec)
                 .await
@@ -488,12 +531,21 @@ async fn serve(args: ServeArgs) -> Result<(), Failure> {
     let signal = shutdown_signal();
     // One service for every listener: its limits ("in all", per IP address) count the calls
     // of all of them together.
-    let service = demo::service(&args.limits);
-    let mut running = Vec::new();
+    let calls = rpc_middleware::trace::Metrics::new();
+    let service = demo::service(&args.limits, calls.clone());
+    let mut running: Vec<(Arc<dyn Running>, String)> = Vec::new();
     for url in &args.listen {
         let target = Target::parse(url, args.codec).map_err(Failure::usage)?;
         // On a failure the process exits, which stops those already started.
-        running.push(start(&target, url, &service, args.max_connections_per_ip).await?);
+        let (server, url) = start(&target, url, &service, &args.transport).await?;
+        running.push((server.into(), url));
+    }
+    if let Some(addr) = args.metrics {
+        metrics_exporter_prometheus::PrometheusBuilder::new()
+            .with_http_listener(addr)
+            .install()
+            .map_err(|e| Failure::transport(format!("cannot serve metrics on {addr}: {e}")))?;
+        tokio::spawn(publish_metrics(running.clone(), calls));
     }
     // Announced once every listener is up: a script that waits for these lines may use them all.
     let mut out = std::io::stdout();
@@ -519,6 +571,25 @@ async fn serve(args: ServeArgs) -> Result<(), Failure> {
     }
     let _ = out.flush();
     Ok(())
+}
+
+/// Brings the exporter's counters up to date every second, as long as the process serves.
+async fn publish_metrics(
+    running: Vec<(Arc<dyn Running>, String)>,
+    calls: rpc_middleware::trace::Metrics,
+) {
+    let labels: Vec<_> = running
+        .iter()
+        .map(|(_, url)| [metrics::Label::new("listener", url.clone())])
+        .collect();
+    let mut every = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        every.tick().await;
+        for ((server, _), labels) in running.iter().zip(&labels) {
+            server.stats().publish(labels);
+        }
+        calls.publish(&[]);
+    }
 }
 
 /// Resolves on SIGINT or SIGTERM. The handlers are installed when this is called, before the

@@ -459,6 +459,32 @@ fn per_ip_limits_count_a_hosts_connections_together() {
 }
 
 #[test]
+fn the_transport_share_of_requests_per_ip_is_an_option() {
+    let server = Server::start_with(&[
+        "--listen",
+        "tcp://127.0.0.1:0",
+        "--max-concurrent-requests-per-ip",
+        "1",
+    ]);
+    // Four calls at once from one address that may have one served at a time.
+    let out = rpc(&[
+        "bench",
+        &server.url,
+        "sleep",
+        "100",
+        "--concurrency",
+        "4",
+        "--duration",
+        "1s",
+        "--json",
+    ]);
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let remote = report["errors_by_kind"]["remote"].as_u64().unwrap();
+    let ok = report["requests"].as_u64().unwrap() - report["errors"].as_u64().unwrap();
+    assert!(remote > 0 && ok <= 11, "{report}");
+}
+
+#[test]
 fn limits_in_all_count_the_calls_of_every_listener() {
     let (child, urls) = Server::spawn(
         &[
@@ -673,6 +699,8 @@ fn zero_limits_are_refused() {
         "--max-concurrent-per-peer",
         "--max-concurrent-per-ip",
         "--max-connections-per-ip",
+        "--max-concurrent-requests-per-ip",
+        "--max-frame-memory",
     ] {
         let out = rpc(&["serve", "--listen", "udp://127.0.0.1:0", option, "0"]);
         assert_eq!(out.status.code(), Some(2), "{option}: {out:?}");
@@ -718,4 +746,62 @@ fn serve_prints_its_counters_when_it_stops() {
         counters.contains("requests 2, answers 2, errors 1 (method not found 1,"),
         "{counters}"
     );
+}
+
+/// `GET /metrics` from `addr`: the body, once the exporter answers.
+fn scrape(addr: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        s,
+        "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).ok()?;
+    answer
+        .starts_with("HTTP/1.1 200")
+        .then(|| {
+            answer
+                .split_once("\r\n\r\n")
+                .map(|(_, body)| body.to_owned())
+        })
+        .flatten()
+}
+
+#[test]
+fn serve_exports_its_counters_to_prometheus() {
+    // A free port for the exporter, which binds it itself.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let metrics = format!("127.0.0.1:{port}");
+    let server = Server::start_with(&["--listen", "tcp://127.0.0.1:0", "--metrics", &metrics]);
+    let (code, _, err) = call(&server.url, "add", &["1", "2"]);
+    assert_eq!(code, 0, "{err}");
+    let (code, _, _) = call(&server.url, "no_such_method", &[]);
+    assert_eq!(code, 1);
+    let requests = format!("rpc_requests_total{{listener=\"{}\"}} 2", server.url);
+    let wanted = [
+        requests.as_str(),
+        "rpc_errors_sent_method_not_found_total",
+        "rpc_calls_ok_total 1",
+        "rpc_calls_failed_total 1",
+        "# HELP rpc_requests_total requests and notifications received",
+    ];
+    // Published every second: wait for a reading after the calls.
+    let t = Instant::now();
+    let body = loop {
+        let body = scrape(&metrics).unwrap_or_default();
+        if wanted.iter().all(|w| body.contains(w)) || t.elapsed() > Duration::from_secs(10) {
+            break body;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    for w in wanted {
+        assert!(body.contains(w), "{w:?} not in:\n{body}");
+    }
 }

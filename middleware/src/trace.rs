@@ -78,6 +78,67 @@ impl Metrics {
         }
     }
 
+    /// Publishes a reading through the [`metrics`](::metrics) facade (feature `metrics`), for
+    /// whatever exporter the program installed: counters `rpc_calls_<name>_total` (`started`,
+    /// `ok`, `failed`, `refused`, `deadline_exceeded`, `cancelled`) and
+    /// `rpc_calls_latency_us_total`, gauges `rpc_calls_in_flight` and
+    /// `rpc_calls_latency_us_max`, each with `labels`. Values are set to the reading's
+    /// (`absolute`): publish readings now and then from one task.
+    ///
+    /// ```
+    /// let metrics = rpc_middleware::trace::Metrics::new();
+    /// metrics.publish(&[metrics::Label::new("service", "demo")]);
+    /// ```
+    #[cfg(feature = "metrics")]
+    pub fn publish(&self, labels: &[::metrics::Label]) {
+        let s = self.snapshot();
+        let counters = [
+            ("rpc_calls_started_total", "calls started", s.started),
+            ("rpc_calls_ok_total", "calls that succeeded", s.ok),
+            ("rpc_calls_failed_total", "calls that failed", s.failed),
+            (
+                "rpc_calls_refused_total",
+                "calls refused as overloaded or rate limited",
+                s.refused,
+            ),
+            (
+                "rpc_calls_deadline_exceeded_total",
+                "calls that ran out of time",
+                s.deadline_exceeded,
+            ),
+            (
+                "rpc_calls_cancelled_total",
+                "calls dropped before they finished",
+                s.cancelled,
+            ),
+            (
+                "rpc_calls_latency_us_total",
+                "the sum of finished calls' latencies, in microseconds",
+                s.latency_us_total,
+            ),
+        ];
+        for (name, help, value) in counters {
+            ::metrics::describe_counter!(name, help);
+            ::metrics::counter!(name, labels.iter()).absolute(value);
+        }
+        let gauges = [
+            (
+                "rpc_calls_in_flight",
+                "calls started and not finished",
+                s.in_flight,
+            ),
+            (
+                "rpc_calls_latency_us_max",
+                "the longest latency seen, in microseconds",
+                s.latency_us_max,
+            ),
+        ];
+        for (name, help, value) in gauges {
+            ::metrics::describe_gauge!(name, help);
+            ::metrics::gauge!(name, labels.iter()).set(value as f64);
+        }
+    }
+
     fn finish(&self, us: u64, code: Option<ErrorCode>) {
         let c = &self.inner;
         c.latency_us_total.fetch_add(us, Ordering::Relaxed);

@@ -1225,6 +1225,44 @@ async fn trace_counts_server_outcomes() {
     assert_eq!(counts(&metrics), (6, 1, 5, 2, 1, 0));
     let s = metrics.snapshot();
     assert_eq!(s.latency_us_total, 7000);
+    #[cfg(feature = "metrics")]
+    {
+        use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+        let recorder = DebuggingRecorder::new();
+        let snapshotter = recorder.snapshotter();
+        let labels = [metrics::Label::new("service", "test")];
+        metrics::with_local_recorder(&recorder, || metrics.publish(&labels));
+        let published: Vec<(String, String)> = snapshotter
+            .snapshot()
+            .into_vec()
+            .into_iter()
+            .map(|(key, _, _, value)| {
+                let labels: Vec<_> = key.key().labels().map(|l| l.value().to_owned()).collect();
+                assert_eq!(labels, ["test"]);
+                let value = match value {
+                    DebugValue::Counter(n) => n.to_string(),
+                    DebugValue::Gauge(g) => g.to_string(),
+                    DebugValue::Histogram(_) => panic!("no histograms"),
+                };
+                (key.key().name().to_owned(), value)
+            })
+            .collect();
+        for (name, value) in [
+            ("rpc_calls_started_total", "6"),
+            ("rpc_calls_ok_total", "1"),
+            ("rpc_calls_failed_total", "5"),
+            ("rpc_calls_refused_total", "2"),
+            ("rpc_calls_deadline_exceeded_total", "1"),
+            ("rpc_calls_latency_us_total", "7000"),
+            ("rpc_calls_in_flight", "0"),
+            ("rpc_calls_latency_us_max", "7000"),
+        ] {
+            assert!(
+                published.contains(&(name.to_owned(), value.to_owned())),
+                "{name} {value} not in {published:?}"
+            );
+        }
+    }
 }
 
 /// The fields of each closed span, as a subscriber records them.

@@ -337,6 +337,23 @@ mod tests {
     }
 
     #[test]
+    fn values_are_counted_from_the_structure_outside_strings() {
+        let count = |s: &str| JSON.count_values(s.as_bytes(), usize::MAX).unwrap();
+        assert_eq!(count("1"), 1);
+        assert_eq!(count("[1,2,3]"), 4);
+        // Keys count; brackets, commas and colons inside strings do not.
+        assert_eq!(count(r#"{"a":1,"b":"[,:{"}"#), 5);
+        assert_eq!(count(r#"["\"[,]"]"#), 2);
+        // At least the values there are: empty containers count twice.
+        assert_eq!(count("[[],[]]"), 5);
+        assert_eq!(
+            JSON.count_values(b"[0,0,0,0,0,0]", 3),
+            Some(4),
+            "stops past the limit"
+        );
+    }
+
+    #[test]
     fn positional_and_named_reach_the_same_parameters() {
         let names: &[&'static str] = &["minuend", "subtrahend"];
         assert_eq!(args::<(i64, i64)>("[42, 23]", Some(names)), Ok((42, 23)));

@@ -56,6 +56,38 @@ pub struct Stats {
 }
 
 impl Stats {
+    /// Publishes every counter through the [`metrics`](::metrics) facade (feature `metrics`), so
+    /// whatever exporter the program installed shows them: `rpc_<name>_total` for each of
+    /// [`counters`](Stats::counters), with `labels` (the listener's address, say). The counters
+    /// are set to this reading's values (`absolute`), so publishing readings of a server now and
+    /// then, from one task, keeps the exporter's counters as they are here.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> std::io::Result<()> {
+    /// use std::time::Duration;
+    /// use rpc_transports::{tcp, Serving};
+    ///
+    /// let server = tcp::Builder::new()
+    ///     .bind("127.0.0.1:0", rpc_codecs::jsonrpc::JsonRpcCodec::new())
+    ///     .await?;
+    /// let labels = [metrics::Label::new("listener", server.local_addr().to_string())];
+    /// // Publishes a reading each second while the server runs (here: twice).
+    /// let mut every = tokio::time::interval(Duration::from_secs(1));
+    /// for _ in 0..2 {
+    ///     every.tick().await;
+    ///     server.stats().publish(&labels);
+    /// }
+    /// # Ok(()) }
+    /// ```
+    #[cfg(feature = "metrics")]
+    pub fn publish(&self, labels: &[::metrics::Label]) {
+        for (name, help, value) in self.counters() {
+            let name = format!("rpc_{name}_total");
+            ::metrics::describe_counter!(name.clone(), help);
+            ::metrics::counter!(name, labels.iter()).absolute(value);
+        }
+    }
+
     /// Every counter with its name (as in the Prometheus exposition, without the `rpc_` prefix
     /// and `_total` suffix) and what it counts, error answers by code last, named
     /// `errors_sent_<code>`: for printing and exporting them all.
@@ -357,6 +389,38 @@ impl Counters {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[cfg(feature = "metrics")]
+    #[test]
+    fn every_counter_is_published_with_its_labels() {
+        use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+        let recorder = DebuggingRecorder::new();
+        let snapshotter = recorder.snapshotter();
+        let c = Counters::default();
+        c.record_n(Event::Request, 3);
+        c.answered(&"peer", Some(&ServerError::overloaded()));
+        let stats = c.snapshot();
+        let labels = [::metrics::Label::new("listener", "tcp://127.0.0.1:1")];
+        metrics::with_local_recorder(&recorder, || stats.publish(&labels));
+        let published = snapshotter.snapshot().into_vec();
+        assert_eq!(published.len(), stats.counters().len());
+        let value = |name: &str| {
+            published
+                .iter()
+                .find(|(key, ..)| key.key().name() == name)
+                .map(|(key, _, _, value)| {
+                    let labels: Vec<_> = key.key().labels().map(|l| l.value().to_owned()).collect();
+                    assert_eq!(labels, ["tcp://127.0.0.1:1"]);
+                    match value {
+                        DebugValue::Counter(n) => *n,
+                        other => panic!("{name} is not a counter: {other:?}"),
+                    }
+                })
+        };
+        assert_eq!(value("rpc_requests_total"), Some(3));
+        assert_eq!(value("rpc_errors_sent_overloaded_total"), Some(1));
+        assert_eq!(value("rpc_responses_sent_total"), Some(1));
+    }
 
     #[test]
     fn errors_are_counted_by_code_and_every_event_has_its_field() {
