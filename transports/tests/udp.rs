@@ -1287,9 +1287,41 @@ async fn no_bad_datagram_is_answered_with_more_than_three_times_its_size() {
                 rpcudp.local_addr(),
                 rpcudp_unknown,
             ),
+            (
+                "wrong argument types",
+                json.local_addr(),
+                br#"{"jsonrpc":"2.0","method":"add","params":["a","b"],"id":1}"#.to_vec(),
+            ),
+            (
+                "an invalid request object",
+                json.local_addr(),
+                br#"{"jsonrpc":"1.0","id":1}"#.to_vec(),
+            ),
+            (
+                "a batch of notifications",
+                json.local_addr(),
+                br#"[{"jsonrpc":"2.0","method":"x"},{"jsonrpc":"2.0","method":"y"}]"#.to_vec(),
+            ),
+            (
+                "arguments too dense to decode",
+                json.local_addr(),
+                format!(
+                    r#"{{"jsonrpc":"2.0","method":"add","params":[{}0],"id":1}}"#,
+                    "0,".repeat(3000)
+                )
+                .into_bytes(),
+            ),
         ];
         for (what, to, datagram) in cases {
             let answered = answer_size(&peer, to, &datagram).await;
+            println!(
+                "[udp amplification] {what}: {} bytes answered with {}",
+                datagram.len(),
+                answered.map_or("nothing".to_owned(), |n| format!(
+                    "{n} ({:.2}x)",
+                    n as f64 / datagram.len().max(1) as f64
+                ))
+            );
             if let Some(n) = answered {
                 assert!(
                     n <= 3 * datagram.len(),
