@@ -118,8 +118,8 @@ struct TransportLimits {
     /// served; past it the connection holding the most of an unfinished frame is closed.
     #[arg(long, value_name = "BYTES", default_value_t = rpc_transports::DEFAULT_MAX_FRAME_MEMORY, value_parser = demo::positive)]
     max_frame_memory: usize,
-    /// Arguments over 4 KiB with more than one value per this many bytes are answered "message
-    /// too large" before they are decoded (0: no check).
+    /// In frames over 4 KiB, arguments with more than one value per this many bytes are
+    /// answered "message too large" before they are decoded (0: no check).
     #[arg(long, value_name = "BYTES", default_value_t = rpc_transports::DEFAULT_MIN_BYTES_PER_VALUE)]
     min_bytes_per_value: usize,
 }

@@ -31,11 +31,12 @@ pub const DEFAULT_MAX_CONCURRENT_REQUESTS_PER_IP: usize = DEFAULT_MAX_CONCURRENT
 /// The default memory a server's connections may hold in unfinished frames and frames being
 /// served: 64 MiB, eight frames of the largest size.
 pub const DEFAULT_MAX_FRAME_MEMORY: usize = 64 * 1024 * 1024;
-/// The default density past which arguments are refused: more than one value per 4 bytes (in
-/// arguments over 4 KiB).
-pub const DEFAULT_MIN_BYTES_PER_VALUE: usize = 4;
-/// Arguments up to this size are decoded whatever their density: their decoded size is small
-/// however dense they are.
+/// The default density past which arguments are refused: more than one value per 3 bytes (in
+/// frames over 4 KiB). JSON arrays of numbers up to 255 pass (3.6 bytes a value on average);
+/// msgpack arrays of small integers (1 or 2 bytes a value) do not: bytes travel as bin.
+pub const DEFAULT_MIN_BYTES_PER_VALUE: usize = 3;
+/// The arguments of frames up to this size are decoded whatever their density: their decoded
+/// size is small however dense they are.
 pub(crate) const DENSITY_CHECKED_FROM: usize = 4 * 1024;
 
 /// Configures servers and clients of a transport `T`: [`udp::Builder`](crate::udp::Builder),
@@ -56,7 +57,7 @@ pub(crate) const DENSITY_CHECKED_FROM: usize = 4 * 1024;
 /// | [`max_connections_per_ip`](Builder::max_connections_per_ip) | 128 from one IP address; more from it are closed as soon as they are accepted | TCP |
 /// | [`max_concurrent_requests_per_ip`](Builder::max_concurrent_requests_per_ip) | 512 from one IP address served at once (of an endpoint's, or of a server's over all its connections); more from it are answered "overloaded" | UDP, TCP |
 /// | [`max_frame_memory`](Builder::max_frame_memory) | 64 MiB per server for unfinished frames and frames being served; past it the connection holding the most of an unfinished frame is closed, or reading waits for frames to be served | connections |
-/// | [`min_bytes_per_value`](Builder::min_bytes_per_value) | 4: arguments over 4 KiB with more than one value per 4 bytes are answered "message too large" | all (JSON and msgpack arguments) |
+/// | [`min_bytes_per_value`](Builder::min_bytes_per_value) | 3: in frames over 4 KiB, arguments with more than one value per 3 bytes are answered "message too large" | all (JSON and msgpack arguments) |
 /// | [`max_payload`](crate::udp::Builder::max_payload) | 8192 bytes, as rpcudp | UDP |
 ///
 /// ```
@@ -123,7 +124,8 @@ impl<T> Builder<T> {
     /// How many requests from one IP address (a host, whatever its ports) are served at once;
     /// more from it are answered "overloaded", so one source cannot take what all share. Over
     /// UDP, of an endpoint's [`max_concurrent_requests`](Builder::max_concurrent_requests); over
-    /// TCP, of a server's, counted over all the connections from the address. Default 512.
+    /// TCP, counted over all the connections from the address (each of which also has its own
+    /// `max_concurrent_requests`). Default 512: clients behind one proxy address share it.
     /// Peers without an IP address (Unix sockets, pipes) have no share; basic-socket-rpc serves
     /// one call at a time per connection, bounded by
     /// [`max_connections_per_ip`](Builder::max_connections_per_ip).
@@ -132,16 +134,19 @@ impl<T> Builder<T> {
         self
     }
 
-    /// Refuses arguments over 4 KiB that hold more than one value per `bytes` of their
-    /// encoding, answering "message too large" (`Stats::too_dense`), before any handler decodes
-    /// them. Default 4; 0 turns the check off.
+    /// In frames over 4 KiB, refuses arguments that hold more than one value per `bytes` of
+    /// their encoding (and 16 more), answering "message too large" (`Stats::too_dense`), before
+    /// any handler decodes them; a batch's items are checked each. Default 3; 0 turns the check
+    /// off.
     ///
     /// Decoding turns each value into a Rust one of tens of bytes (a `serde_json::Value` takes
     /// 32, an `rmpv::Value` 40, a `String` 24): a megabyte of one-byte msgpack values would take
-    /// 40 MB decoded. With the default, decoded arguments take at most about ten times their
-    /// size in such types (and a few hundred kilobytes at most below 4 KiB). Values are counted
-    /// by the codec's format ([`Format::count_values`](rpc_core::Format::count_values)): JSON
-    /// and msgpack count; a format that cannot count is not checked.
+    /// 40 MB decoded. With the default, decoded arguments take at most about 13 times their size
+    /// in such types (a frame up to 4 KiB at most about 160 KiB). JSON arrays of byte values
+    /// pass (3.6 bytes a value on average); msgpack arrays of small integers do not: send bytes
+    /// as msgpack bin (`serde_bytes`, `bytes::Bytes`), or set 1. Values are counted by the
+    /// codec's format ([`Format::count_values`](rpc_core::Format::count_values)): JSON and
+    /// msgpack count; a format that cannot count is not checked.
     pub fn min_bytes_per_value(mut self, bytes: usize) -> Self {
         self.min_bytes_per_value = bytes;
         self
@@ -188,7 +193,10 @@ impl Default for Connections {
 impl Connections {
     /// A server's frame memory: never less than a frame of the largest size needs.
     pub(crate) fn budget(&self) -> std::sync::Arc<crate::budget::Budget> {
-        crate::budget::Budget::new(self.max_frame_memory.max(self.max_frame))
+        crate::budget::Budget::new(
+            self.max_frame_memory
+                .max(self.max_frame.saturating_add(1024)),
+        )
     }
 }
 
@@ -242,19 +250,20 @@ impl<T: Connected> Builder<T> {
         self
     }
 
-    /// The memory a server's connections may hold in frames, in bytes: frames still arriving,
-    /// beyond the first 64 KiB of each connection's buffer, and frames whose requests are being
-    /// decoded and served. Default 64 MiB; never less than
-    /// [`max_frame_length`](Builder::max_frame_length), so that a frame of the largest size can
-    /// always be read.
+    /// The memory a server's connections may hold in frames, in bytes: the read buffers of
+    /// frames still arriving, past the first 64 KiB of each connection's, and those of frames
+    /// whose requests are being decoded and served (a frame keeps the buffer it was cut from
+    /// alive: it is the allocation that counts). Default 64 MiB; never less than a frame of
+    /// [`max_frame_length`](Builder::max_frame_length) needs, so that one can always be read.
     ///
-    /// When a connection needs more to go on reading and the budget is spent, then if frames
-    /// still arriving hold too much, the connection holding the most of one is closed
-    /// (`Stats::over_budget`): a peer that sends most of a large frame and stops holds memory
-    /// for nothing. Else the budget is held by requests being served, which end by themselves,
-    /// and the connection is not read until they do. So a server's frame memory stays under
-    /// this plus 64 KiB per connection, whatever the peers send. Clients and connections
-    /// started outside a server ([`Builder::start`]) have no budget of their own.
+    /// When a connection needs more to go on reading and the budget is spent, then if the
+    /// buffers of frames still arriving hold too much, the connection with the largest is
+    /// closed (`Stats::over_budget`): a peer that sends most of a large frame and stops holds
+    /// memory for nothing. Else the budget is held by frames being served, and the connection
+    /// is not read until they are answered, for at most 10 s, after which it is closed too. So
+    /// a server's frame memory stays under this plus 64 KiB per connection, whatever the peers
+    /// send. Clients and connections started outside a server ([`Builder::start`]) have no
+    /// budget of their own.
     pub fn max_frame_memory(mut self, bytes: usize) -> Self {
         self.transport.connections().max_frame_memory = bytes;
         self

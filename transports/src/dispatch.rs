@@ -11,7 +11,7 @@ use bytes::{Bytes, BytesMut};
 use rpc_core::codec::{Codec, DecodeError, Message};
 use rpc_core::{Context, Error, ErrorCode, Method, Payload, Request, Response, ServerError};
 
-use crate::budget::Serving;
+use crate::budget::Held;
 use crate::slots::{IpSlot, PerIp, Slot, Slots};
 pub(crate) use crate::stats::{Counters, Event};
 
@@ -26,7 +26,7 @@ pub(crate) trait Link<C: Codec>: Clone + Send + Sync + 'static {
     /// The peer's IP address and what each address may hold of the requests served at once,
     /// where requests from one address must not take them all; `None` for no share.
     fn share(&self) -> Option<(&Arc<PerIp>, std::net::IpAddr)>;
-    /// Arguments over 4 KiB with more than one value per this many bytes are refused; 0 for no
+    /// In frames over 4 KiB, arguments with more than one value per this many bytes are refused; 0 for no
     /// check ([`Builder::min_bytes_per_value`](crate::Builder::min_bytes_per_value)).
     fn min_bytes_per_value(&self) -> usize;
     /// The context of a request from this peer.
@@ -75,10 +75,12 @@ pub(crate) async fn handle<C: Codec, L: Link<C>>(
     link: &L,
     serve: Option<&mut LocalServe>,
     frame: Bytes,
-    held: Option<Serving>,
+    held: Held,
 ) -> bool {
+    // Small frames are decoded whatever their density: however dense, they decode small.
+    let check = frame.len() > crate::builder::DENSITY_CHECKED_FROM;
     match link.codec().decode(frame) {
-        Ok(Message::Batch(items)) => batch(link, serve, items, held).await,
+        Ok(Message::Batch(items)) => batch(link, serve, items, held, check).await,
         Ok(Message::Response { id, result }) => {
             link.deliver(id, result);
             return true;
@@ -95,7 +97,7 @@ pub(crate) async fn handle<C: Codec, L: Link<C>>(
                     return false;
                 }
             }
-            match start(link, serve, id.is_none(), method, args, timeout) {
+            match start(link, serve, id.is_none(), method, args, timeout, check) {
                 Started::Ready(response) => {
                     if let Some(id) = id {
                         respond(link, &id, &response).await;
@@ -143,7 +145,8 @@ enum Started {
     Pending(Running, (Slot, Option<IpSlot>)),
 }
 
-/// Starts serving a request; answers from here when the handler does not wait.
+/// Starts serving a request; answers from here when the handler does not wait. `check`: the
+/// frame is large enough for its arguments' density to be checked.
 fn start<C: Codec, L: Link<C>>(
     link: &L,
     service: Option<&mut LocalServe>,
@@ -151,6 +154,7 @@ fn start<C: Codec, L: Link<C>>(
     method: Method,
     args: Bytes,
     timeout: Option<std::time::Duration>,
+    check: bool,
 ) -> Started {
     let Some(service) = service else {
         return Started::Ready(ServerError::method_not_found(&method).into());
@@ -163,7 +167,7 @@ fn start<C: Codec, L: Link<C>>(
         link.counters().record(Event::Overloaded);
         return Started::Ready(ServerError::overloaded().into());
     }
-    if let Some(refusal) = too_dense(link, &args) {
+    if let Some(refusal) = check.then(|| too_dense(link, &args)).flatten() {
         link.counters().record(Event::TooDense);
         return Started::Ready(refusal.into());
     }
@@ -190,13 +194,15 @@ fn start<C: Codec, L: Link<C>>(
 }
 
 /// The refusal of arguments with more values than their size allows, if they have
-/// ([`Builder::min_bytes_per_value`](crate::Builder::min_bytes_per_value)).
+/// ([`Builder::min_bytes_per_value`](crate::Builder::min_bytes_per_value)), counting a few more
+/// for small arguments (a batch's items).
 fn too_dense<C: Codec, L: Link<C>>(link: &L, args: &[u8]) -> Option<ServerError> {
+    const SLACK: usize = 16;
     let per = link.min_bytes_per_value();
-    if per == 0 || args.len() <= crate::builder::DENSITY_CHECKED_FROM {
+    if per == 0 {
         return None;
     }
-    let allowed = args.len() / per;
+    let allowed = args.len() / per + SLACK;
     let values = rpc_core::Format::count_values(link.codec().format(), args, allowed)?;
     (values > allowed).then(|| {
         ServerError::new(
@@ -280,7 +286,8 @@ async fn batch<C: Codec, L: Link<C>>(
     link: &L,
     mut serve: Option<&mut LocalServe>,
     items: Vec<Result<Message<C::Id>, DecodeError<C::Id>>>,
-    held: Option<Serving>,
+    held: Held,
+    check: bool,
 ) {
     let mut answers: Vec<(C::Id, Response)> = Vec::new();
     let mut pending = Vec::new();
@@ -300,6 +307,7 @@ async fn batch<C: Codec, L: Link<C>>(
                     method,
                     args,
                     timeout,
+                    check,
                 ) {
                     Started::Ready(r) => answers.extend(id.map(|id| (id, r))),
                     Started::Pending(fut, slot) => pending.push(async move {

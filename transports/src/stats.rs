@@ -65,7 +65,7 @@ impl Stats {
     /// ```
     /// # #[tokio::main(flavor = "current_thread")] async fn main() -> std::io::Result<()> {
     /// use std::time::Duration;
-    /// use rpc_transports::{tcp, Serving};
+    /// use rpc_transports::tcp;
     ///
     /// let server = tcp::Builder::new()
     ///     .bind("127.0.0.1:0", rpc_codecs::jsonrpc::JsonRpcCodec::new())

@@ -1192,3 +1192,106 @@ fn tcp_one_host_with_1100_sleeping_calls_leaves_another_served_at_once() {
         calls.abort_all();
     });
 }
+
+/// Sends `bytes` to a new connection from 127.0.0.6 and keeps it open (for at most `LIMIT`).
+/// The bytes are shared: the attackers cost this process nothing per peer.
+async fn send_and_hold(addr: SocketAddr, bytes: Arc<[u8]>) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let Ok(mut s) = connect_from("127.0.0.6", addr).await else {
+            return;
+        };
+        if s.write_all(&bytes).await.is_ok() {
+            let _ = closed_within(&mut s, LIMIT).await;
+        }
+    })
+}
+
+/// Waits until the server's frame memory is at most `bound`, for at most 5 s; what it was then.
+async fn frame_memory_falls_to(server: &tcp::Server, bound: usize) -> usize {
+    let t = Instant::now();
+    while server.frame_memory() > bound && t.elapsed() < Duration::from_secs(5) {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    server.frame_memory()
+}
+
+#[test]
+fn tcp_large_frames_leave_no_large_buffer_behind() {
+    const PEERS: usize = 40;
+    serial(async {
+        let server = tcp::Builder::new()
+            .serve(router())
+            .bind("127.0.0.1:0", RpcudpCodec::new())
+            .await
+            .unwrap();
+        let addr = server.local_addr();
+        let rss = RssProbe::start();
+        // A frame of almost the largest size (not a valid message: answered at once, if at all),
+        // then one byte of the next frame's length, and nothing more: the large buffer must not
+        // stay behind with that byte.
+        let mut wire = frame(&vec![0xc1; rpc_transports::DEFAULT_MAX_FRAME_LENGTH - 104]);
+        wire.push(0);
+        let wire: Arc<[u8]> = wire.into();
+        let mut peers = Vec::new();
+        for _ in 0..PEERS {
+            peers.push(send_and_hold(addr, wire.clone()).await);
+        }
+        let small = PEERS * 2 * 64 * 1024;
+        let held = frame_memory_falls_to(&server, small).await;
+        let growth = rss.finish("tcp large frames").await;
+        println!(
+            "[tcp large frames] {PEERS} peers; frames hold {held} bytes; {:?}",
+            server.stats()
+        );
+        assert!(held <= small, "{held} bytes still held in frames");
+        // Had each kept its 8 MiB buffer: 320 MiB.
+        assert!(growth < 3 * RSS_BOUND, "RSS grew by {:.1} MiB", mib(growth));
+        for p in peers {
+            p.abort();
+        }
+    });
+}
+
+#[test]
+fn tcp_a_connection_closed_to_make_room_gives_its_memory_back_at_once() {
+    const PEERS: usize = 30;
+    const BUDGET: usize = 16 << 20;
+    serial(async {
+        let server = tcp::Builder::new()
+            .max_frame_memory(BUDGET)
+            .serve(router().route("sleep", |ms: u64| async move {
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+                ms
+            }))
+            .bind("127.0.0.1:0", RpcudpCodec::new())
+            .await
+            .unwrap();
+        let addr = server.local_addr();
+        let rss = RssProbe::start();
+        // Each sends a call that takes 5 s, then 7 MiB of an 8 MiB frame: those closed to make
+        // room must let go of their buffers while their call still runs.
+        let mut wire = rpcudp_request("sleep", (5000u64,));
+        wire.extend_from_slice(&(8u32 << 20).to_be_bytes());
+        wire.extend_from_slice(&vec![0u8; 7 << 20]);
+        let wire: Arc<[u8]> = wire.into();
+        let mut peers = Vec::new();
+        for _ in 0..PEERS {
+            peers.push(send_and_hold(addr, wire.clone()).await);
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let held = server.frame_memory();
+        let growth = rss.finish("tcp closed to make room").await;
+        let stats = server.stats();
+        println!("[tcp closed to make room] frames hold {held} bytes; stats {stats:?}");
+        assert!(stats.over_budget > 0, "{stats:?}");
+        assert!(
+            held <= BUDGET + PEERS * 64 * 1024,
+            "{held} bytes held in frames"
+        );
+        // Had each kept its buffer: 30 × 8 MiB.
+        assert!(growth < 2 * RSS_BOUND, "RSS grew by {:.1} MiB", mib(growth));
+        for p in peers {
+            p.abort();
+        }
+    });
+}

@@ -57,7 +57,7 @@ use std::task::{Context as TaskContext, Poll};
 use std::time::Duration;
 
 use crate::serve::Serve;
-use crate::stream::FrameReader;
+use crate::stream::{Cut, FrameReader};
 use bytes::BytesMut;
 use futures::future::BoxFuture;
 use rpc_core::context::deadline_after;
@@ -362,11 +362,11 @@ async fn serve_connection(server: Arc<ServerState>, io: Io, shared: Arc<ServerSh
                 break;
             }
             Some(None) => break,
-            Some(Some(Ok(f))) => f,
+            Some(Some(Ok(cut))) => cut,
             Some(Some(Err(e))) => {
                 shared
                     .counters
-                    .record(if e.kind() == io::ErrorKind::OutOfMemory {
+                    .record(if crate::stream::is_over_budget(&e) {
                         Event::OverBudget
                     } else {
                         Event::BadFrame
@@ -377,11 +377,8 @@ async fn serve_connection(server: Arc<ServerState>, io: Io, shared: Arc<ServerSh
                 break;
             }
         };
-        // Counted against the server's frame memory until it has been answered.
-        let _held = match &frame {
-            Frame::Msg { payload, .. } => frames.serving(payload.len()),
-            Frame::TooSmall(_) => None,
-        };
+        // Its allocation stays counted against the server's frame memory until it is answered.
+        let Cut { frame, held: _held } = frame;
         // A call that was made and failed (its handler's error, an answer too large) is not a
         // malformed frame.
         let mut call_failed = false;
@@ -499,7 +496,7 @@ impl ClientConn {
         // Bounded by the call's own timeout, which covers the whole exchange.
         send(&mut self.w, &mut self.out, Duration::MAX).await?;
         match self.frames.next().await {
-            Some(Ok(f)) => Ok(f),
+            Some(Ok(cut)) => Ok(cut.frame),
             Some(Err(e)) => Err(Error::Transport(e)),
             None => Err(Error::Transport(io::Error::new(
                 io::ErrorKind::UnexpectedEof,

@@ -517,9 +517,8 @@ async fn read_loop<C: Codec, R: AsyncRead + Unpin>(
         let end = loop {
             match next {
                 None => break BurstEnd::Eof,
-                Some(Ok(frame)) => {
-                    let held = frames.serving(frame.len());
-                    dispatch::handle(&conn, serve.as_mut(), frame, held).await;
+                Some(Ok(cut)) => {
+                    dispatch::handle(&conn, serve.as_mut(), cut.frame, cut.held).await;
                 }
                 Some(Err(e)) => break BurstEnd::BadFrame(e),
             }
@@ -550,22 +549,26 @@ async fn read_loop<C: Codec, R: AsyncRead + Unpin>(
                 break 'frames;
             }
             BurstEnd::BadFrame(e) => {
-                conn.counters
-                    .record(if e.kind() == io::ErrorKind::OutOfMemory {
-                        Event::OverBudget
-                    } else {
-                        Event::BadFrame
-                    });
+                conn.counters.record(if super::reader::is_over_budget(&e) {
+                    Event::OverBudget
+                } else {
+                    Event::BadFrame
+                });
                 tracing::warn!(peer = %conn.peer, error = %e, "closing the connection");
                 conn.life.mark_lost();
                 conn.fail_calls();
+                // The read buffer goes now, not once the requests are answered: a connection
+                // closed to make room gives its memory back at once.
+                drop(frames);
                 conn.answered().await;
                 conn.fail(&e);
                 return;
             }
         }
     }
-    // The peer finished sending, or we are draining: answer what was accepted, then close.
+    // The peer finished sending, or we are draining: answer what was accepted, then close. The
+    // read buffer is not needed for that.
+    drop(frames);
     conn.answered().await;
     conn.finish_writing();
 }

@@ -20,7 +20,7 @@ mod stream_io;
 
 pub use self::connection::Connection;
 pub use self::framing::{FrameSplitter, Framing};
-pub(crate) use self::reader::FrameReader;
+pub(crate) use self::reader::{is_over_budget, Cut, FrameReader};
 pub use self::stream_io::Io;
 
 use std::fmt;
