@@ -768,3 +768,35 @@ async fn one_host_cannot_take_every_connection() {
     .await
     .unwrap();
 }
+
+#[tokio::test]
+async fn a_tcp_batch_whose_answer_is_over_the_frame_limit_is_answered_with_an_error_saying_so() {
+    use rpc_codecs::jsonrpc::JsonRpcCodec;
+    timeout(LIMIT, async {
+        let server = tcp::Builder::new()
+            .max_frame_length(1024)
+            .serve(Router::new().route("big", |n: usize| async move { "x".repeat(n) }))
+            .bind("127.0.0.1:0", JsonRpcCodec::new())
+            .await
+            .unwrap();
+        let mut s = TcpStream::connect(server.local_addr()).await.unwrap();
+        let batch = concat!(
+            r#"[{"jsonrpc":"2.0","method":"big","params":[600],"id":1},"#,
+            r#"{"jsonrpc":"2.0","method":"big","params":[600],"id":2}]"#
+        );
+        s.write_all(&(batch.len() as u32).to_be_bytes())
+            .await
+            .unwrap();
+        s.write_all(batch.as_bytes()).await.unwrap();
+        let mut len = [0u8; 4];
+        s.read_exact(&mut len).await.unwrap();
+        let mut answer = vec![0u8; u32::from_be_bytes(len) as usize];
+        s.read_exact(&mut answer).await.unwrap();
+        let answer: serde_json::Value = serde_json::from_slice(&answer).unwrap();
+        assert_eq!(answer["id"], serde_json::Value::Null, "{answer}");
+        assert_eq!(answer["error"]["code"], -32003, "{answer}");
+        assert_eq!(server.stats().errors_sent.message_too_large, 1);
+    })
+    .await
+    .unwrap();
+}
