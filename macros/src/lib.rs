@@ -391,7 +391,15 @@ fn client_method(rpc: &Rpc) -> TokenStream2 {
         attrs,
         ..
     } = rpc;
-    let docs = attrs.iter().filter(|a| a.path().is_ident("doc"));
+    let docs: Vec<_> = attrs.iter().filter(|a| a.path().is_ident("doc")).collect();
+    let default_doc = docs.is_empty().then(|| {
+        let doc = if *notification {
+            format!("Sends the notification `{name}`.")
+        } else {
+            format!("Calls `{name}`.")
+        };
+        quote!(#[doc = #doc])
+    });
     let args = params.iter().map(|(n, t)| quote!(#n: #t));
     let passed = params.iter().map(|(n, _)| quote!(#n));
     let wire = match command {
@@ -414,6 +422,7 @@ fn client_method(rpc: &Rpc) -> TokenStream2 {
     };
     quote! {
         #(#docs)*
+        #default_doc
         pub async fn #method(&self, #(#args),*) -> ::core::result::Result<#ret, ::rpc_stack::Error> {
             #body
         }
