@@ -3,6 +3,9 @@
     python rpcudp_peer.py server           serve on 127.0.0.1, an ephemeral port; print "listening on HOST:PORT"
     python rpcudp_peer.py client HOST:PORT call an rpc-stack server, check every answer; exit 0 if all are right
     python rpcudp_peer.py sayhi HOST:PORT  rpcudp's README client: print the answer, or "No response received."
+    python rpcudp_peer.py call HOST:PORT METHOD ARG...
+                                           call METHOD with ARGs (Python literals, b"" for bytes);
+                                           print the result's type and repr, or "No response received."
 
 Nothing here is modified rpcudp: the server is an RPCProtocol subclass with rpc_ methods, the
 client uses RPCProtocol's own attribute-call mechanism, as rpcudp's README does.
@@ -112,6 +115,21 @@ async def readme_client(server):
     return 0 if result[0] else 1
 
 
+async def call(server, method, args):
+    host, port = server.rsplit(":", 1)
+    loop = asyncio.get_running_loop()
+    transport, proto = await loop.create_datagram_endpoint(
+        lambda: RPCProtocol(wait_timeout=2), local_addr=("127.0.0.1", 0)
+    )
+    result = await getattr(proto, method)((host, int(port)), *args)
+    if result[0]:
+        print("%s %r" % (type(result[1]).__name__, result[1]), flush=True)
+    else:
+        print("No response received.", flush=True)
+    transport.close()
+    return 0 if result[0] else 1
+
+
 if __name__ == "__main__":
     if sys.argv[1:2] == ["server"]:
         asyncio.run(serve())
@@ -119,5 +137,10 @@ if __name__ == "__main__":
         sys.exit(asyncio.run(readme_client(sys.argv[2])))
     elif sys.argv[1:2] == ["client"] and len(sys.argv) == 3:
         sys.exit(asyncio.run(client(sys.argv[2])))
+    elif sys.argv[1:2] == ["call"] and len(sys.argv) >= 4:
+        import ast
+
+        args = [ast.literal_eval(a) for a in sys.argv[4:]]
+        sys.exit(asyncio.run(call(sys.argv[2], sys.argv[3], args)))
     else:
         sys.exit(__doc__)

@@ -309,6 +309,31 @@ fn is_unit(ty: &Type) -> bool {
     matches!(ty, Type::Tuple(t) if t.elems.is_empty())
 }
 
+/// Whether `ty` is `Vec<u8>` or `[u8; N]`: bytes, which travel as msgpack bin.
+fn is_bytes(ty: &Type) -> bool {
+    let is_u8 = |t: &Type| matches!(t, Type::Path(p) if p.path.is_ident("u8"));
+    match ty {
+        Type::Array(a) => is_u8(&a.elem),
+        Type::Path(p) => p.path.segments.last().is_some_and(|s| {
+            s.ident == "Vec"
+                && matches!(&s.arguments, PathArguments::AngleBracketed(args)
+                    if args.args.len() == 1
+                        && matches!(args.args.first(), Some(GenericArgument::Type(t)) if is_u8(t)))
+        }),
+        _ => false,
+    }
+}
+
+/// A parameter's type as the router decodes it, and the expression that gives the handler its
+/// value: bytes through `Bin`.
+fn decoded(name: &Ident, ty: &Type) -> (TokenStream2, TokenStream2) {
+    if is_bytes(ty) {
+        (quote!(::rpc_stack::__private::Bin<#ty>), quote!(#name.0))
+    } else {
+        (quote!(#ty), quote!(#name))
+    }
+}
+
 /// `T` of a `Result<T, E>`.
 fn result_ok(ty: &Type) -> Option<Type> {
     let Type::Path(p) = ty else { return None };
@@ -356,8 +381,21 @@ fn route(trait_name: &Ident, rpc: &Rpc) -> TokenStream2 {
         ..
     } = rpc;
     let names = params.iter().map(|(n, _)| n.to_string());
-    let args = params.iter().map(|(n, t)| quote!(#n: #t));
-    let passed = params.iter().map(|(n, _)| quote!(#n));
+    let (args, passed): (Vec<_>, Vec<_>) = params
+        .iter()
+        .map(|(n, t)| {
+            let (ty, value) = decoded(n, t);
+            (quote!(#n: #ty), value)
+        })
+        .unzip();
+    // A result of bytes is answered as bin.
+    let reply = if is_bytes(&rpc.success) && result_ok(&rpc.output).is_some() {
+        quote!(out.map(::rpc_stack::__private::Bin))
+    } else if is_bytes(&rpc.success) {
+        quote!(::rpc_stack::__private::Bin(out))
+    } else {
+        quote!(out)
+    };
     let (context_param, context_arg) = if *takes_context {
         (quote!(ctx: ::rpc_stack::Context,), quote!(ctx,))
     } else {
@@ -370,7 +408,10 @@ fn route(trait_name: &Ident, rpc: &Rpc) -> TokenStream2 {
         router.add_route(
             ::rpc_stack::Route::new(move |#context_param #(#args),*| {
                 let service = ::core::clone::Clone::clone(&service);
-                async move { #trait_name::#method(&service, #context_arg #(#passed),*).await }
+                async move {
+                    let out = #trait_name::#method(&service, #context_arg #(#passed),*).await;
+                    #reply
+                }
             })
             .name(#name)
             #params_call
@@ -401,7 +442,13 @@ fn client_method(rpc: &Rpc) -> TokenStream2 {
         quote!(#[doc = #doc])
     });
     let args = params.iter().map(|(n, t)| quote!(#n: #t));
-    let passed = params.iter().map(|(n, _)| quote!(#n));
+    let passed = params.iter().map(|(n, t)| {
+        if is_bytes(t) {
+            quote!(::rpc_stack::__private::Bin(#n))
+        } else {
+            quote!(#n)
+        }
+    });
     let wire = match command {
         Some(id) => {
             quote!(::rpc_stack::__private::method(self.client.format(), #name, ::core::option::Option::Some(#id)))
@@ -412,6 +459,12 @@ fn client_method(rpc: &Rpc) -> TokenStream2 {
     };
     let body = if *notification {
         quote!(self.client.notify(#wire, (#(#passed,)*)).await)
+    } else if is_bytes(success) {
+        quote!(self
+            .client
+            .call::<::rpc_stack::__private::Bin<#success>>(#wire, (#(#passed,)*))
+            .await
+            .map(|bin| bin.0))
     } else {
         quote!(self.client.call::<#success>(#wire, (#(#passed,)*)).await)
     };

@@ -123,7 +123,72 @@ pub mod middleware {
 /// What the service macro's code calls; not part of the API.
 #[doc(hidden)]
 pub mod __private {
+    use std::fmt;
+
     use rpc_core::{Format, Method};
+    use serde::de::{self, Deserialize, Deserializer, SeqAccess, Visitor};
+    use serde::{Serialize, Serializer};
+
+    /// A `Vec<u8>` or `[u8; N]` of a service's signature, as the peer must see it: msgpack bin
+    /// (serde's bytes), not an array of integers. Decodes from bytes or from a sequence.
+    #[derive(Debug)]
+    pub struct Bin<T>(pub T);
+
+    impl<T: AsRef<[u8]>> Serialize for Bin<T> {
+        fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            s.serialize_bytes(self.0.as_ref())
+        }
+    }
+
+    /// The byte types a [`Bin`] holds.
+    pub trait FromBytes: Sized {
+        /// What the decoder expects, for its errors.
+        const EXPECTED: &'static str;
+        fn from_bytes(bytes: Vec<u8>) -> Option<Self>;
+    }
+
+    impl FromBytes for Vec<u8> {
+        const EXPECTED: &'static str = "bytes";
+        fn from_bytes(bytes: Vec<u8>) -> Option<Self> {
+            Some(bytes)
+        }
+    }
+
+    impl<const N: usize> FromBytes for [u8; N] {
+        const EXPECTED: &'static str = "a fixed number of bytes";
+        fn from_bytes(bytes: Vec<u8>) -> Option<Self> {
+            bytes.try_into().ok()
+        }
+    }
+
+    impl<'de, T: FromBytes> Deserialize<'de> for Bin<T> {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            struct V<T>(std::marker::PhantomData<T>);
+            impl<'de, T: FromBytes> Visitor<'de> for V<T> {
+                type Value = Bin<T>;
+                fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                    f.write_str(T::EXPECTED)
+                }
+                fn visit_bytes<E: de::Error>(self, v: &[u8]) -> Result<Self::Value, E> {
+                    self.visit_byte_buf(v.to_vec())
+                }
+                fn visit_byte_buf<E: de::Error>(self, v: Vec<u8>) -> Result<Self::Value, E> {
+                    let n = v.len();
+                    T::from_bytes(v)
+                        .map(Bin)
+                        .ok_or_else(|| E::invalid_length(n, &self))
+                }
+                fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+                    let mut v = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(4096));
+                    while let Some(b) = seq.next_element::<u8>()? {
+                        v.push(b);
+                    }
+                    self.visit_byte_buf(v)
+                }
+            }
+            d.deserialize_bytes(V(std::marker::PhantomData))
+        }
+    }
 
     /// The method a generated client calls: by command id over a codec whose values are
     /// basic-socket-rpc's (its protocol knows no names), else by name.
