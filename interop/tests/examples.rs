@@ -117,6 +117,21 @@ fn rpc_tool_calls_and_benches_the_python_server() {
 }
 
 #[test]
+fn typed_service_is_called_through_its_client_on_every_transport() {
+    let (ok, out) = run(&mut Command::new(example("typed_service")));
+    assert!(ok, "{out}");
+    for name in ["udp:", "tcp:", "unix:", "bsr:"] {
+        assert!(
+            out.lines().any(|l| l.trim_start().starts_with(name)
+                && l.contains("sayhi -> \"Hello Ada, from ")
+                && l.contains("add(2, 40) -> 42")
+                && l.contains("the sum does not fit in a u32")),
+            "{name} missing in:\n{out}"
+        );
+    }
+}
+
+#[test]
 fn transport_swap_calls_every_transport() {
     let (ok, out) = run(&mut Command::new(example("transport_swap")));
     assert!(ok, "{out}");
