@@ -209,3 +209,40 @@ async fn basic_socket_rpc_calls_by_command_id() {
     assert_eq!(greeter.add_2_words(1000, 24).await.unwrap(), 1024);
     server.shutdown(Duration::from_secs(1)).await;
 }
+
+#[tokio::test]
+async fn plain_handlers_take_their_routers_state() {
+    use rpc_stack::handler::State;
+    async fn hit(State(total): State<Total>, by: i64) -> i64 {
+        let mut t = total.0.lock().unwrap();
+        *t += by;
+        *t
+    }
+    async fn greet(State(greeting): State<&'static str>, name: String) -> String {
+        format!("{greeting} {name}")
+    }
+    let total = Total::default();
+    let router = Router::new()
+        .route("hit", hit)
+        .with_state(total.clone())
+        .merge(Router::new().route("greet", greet).with_state("Hello"));
+    let server = memory::Builder::new()
+        .serve(router)
+        .bind(RpcudpCodec::new());
+    let client = memory::Builder::new().client(server.local_addr(), RpcudpCodec::new());
+    assert_eq!(client.call::<i64>("hit", (2,)).await.unwrap(), 2);
+    assert_eq!(client.call::<i64>("hit", (3,)).await.unwrap(), 5);
+    assert_eq!(*total.0.lock().unwrap(), 5);
+    assert_eq!(
+        client.call::<String>("greet", ("Ada",)).await.unwrap(),
+        "Hello Ada"
+    );
+    // A state its router was not given: an internal error that names no type to the peer.
+    let bare = memory::Builder::new()
+        .serve(Router::new().route("hit", hit))
+        .bind(RpcudpCodec::new());
+    let client = memory::Builder::new().client(bare.local_addr(), RpcudpCodec::new());
+    let e = client.call::<i64>("hit", (1,)).await.unwrap_err();
+    assert!(e.to_string().contains("not configured"), "{e}");
+    assert!(!e.to_string().contains("Total"), "{e}");
+}

@@ -194,17 +194,32 @@ impl fmt::Debug for Context {
 /// ```
 #[derive(Clone, Default)]
 pub struct Extensions {
-    // Boxed so an empty `Extensions`, the common case, is one pointer wide in every `Context`.
-    #[allow(clippy::box_collection)]
-    map: Option<Box<HashMap<TypeId, Arc<dyn Any + Send + Sync>>>>,
+    // Behind an `Arc` so an empty `Extensions`, the common case, is one pointer wide in every
+    // `Context`, and a copy (a router's state given to each request) is a count, not a map.
+    map: Option<Arc<HashMap<TypeId, Arc<dyn Any + Send + Sync>>>>,
 }
 
 impl Extensions {
     /// Inserts a value, replacing any of the same type.
     pub fn insert<T: Any + Send + Sync>(&mut self, value: T) {
-        self.map
-            .get_or_insert_with(Default::default)
+        Arc::make_mut(self.map.get_or_insert_with(Default::default))
             .insert(TypeId::of::<T>(), Arc::new(value));
+    }
+
+    /// Adds the values of `other` whose types this has none of.
+    pub fn extend_from(&mut self, other: &Extensions) {
+        let Some(theirs) = &other.map else {
+            return;
+        };
+        match &mut self.map {
+            None => self.map = Some(theirs.clone()),
+            Some(mine) => {
+                let mine = Arc::make_mut(mine);
+                for (k, v) in theirs.iter() {
+                    mine.entry(*k).or_insert_with(|| v.clone());
+                }
+            }
+        }
     }
 
     /// The value of type `T`, if any.

@@ -150,6 +150,30 @@ macro_rules! handlers {
             }
         }
 
+        impl<F, Fut, R, M, S, $($t,)*> Handler<(WithState, M, S, $($t,)*)> for F
+        where
+            F: Fn(State<S>, $($t,)*) -> Fut + Clone + Send + Sync + 'static,
+            Fut: Future<Output = R> + Send + 'static,
+            R: IntoReply<M>,
+            S: Clone + Send + Sync + 'static,
+            $($t: DeserializeOwned + Send + 'static,)*
+        {
+            fn call(&self, req: Request, names: Option<&[&'static str]>) -> BoxFuture<'static, Response> {
+                let format = req.args().format();
+                let Some(state) = req.context().extensions().get::<S>().cloned() else {
+                    return Box::pin(futures::future::ready(Response::error(no_state::<S>(req.method()))));
+                };
+                match <($($t,)*) as FromArgs>::from_args(req.args(), names) {
+                    Ok(($($v,)*)) => run((self)(State(state), $($v,)*), format),
+                    Err(e) => Box::pin(futures::future::ready(Response::error(e))),
+                }
+            }
+
+            fn arity(&self) -> usize {
+                <($($t,)*) as FromArgs>::ARITY
+            }
+        }
+
         impl<F, Fut, R, M, $($t,)*> Handler<(WithContext, M, $($t,)*)> for F
         where
             F: Fn(Context, $($t,)*) -> Fut + Clone + Send + Sync + 'static,
@@ -173,6 +197,40 @@ macro_rules! handlers {
             }
         }
     };
+}
+
+/// State shared by a [`Router::with_state`](crate::Router::with_state) with its handlers: a
+/// handler takes `State<T>` as its first parameter (instead of a closure and clones per route).
+///
+/// ```
+/// use rpc_core::{handler::State, Router};
+///
+/// #[derive(Clone)]
+/// struct Config {
+///     greeting: String,
+/// }
+///
+/// async fn greet(State(config): State<Config>, name: String) -> String {
+///     format!("{} {name}", config.greeting)
+/// }
+///
+/// let router = Router::new()
+///     .route("greet", greet)
+///     .with_state(Config { greeting: "Hello".into() });
+/// # let _ = router;
+/// ```
+#[derive(Debug, Clone, Copy, Default)]
+pub struct State<T>(pub T);
+
+/// Marks handlers that take a [`State`].
+#[derive(Debug)]
+pub struct WithState;
+
+/// The answer of a handler whose router was given no state of its type: a server's mistake, so
+/// an internal error that names no internals to the peer (the log says which type).
+fn no_state<S>(method: &crate::Method) -> ServerError {
+    tracing::error!(%method, state = std::any::type_name::<S>(), "a handler's state was not given to its router: add it with Router::with_state");
+    ServerError::internal("the server is not configured for this method")
 }
 
 handlers!();

@@ -8,6 +8,7 @@ use std::task::{Context as TaskContext, Poll};
 
 use futures::future::{BoxFuture, FutureExt, Map};
 
+use crate::context::Extensions;
 use crate::error::ServerError;
 use crate::handler::Handler;
 use crate::hash::FoldState;
@@ -144,6 +145,8 @@ pub struct Router {
     /// Keyed by the names' bytes: a request's name is looked up without checking its UTF-8 again.
     names: Arc<HashMap<Box<[u8]>, Arc<Entry>, FoldState>>,
     commands: Arc<HashMap<u16, Arc<Entry>, FoldState>>,
+    /// Given to every request's context ([`Router::with_state`]).
+    state: Extensions,
 }
 
 impl Router {
@@ -168,6 +171,27 @@ impl Router {
     /// If `id` is already routed.
     pub fn command<H: Handler<T>, T: 'static>(self, id: u16, handler: H) -> Self {
         self.add_route(Route::new(handler).command(id))
+    }
+
+    /// Shares `state` with the handlers: a handler that takes [`State<T>`](crate::handler::State)
+    /// as its first parameter gets a clone of it (and any layer or handler finds it in the
+    /// request's context's extensions). Several states of different types may be added; merged
+    /// routers keep each other's.
+    ///
+    /// ```
+    /// use std::sync::{atomic::AtomicU64, atomic::Ordering, Arc};
+    /// use rpc_core::{handler::State, Router};
+    ///
+    /// async fn hit(State(hits): State<Arc<AtomicU64>>, by: u64) -> u64 {
+    ///     hits.fetch_add(by, Ordering::Relaxed) + by
+    /// }
+    ///
+    /// let router = Router::new().route("hit", hit).with_state(Arc::new(AtomicU64::new(0)));
+    /// # let _ = router;
+    /// ```
+    pub fn with_state<T: Clone + Send + Sync + 'static>(mut self, state: T) -> Self {
+        self.state.insert(state);
+        self
     }
 
     /// Adds a fully described [`Route`].
@@ -210,6 +234,7 @@ impl Router {
             let old = Arc::make_mut(&mut self.commands).insert(*id, entry.clone());
             assert!(old.is_none(), "command id {id} is routed twice");
         }
+        self.state.extend_from(&other.state);
         self
     }
 
@@ -226,7 +251,10 @@ impl Router {
     }
 
     /// Runs the request's handler.
-    pub fn dispatch(&self, req: Request) -> BoxFuture<'static, Response> {
+    pub fn dispatch(&self, mut req: Request) -> BoxFuture<'static, Response> {
+        if !self.state.is_empty() {
+            req.context_mut().extensions_mut().extend_from(&self.state);
+        }
         match self.entry(req.method()) {
             Some(entry) => (entry.dispatch)(req, entry.params.as_deref()),
             None => {
