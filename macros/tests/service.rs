@@ -246,3 +246,17 @@ async fn plain_handlers_take_their_routers_state() {
     assert!(e.to_string().contains("not configured"), "{e}");
     assert!(!e.to_string().contains("Total"), "{e}");
 }
+
+#[tokio::test]
+async fn a_result_that_does_not_decode_says_of_which_method() {
+    let (hello, total) = (Hello::default(), Total::default());
+    let server = memory::Builder::new()
+        .serve(router(&hello, &total))
+        .bind(RpcudpCodec::new());
+    let client = memory::Builder::new().client(server.local_addr(), RpcudpCodec::new());
+    let e = client
+        .call::<String>("counter.add", (1,))
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("the result of counter.add"), "{e}");
+}

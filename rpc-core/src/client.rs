@@ -111,7 +111,11 @@ where
         args: impl Args,
     ) -> Result<R, Error> {
         let req = self.request(method, &args)?;
-        self.send(req).await?.decode()
+        let method = req.method().clone();
+        self.send(req)
+            .await?
+            .decode()
+            .map_err(|e| e.in_result_of(&method))
     }
 
     /// Calls `method` with `args` through this client's own instance of the service, and decodes

@@ -291,6 +291,14 @@ pub enum Error {
 }
 
 impl Error {
+    /// A result that did not decode, saying of which method's call.
+    pub(crate) fn in_result_of(self, method: &crate::Method) -> Self {
+        match self {
+            Error::Codec(e) => Error::Codec(format!("the result of {method}: {e}").into()),
+            other => other,
+        }
+    }
+
     /// Whether the call ran out of time, locally or at the peer.
     pub fn is_timeout(&self) -> bool {
         matches!(self, Error::Timeout) || self.code() == Some(ErrorCode::DEADLINE_EXCEEDED)
@@ -409,6 +417,35 @@ impl std::error::Error for Error {
             Error::Server(e) | Error::Rejected(e) => Some(e),
             Error::Codec(e) | Error::Other(e) => Some(&**e),
             _ => None,
+        }
+    }
+}
+
+/// A failed call made by a handler, as the handler's own caller sees it: the call ran out of
+/// time ([`ErrorCode::DEADLINE_EXCEEDED`]), or it failed (an internal error), without the
+/// details, which may name addresses, peers or their messages: those are logged at warn level,
+/// not sent. `?` in a handler returning `Result<T, ServerError>` uses it; a handler that means to
+/// pass a peer's error on matches on [`Error::Server`] itself.
+///
+/// ```
+/// use rpc_core::{Error, ErrorCode, ServerError};
+///
+/// let told: ServerError = Error::Timeout.into();
+/// assert_eq!(told.code(), ErrorCode::DEADLINE_EXCEEDED);
+/// let told: ServerError = Error::Transport(std::io::Error::other("10.0.0.7:9 refused")).into();
+/// assert_eq!(told.code(), ErrorCode::INTERNAL_ERROR);
+/// assert!(!told.message().contains("10.0.0.7"));
+/// ```
+impl From<Error> for ServerError {
+    fn from(e: Error) -> Self {
+        tracing::warn!(error = %e, "a call made by a handler failed");
+        if e.is_timeout() {
+            ServerError::new(
+                ErrorCode::DEADLINE_EXCEEDED,
+                "a call made by the handler ran out of time",
+            )
+        } else {
+            ServerError::internal("a call made by the handler failed")
         }
     }
 }

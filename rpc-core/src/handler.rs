@@ -141,7 +141,7 @@ macro_rules! handlers {
                 let format = req.args().format();
                 match <($($t,)*) as FromArgs>::from_args(req.args(), names) {
                     Ok(($($v,)*)) => run((self)($($v,)*), format),
-                    Err(e) => Box::pin(futures::future::ready(Response::error(e))),
+                    Err(e) => bad_args(&req, e),
                 }
             }
 
@@ -165,7 +165,7 @@ macro_rules! handlers {
                 };
                 match <($($t,)*) as FromArgs>::from_args(req.args(), names) {
                     Ok(($($v,)*)) => run((self)(State(state), $($v,)*), format),
-                    Err(e) => Box::pin(futures::future::ready(Response::error(e))),
+                    Err(e) => bad_args(&req, e),
                 }
             }
 
@@ -188,7 +188,7 @@ macro_rules! handlers {
                         let (_, _, ctx) = req.into_parts();
                         run((self)(ctx, $($v,)*), format)
                     }
-                    Err(e) => Box::pin(futures::future::ready(Response::error(e))),
+                    Err(e) => bad_args(&req, e),
                 }
             }
 
@@ -225,6 +225,13 @@ pub struct State<T>(pub T);
 /// Marks handlers that take a [`State`].
 #[derive(Debug)]
 pub struct WithState;
+
+/// The answer to arguments that do not fit the handler: the error goes to the caller, and the
+/// log says which method and peer.
+fn bad_args(req: &Request, e: ServerError) -> BoxFuture<'static, Response> {
+    tracing::debug!(method = %req.method(), peer = ?req.context().peer(), error = e.message(), "arguments that do not fit the handler");
+    Box::pin(futures::future::ready(Response::error(e)))
+}
 
 /// The answer of a handler whose router was given no state of its type: a server's mistake, so
 /// an internal error that names no internals to the peer (the log says which type).
