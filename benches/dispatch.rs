@@ -11,7 +11,7 @@ use std::hint::black_box;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use criterion::{criterion_group, criterion_main, Criterion};
+use criterion::{criterion_group, Criterion};
 use rpc_codecs::msgpack::MsgPack;
 use rpc_core::{BoxError, Client, Context, Payload, Peer, Request, Router};
 use rpc_middleware::deadline::{DeadlineLayer, SetDeadlineLayer};
@@ -28,6 +28,22 @@ async fn add(a: i64, b: i64) -> i64 {
 
 fn router() -> Router {
     Router::new().route("add", add)
+}
+
+/// The same method declared as a service: its generated router and client against the
+/// hand-written ones.
+#[rpc_stack::service]
+trait Adder {
+    async fn add(&self, a: i64, b: i64) -> i64;
+}
+
+#[derive(Clone)]
+struct Plain;
+
+impl Adder for Plain {
+    async fn add(&self, a: i64, b: i64) -> i64 {
+        a + b
+    }
 }
 
 fn request() -> Request {
@@ -93,6 +109,10 @@ fn dispatch(c: &mut Criterion) {
     let mut g = c.benchmark_group("serve");
     let plain = Serve::new(router());
     g.bench_function("router", |b| b.iter_custom(|n| serve_n(&rt, &plain, n)));
+    let generated = Serve::new(Plain.into_router());
+    g.bench_function("generated_router", |b| {
+        b.iter_custom(|n| serve_n(&rt, &generated, n))
+    });
     let layered = server_stack();
     g.bench_function("full_stack", |b| {
         b.iter_custom(|n| serve_n(&rt, &layered, n))
@@ -160,6 +180,18 @@ fn dispatch(c: &mut Criterion) {
     );
     let mut g = c.benchmark_group("client");
     g.bench_function("bare", |b| b.iter_custom(|n| call_n(&rt, &bare, n)));
+    let adder = AdderClient::new(bare.clone());
+    g.bench_function("generated", |b| {
+        b.iter_custom(|n| {
+            rt.block_on(async {
+                let start = Instant::now();
+                for _ in 0..n {
+                    black_box(adder.add(1, 2).await.expect("answered"));
+                }
+                start.elapsed()
+            })
+        })
+    });
     g.bench_function("full_stack", |b| {
         b.iter_custom(|n| call_n(&rt, &stacked, n))
     });
@@ -167,4 +199,44 @@ fn dispatch(c: &mut Criterion) {
 }
 
 criterion_group!(benches, dispatch);
-criterion_main!(benches);
+
+/// `RPC_DISPATCH_COUNT=N RPC_DISPATCH_ONLY=NAME`: runs N calls of one variant (`router`,
+/// `generated_router`, `client`, `generated_client`) and exits, for counting instructions per
+/// call under callgrind (the difference between two counts over the difference of calls), where
+/// wall-clock time on a shared machine cannot tell a few percent apart.
+fn count_only(n: u64, only: &str) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .expect("a runtime");
+    let answer = Payload::encode(&MsgPack, &3i64).expect("encodes");
+    let channel = tower::service_fn(move |_: Request| {
+        let answer = answer.clone();
+        async move { Ok::<_, rpc_core::Error>(answer) }
+    });
+    let bare = Client::new(channel, &MsgPack);
+    match only {
+        "router" => black_box(serve_n(&rt, &Serve::new(router()), n)),
+        "generated_router" => black_box(serve_n(&rt, &Serve::new(Plain.into_router()), n)),
+        "client" => black_box(call_n(&rt, &bare, n)),
+        _ => {
+            let adder = AdderClient::new(bare);
+            rt.block_on(async {
+                for _ in 0..n {
+                    black_box(adder.add(1, 2).await.expect("answered"));
+                }
+            });
+            Duration::ZERO
+        }
+    };
+}
+
+fn main() {
+    if let Ok(n) = std::env::var("RPC_DISPATCH_COUNT") {
+        let only = std::env::var("RPC_DISPATCH_ONLY").unwrap_or_default();
+        count_only(n.parse().expect("a count"), &only);
+        return;
+    }
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+}

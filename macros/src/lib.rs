@@ -442,13 +442,16 @@ fn client_method(rpc: &Rpc) -> TokenStream2 {
         quote!(#[doc = #doc])
     });
     let args = params.iter().map(|(n, t)| quote!(#n: #t));
-    let passed = params.iter().map(|(n, t)| {
-        if is_bytes(t) {
-            quote!(::rpc_stack::__private::Bin(#n))
-        } else {
-            quote!(#n)
-        }
-    });
+    let passed: Vec<_> = params
+        .iter()
+        .map(|(n, t)| {
+            if is_bytes(t) {
+                quote!(::rpc_stack::__private::Bin(#n))
+            } else {
+                quote!(#n)
+            }
+        })
+        .collect();
     let wire = match command {
         Some(id) => {
             quote!(::rpc_stack::__private::method(self.client.format(), #name, ::core::option::Option::Some(#id)))
@@ -473,6 +476,19 @@ fn client_method(rpc: &Rpc) -> TokenStream2 {
     } else {
         quote!(#success)
     };
+    if !*notification && !is_bytes(success) {
+        // The call's own future, not one around it: a generated call costs what `Client::call`
+        // does.
+        return quote! {
+            #(#docs)*
+            #default_doc
+            pub fn #method(&self, #(#args),*)
+                -> impl ::core::future::Future<Output = ::core::result::Result<#ret, ::rpc_stack::Error>> + '_
+            {
+                self.client.call::<#success>(#wire, (#(#passed,)*))
+            }
+        };
+    }
     quote! {
         #(#docs)*
         #default_doc

@@ -192,6 +192,7 @@ pub mod __private {
 
     /// The method a generated client calls: by command id over a codec whose values are
     /// basic-socket-rpc's (its protocol knows no names), else by name.
+    #[inline]
     pub fn method(format: &'static dyn Format, name: &'static str, id: Option<u16>) -> Method {
         match id {
             Some(id) if format.name() == rpc_core::le::LE.name() => Method::Id(id),
