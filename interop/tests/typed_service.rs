@@ -11,6 +11,10 @@ trait Node {
     async fn node_id(&self) -> [u8; 20];
     async fn reverse(&self, data: Vec<u8>) -> Vec<u8>;
     async fn find(&self, key: [u8; 20]) -> Result<Vec<u8>, rpc_stack::ServerError>;
+    async fn echo(
+        &self,
+        value: rpc_stack::codecs::msgpack::Value,
+    ) -> rpc_stack::codecs::msgpack::Value;
 }
 
 #[derive(Clone)]
@@ -26,6 +30,12 @@ impl Node for Me {
     }
     async fn find(&self, key: [u8; 20]) -> Result<Vec<u8>, rpc_stack::ServerError> {
         Ok(key[..3].to_vec())
+    }
+    async fn echo(
+        &self,
+        value: rpc_stack::codecs::msgpack::Value,
+    ) -> rpc_stack::codecs::msgpack::Value {
+        value
     }
 }
 
@@ -97,6 +107,13 @@ async fn python_rpcudp_reads_bytes_results_as_bytes() {
     assert_eq!(
         python_calls(&addr, "find", &[&format!("b'{}'", "x".repeat(20))]).await,
         "bytes b'xxx'"
+    );
+    // A dynamic value keeps str and bin apart, both ways.
+    assert_eq!(python_calls(&addr, "echo", &["b'ab'"]).await, "bytes b'ab'");
+    assert_eq!(python_calls(&addr, "echo", &["'ab'"]).await, "str 'ab'");
+    assert_eq!(
+        python_calls(&addr, "echo", &["[1, b'x', 'y', {'k': 2.5}]"]).await,
+        "list [1, b'x', 'y', {'k': 2.5}]"
     );
     // And the generated client reads them back as Rust bytes.
     let me = udp::Endpoint::bind("127.0.0.1:0", RpcudpCodec::new())

@@ -15,5 +15,20 @@ mod rpcudp;
 pub use self::rpcudp::{MessageId, RpcudpCodec};
 pub use rpc_core::msgpack::{skip_value, MsgPack, SkipError, MAX_DEPTH};
 
+/// Any msgpack value, for parameters and results whose type is not fixed: unlike
+/// `serde_json::Value` it keeps str and bin apart (a Python peer's `str` and `bytes`), and
+/// integers, floats, arrays, maps and extension types as they came (rmpv's `Value`).
+///
+/// ```
+/// use rpc_codecs::msgpack::{MsgPack, Value};
+/// use rpc_core::Payload;
+///
+/// let p = Payload::encode(&MsgPack, &(Value::from("s"), Value::Binary(vec![1, 2])))?;
+/// let (s, b): (Value, Value) = p.decode()?;
+/// assert!(s.is_str() && b.is_bin());
+/// # Ok::<(), rpc_core::Error>(())
+/// ```
+pub use rmpv::Value;
+
 /// The format as the shared reference codecs and payloads hold.
 pub(crate) static MSGPACK: MsgPack = MsgPack;
