@@ -120,6 +120,11 @@ pub mod middleware {
     pub use rpc_middleware::*;
 }
 
+/// tokio, the runtime the transports run on (feature `rt`): a program that depends on
+/// `rpc-stack` alone starts it with `#[rpc_stack::tokio::main(crate = "rpc_stack::tokio")]`.
+#[cfg(feature = "rt")]
+pub use tokio;
+
 /// What the service macro's code calls; not part of the API.
 #[doc(hidden)]
 pub mod __private {
