@@ -79,3 +79,35 @@ fn a_program_that_depends_on_rpc_stack_alone_serves_python_rpcudp() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn every_published_package_can_be_packaged() {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    for package in [
+        "rpc-stack",
+        "rpc-stack-core",
+        "rpc-stack-codecs",
+        "rpc-stack-transports",
+        "rpc-stack-middleware",
+        "rpc-stack-macros",
+    ] {
+        let out = Command::new(&cargo)
+            .args([
+                "package",
+                "--list",
+                "--offline",
+                "--allow-dirty",
+                "-p",
+                package,
+            ])
+            .current_dir(workspace_root())
+            .output()
+            .expect("cargo runs");
+        let files = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && files.lines().any(|l| l == "src/lib.rs"),
+            "{package}: {files}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}

@@ -73,6 +73,22 @@ pub enum Method {
 }
 
 impl Method {
+    /// A named method from a name of any lifetime (read from a file, built at run time),
+    /// copied. A `&'static str` converts without copying (`"sayhi".into()`), and so does a
+    /// `String` (moved); a borrowed `&str` of a shorter life goes through here, since a
+    /// conversion from every `&str` would copy the literals too, on every call.
+    ///
+    /// ```
+    /// use rpc_core::Method;
+    /// let prefix = String::from("greeter");
+    /// let m = Method::named(&format!("{prefix}.sayhi"));
+    /// assert_eq!(m.name(), Some("greeter.sayhi"));
+    /// assert_eq!(Method::from(String::from("x")), Method::named("x"));
+    /// ```
+    pub fn named(name: &str) -> Self {
+        Method::Name(MethodName(Bytes::copy_from_slice(name.as_bytes())))
+    }
+
     /// The name, if the method is named.
     pub fn name(&self) -> Option<&str> {
         match self {
@@ -100,6 +116,18 @@ impl From<&'static str> for Method {
 impl From<String> for Method {
     fn from(s: String) -> Self {
         Method::Name(MethodName::from(s))
+    }
+}
+
+impl From<&String> for Method {
+    fn from(s: &String) -> Self {
+        Method::named(s)
+    }
+}
+
+impl From<Box<str>> for Method {
+    fn from(s: Box<str>) -> Self {
+        Method::from(String::from(s))
     }
 }
 
