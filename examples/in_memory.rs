@@ -20,8 +20,8 @@ async fn greet(ctx: Context) -> Result<String, ServerError> {
         .ok_or_else(|| ServerError::internal("no way back to the caller"))?;
     let name: String = caller
         .call("name", ())
-        .await
-        .map_err(|e| ServerError::internal(format!("the caller did not answer: {e}")))?;
+        // A failed call becomes an error that tells the peer nothing internal (`From<Error>`).
+        .await?;
     Ok(format!(
         "hello {name}, from {}",
         ctx.peer().map(|p| p.to_string()).unwrap_or_default()
