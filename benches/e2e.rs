@@ -59,6 +59,7 @@ impl Echo for EchoServer {
 }
 
 /// Where each server listens.
+#[derive(Clone)]
 struct Addrs {
     raw_tcp: SocketAddr,
     raw_udp: SocketAddr,
@@ -637,7 +638,305 @@ const TARGETS: [(&str, &str, &str, f64); 8] = [
     ("rpc-stack msgpack tcp", "1x64", "tarpc bincode tcp", 3.0),
 ];
 
+// --- the cross-process mode -----------------------------------------------------------------
+
+impl Addrs {
+    /// One line, for the environment of a client process.
+    fn to_line(&self) -> String {
+        format!(
+            "{} {} {} {} {} {} {} {} {} {}",
+            self.raw_tcp,
+            self.raw_udp,
+            self.raw_unix.display(),
+            self.msgpack_tcp,
+            self.msgpack_udp,
+            self.msgpack_unix.display(),
+            self.jsonrpc_tcp,
+            self.bsr_tcp,
+            self.tarpc_bincode,
+            self.tarpc_json
+        )
+    }
+
+    fn from_line(line: &str) -> Self {
+        let f: Vec<&str> = line.split(' ').collect();
+        let sock = |i: usize| f[i].parse().expect("a socket address");
+        Addrs {
+            raw_tcp: sock(0),
+            raw_udp: sock(1),
+            raw_unix: f[2].into(),
+            msgpack_tcp: sock(3),
+            msgpack_udp: sock(4),
+            msgpack_unix: f[5].into(),
+            jsonrpc_tcp: sock(6),
+            bsr_tcp: sock(7),
+            tarpc_bincode: sock(8),
+            tarpc_json: sock(9),
+        }
+    }
+}
+
+/// The CPU time a process has used (user and system), from `/proc/<pid>/stat`.
+fn cpu_time(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // After the command's closing parenthesis: state is field 3, utime 14, stime 15.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| {
+        f.get(i - 3)
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    // The kernel counts in USER_HZ, 100 a second on Linux.
+    Duration::from_millis((ticks(14) + ticks(15)) * 10)
+}
+
+/// The server process's role: every server, on a default multi-thread runtime, as a user's
+/// `#[tokio::main]` program; their addresses on the first line; served until stdin closes.
+fn serve_process() {
+    let dir = std::env::temp_dir().join(format!("rpc-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("a temporary directory");
+    tokio::runtime::Runtime::new()
+        .expect("a runtime")
+        .block_on(async move {
+            let (addrs, _keep) = start_servers(&dir).await;
+            println!("{}", addrs.to_line());
+            let mut rest = Vec::new();
+            let _ = tokio::io::AsyncReadExt::read_to_end(&mut tokio::io::stdin(), &mut rest).await;
+        });
+}
+
+/// A client process's role: one system and shape, on a default multi-thread runtime; prints
+/// calls/s, p50 and p99 µs, and its own CPU seconds over the run.
+fn client_process(system: &str, shape: &str, secs: Duration) {
+    let addrs = Addrs::from_line(&std::env::var("RPC_BENCH_ADDRS").expect("the addresses"));
+    let shape = SHAPES
+        .into_iter()
+        .find(|s| s.name == shape)
+        .expect("a shape");
+    let systems = systems(&addrs);
+    let s = systems.iter().find(|s| s.name == system).expect("a system");
+    let rt = tokio::runtime::Runtime::new().expect("a runtime");
+    let me = std::process::id();
+    let before = cpu_time(me);
+    let r = rt.block_on((s.run)(shape, secs));
+    let cpu = cpu_time(me) - before;
+    println!(
+        "{} {} {} {}",
+        r.calls_per_sec,
+        r.p50_us,
+        r.p99_us,
+        cpu.as_secs_f64()
+    );
+}
+
+/// One cross-process run: its figures, and the CPU time per call of the server and the client.
+#[derive(Clone, Copy, Debug)]
+struct ProcRun {
+    run: Run,
+    server_us: f64,
+    client_us: f64,
+}
+
+/// Runs `client` to the end and measures `server_pid`'s CPU time meanwhile.
+fn measure(mut client: std::process::Command, server_pid: u32, secs: Duration) -> ProcRun {
+    let before = cpu_time(server_pid);
+    let out = client.output().expect("the client runs");
+    let server = cpu_time(server_pid) - before;
+    let line = String::from_utf8_lossy(&out.stdout);
+    let f: Vec<f64> = line
+        .split_whitespace()
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    assert!(
+        out.status.success() && f.len() == 4,
+        "a client failed: {line}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let calls = f[0] * secs.as_secs_f64();
+    ProcRun {
+        run: Run {
+            calls_per_sec: f[0],
+            p50_us: f[1],
+            p99_us: f[2],
+        },
+        server_us: server.as_secs_f64() * 1e6 / calls,
+        client_us: f[3] * 1e6 / calls,
+    }
+}
+
+/// `rpc serve` and `rpc bench` (msgpack over TCP), if the `rpc` binary is built in the same
+/// profile: the pair as a user runs it.
+fn rpc_tool_run(shape: Shape, secs: Duration) -> Option<ProcRun> {
+    let exe = std::env::current_exe().ok()?;
+    let rpc = exe.parent()?.parent()?.join("rpc");
+    if !rpc.exists() {
+        return None;
+    }
+    let mut server = std::process::Command::new(&rpc)
+        .args(["serve", "--listen", "tcp://127.0.0.1:0"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .ok()?;
+    let mut first = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(server.stdout.take()?),
+        &mut first,
+    )
+    .ok()?;
+    let url = first.trim().strip_prefix("listening on ")?.to_owned();
+    let mut client = std::process::Command::new(&rpc);
+    client.args([
+        "bench",
+        &url,
+        "echo",
+        &format!("\"{PAYLOAD}\""),
+        "--connections",
+        &shape.conns.to_string(),
+        "--concurrency",
+        &(shape.conns * shape.in_flight).to_string(),
+        "--duration",
+        &format!("{}ms", secs.as_millis()),
+        "--json",
+    ]);
+    let before = cpu_time(server.id());
+    let child = client.stdout(std::process::Stdio::piped()).spawn().ok()?;
+    let pid = child.id();
+    // The client's own CPU time, read just before it is reaped.
+    let mut child = child;
+    let mut client_cpu = Duration::ZERO;
+    while child.try_wait().ok()?.is_none() {
+        client_cpu = cpu_time(pid);
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let server_cpu = cpu_time(server.id()) - before;
+    let mut out = String::new();
+    std::io::Read::read_to_string(&mut child.stdout.take()?, &mut out).ok()?;
+    let _ = server.kill();
+    let _ = server.wait();
+    let report: serde_json::Value = serde_json::from_str(out.trim()).ok()?;
+    let rps = report["rps"].as_f64()?;
+    let calls = report["requests"].as_f64()?;
+    Some(ProcRun {
+        run: Run {
+            calls_per_sec: rps,
+            p50_us: report["p50_us"].as_f64()?,
+            p99_us: report["p99_us"].as_f64()?,
+        },
+        server_us: server_cpu.as_secs_f64() * 1e6 / calls,
+        client_us: client_cpu.as_secs_f64() * 1e6 / calls,
+    })
+}
+
+/// The cross-process mode (`RPC_BENCH_PROCESSES=1`): each system's servers in one process,
+/// each client run a process of its own, both on default multi-thread runtimes.
+fn cross_process(systems: &[&'static str], shapes: &[Shape], rounds: usize, secs: Duration) {
+    let exe = std::env::current_exe().expect("the bench's own path");
+    let mut server = std::process::Command::new(&exe)
+        .env("RPC_BENCH_ROLE", "server")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("the server process starts");
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(server.stdout.take().expect("piped")),
+        &mut line,
+    )
+    .expect("the server's addresses");
+    let addrs = line.trim().to_owned();
+    println!(
+        "{} systems × {} shapes × {rounds} rounds of {:.1} s; each server and client a process \
+         of its own on a default multi-thread runtime",
+        systems.len() + 1,
+        shapes.len(),
+        secs.as_secs_f64()
+    );
+    let mut results: Vec<(&str, &str, ProcRun)> = Vec::new();
+    for shape in shapes {
+        let mut runs: Vec<Vec<ProcRun>> = systems.iter().map(|_| Vec::new()).collect();
+        let mut tool = Vec::new();
+        for _ in 0..rounds {
+            for (i, name) in systems.iter().enumerate() {
+                let mut client = std::process::Command::new(&exe);
+                client
+                    .env("RPC_BENCH_ROLE", "client")
+                    .env("RPC_BENCH_ADDRS", &addrs)
+                    .env("RPC_BENCH_SYSTEM", name)
+                    .env("RPC_BENCH_SHAPE", shape.name)
+                    .env("RPC_BENCH_SECS", secs.as_secs_f64().to_string());
+                runs[i].push(measure(client, server.id(), secs));
+            }
+            tool.extend(rpc_tool_run(*shape, secs));
+        }
+        for (name, r) in systems.iter().zip(runs) {
+            results.push((shape.name, name, median_proc_run(r)));
+        }
+        if !tool.is_empty() {
+            results.push((
+                shape.name,
+                "rpc serve + rpc bench, msgpack tcp",
+                median_proc_run(tool),
+            ));
+        }
+    }
+    drop(server.stdin.take());
+    let _ = server.wait();
+    let find = |shape: &str, name: &str| {
+        results
+            .iter()
+            .find(|(sh, n, _)| *sh == shape && *n == name)
+            .map(|(_, _, r)| *r)
+    };
+    println!();
+    println!("| shape | system | calls/s | p50 µs | p99 µs | × raw | × tarpc | server CPU µs/call | client CPU µs/call |");
+    println!("|---|---|---:|---:|---:|---:|---:|---:|---:|");
+    for (shape, name, r) in &results {
+        let base = if name.contains("udp") {
+            "raw udp"
+        } else if name.contains("unix") {
+            "raw unix"
+        } else {
+            "raw tcp"
+        };
+        let ratio = |other: &str| match find(shape, other) {
+            Some(o) if other != *name => {
+                format!("{:.2}", r.run.calls_per_sec / o.run.calls_per_sec)
+            }
+            _ => "–".to_owned(),
+        };
+        let tarpc = if name.contains("tcp") {
+            ratio("tarpc bincode tcp")
+        } else {
+            "–".to_owned()
+        };
+        println!(
+            "| {shape} | {name} | {:.0} | {:.1} | {:.1} | {} | {tarpc} | {:.2} | {:.2} |",
+            r.run.calls_per_sec,
+            r.run.p50_us,
+            r.run.p99_us,
+            ratio(base),
+            r.server_us,
+            r.client_us,
+        );
+    }
+}
+
+fn median_proc_run(mut runs: Vec<ProcRun>) -> ProcRun {
+    runs.sort_by(|a, b| a.run.calls_per_sec.total_cmp(&b.run.calls_per_sec));
+    runs[runs.len() / 2]
+}
+
 fn main() {
+    match std::env::var("RPC_BENCH_ROLE").as_deref() {
+        Ok("server") => return serve_process(),
+        Ok("client") => {
+            let var = |n: &str| std::env::var(n).expect("set by the bench");
+            let secs = Duration::from_secs_f64(var("RPC_BENCH_SECS").parse().expect("seconds"));
+            return client_process(&var("RPC_BENCH_SYSTEM"), &var("RPC_BENCH_SHAPE"), secs);
+        }
+        _ => {}
+    }
     let secs = Duration::from_secs_f64(
         std::env::var("RPC_BENCH_SECS")
             .ok()
@@ -657,6 +956,21 @@ fn main() {
             .collect(),
         None => SHAPES.to_vec(),
     };
+
+    if std::env::var("RPC_BENCH_PROCESSES").is_ok_and(|v| v == "1") {
+        // The systems' names, without their servers: the server process has them.
+        let names: Vec<&'static str> = systems(&Addrs::from_line(
+            "127.0.0.1:9 127.0.0.1:9 /x 127.0.0.1:9 127.0.0.1:9 /x 127.0.0.1:9 127.0.0.1:9 127.0.0.1:9 127.0.0.1:9",
+        ))
+        .iter()
+        .map(|s| s.name)
+        .filter(|n| {
+            only.as_ref()
+                .is_none_or(|o| o.iter().any(|w| n.contains(w.as_str())))
+        })
+        .collect();
+        return cross_process(&names, &shapes, rounds, secs);
+    }
 
     let dir = std::env::temp_dir().join(format!("rpc-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("a temporary directory");
