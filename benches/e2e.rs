@@ -507,15 +507,14 @@ async fn load<C: Caller>(conns: &[C], in_flight: usize, secs: Duration) -> Run {
     }
 }
 
-/// A system under test: its name, the transport whose raw baseline it is compared with, and how
-/// to open `n` connections to it with `slots` calls in flight on each.
+/// A system under test: its name, and how to open `n` connections to it with `slots` calls in
+/// flight on each.
 struct System {
     name: &'static str,
-    baseline: &'static str,
     run: Box<dyn Fn(Shape, Duration) -> futures::future::LocalBoxFuture<'static, Run>>,
 }
 
-fn system<C, F, Fut>(name: &'static str, baseline: &'static str, connect: F) -> System
+fn system<C, F, Fut>(name: &'static str, connect: F) -> System
 where
     C: Caller,
     F: Fn(usize) -> Fut + Clone + 'static,
@@ -523,7 +522,6 @@ where
 {
     System {
         name,
-        baseline,
         run: Box::new(move |shape, secs| {
             let connect = connect.clone();
             Box::pin(async move {
@@ -544,7 +542,7 @@ fn systems(a: &Addrs) -> Vec<System> {
     let (jsonrpc_tcp, bsr_tcp) = (a.jsonrpc_tcp, a.bsr_tcp);
     let (tarpc_bincode, tarpc_json) = (a.tarpc_bincode, a.tarpc_json);
     vec![
-        system("raw tcp", "raw tcp", move |slots| async move {
+        system("raw tcp", move |slots| async move {
             let s = TcpStream::connect(raw_tcp).await.expect("connect");
             s.set_nodelay(true).expect("nodelay");
             if slots == 1 {
@@ -553,7 +551,7 @@ fn systems(a: &Addrs) -> Vec<System> {
                 mux_stream(s, slots)
             }
         }),
-        system("raw udp", "raw udp", move |slots| async move {
+        system("raw udp", move |slots| async move {
             let s = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
             s.connect(raw_udp).await.expect("connect");
             if slots == 1 {
@@ -562,7 +560,7 @@ fn systems(a: &Addrs) -> Vec<System> {
                 mux_datagram(s, slots)
             }
         }),
-        system("raw unix", "raw unix", move |slots| {
+        system("raw unix", move |slots| {
             let path = raw_unix.clone();
             async move {
                 let s = UnixStream::connect(path).await.expect("connect");
@@ -573,26 +571,26 @@ fn systems(a: &Addrs) -> Vec<System> {
                 }
             }
         }),
-        system("rpc-stack msgpack tcp", "raw tcp", move |_| async move {
+        system("rpc-stack msgpack tcp", move |_| async move {
             tcp::Builder::new().client(msgpack_tcp, RpcudpCodec::new())
         }),
-        system("rpc-stack msgpack udp", "raw udp", move |_| async move {
+        system("rpc-stack msgpack udp", move |_| async move {
             udp::Endpoint::bind("127.0.0.1:0", RpcudpCodec::new())
                 .await
                 .expect("bind")
                 .client(msgpack_udp)
         }),
-        system("rpc-stack msgpack unix", "raw unix", move |_| {
+        system("rpc-stack msgpack unix", move |_| {
             let path = msgpack_unix.clone();
             async move { unix::Builder::new().client(path, RpcudpCodec::new()) }
         }),
-        system("rpc-stack jsonrpc tcp", "raw tcp", move |_| async move {
+        system("rpc-stack jsonrpc tcp", move |_| async move {
             tcp::Builder::new().client(jsonrpc_tcp, JsonRpcCodec::new())
         }),
-        system("rpc-stack bsr tcp", "raw tcp", move |_| async move {
+        system("rpc-stack bsr tcp", move |_| async move {
             Bsr(raw::Builder::new().client_tcp(bsr_tcp))
         }),
-        system("tarpc bincode tcp", "raw tcp", move |_| async move {
+        system("tarpc bincode tcp", move |_| async move {
             let t = tarpc::serde_transport::tcp::connect(
                 tarpc_bincode,
                 tarpc::tokio_serde::formats::Bincode::default,
@@ -601,7 +599,7 @@ fn systems(a: &Addrs) -> Vec<System> {
             .expect("connect");
             EchoClient::new(tarpc::client::Config::default(), t).spawn()
         }),
-        system("tarpc json tcp", "raw tcp", move |_| async move {
+        system("tarpc json tcp", move |_| async move {
             let t = tarpc::serde_transport::tcp::connect(
                 tarpc_json,
                 tarpc::tokio_serde::formats::Json::default,
@@ -882,45 +880,116 @@ fn cross_process(systems: &[&'static str], shapes: &[Shape], rounds: usize, secs
     }
     drop(server.stdin.take());
     let _ = server.wait();
-    let find = |shape: &str, name: &str| {
-        results
+    let cells: Vec<Cell> = results
+        .into_iter()
+        .map(|(shape, system, r)| Cell {
+            shape,
+            system,
+            run: r.run,
+            cpu: Some((r.server_us, r.client_us)),
+        })
+        .collect();
+    report(&cells, &CROSS_PROCESS_TARGETS);
+}
+
+/// One cell of the report: a shape, a system, its figures, and (across processes) the CPU time
+/// per call of its server and of its client, in µs.
+struct Cell {
+    shape: &'static str,
+    system: &'static str,
+    run: Run,
+    cpu: Option<(f64, f64)>,
+}
+
+/// The raw echo a system is compared with: of its transport.
+fn baseline(system: &str) -> &'static str {
+    if system.contains("udp") {
+        "raw udp"
+    } else if system.contains("unix") {
+        "raw unix"
+    } else {
+        "raw tcp"
+    }
+}
+
+/// Prints the table of `cells`, with ratios to the raw baseline and to tarpc in the same run,
+/// and whether each of `targets` was met.
+fn report(cells: &[Cell], targets: &[(&str, &str, &str, f64)]) {
+    let find = |shape: &str, system: &str| {
+        cells
             .iter()
-            .find(|(sh, n, _)| *sh == shape && *n == name)
-            .map(|(_, _, r)| *r)
+            .find(|c| c.shape == shape && c.system == system)
+            .map(|c| c.run)
     };
+    let cpu = cells.iter().any(|c| c.cpu.is_some());
     println!();
-    println!("| shape | system | calls/s | p50 µs | p99 µs | × raw | × tarpc | server CPU µs/call | client CPU µs/call |");
-    println!("|---|---|---:|---:|---:|---:|---:|---:|---:|");
-    for (shape, name, r) in &results {
-        let base = if name.contains("udp") {
-            "raw udp"
-        } else if name.contains("unix") {
-            "raw unix"
-        } else {
-            "raw tcp"
-        };
-        let ratio = |other: &str| match find(shape, other) {
-            Some(o) if other != *name => {
-                format!("{:.2}", r.run.calls_per_sec / o.run.calls_per_sec)
+    if cpu {
+        println!("| shape | system | calls/s | p50 µs | p99 µs | × raw | × tarpc | server CPU µs/call | client CPU µs/call |");
+        println!("|---|---|---:|---:|---:|---:|---:|---:|---:|");
+    } else {
+        println!("| shape | system | calls/s | p50 µs | p99 µs | × raw | × tarpc |");
+        println!("|---|---|---:|---:|---:|---:|---:|");
+    }
+    for c in cells {
+        let ratio = |other: &str| match find(c.shape, other) {
+            Some(o) if other != c.system => {
+                format!("{:.2}", c.run.calls_per_sec / o.calls_per_sec)
             }
             _ => "–".to_owned(),
         };
-        let tarpc = if name.contains("tcp") {
+        let tarpc = if c.system.contains("tcp") {
             ratio("tarpc bincode tcp")
         } else {
             "–".to_owned()
         };
+        let cpu = c
+            .cpu
+            .map_or(String::new(), |(s, cl)| format!(" {s:.2} | {cl:.2} |"));
         println!(
-            "| {shape} | {name} | {:.0} | {:.1} | {:.1} | {} | {tarpc} | {:.2} | {:.2} |",
-            r.run.calls_per_sec,
-            r.run.p50_us,
-            r.run.p99_us,
-            ratio(base),
-            r.server_us,
-            r.client_us,
+            "| {} | {} | {:.0} | {:.1} | {:.1} | {} | {tarpc} |{cpu}",
+            c.shape,
+            c.system,
+            c.run.calls_per_sec,
+            c.run.p50_us,
+            c.run.p99_us,
+            ratio(baseline(c.system)),
         );
     }
+    println!();
+    for (name, shape, base, least) in targets {
+        if let (Some(r), Some(b)) = (find(shape, name), find(shape, base)) {
+            let ratio = r.calls_per_sec / b.calls_per_sec;
+            println!(
+                "target {name} {shape} ≥ {least:.2}× {base}: {ratio:.2} {}",
+                if ratio >= *least { "met" } else { "MISSED" }
+            );
+        }
+    }
 }
+
+/// The cross-process targets: (system, shape, baseline, least ratio).
+const CROSS_PROCESS_TARGETS: [(&str, &str, &str, f64); 10] = [
+    ("rpc-stack msgpack tcp", "1x64", "raw tcp", 0.6),
+    ("rpc-stack msgpack tcp", "16x8", "raw tcp", 0.6),
+    ("rpc-stack msgpack tcp", "1x64", "tarpc bincode tcp", 3.0),
+    ("rpc-stack msgpack tcp", "16x8", "tarpc bincode tcp", 3.0),
+    ("rpc-stack msgpack udp", "1x64", "raw udp", 0.85),
+    ("rpc-stack msgpack udp", "16x8", "raw udp", 0.85),
+    ("rpc-stack msgpack unix", "1x64", "raw unix", 0.6),
+    ("rpc-stack jsonrpc tcp", "1x64", "raw tcp", 0.4),
+    (
+        "rpc serve + rpc bench, msgpack tcp",
+        "1x64",
+        "rpc-stack msgpack tcp",
+        0.9,
+    ),
+    (
+        "rpc serve + rpc bench, msgpack tcp",
+        "16x8",
+        "rpc-stack msgpack tcp",
+        0.9,
+    ),
+];
 
 fn median_proc_run(mut runs: Vec<ProcRun>) -> ProcRun {
     runs.sort_by(|a, b| a.run.calls_per_sec.total_cmp(&b.run.calls_per_sec));
@@ -1013,49 +1082,16 @@ fn main() {
             results.push((shape.name, s.name, median_run(r)));
         }
     }
-    let find = |shape: &str, name: &str| {
-        results
-            .iter()
-            .find(|(sh, n, _)| *sh == shape && *n == name)
-            .map(|(_, _, r)| *r)
-    };
-
-    println!();
-    println!("| shape | system | calls/s | p50 µs | p99 µs | × raw | × tarpc |");
-    println!("|---|---|---:|---:|---:|---:|---:|");
-    for (shape, name, r) in &results {
-        let base = systems
-            .iter()
-            .find(|s| s.name == *name)
-            .map(|s| s.baseline)
-            .unwrap_or("");
-        let ratio = |other: &str| match find(shape, other) {
-            Some(o) if other != *name => format!("{:.2}", r.calls_per_sec / o.calls_per_sec),
-            _ => "–".to_owned(),
-        };
-        let tarpc = if name.contains("tcp") {
-            ratio("tarpc bincode tcp")
-        } else {
-            "–".to_owned()
-        };
-        println!(
-            "| {shape} | {name} | {:.0} | {:.1} | {:.1} | {} | {tarpc} |",
-            r.calls_per_sec,
-            r.p50_us,
-            r.p99_us,
-            ratio(base),
-        );
-    }
-    println!();
-    for (name, shape, base, least) in TARGETS {
-        if let (Some(r), Some(b)) = (find(shape, name), find(shape, base)) {
-            let ratio = r.calls_per_sec / b.calls_per_sec;
-            println!(
-                "target {name} {shape} ≥ {least:.2}× {base}: {ratio:.2} {}",
-                if ratio >= least { "met" } else { "MISSED" }
-            );
-        }
-    }
+    let cells: Vec<Cell> = results
+        .into_iter()
+        .map(|(shape, system, run)| Cell {
+            shape,
+            system,
+            run,
+            cpu: None,
+        })
+        .collect();
+    report(&cells, &TARGETS);
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -249,6 +249,27 @@ async fn good_tcp_client(addr: SocketAddr, stop: Arc<AtomicBool>) -> JoinHandle<
     good_adder(client, stop)
 }
 
+/// The most `read` gave, sampled every millisecond until `stop` is set (for at most 20 s).
+fn watch_most(
+    stop: &Arc<AtomicBool>,
+    read: impl Fn() -> usize + Send + 'static,
+) -> (Arc<AtomicUsize>, JoinHandle<()>) {
+    let most = Arc::new(AtomicUsize::new(0));
+    let task = {
+        let (most, stop) = (most.clone(), stop.clone());
+        tokio::spawn(async move {
+            for _ in 0..20_000 {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                most.fetch_max(read(), Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        })
+    };
+    (most, task)
+}
+
 /// Stops a good client and returns what it saw.
 async fn stop_good(stop: &AtomicBool, good: JoinHandle<Served>) -> Served {
     stop.store(true, Ordering::Relaxed);
@@ -620,19 +641,10 @@ fn tcp_connection_flood_is_capped_and_existing_clients_served() {
         let stop = Arc::new(AtomicBool::new(false));
         let good = good_adder(client, stop.clone());
 
-        // Watches the server's count of connections, every millisecond.
-        let most = Arc::new(AtomicUsize::new(0));
-        let watch = {
-            let (server, most, stop) = (server.clone(), most.clone(), stop.clone());
-            tokio::spawn(async move {
-                for _ in 0..10_000 {
-                    if stop.load(Ordering::Relaxed) {
-                        break;
-                    }
-                    most.fetch_max(server.connections(), Ordering::Relaxed);
-                    tokio::time::sleep(Duration::from_millis(1)).await;
-                }
-            })
+        // Watches the server's count of connections.
+        let (most, watch) = {
+            let server = server.clone();
+            watch_most(&stop, move || server.connections())
         };
 
         // At most 5000 connections, for at most 2 s, all held until the end.
@@ -920,19 +932,10 @@ fn tcp_partial_frames_of_the_largest_size_keep_memory_within_the_budget() {
         let addr = server.local_addr();
         let rss = RssProbe::start();
         let stop = Arc::new(AtomicBool::new(false));
-        // The most the server's connections held in frames, sampled every millisecond.
-        let most = Arc::new(AtomicUsize::new(0));
-        let watch = {
-            let (server, most, stop) = (server.clone(), most.clone(), stop.clone());
-            tokio::spawn(async move {
-                for _ in 0..20_000 {
-                    if stop.load(Ordering::Relaxed) {
-                        break;
-                    }
-                    most.fetch_max(server.frame_memory(), Ordering::Relaxed);
-                    tokio::time::sleep(Duration::from_millis(1)).await;
-                }
-            })
+        // The most the server's connections held in frames.
+        let (most, watch) = {
+            let server = server.clone();
+            watch_most(&stop, move || server.frame_memory())
         };
         // The good client comes from another host than the attackers, who have all the
         // connections one address may hold.
