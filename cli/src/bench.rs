@@ -98,7 +98,7 @@ pub(crate) async fn run(args: BenchArgs) -> Result<(), Failure> {
     };
     let mut clients = Vec::new();
     for _ in 0..args.connections {
-        clients.push(client_for(&target).await?);
+        clients.push(client_for(&target, args.timeout).await?);
     }
     let done = Arc::new(AtomicU64::new(0));
     let start = Instant::now();
@@ -123,10 +123,11 @@ pub(crate) async fn run(args: BenchArgs) -> Result<(), Failure> {
 
     let mut workers = tokio::task::JoinSet::new();
     for i in 0..args.concurrency {
-        let client = clients[i as usize % clients.len()].clone();
+        // The worker's own clone: calls go through it in place (`send_mut`), not through a
+        // clone per call.
+        let mut client = clients[i as usize % clients.len()].clone();
         let request = request_for(&target, &client, &args.target.method, &args.target.args)?;
         let done = done.clone();
-        let timeout = args.timeout;
         // Worker i's first call is i/concurrency of an interval in: the calls of all workers
         // together come evenly spaced, not in bursts of `concurrency`.
         let first = match interval {
@@ -164,10 +165,9 @@ pub(crate) async fn run(args: BenchArgs) -> Result<(), Failure> {
                 if sent >= end {
                     break;
                 }
-                let mut req = request.clone();
-                req.context_mut()
-                    .set_deadline(Some(deadline_after(sent, timeout)));
-                match client.send(req).await {
+                // The transport's timeout bounds the call: the shared request is sent as it is
+                // (changing its context would copy it, every call).
+                match client.send_mut(request.clone()).await {
                     Ok(_) => {
                         backoff = None;
                         let us = due.elapsed().as_micros().max(1);

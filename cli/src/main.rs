@@ -268,13 +268,22 @@ fn local_udp_addr(peer: SocketAddr) -> SocketAddr {
 }
 
 /// A client for `target`.
-pub(crate) async fn client_for(target: &Target) -> Result<Client<BoxChannel>, Failure> {
+pub(crate) async fn client_for(
+    target: &Target,
+    timeout: Duration,
+) -> Result<Client<BoxChannel>, Failure> {
     match target.codec {
-        CodecName::Msgpack => client_with(&target.address, RpcudpCodec::new()).await,
-        CodecName::JsonRpc => client_with(&target.address, JsonRpcCodec::new()).await,
+        CodecName::Msgpack => client_with(&target.address, RpcudpCodec::new(), timeout).await,
+        CodecName::JsonRpc => client_with(&target.address, JsonRpcCodec::new(), timeout).await,
         CodecName::Raw => match &target.address {
-            Address::Tcp(addr) => Ok(raw::Builder::new().client_tcp(*addr).boxed()),
-            Address::Unix(path) => Ok(raw::Builder::new().client_unix(path).boxed()),
+            Address::Tcp(addr) => Ok(raw::Builder::new()
+                .timeout(timeout)
+                .client_tcp(*addr)
+                .boxed()),
+            Address::Unix(path) => Ok(raw::Builder::new()
+                .timeout(timeout)
+                .client_unix(path)
+                .boxed()),
             Address::Udp(_) => Err(Failure::usage(
                 "the raw codec (basic-socket-rpc) runs over tcp:// or unix://, not udp://",
             )),
@@ -308,18 +317,32 @@ pub(crate) fn request_for(
         .map_err(|e| Failure::from_call(&e))
 }
 
-async fn client_with<C: Codec>(address: &Address, codec: C) -> Result<Client<BoxChannel>, Failure> {
+/// A client of `address` whose calls wait at most `timeout` for their answers (the transport's
+/// timeout: no request is changed per call).
+async fn client_with<C: Codec>(
+    address: &Address,
+    codec: C,
+    timeout: Duration,
+) -> Result<Client<BoxChannel>, Failure> {
     Ok(match address {
         Address::Udp(peer) => {
             let local = local_udp_addr(*peer);
-            udp::Endpoint::bind(local, codec)
+            udp::Builder::new()
+                .timeout(timeout)
+                .bind(local, codec)
                 .await
                 .map_err(|e| Failure::transport(format!("cannot bind a UDP socket: {e}")))?
                 .client(*peer)
                 .boxed()
         }
-        Address::Tcp(addr) => tcp::Builder::new().client(*addr, codec).boxed(),
-        Address::Unix(path) => unix::Builder::new().client(path, codec).boxed(),
+        Address::Tcp(addr) => tcp::Builder::new()
+            .timeout(timeout)
+            .client(*addr, codec)
+            .boxed(),
+        Address::Unix(path) => unix::Builder::new()
+            .timeout(timeout)
+            .client(path, codec)
+            .boxed(),
     })
 }
 
@@ -489,7 +512,7 @@ async fn call(args: CallArgs) -> Result<(), Failure> {
             "--returns is for the raw codec (basic-socket-rpc), whose results carry no types",
         ));
     }
-    let client = client_for(&target).await?.with_timeout(args.timeout);
+    let client = client_for(&target, args.timeout).await?;
     let request = request_for(&target, &client, &args.target.method, &args.target.args)?;
     if args.notify {
         if target.codec == CodecName::Raw {
