@@ -619,8 +619,9 @@ fn env_list(name: &str) -> Option<Vec<String>> {
         .map(|v| v.split(',').map(|s| s.trim().to_owned()).collect())
 }
 
-fn median_run(mut runs: Vec<Run>) -> Run {
-    runs.sort_by(|a, b| a.calls_per_sec.total_cmp(&b.calls_per_sec));
+/// The median of `runs`, by calls per second.
+fn median<T: Copy>(mut runs: Vec<T>, rate: impl Fn(&T) -> f64) -> T {
+    runs.sort_by(|a, b| rate(a).total_cmp(&rate(b)));
     runs[runs.len() / 2]
 }
 
@@ -868,13 +869,13 @@ fn cross_process(systems: &[&'static str], shapes: &[Shape], rounds: usize, secs
             tool.extend(rpc_tool_run(*shape, secs));
         }
         for (name, r) in systems.iter().zip(runs) {
-            results.push((shape.name, name, median_proc_run(r)));
+            results.push((shape.name, name, median(r, |p| p.run.calls_per_sec)));
         }
         if !tool.is_empty() {
             results.push((
                 shape.name,
                 "rpc serve + rpc bench, msgpack tcp",
-                median_proc_run(tool),
+                median(tool, |p| p.run.calls_per_sec),
             ));
         }
     }
@@ -991,11 +992,6 @@ const CROSS_PROCESS_TARGETS: [(&str, &str, &str, f64); 10] = [
     ),
 ];
 
-fn median_proc_run(mut runs: Vec<ProcRun>) -> ProcRun {
-    runs.sort_by(|a, b| a.run.calls_per_sec.total_cmp(&b.run.calls_per_sec));
-    runs[runs.len() / 2]
-}
-
 fn main() {
     match std::env::var("RPC_BENCH_ROLE").as_deref() {
         Ok("server") => return serve_process(),
@@ -1079,7 +1075,7 @@ fn main() {
             }
         }
         for (s, r) in systems.iter().zip(runs) {
-            results.push((shape.name, s.name, median_run(r)));
+            results.push((shape.name, s.name, median(r, |r| r.calls_per_sec)));
         }
     }
     let cells: Vec<Cell> = results

@@ -92,7 +92,7 @@ fn rss_bytes() -> u64 {
 /// end.
 struct RssProbe {
     before: u64,
-    peak: Arc<AtomicU64>,
+    peak: Arc<AtomicUsize>,
     stop: Arc<AtomicBool>,
     task: JoinHandle<()>,
 }
@@ -100,21 +100,8 @@ struct RssProbe {
 impl RssProbe {
     fn start() -> Self {
         let before = rss_bytes();
-        let peak = Arc::new(AtomicU64::new(before));
         let stop = Arc::new(AtomicBool::new(false));
-        let task = {
-            let (peak, stop) = (peak.clone(), stop.clone());
-            tokio::spawn(async move {
-                // Bounded: at most 60 s of samples even if never stopped.
-                for _ in 0..12_000 {
-                    if stop.load(Ordering::Relaxed) {
-                        break;
-                    }
-                    peak.fetch_max(rss_bytes(), Ordering::Relaxed);
-                    tokio::time::sleep(Duration::from_millis(5)).await;
-                }
-            })
-        };
+        let (peak, task) = watch_most(&stop, Duration::from_millis(5), || rss_bytes() as usize);
         Self {
             before,
             peak,
@@ -129,7 +116,9 @@ impl RssProbe {
         self.stop.store(true, Ordering::Relaxed);
         let _ = self.task.await;
         let after = rss_bytes();
-        let peak = self.peak.load(Ordering::Relaxed).max(after);
+        let peak = (self.peak.load(Ordering::Relaxed) as u64)
+            .max(after)
+            .max(self.before);
         let growth = peak.saturating_sub(self.before);
         println!(
             "[{what}] RSS before {:.1} MiB, peak {:.1} MiB, after {:.1} MiB: growth {:.1} MiB",
@@ -249,21 +238,24 @@ async fn good_tcp_client(addr: SocketAddr, stop: Arc<AtomicBool>) -> JoinHandle<
     good_adder(client, stop)
 }
 
-/// The most `read` gave, sampled every millisecond until `stop` is set (for at most 20 s).
+/// The most `read` gave, sampled `every` so often until `stop` is set (for at most `LIMIT`, a
+/// test's whole time).
 fn watch_most(
     stop: &Arc<AtomicBool>,
+    every: Duration,
     read: impl Fn() -> usize + Send + 'static,
 ) -> (Arc<AtomicUsize>, JoinHandle<()>) {
     let most = Arc::new(AtomicUsize::new(0));
     let task = {
         let (most, stop) = (most.clone(), stop.clone());
+        let samples = LIMIT.as_millis() / every.as_millis().max(1);
         tokio::spawn(async move {
-            for _ in 0..20_000 {
+            for _ in 0..samples {
                 if stop.load(Ordering::Relaxed) {
                     break;
                 }
                 most.fetch_max(read(), Ordering::Relaxed);
-                tokio::time::sleep(Duration::from_millis(1)).await;
+                tokio::time::sleep(every).await;
             }
         })
     };
@@ -644,7 +636,9 @@ fn tcp_connection_flood_is_capped_and_existing_clients_served() {
         // Watches the server's count of connections.
         let (most, watch) = {
             let server = server.clone();
-            watch_most(&stop, move || server.connections())
+            watch_most(&stop, Duration::from_millis(1), move || {
+                server.connections()
+            })
         };
 
         // At most 5000 connections, for at most 2 s, all held until the end.
@@ -935,7 +929,9 @@ fn tcp_partial_frames_of_the_largest_size_keep_memory_within_the_budget() {
         // The most the server's connections held in frames.
         let (most, watch) = {
             let server = server.clone();
-            watch_most(&stop, move || server.frame_memory())
+            watch_most(&stop, Duration::from_millis(1), move || {
+                server.frame_memory()
+            })
         };
         // The good client comes from another host than the attackers, who have all the
         // connections one address may hold.
