@@ -627,8 +627,13 @@ async fn write_loop<C: Codec>(conn: Arc<Conn<C>>, mut w: Box<dyn AsyncWrite + Se
             }
             tokio::select! {
                 _ = conn.out.ready.notified() => {}
-                _ = &mut closing => {}
+                _ = &mut closing => continue,
             }
+            // Woken by the first frame queued: the tasks woken with its sender (callers that
+            // one read of answers woke, say) run first and queue theirs, so that one write
+            // sends them all. Without this the writer, woken last, would run next on its worker
+            // and write each frame alone.
+            crate::YieldOnce::default().await;
             continue;
         }
         let written = tokio::select! {
