@@ -1,9 +1,10 @@
 //! `rpc bench`: a closed-loop (or rate-paced) load generator with HDR latency percentiles.
 //!
 //! Each of `--concurrency` workers keeps one call in flight; workers are spread over
-//! `--connections` sockets. Requests are encoded once per worker and re-sent as shared bytes, and
-//! every worker records into its own histogram (merged at the end), so the generator does little
-//! work per call and shares nothing hot between workers.
+//! `--connections` sockets, and the workers of one socket run in one task (the answers one read
+//! brings wake it once). Requests are encoded once per worker and re-sent as shared bytes, and
+//! every worker records into its own histogram and counters (merged at the end), so the
+//! generator does little work per call and shares nothing hot between workers.
 //!
 //! With `--rate`, calls are scheduled at the rate asked for, the workers' schedules staggered so
 //! that the calls are spread evenly, and each call's latency counts from its scheduled time: a
@@ -17,6 +18,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::StreamExt;
 use hdrhistogram::Histogram;
 use rpc_core::Error;
 use serde::Serialize;
@@ -121,13 +123,15 @@ pub(crate) async fn run(args: BenchArgs) -> Result<(), Failure> {
         })
     });
 
-    let mut workers = tokio::task::JoinSet::new();
+    // Workers that share a connection run in one task: the answers one read brings wake that
+    // task once, not a task per worker, and the workers' next calls are queued together.
+    let mut groups: Vec<Vec<_>> = (0..clients.len()).map(|_| Vec::new()).collect();
     for i in 0..args.concurrency {
         // The worker's own clone: calls go through it in place (`send_mut`), not through a
         // clone per call.
         let mut client = clients[i as usize % clients.len()].clone();
         let request = request_for(&target, &client, &args.target.method, &args.target.args)?;
-        let done = done.clone();
+        let done = progress.as_ref().map(|_| done.clone());
         // Worker i's first call is i/concurrency of an interval in: the calls of all workers
         // together come evenly spaced, not in bursts of `concurrency`.
         let first = match interval {
@@ -141,9 +145,10 @@ pub(crate) async fn run(args: BenchArgs) -> Result<(), Failure> {
             }
             None => None,
         };
-        workers.spawn(async move {
+        groups[i as usize % clients.len()].push(async move {
             let mut hist = histogram();
             let mut errors = Errors::default();
+            let mut calls = 0u64;
             let mut next = first;
             // After a transport failure (a refused connection, say), the next call waits: from
             // 10 ms, doubling to 1 s while they go on failing.
@@ -161,8 +166,7 @@ pub(crate) async fn run(args: BenchArgs) -> Result<(), Failure> {
                     }
                     None => Instant::now(),
                 };
-                let sent = Instant::now();
-                if sent >= end {
+                if due >= end {
                     break;
                 }
                 // The transport's timeout bounds the call: the shared request is sent as it is
@@ -184,10 +188,26 @@ pub(crate) async fn run(args: BenchArgs) -> Result<(), Failure> {
                         errors.count(&e);
                     }
                 }
-                done.fetch_add(1, Ordering::Relaxed);
+                calls += 1;
+                // The progress line's count, shared between the workers: updated now and then
+                // rather than by every call.
+                if let Some(done) = &done {
+                    if calls % 64 == 0 {
+                        done.fetch_add(64, Ordering::Relaxed);
+                    }
+                }
             }
-            (hist, errors)
+            (hist, errors, calls)
         });
+    }
+    let mut workers = tokio::task::JoinSet::new();
+    for group in groups.into_iter().filter(|g| !g.is_empty()) {
+        workers.spawn(
+            group
+                .into_iter()
+                .collect::<futures::stream::FuturesUnordered<_>>()
+                .collect::<Vec<_>>(),
+        );
     }
     let mut hist = histogram();
     let mut errors = Errors::default();
@@ -195,18 +215,21 @@ pub(crate) async fn run(args: BenchArgs) -> Result<(), Failure> {
     if interval.is_some() {
         tokio::time::sleep_until(end).await;
     }
+    let mut requests = 0;
     while let Some(r) = workers.join_next().await {
-        let (h, e) = r.map_err(|e| Failure::usage(format!("a worker failed: {e}")))?;
-        hist.add(&h)
-            .map_err(|e| Failure::usage(format!("merging histograms: {e}")))?;
-        errors.merge(&e);
+        let group = r.map_err(|e| Failure::usage(format!("a worker failed: {e}")))?;
+        for (h, e, calls) in group {
+            hist.add(&h)
+                .map_err(|e| Failure::usage(format!("merging histograms: {e}")))?;
+            errors.merge(&e);
+            requests += calls;
+        }
     }
     let elapsed = start.elapsed().as_secs_f64();
     if let Some(p) = progress {
         p.abort();
         eprintln!();
     }
-    let requests = done.load(Ordering::Relaxed);
     let ok = hist.len();
     let report = Report {
         requests,
