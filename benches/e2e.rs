@@ -357,6 +357,9 @@ fn mux_stream<S: DuplexStream + 'static>(io: S, slots: usize) -> RawConn {
         let mut batch = Vec::new();
         loop {
             writer.wake_writer.notified().await;
+            // The callers woken with the one that woke the writer queue theirs first: one
+            // write for them all.
+            tokio::task::yield_now().await;
             std::mem::swap(
                 &mut batch,
                 &mut *writer.outbox.lock().expect("not poisoned"),
@@ -729,19 +732,81 @@ fn client_process(system: &str, shape: &str, secs: Duration) {
     );
 }
 
-/// One cross-process run: its figures, and the CPU time per call of the server and the client.
+/// The system calls a process makes while it is watched, counted by `perf stat` (the
+/// `raw_syscalls:sys_enter` tracepoint), where perf is installed and may attach.
+struct Syscalls {
+    perf: std::process::Child,
+    out: PathBuf,
+}
+
+impl Syscalls {
+    /// Starts counting the system calls of `pid` (and of the threads it starts); `None` without
+    /// perf.
+    fn watch(pid: u32) -> Option<Self> {
+        let out = std::env::temp_dir().join(format!("rpc-bench-perf-{}-{pid}", std::process::id()));
+        let perf = std::process::Command::new("perf")
+            .args(["stat", "-x,", "-e", "raw_syscalls:sys_enter", "-o"])
+            .arg(&out)
+            .args(["-p", &pid.to_string()])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .ok()?;
+        // perf reads the process's threads before it counts: a short wait, so the run is not
+        // started before it is watched.
+        std::thread::sleep(Duration::from_millis(100));
+        Some(Self { perf, out })
+    }
+
+    /// Stops counting: how many system calls were made.
+    fn stop(mut self) -> Option<u64> {
+        let signalled = std::process::Command::new("kill")
+            .args(["-INT", &self.perf.id().to_string()])
+            .status()
+            .ok()?;
+        if !signalled.success() {
+            let _ = self.perf.kill();
+        }
+        self.perf.wait().ok()?;
+        let text = std::fs::read_to_string(&self.out).ok()?;
+        let _ = std::fs::remove_file(&self.out);
+        text.lines()
+            .find(|l| l.contains("raw_syscalls:sys_enter"))
+            .and_then(|l| l.split(',').next()?.parse().ok())
+    }
+}
+
+/// One cross-process run: its figures, and the CPU time and system calls per call of the server
+/// and the client.
 #[derive(Clone, Copy, Debug)]
 struct ProcRun {
     run: Run,
     server_us: f64,
     client_us: f64,
+    /// System calls per call of the server and the client, where perf could count them.
+    syscalls: Option<(f64, f64)>,
 }
 
-/// Runs `client` to the end and measures `server_pid`'s CPU time meanwhile.
+/// System calls per call, from the counts of the server and the client.
+fn per_call(server: Option<u64>, client: Option<u64>, calls: f64) -> Option<(f64, f64)> {
+    Some((server? as f64 / calls, client? as f64 / calls))
+}
+
+/// Runs `client` to the end and measures `server_pid`'s CPU time and system calls meanwhile.
 fn measure(mut client: std::process::Command, server_pid: u32, secs: Duration) -> ProcRun {
     let before = cpu_time(server_pid);
-    let out = client.output().expect("the client runs");
+    let server_calls = Syscalls::watch(server_pid);
+    let child = client
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("the client runs");
+    let client_calls = Syscalls::watch(child.id());
+    let out = child.wait_with_output().expect("the client runs");
     let server = cpu_time(server_pid) - before;
+    let server_calls = server_calls.and_then(Syscalls::stop);
+    let client_calls = client_calls.and_then(Syscalls::stop);
     let line = String::from_utf8_lossy(&out.stdout);
     let f: Vec<f64> = line
         .split_whitespace()
@@ -761,6 +826,7 @@ fn measure(mut client: std::process::Command, server_pid: u32, secs: Duration) -
         },
         server_us: server.as_secs_f64() * 1e6 / calls,
         client_us: f[3] * 1e6 / calls,
+        syscalls: per_call(server_calls, client_calls, calls),
     }
 }
 
@@ -799,8 +865,10 @@ fn rpc_tool_run(shape: Shape, secs: Duration) -> Option<ProcRun> {
         "--json",
     ]);
     let before = cpu_time(server.id());
+    let server_calls = Syscalls::watch(server.id());
     let child = client.stdout(std::process::Stdio::piped()).spawn().ok()?;
     let pid = child.id();
+    let client_calls = Syscalls::watch(pid);
     // The client's own CPU time, read just before it is reaped.
     let mut child = child;
     let mut client_cpu = Duration::ZERO;
@@ -809,6 +877,8 @@ fn rpc_tool_run(shape: Shape, secs: Duration) -> Option<ProcRun> {
         std::thread::sleep(Duration::from_millis(20));
     }
     let server_cpu = cpu_time(server.id()) - before;
+    let server_calls = server_calls.and_then(Syscalls::stop);
+    let client_calls = client_calls.and_then(Syscalls::stop);
     let mut out = String::new();
     std::io::Read::read_to_string(&mut child.stdout.take()?, &mut out).ok()?;
     let _ = server.kill();
@@ -824,6 +894,7 @@ fn rpc_tool_run(shape: Shape, secs: Duration) -> Option<ProcRun> {
         },
         server_us: server_cpu.as_secs_f64() * 1e6 / calls,
         client_us: client_cpu.as_secs_f64() * 1e6 / calls,
+        syscalls: per_call(server_calls, client_calls, calls),
     })
 }
 
@@ -888,6 +959,7 @@ fn cross_process(systems: &[&'static str], shapes: &[Shape], rounds: usize, secs
             system,
             run: r.run,
             cpu: Some((r.server_us, r.client_us)),
+            syscalls: r.syscalls,
         })
         .collect();
     report(&cells, &CROSS_PROCESS_TARGETS);
@@ -900,6 +972,9 @@ struct Cell {
     system: &'static str,
     run: Run,
     cpu: Option<(f64, f64)>,
+    /// Across processes, where perf counts them: system calls per call of the server and the
+    /// client.
+    syscalls: Option<(f64, f64)>,
 }
 
 /// The raw echo a system is compared with: of its transport.
@@ -923,14 +998,20 @@ fn report(cells: &[Cell], targets: &[(&str, &str, &str, f64)]) {
             .map(|c| c.run)
     };
     let cpu = cells.iter().any(|c| c.cpu.is_some());
-    println!();
+    let syscalls = cells.iter().any(|c| c.syscalls.is_some());
+    let mut header = "| shape | system | calls/s | p50 µs | p99 µs | × raw | × tarpc |".to_owned();
+    let mut rule = "|---|---|---:|---:|---:|---:|---:|".to_owned();
     if cpu {
-        println!("| shape | system | calls/s | p50 µs | p99 µs | × raw | × tarpc | server CPU µs/call | client CPU µs/call |");
-        println!("|---|---|---:|---:|---:|---:|---:|---:|---:|");
-    } else {
-        println!("| shape | system | calls/s | p50 µs | p99 µs | × raw | × tarpc |");
-        println!("|---|---|---:|---:|---:|---:|---:|");
+        header += " server CPU µs/call | client CPU µs/call |";
+        rule += "---:|---:|";
     }
+    if syscalls {
+        header += " server syscalls/call | client syscalls/call |";
+        rule += "---:|---:|";
+    }
+    println!();
+    println!("{header}");
+    println!("{rule}");
     for c in cells {
         let ratio = |other: &str| match find(c.shape, other) {
             Some(o) if other != c.system => {
@@ -943,11 +1024,15 @@ fn report(cells: &[Cell], targets: &[(&str, &str, &str, f64)]) {
         } else {
             "–".to_owned()
         };
-        let cpu = c
-            .cpu
-            .map_or(String::new(), |(s, cl)| format!(" {s:.2} | {cl:.2} |"));
+        let pair = |v: Option<(f64, f64)>, shown: bool| match v {
+            Some((s, cl)) => format!(" {s:.2} | {cl:.2} |"),
+            None if shown => " – | – |".to_owned(),
+            None => String::new(),
+        };
+        let cpu = pair(c.cpu, cpu);
+        let calls = pair(c.syscalls, syscalls);
         println!(
-            "| {} | {} | {:.0} | {:.1} | {:.1} | {} | {tarpc} |{cpu}",
+            "| {} | {} | {:.0} | {:.1} | {:.1} | {} | {tarpc} |{cpu}{calls}",
             c.shape,
             c.system,
             c.run.calls_per_sec,
@@ -1085,6 +1170,7 @@ fn main() {
             system,
             run,
             cpu: None,
+            syscalls: None,
         })
         .collect();
     report(&cells, &TARGETS);
