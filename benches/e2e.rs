@@ -867,20 +867,12 @@ fn rpc_tool_run(shape: Shape, secs: Duration) -> Option<ProcRun> {
     let before = cpu_time(server.id());
     let server_calls = Syscalls::watch(server.id());
     let child = client.stdout(std::process::Stdio::piped()).spawn().ok()?;
-    let pid = child.id();
-    let client_calls = Syscalls::watch(pid);
-    // The client's own CPU time, read just before it is reaped.
-    let mut child = child;
-    let mut client_cpu = Duration::ZERO;
-    while child.try_wait().ok()?.is_none() {
-        client_cpu = cpu_time(pid);
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let client_calls = Syscalls::watch(child.id());
+    let out = child.wait_with_output().ok()?;
     let server_cpu = cpu_time(server.id()) - before;
     let server_calls = server_calls.and_then(Syscalls::stop);
     let client_calls = client_calls.and_then(Syscalls::stop);
-    let mut out = String::new();
-    std::io::Read::read_to_string(&mut child.stdout.take()?, &mut out).ok()?;
+    let out = String::from_utf8_lossy(&out.stdout);
     let _ = server.kill();
     let _ = server.wait();
     let report: serde_json::Value = serde_json::from_str(out.trim()).ok()?;
@@ -893,7 +885,8 @@ fn rpc_tool_run(shape: Shape, secs: Duration) -> Option<ProcRun> {
             p99_us: report["p99_us"].as_f64()?,
         },
         server_us: server_cpu.as_secs_f64() * 1e6 / calls,
-        client_us: client_cpu.as_secs_f64() * 1e6 / calls,
+        // rpc bench's own figure.
+        client_us: report["cpu_us_per_call"].as_f64()?,
         syscalls: per_call(server_calls, client_calls, calls),
     })
 }

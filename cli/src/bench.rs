@@ -73,6 +73,10 @@ struct Report {
     p99_us: u64,
     p999_us: u64,
     max_us: u64,
+    /// The CPU time (user and system) this process used per call made, in µs, where the
+    /// platform tells it (`/proc/self/stat`): what the generator itself costs, to compare with
+    /// the server's.
+    cpu_us_per_call: Option<f64>,
     concurrency: u32,
     connections: u32,
 }
@@ -103,6 +107,7 @@ pub(crate) async fn run(args: BenchArgs) -> Result<(), Failure> {
         clients.push(client_for(&target, args.timeout).await?);
     }
     let done = Arc::new(AtomicU64::new(0));
+    let cpu_before = process_cpu();
     let start = Instant::now();
     let end = deadline_after(start, args.duration);
 
@@ -226,6 +231,9 @@ pub(crate) async fn run(args: BenchArgs) -> Result<(), Failure> {
         }
     }
     let elapsed = start.elapsed().as_secs_f64();
+    let cpu = process_cpu()
+        .zip(cpu_before)
+        .map(|(after, before)| after - before);
     if let Some(p) = progress {
         p.abort();
         eprintln!();
@@ -242,6 +250,9 @@ pub(crate) async fn run(args: BenchArgs) -> Result<(), Failure> {
         p99_us: hist.value_at_quantile(0.99),
         p999_us: hist.value_at_quantile(0.999),
         max_us: hist.max(),
+        cpu_us_per_call: cpu
+            .filter(|_| requests > 0)
+            .map(|c| c.as_secs_f64() * 1e6 / requests as f64),
         concurrency: args.concurrency,
         connections: args.connections,
     };
@@ -277,6 +288,22 @@ pub(crate) async fn run(args: BenchArgs) -> Result<(), Failure> {
             report.rps, report.duration_s, report.concurrency, report.connections,
             report.p50_us, report.p90_us, report.p99_us, report.p999_us, report.max_us
         );
+        if let Some(us) = report.cpu_us_per_call {
+            let _ = writeln!(out, "cpu         {us:.2} µs per call (this process)");
+        }
     }
     failed.map_or(Ok(()), Err)
+}
+
+/// The CPU time (user and system) this process has used, from `/proc/self/stat`: `None` where
+/// there is no such file.
+fn process_cpu() -> Option<Duration> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // After the command's closing parenthesis: state is field 3, utime 14, stime 15, in clock
+    // ticks of USER_HZ, which is 100 a second on Linux.
+    let (_, rest) = stat.rsplit_once(')')?;
+    let mut fields = rest.split_whitespace().skip(11);
+    let utime: u64 = fields.next()?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    Some(Duration::from_millis((utime + stime) * 10))
 }

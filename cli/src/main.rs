@@ -649,7 +649,16 @@ fn main() -> ExitCode {
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .with_writer(std::io::stderr)
         .init();
-    let runtime = match tokio::runtime::Runtime::new() {
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    runtime.enable_all();
+    if let Command::Bench(a) = &cli.command {
+        // `rpc bench` drives each connection's workers from one task: worker threads beyond
+        // one per connection would only take a connection's reader away from its callers (more
+        // system calls and context switches per call, measured), so it uses no more.
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        runtime.worker_threads((a.connections as usize).clamp(1, cores));
+    }
+    let runtime = match runtime.build() {
         Ok(r) => r,
         Err(e) => {
             eprintln!("rpc: cannot start the runtime: {e}");

@@ -369,6 +369,13 @@ fn bench_reports_sane_figures() {
         "{report}"
     );
     assert!(n("p999_us") <= n("max_us"), "{report}");
+    // Linux tells a process its CPU time: the generator's own cost per call.
+    if cfg!(target_os = "linux") {
+        assert!(
+            n("cpu_us_per_call") > 0.0 && n("cpu_us_per_call") < 100_000.0,
+            "{report}"
+        );
+    }
 
     // The table form, with a rate limit.
     let out = rpc(&[
