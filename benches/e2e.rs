@@ -13,7 +13,9 @@
 //! Run with `cargo bench -p rpc-benches --bench e2e`. Bounded: 3 rounds × 1 s per system and
 //! shape (about 2 minutes). Knobs: `RPC_BENCH_SECS` (seconds per run), `RPC_BENCH_ROUNDS`,
 //! `RPC_BENCH_ONLY=msgpack,raw` (systems whose name contains one of these),
-//! `RPC_BENCH_SHAPES=1x64` (shapes by name).
+//! `RPC_BENCH_SHAPES=1x64` (shapes by name), `RPC_BENCH_CALLERS=one-task` (a connection's calls
+//! in flight made by one task rather than a task each), `RPC_BENCH_PROCESSES=1` (each server and
+//! client a process of its own, on default multi-thread runtimes).
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -452,6 +454,24 @@ const SHAPES: [Shape; 3] = [
     },
 ];
 
+/// How the calls in flight on a connection are made.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Callers {
+    /// A task of its own per caller (as request handlers that each make a call): every answer
+    /// wakes a task. The default.
+    TaskPerCaller,
+    /// One task drives all of a connection's callers (as `buffer_unordered` or `rpc bench`
+    /// do): the answers one read brings wake it once. `RPC_BENCH_CALLERS=one-task`.
+    OneTaskPerConnection,
+}
+
+fn callers() -> Callers {
+    match std::env::var("RPC_BENCH_CALLERS").as_deref() {
+        Ok("one-task") => Callers::OneTaskPerConnection,
+        _ => Callers::TaskPerCaller,
+    }
+}
+
 /// One run's figures.
 #[derive(Clone, Copy, Debug)]
 struct Run {
@@ -476,12 +496,14 @@ async fn load<C: Caller>(conns: &[C], in_flight: usize, secs: Duration) -> Run {
             stop.store(true, std::sync::atomic::Ordering::Relaxed);
         })
     };
+    let one_task = callers() == Callers::OneTaskPerConnection;
     let mut tasks = Vec::new();
     for c in conns {
+        let mut group = Vec::new();
         for _ in 0..in_flight {
             let mut c = c.clone();
             let stop = stop.clone();
-            tasks.push(tokio::spawn(async move {
+            let caller = async move {
                 let mut h = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 2)
                     .expect("histogram bounds");
                 let mut n = 0u64;
@@ -492,16 +514,25 @@ async fn load<C: Caller>(conns: &[C], in_flight: usize, secs: Duration) -> Run {
                     n += 1;
                 }
                 (n, h)
-            }));
+            };
+            if one_task {
+                group.push(caller);
+            } else {
+                tasks.push(tokio::spawn(async move { vec![caller.await] }));
+            }
+        }
+        if one_task {
+            tasks.push(tokio::spawn(futures::future::join_all(group)));
         }
     }
     timer.await.expect("the timer ran");
     let mut total = 0;
     let mut all = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 2).expect("bounds");
     for t in tasks {
-        let (n, h) = t.await.expect("the caller ran");
-        total += n;
-        all.add(h).expect("same bounds");
+        for (n, h) in t.await.expect("the callers ran") {
+            total += n;
+            all.add(h).expect("same bounds");
+        }
     }
     Run {
         calls_per_sec: total as f64 / start.elapsed().as_secs_f64(),
