@@ -46,6 +46,56 @@ pub enum Peer {
     /// The other end of a byte stream that is not a socket (in memory, a pipe, a child process),
     /// by the name whoever opened the stream gave it.
     Stream(Arc<str>),
+    /// The other end of a TLS connection over TCP: its address, and the certificate it proved
+    /// to hold, if it showed one (a server always does; a client when the server asks for one).
+    Tls {
+        /// The IP socket address.
+        addr: SocketAddr,
+        /// The verified certificate's names, if the peer showed one.
+        certificate: Option<Arc<PeerCertificate>>,
+    },
+}
+
+/// Who a peer's verified certificate names: its subject and its subject alternative names.
+///
+/// ```
+/// use rpc_core::context::PeerCertificate;
+///
+/// let cert = PeerCertificate::new("CN=billing", ["billing.internal"]);
+/// assert!(cert.is_named("billing.internal"));
+/// assert!(cert.is_named("CN=billing"));
+/// assert!(!cert.is_named("CN=other"));
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct PeerCertificate {
+    subject: String,
+    names: Vec<String>,
+}
+
+impl PeerCertificate {
+    /// A certificate's subject (as RFC 4514 writes a distinguished name, `CN=..., O=...`) and
+    /// subject alternative names (DNS names, IP addresses, e-mail addresses and URIs, as text).
+    pub fn new(subject: impl Into<String>, names: impl IntoIterator<Item = impl Into<String>>) -> Self {
+        Self {
+            subject: subject.into(),
+            names: names.into_iter().map(Into::into).collect(),
+        }
+    }
+
+    /// The subject's distinguished name, `CN=..., O=...`.
+    pub fn subject(&self) -> &str {
+        &self.subject
+    }
+
+    /// The subject alternative names.
+    pub fn names(&self) -> &[String] {
+        &self.names
+    }
+
+    /// Whether `name` is the subject or one of the alternative names.
+    pub fn is_named(&self, name: &str) -> bool {
+        self.subject == name || self.names.iter().any(|n| n == name)
+    }
 }
 
 /// The credentials of the process at the other end of a Unix socket.
@@ -63,7 +113,7 @@ impl Peer {
     /// The socket address, for IP transports.
     pub fn socket_addr(&self) -> Option<SocketAddr> {
         match self {
-            Peer::Socket(a) => Some(*a),
+            Peer::Socket(a) | Peer::Tls { addr: a, .. } => Some(*a),
             Peer::Unix { .. } | Peer::Stream(_) => None,
         }
     }
@@ -72,7 +122,15 @@ impl Peer {
     pub fn credentials(&self) -> Option<Credentials> {
         match self {
             Peer::Unix { credentials } => *credentials,
-            Peer::Socket(_) | Peer::Stream(_) => None,
+            Peer::Socket(_) | Peer::Stream(_) | Peer::Tls { .. } => None,
+        }
+    }
+
+    /// The verified certificate, for TLS peers that showed one.
+    pub fn certificate(&self) -> Option<&PeerCertificate> {
+        match self {
+            Peer::Tls { certificate, .. } => certificate.as_deref(),
+            Peer::Socket(_) | Peer::Unix { .. } | Peer::Stream(_) => None,
         }
     }
 }
@@ -89,6 +147,14 @@ impl fmt::Display for Peer {
             },
             Peer::Unix { credentials: None } => f.pad("unix"),
             Peer::Stream(name) => write!(f, "stream:{name}"),
+            Peer::Tls {
+                addr,
+                certificate: None,
+            } => write!(f, "tls:{addr}"),
+            Peer::Tls {
+                addr,
+                certificate: Some(c),
+            } => write!(f, "tls:{addr} ({})", c.subject),
         }
     }
 }

@@ -53,6 +53,10 @@ impl ErrorCode {
     pub const DEADLINE_EXCEEDED: Self = Self(-32002);
     /// The request or its response exceeds a configured size limit.
     pub const MESSAGE_TOO_LARGE: Self = Self(-32003);
+    /// The caller is not allowed to call this method (who it is, where it calls from); the call
+    /// was not run. Distinct from [`METHOD_NOT_FOUND`](Self::METHOD_NOT_FOUND): the method may
+    /// exist.
+    pub const NOT_AUTHORIZED: Self = Self(-32004);
 
     /// A code with the given number.
     pub const fn new(code: i32) -> Self {
@@ -81,6 +85,7 @@ impl ErrorCode {
             -32001 => "rate limited",
             -32002 => "deadline exceeded",
             -32003 => "message too large",
+            -32004 => "not authorized",
             _ => return None,
         })
     }

@@ -47,6 +47,8 @@ pub mod stream;
 mod sync;
 #[cfg(feature = "tcp")]
 pub mod tcp;
+#[cfg(feature = "tls")]
+pub mod tls;
 #[cfg(feature = "udp")]
 pub mod udp;
 #[cfg(all(unix, feature = "unix"))]

@@ -53,6 +53,12 @@ pub struct Stats {
     /// Requests refused for arguments with more values than their size allows
     /// ([`min_bytes_per_value`](crate::Builder::min_bytes_per_value)).
     pub too_dense: u64,
+    /// TLS handshakes that failed: plaintext or garbage sent to a TLS port, a client
+    /// certificate missing or not trusted, no protocol in common.
+    pub handshakes_failed: u64,
+    /// TLS handshakes that did not finish within the handshake timeout, or were ended to make
+    /// room when the most handshakes were running.
+    pub handshakes_timed_out: u64,
 }
 
 impl Stats {
@@ -91,7 +97,7 @@ impl Stats {
     /// Every counter with its name (as in the Prometheus exposition, without the `rpc_` prefix
     /// and `_total` suffix) and what it counts, error answers by code last, named
     /// `errors_sent_<code>`: for printing and exporting them all.
-    pub fn counters(&self) -> [(&'static str, &'static str, u64); 28] {
+    pub fn counters(&self) -> [(&'static str, &'static str, u64); 30] {
         let e = &self.errors_sent;
         [
             (
@@ -168,6 +174,16 @@ impl Stats {
                 "too_dense",
                 "requests refused for arguments too dense to decode",
                 self.too_dense,
+            ),
+            (
+                "handshakes_failed",
+                "TLS handshakes that failed",
+                self.handshakes_failed,
+            ),
+            (
+                "handshakes_timed_out",
+                "TLS handshakes that did not finish in time or were ended for room",
+                self.handshakes_timed_out,
             ),
             (
                 "send_errors",
@@ -301,6 +317,8 @@ pub(crate) enum Event {
     Withheld,
     OverBudget,
     TooDense,
+    HandshakeFailed,
+    HandshakeTimedOut,
 }
 
 /// The live counters behind a [`Stats`].
@@ -311,7 +329,7 @@ pub(crate) struct Counters {
     errors: [AtomicU64; CODES.len() + 1],
 }
 
-const EVENTS: usize = Event::TooDense as usize + 1;
+const EVENTS: usize = Event::HandshakeTimedOut as usize + 1;
 
 /// The codes counted apart, in `ErrorCounts`' order.
 const CODES: [ErrorCode; 9] = [
@@ -382,6 +400,8 @@ impl Counters {
             withheld: e(Event::Withheld),
             over_budget: e(Event::OverBudget),
             too_dense: e(Event::TooDense),
+            handshakes_failed: e(Event::HandshakeFailed),
+            handshakes_timed_out: e(Event::HandshakeTimedOut),
         }
     }
 }
@@ -469,6 +489,8 @@ mod tests {
             Event::Withheld,
             Event::OverBudget,
             Event::TooDense,
+            Event::HandshakeFailed,
+            Event::HandshakeTimedOut,
         ];
         assert_eq!(events.len(), EVENTS);
         for (i, event) in events.into_iter().enumerate() {
@@ -496,6 +518,8 @@ mod tests {
             s.withheld,
             s.over_budget,
             s.too_dense,
+            s.handshakes_failed,
+            s.handshakes_timed_out,
         ];
         let want: Vec<u64> = (1..=EVENTS as u64).collect();
         assert_eq!(got.to_vec(), want);

@@ -191,6 +191,25 @@ impl Builder {
             .on_stop(move || file.remove()))
     }
 
+    /// Serves TLS connections on a TCP address (feature `tls`; see [`tls`](crate::tls)), with
+    /// the TLS transport's default handshake bounds.
+    #[cfg(feature = "tls")]
+    pub async fn bind_tls(
+        self,
+        addr: impl ToSocketAddrs,
+        config: Arc<crate::tls::rustls::ServerConfig>,
+    ) -> io::Result<crate::tls::Server> {
+        let (listener, local_addr) =
+            crate::tls::listen(addr, config, crate::tls::Tls::default()).await?;
+        Ok(self.start_server(listener, local_addr))
+    }
+
+    /// A typed client of the TLS server at `addr` (feature `tls`); it connects on its first call.
+    #[cfg(feature = "tls")]
+    pub fn client_tls(self, addr: crate::tls::Address) -> Client<Channel<crate::tls::Tls>> {
+        Client::new(self.channel::<crate::tls::Tls>(addr), &LE)
+    }
+
     /// A typed client of the server at `addr`; it connects on its first call.
     pub fn client_tcp(self, addr: impl Into<tcp::Address>) -> Client<Channel<tcp::Tcp>> {
         Client::new(self.channel::<tcp::Tcp>(addr.into()), &LE)

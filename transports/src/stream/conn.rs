@@ -556,7 +556,8 @@ async fn read_loop<C: Codec, R: AsyncRead + Unpin>(
                 });
                 tracing::warn!(peer = %conn.peer, error = %e, "closing the connection");
                 conn.life.mark_lost();
-                conn.fail_calls();
+                // The calls waiting learn why (a TLS peer's alert, say).
+                conn.calls.fail_all(|| Error::Transport(io::Error::new(e.kind(), e.to_string())));
                 // The read buffer goes now, not once the requests are answered: a connection
                 // closed to make room gives its memory back at once.
                 drop(frames);

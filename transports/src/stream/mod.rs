@@ -70,6 +70,10 @@ pub trait Transport: Send + Sync + 'static {
 
 /// A bound listener.
 pub(crate) trait Accept: Send + 'static {
+    /// Called once before the first `accept`, with the counters of the server it serves.
+    fn attach(&mut self, counters: &Arc<Counters>) {
+        let _ = counters;
+    }
     fn accept(&mut self) -> impl Future<Output = io::Result<Io>> + Send;
 }
 
@@ -181,7 +185,7 @@ impl<K> Builder<Stream<K>> {
 /// Starts an accept loop: each accepted connection is handed to `handle`, whose future runs until
 /// the connection is done. Returns the server's handle.
 pub(crate) fn start_accepting<A, F, Fut, T>(
-    listener: A,
+    mut listener: A,
     local_addr: T::Local,
     limits: &Connections,
     handle: F,
@@ -201,6 +205,7 @@ where
         counters: Arc::new(Counters::default()),
     });
     let accepting = shared.accepting.take();
+    listener.attach(&shared.counters);
     tokio::spawn(accept_loop(
         listener,
         limits.max_connections,

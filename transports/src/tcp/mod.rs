@@ -135,13 +135,18 @@ impl stream::Transport for Tcp {
     type Local = SocketAddr;
 
     async fn connect(addr: &Address) -> io::Result<Io> {
-        let s = match &addr.0 {
-            Target::Socket(a) => TcpStream::connect(a).await?,
-            Target::Host(h) => TcpStream::connect(&**h).await?,
-        };
-        s.set_nodelay(true)?;
-        Ok(Io::from(s))
+        Ok(Io::from(connect(addr).await?))
     }
+}
+
+/// A TCP connection to `addr`, with `TCP_NODELAY` set.
+pub(crate) async fn connect(addr: &Address) -> io::Result<TcpStream> {
+    let s = match &addr.0 {
+        Target::Socket(a) => TcpStream::connect(a).await?,
+        Target::Host(h) => TcpStream::connect(&**h).await?,
+    };
+    s.set_nodelay(true)?;
+    Ok(s)
 }
 
 impl Accept for TcpListener {
