@@ -102,9 +102,10 @@ pub(crate) async fn run(args: BenchArgs) -> Result<(), Failure> {
             ))
         }
     };
+    let tls = args.target.tls.config(&target)?;
     let mut clients = Vec::new();
     for _ in 0..args.connections {
-        clients.push(client_for(&target, args.timeout).await?);
+        clients.push(client_for(&target, args.timeout, tls.as_ref()).await?);
     }
     let done = Arc::new(AtomicU64::new(0));
     let cpu_before = process_cpu();

@@ -51,6 +51,41 @@ async fn sayhi(ctx: Context, name: String) -> String {
     }
 }
 
+/// Who calls, as the server sees it.
+#[derive(Serialize)]
+struct Caller {
+    /// The caller's address: `IP:PORT`, `unix`, or a stream's name.
+    address: String,
+    /// Over TLS with a client certificate: its subject, `CN=...`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    subject: Option<String>,
+    /// Over TLS with a client certificate: its subject alternative names.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    names: Option<Vec<String>>,
+    /// Over a Unix socket: the caller's user and group ids.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    uid: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    gid: Option<u32>,
+}
+
+async fn whoami(ctx: Context) -> Caller {
+    let peer = ctx.peer();
+    let certificate = peer.and_then(|p| p.certificate());
+    let credentials = peer.and_then(|p| p.credentials());
+    Caller {
+        address: match (ctx.peer_addr(), peer) {
+            (Some(a), _) => a.to_string(),
+            (None, Some(p)) => p.to_string(),
+            (None, None) => "unknown".to_owned(),
+        },
+        subject: certificate.map(|c| c.subject().to_owned()),
+        names: certificate.map(|c| c.names().to_vec()),
+        uid: credentials.map(|c| c.uid),
+        gid: credentials.map(|c| c.gid),
+    }
+}
+
 async fn add(a: Num, b: Num) -> Num {
     a.add(b)
 }
@@ -210,6 +245,7 @@ pub(crate) type Service =
 pub(crate) fn router() -> Router {
     Router::new()
         .route("sayhi", sayhi)
+        .route("whoami", whoami)
         .route("echo", raw(echo))
         .route("add", add)
         .route("sleep", sleep)

@@ -10,6 +10,7 @@ mod target;
 
 use std::io::Write;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,7 +20,7 @@ use futures::future::BoxFuture;
 use rpc_codecs::jsonrpc::JsonRpcCodec;
 use rpc_codecs::msgpack::RpcudpCodec;
 use rpc_core::{BoxChannel, Client, Codec, Error};
-use rpc_transports::{raw, tcp, udp, unix, Connected, Serving};
+use rpc_transports::{raw, tcp, tls, udp, unix, Connected, Serving};
 
 use crate::target::{Address, CodecName, Target};
 
@@ -54,8 +55,9 @@ enum Command {
   rpc serve --listen udp://127.0.0.1:0
   rpc serve --listen udp://127.0.0.1:4000 --listen tcp://127.0.0.1:4000 --listen unix:///tmp/rpc.sock
   rpc serve --listen tcp://127.0.0.1:4000 --rate-per-peer 100 --max-concurrent 256 --request-timeout 10s
+  rpc serve --listen tls://127.0.0.1:4443 --tls-cert server.pem --tls-key server.key [--tls-client-ca ca.pem]
 
-Methods: sayhi(name), echo(args...), add(a, b), sleep(ms), fail(message),
+Methods: sayhi(name), whoami(), echo(args...), add(a, b), sleep(ms), fail(message),
 subtract(minuend, subtrahend), sum(numbers...), get_data(), update(...),
 notify_hello(...), notify_sum(...); hello, goodbye, add_2_words, func_no_args
 (also command ids 0-3).")]
@@ -68,7 +70,8 @@ Examples:
   rpc call udp://127.0.0.1:4000 sayhi '\"Ada\"'
   rpc call udp://127.0.0.1:4000 add 2 40
   rpc call udp://127.0.0.1:4000 echo '[1, {\"k\": null}]' --timeout 500ms
-  rpc call udp://127.0.0.1:4000 notify_hello 7 --notify"
+  rpc call udp://127.0.0.1:4000 notify_hello 7 --notify
+  rpc call tls://localhost:4443 whoami --tls-ca ca.pem [--tls-cert me.pem --tls-key me.key]"
     )]
     Call(CallArgs),
     /// Load an endpoint with calls and report throughput and latency (of the calls that
@@ -101,6 +104,91 @@ struct ServeArgs {
     /// brought up to date every second.
     #[arg(long, value_name = "HOST:PORT")]
     metrics: Option<SocketAddr>,
+    #[command(flatten)]
+    tls: ServeTls,
+}
+
+/// The server's side of TLS, for `tls://` listeners.
+#[derive(Args)]
+struct ServeTls {
+    /// For tls:// listeners: the server's certificate chain (PEM, its own certificate first).
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// For tls:// listeners: the certificate's private key (PEM).
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// For tls:// listeners: require client certificates that chain to the CA certificates in
+    /// FILE (PEM), mutual TLS; a client without one is refused in the handshake.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_client_ca: Option<PathBuf>,
+}
+
+impl ServeTls {
+    /// The server configuration, if a certificate was given.
+    fn config(&self) -> Result<Option<Arc<tls::rustls::ServerConfig>>, Failure> {
+        let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) else {
+            return Ok(None);
+        };
+        let identity = tls::Identity::from_pem_files(cert, key)
+            .map_err(|e| Failure::usage(format!("--tls-cert/--tls-key: {e}")))?;
+        let client_roots = match &self.tls_client_ca {
+            Some(path) => Some(
+                tls::Roots::from_pem_file(path)
+                    .map_err(|e| Failure::usage(format!("--tls-client-ca: {e}")))?,
+            ),
+            None => None,
+        };
+        tls::server_config(identity, client_roots.as_ref())
+            .map(Some)
+            .map_err(|e| Failure::usage(format!("the TLS configuration: {e}")))
+    }
+}
+
+/// The client's side of TLS, for `tls://` endpoints.
+#[derive(Args)]
+pub(crate) struct ClientTls {
+    /// For tls:// endpoints: the CA certificates (PEM) the server's certificate must chain to;
+    /// without it, the platform's trust store. The server's name is always checked.
+    #[arg(long, value_name = "FILE")]
+    tls_ca: Option<PathBuf>,
+    /// For tls:// endpoints: a client certificate chain (PEM), for servers that ask for one.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// For tls:// endpoints: the client certificate's private key (PEM).
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+}
+
+impl ClientTls {
+    /// The client configuration for `target`, if it is a `tls://` endpoint.
+    pub(crate) fn config(
+        &self,
+        target: &Target,
+    ) -> Result<Option<Arc<tls::rustls::ClientConfig>>, Failure> {
+        if !matches!(target.address, Address::Tls { .. }) {
+            if self.tls_ca.is_some() || self.tls_cert.is_some() {
+                return Err(Failure::usage(
+                    "--tls-ca, --tls-cert and --tls-key are for tls:// endpoints",
+                ));
+            }
+            return Ok(None);
+        }
+        let roots = match &self.tls_ca {
+            Some(path) => tls::Roots::from_pem_file(path),
+            None => tls::Roots::platform(),
+        }
+        .map_err(|e| Failure::usage(format!("--tls-ca: {e}")))?;
+        let identity = match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => Some(
+                tls::Identity::from_pem_files(cert, key)
+                    .map_err(|e| Failure::usage(format!("--tls-cert/--tls-key: {e}")))?,
+            ),
+            _ => None,
+        };
+        tls::client_config(&roots, identity)
+            .map(Some)
+            .map_err(|e| Failure::usage(format!("the TLS configuration: {e}")))
+    }
 }
 
 /// The transports' own bounds on what peers may hold, as `rpc serve` sets them on every listener.
@@ -152,6 +240,8 @@ pub(crate) struct CallTarget {
     /// The codec, unless the URL names its own (`?codec=`).
     #[arg(long, default_value = "msgpack", value_parser = CodecName::parse)]
     pub(crate) codec: CodecName,
+    #[command(flatten)]
+    pub(crate) tls: ClientTls,
 }
 
 #[derive(Args)]
@@ -267,18 +357,23 @@ fn local_udp_addr(peer: SocketAddr) -> SocketAddr {
     SocketAddr::new(ip, 0)
 }
 
-/// A client for `target`.
+/// A client for `target`; `tls` is the configuration of `tls://` targets.
 pub(crate) async fn client_for(
     target: &Target,
     timeout: Duration,
+    tls: Option<&Arc<tls::rustls::ClientConfig>>,
 ) -> Result<Client<BoxChannel>, Failure> {
     match target.codec {
-        CodecName::Msgpack => client_with(&target.address, RpcudpCodec::new(), timeout).await,
-        CodecName::JsonRpc => client_with(&target.address, JsonRpcCodec::new(), timeout).await,
+        CodecName::Msgpack => client_with(&target.address, RpcudpCodec::new(), timeout, tls).await,
+        CodecName::JsonRpc => client_with(&target.address, JsonRpcCodec::new(), timeout, tls).await,
         CodecName::Raw => match &target.address {
             Address::Tcp(addr) => Ok(raw::Builder::new()
                 .timeout(timeout)
                 .client_tcp(*addr)
+                .boxed()),
+            Address::Tls { addr, host } => Ok(raw::Builder::new()
+                .timeout(timeout)
+                .client_tls(tls_address(*addr, host, tls)?)
                 .boxed()),
             Address::Unix(path) => Ok(raw::Builder::new()
                 .timeout(timeout)
@@ -317,12 +412,25 @@ pub(crate) fn request_for(
         .map_err(|e| Failure::from_call(&e))
 }
 
+/// Where a TLS client connects, with the configuration made for it.
+fn tls_address(
+    addr: SocketAddr,
+    host: &str,
+    config: Option<&Arc<tls::rustls::ClientConfig>>,
+) -> Result<tls::Address, Failure> {
+    let config = config
+        .cloned()
+        .ok_or_else(|| Failure::usage("a tls:// endpoint needs a TLS configuration"))?;
+    tls::Address::new(addr, host, config).map_err(|e| Failure::usage(e.to_string()))
+}
+
 /// A client of `address` whose calls wait at most `timeout` for their answers (the transport's
 /// timeout: no request is changed per call).
 async fn client_with<C: Codec>(
     address: &Address,
     codec: C,
     timeout: Duration,
+    tls: Option<&Arc<tls::rustls::ClientConfig>>,
 ) -> Result<Client<BoxChannel>, Failure> {
     Ok(match address {
         Address::Udp(peer) => {
@@ -338,6 +446,10 @@ async fn client_with<C: Codec>(
         Address::Tcp(addr) => tcp::Builder::new()
             .timeout(timeout)
             .client(*addr, codec)
+            .boxed(),
+        Address::Tls { addr, host } => tls::Builder::new()
+            .timeout(timeout)
+            .client(tls_address(*addr, host, tls)?, codec)
             .boxed(),
         Address::Unix(path) => unix::Builder::new()
             .timeout(timeout)
@@ -369,7 +481,8 @@ fn counters_line(url: &str, s: &rpc_transports::Stats) -> String {
         "counters {url}: requests {}, answers {}, errors {} (method not found {}, invalid params {}, \
          overloaded {}, rate limited {}, deadline exceeded {}, too large {}, internal {}, other {}), \
          malformed {}, withheld {}, overloaded by the transport {}, too dense {}, connections {} \
-         (refused {}, closed over the frame memory budget {})",
+         (refused {}, closed over the frame memory budget {}), TLS handshakes failed {} (timed \
+         out {})",
         s.requests,
         s.responses_sent,
         e.total(),
@@ -388,6 +501,8 @@ fn counters_line(url: &str, s: &rpc_transports::Stats) -> String {
         s.connections,
         s.connections_refused,
         s.over_budget,
+        s.handshakes_failed,
+        s.handshakes_timed_out,
     )
 }
 
@@ -397,13 +512,37 @@ async fn start(
     url: &str,
     service: &demo::Service,
     limits: &TransportLimits,
+    tls: Option<&Arc<tls::rustls::ServerConfig>>,
 ) -> Result<(Box<dyn Running>, String), Failure> {
+    let tls_config = || {
+        tls.cloned().ok_or_else(|| {
+            Failure::usage(format!(
+                "{url}: a tls:// listener needs --tls-cert and --tls-key"
+            ))
+        })
+    };
     match target.codec {
         CodecName::Msgpack => {
-            start_with(&target.address, RpcudpCodec::new(), url, service, limits).await
+            start_with(
+                &target.address,
+                RpcudpCodec::new(),
+                url,
+                service,
+                limits,
+                tls_config,
+            )
+            .await
         }
         CodecName::JsonRpc => {
-            start_with(&target.address, JsonRpcCodec::new(), url, service, limits).await
+            start_with(
+                &target.address,
+                JsonRpcCodec::new(),
+                url,
+                service,
+                limits,
+                tls_config,
+            )
+            .await
         }
         CodecName::Raw => {
             let builder = limits.connected(raw::Builder::new()).serve(service.clone());
@@ -413,6 +552,14 @@ async fn start(
                 Address::Tcp(addr) => {
                     let s = builder.bind_tcp(*addr).await.map_err(cannot)?;
                     let url = format!("tcp://{}?codec=raw", s.local_addr());
+                    Ok((Box::new(s), url))
+                }
+                Address::Tls { addr, .. } => {
+                    let s = builder
+                        .bind_tls(*addr, tls_config()?)
+                        .await
+                        .map_err(cannot)?;
+                    let url = format!("tls://{}?codec=raw", s.local_addr());
                     Ok((Box::new(s), url))
                 }
                 Address::Unix(path) => {
@@ -433,6 +580,7 @@ async fn start_with<C: Codec>(
     url: &str,
     service: &demo::Service,
     limits: &TransportLimits,
+    tls: impl FnOnce() -> Result<Arc<tls::rustls::ServerConfig>, Failure>,
 ) -> Result<(Box<dyn Running>, String), Failure> {
     let cannot = |e: std::io::Error| Failure::transport(format!("cannot listen on {url}: {e}"));
     let suffix = match url.split_once('?') {
@@ -458,6 +606,16 @@ async fn start_with<C: Codec>(
                 .await
                 .map_err(cannot)?;
             let url = format!("tcp://{}{suffix}", s.local_addr());
+            (Box::new(s), url)
+        }
+        Address::Tls { addr, .. } => {
+            let s = limits
+                .connected(tls::Builder::new())
+                .serve(service.clone())
+                .bind(*addr, tls()?, codec)
+                .await
+                .map_err(cannot)?;
+            let url = format!("tls://{}{suffix}", s.local_addr());
             (Box::new(s), url)
         }
         Address::Unix(path) => {
@@ -512,7 +670,8 @@ async fn call(args: CallArgs) -> Result<(), Failure> {
             "--returns is for the raw codec (basic-socket-rpc), whose results carry no types",
         ));
     }
-    let client = client_for(&target, args.timeout).await?;
+    let tls = args.target.tls.config(&target)?;
+    let client = client_for(&target, args.timeout, tls.as_ref()).await?;
     let request = request_for(&target, &client, &args.target.method, &args.target.args)?;
     if args.notify {
         if target.codec == CodecName::Raw {
@@ -556,11 +715,12 @@ async fn serve(args: ServeArgs) -> Result<(), Failure> {
     // of all of them together.
     let calls = rpc_middleware::trace::Metrics::new();
     let service = demo::service(&args.limits, calls.clone());
+    let tls = args.tls.config()?;
     let mut running: Vec<(Arc<dyn Running>, String)> = Vec::new();
     for url in &args.listen {
         let target = Target::parse(url, args.codec).map_err(Failure::usage)?;
         // On a failure the process exits, which stops those already started.
-        let (server, url) = start(&target, url, &service, &args.transport).await?;
+        let (server, url) = start(&target, url, &service, &args.transport, tls.as_ref()).await?;
         running.push((server.into(), url));
     }
     if let Some(addr) = args.metrics {

@@ -1,4 +1,5 @@
-//! Endpoint URLs: `udp://HOST:PORT`, `tcp://HOST:PORT`, `unix:///path`, with `?codec=NAME`.
+//! Endpoint URLs: `udp://HOST:PORT`, `tcp://HOST:PORT`, `tls://HOST:PORT`, `unix:///path`, with
+//! `?codec=NAME`.
 
 use std::fmt;
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -45,6 +46,12 @@ impl fmt::Display for CodecName {
 pub(crate) enum Address {
     Udp(SocketAddr),
     Tcp(SocketAddr),
+    /// TLS over TCP: the address, and the host as the URL names it (the name the server's
+    /// certificate must carry).
+    Tls {
+        addr: SocketAddr,
+        host: String,
+    },
     Unix(PathBuf),
 }
 
@@ -59,7 +66,7 @@ impl Target {
     /// Parses `url`; `default_codec` applies when the URL names none.
     pub(crate) fn parse(url: &str, default_codec: CodecName) -> Result<Self, String> {
         let parsed = Url::parse(url).map_err(|e| {
-            format!("bad endpoint URL {url:?}: {e} (expected udp://HOST:PORT, tcp://HOST:PORT or unix:///PATH)")
+            format!("bad endpoint URL {url:?}: {e} (expected udp://HOST:PORT, tcp://HOST:PORT, tls://HOST:PORT or unix:///PATH)")
         })?;
         let mut codec = default_codec;
         for (k, v) in parsed.query_pairs() {
@@ -89,6 +96,15 @@ impl Target {
         let address = match parsed.scheme() {
             "udp" => Address::Udp(socket()?),
             "tcp" => Address::Tcp(socket()?),
+            "tls" => Address::Tls {
+                addr: socket()?,
+                host: parsed
+                    .host_str()
+                    .unwrap_or_default()
+                    .trim_start_matches('[')
+                    .trim_end_matches(']')
+                    .to_owned(),
+            },
             "unix" => {
                 // The path percent-decoded (`%20` is a space), and absolute.
                 let path = parsed
@@ -107,7 +123,7 @@ impl Target {
             }
             other => {
                 return Err(format!(
-                    "unknown scheme {other:?} in {url:?}: expected udp, tcp or unix"
+                    "unknown scheme {other:?} in {url:?}: expected udp, tcp, tls or unix"
                 ))
             }
         };
@@ -120,6 +136,7 @@ impl fmt::Display for Address {
         match self {
             Address::Udp(a) => write!(f, "udp://{a}"),
             Address::Tcp(a) => write!(f, "tcp://{a}"),
+            Address::Tls { addr, .. } => write!(f, "tls://{addr}"),
             Address::Unix(p) => write!(f, "unix://{}", p.display()),
         }
     }
@@ -135,6 +152,12 @@ mod tests {
         assert_eq!(t.address, Address::Udp("127.0.0.1:1234".parse().unwrap()));
         let t = Target::parse("tcp://[::1]:80?codec=jsonrpc", CodecName::Msgpack).unwrap();
         assert_eq!(t.address, Address::Tcp("[::1]:80".parse().unwrap()));
+        let tls = Target::parse("tls://localhost:443", CodecName::Msgpack).unwrap();
+        assert!(
+            matches!(&tls.address, Address::Tls { host, addr } if host == "localhost" && addr.port() == 443),
+            "{:?}",
+            tls.address
+        );
         assert_eq!(t.codec, CodecName::JsonRpc);
         let t = Target::parse("unix:///tmp/x.sock", CodecName::Raw).unwrap();
         assert_eq!(t.address, Address::Unix("/tmp/x.sock".into()));

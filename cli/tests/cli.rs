@@ -812,3 +812,224 @@ fn serve_exports_its_counters_to_prometheus() {
         assert!(body.contains(w), "{w:?} not in:\n{body}");
     }
 }
+
+/// A CA, a server certificate for `localhost` and a client certificate `CN=billing`, written as
+/// PEM files in a fresh directory under `target/`.
+struct Pem {
+    dir: std::path::PathBuf,
+}
+
+impl Pem {
+    fn make(name: &str) -> Self {
+        let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+            .join(format!("tls-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca.distinguished_name
+            .push(rcgen::DnType::CommonName, format!("{name} CA"));
+        let ca =
+            rcgen::CertifiedIssuer::self_signed(ca, rcgen::KeyPair::generate().unwrap()).unwrap();
+        std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
+        for (file, cn, names) in [
+            ("server", "server", vec!["localhost".to_owned()]),
+            ("client", "billing", vec!["billing.internal".to_owned()]),
+        ] {
+            let key = rcgen::KeyPair::generate().unwrap();
+            let mut params = rcgen::CertificateParams::new(names).unwrap();
+            params
+                .distinguished_name
+                .push(rcgen::DnType::CommonName, cn);
+            let cert = params.signed_by(&key, &ca).unwrap();
+            std::fs::write(dir.join(format!("{file}.pem")), cert.pem()).unwrap();
+            std::fs::write(dir.join(format!("{file}.key")), key.serialize_pem()).unwrap();
+        }
+        Self { dir }
+    }
+
+    fn path(&self, file: &str) -> String {
+        self.dir.join(file).display().to_string()
+    }
+}
+
+#[test]
+fn tls_serve_call_and_bench_with_and_without_client_certificates() {
+    let pem = Pem::make("cli");
+    let (cert, key, ca) = (
+        pem.path("server.pem"),
+        pem.path("server.key"),
+        pem.path("ca.pem"),
+    );
+    let s = Server::start_with(&[
+        "--listen",
+        "tls://127.0.0.1:0",
+        "--tls-cert",
+        &cert,
+        "--tls-key",
+        &key,
+    ]);
+    let port = s.url.strip_prefix("tls://127.0.0.1:").expect("a tls URL");
+    // The server's name is checked: the client calls it by the name its certificate carries.
+    let url = format!("tls://localhost:{port}");
+    let (code, out, err) = call(&url, "add", &["2", "40", "--tls-ca", &ca]);
+    assert_eq!((code, out.as_str()), (0, "42"), "{err}");
+    let (code, out, err) = call(&url, "whoami", &["--tls-ca", &ca]);
+    assert_eq!(code, 0, "{err}");
+    let who: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert!(
+        who["address"].as_str().unwrap().starts_with("127.0.0.1:"),
+        "{out}"
+    );
+    assert!(who.get("subject").is_none(), "{out}");
+    // A server the client does not trust: exit 4, and why.
+    let other = Pem::make("other");
+    let (code, _, err) = call(&url, "add", &["1", "2", "--tls-ca", &other.path("ca.pem")]);
+    assert_eq!(code, 4, "{err}");
+    assert!(
+        err.contains("invalid peer certificate: UnknownIssuer"),
+        "{err}"
+    );
+    // By another name than its certificate's.
+    let (code, _, err) = call(
+        &format!("tls://127.0.0.1:{port}"),
+        "add",
+        &["1", "2", "--tls-ca", &ca],
+    );
+    assert_eq!(code, 4, "{err}");
+    assert!(err.contains("not valid for name"), "{err}");
+    // The load generator over TLS.
+    let mut bench = bench_add_for_a_second(&url).to_vec();
+    bench.extend(["--tls-ca", &ca]);
+    let out = rpc(&bench);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(report["rps"].as_f64().unwrap() > 0.0, "{report}");
+    assert_eq!(report["errors"], 0, "{report}");
+    drop(s);
+
+    // Mutual TLS: a client certificate is required, and the handler sees it.
+    let s = Server::start_with(&[
+        "--listen",
+        "tls://127.0.0.1:0?codec=jsonrpc",
+        "--tls-cert",
+        &cert,
+        "--tls-key",
+        &key,
+        "--tls-client-ca",
+        &ca,
+    ]);
+    assert!(s.url.ends_with("?codec=jsonrpc"), "{}", s.url);
+    let port = s
+        .url
+        .strip_prefix("tls://127.0.0.1:")
+        .unwrap()
+        .split('?')
+        .next()
+        .unwrap();
+    let url = format!("tls://localhost:{port}?codec=jsonrpc");
+    let me = [
+        "--tls-ca",
+        &ca,
+        "--tls-cert",
+        &pem.path("client.pem"),
+        "--tls-key",
+        &pem.path("client.key"),
+    ];
+    let (code, out, err) = call(&url, "whoami", &me);
+    assert_eq!(code, 0, "{err}");
+    let who: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(who["subject"], "CN=billing", "{out}");
+    assert_eq!(
+        who["names"],
+        serde_json::json!(["billing.internal"]),
+        "{out}"
+    );
+    let (code, _, err) = call(&url, "whoami", &["--tls-ca", &ca]);
+    assert_eq!(code, 4, "{err}");
+    assert!(err.contains("CertificateRequired"), "{err}");
+    // A tls:// listener without a certificate is a usage error.
+    let out = rpc(&["serve", "--listen", "tls://127.0.0.1:0"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--tls-cert"));
+}
+
+/// Debian's openssl, installed with apt-get if the machine lacks it.
+fn ensure_openssl() {
+    let present = || {
+        Command::new("openssl")
+            .arg("version")
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    if present() {
+        return;
+    }
+    let installed = Command::new("apt-get")
+        .args(["install", "-y", "-q", "openssl"])
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .status();
+    assert!(
+        installed.is_ok_and(|s| s.success()) && present(),
+        "openssl is not installed and `apt-get install openssl` failed"
+    );
+}
+
+#[test]
+fn openssl_verifies_the_servers_chain() {
+    ensure_openssl();
+    let pem = Pem::make("openssl");
+    let s = Server::start_with(&[
+        "--listen",
+        "tls://127.0.0.1:0",
+        "--tls-cert",
+        &pem.path("server.pem"),
+        "--tls-key",
+        &pem.path("server.key"),
+    ]);
+    let addr = s.url.strip_prefix("tls://").unwrap().to_owned();
+    let out = Command::new("openssl")
+        .args([
+            "s_client",
+            "-connect",
+            &addr,
+            "-servername",
+            "localhost",
+            "-verify_return_error",
+        ])
+        .args([
+            "-verify_hostname",
+            "localhost",
+            "-CAfile",
+            &pem.path("ca.pem"),
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .expect("openssl is installed (Debian's openssl package)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("Verify return code: 0 (ok)"), "{text}");
+    // Against another CA, openssl refuses the chain.
+    let other = Pem::make("openssl-other");
+    let out = Command::new("openssl")
+        .args([
+            "s_client",
+            "-connect",
+            &addr,
+            "-servername",
+            "localhost",
+            "-verify_return_error",
+        ])
+        .args(["-CAfile", &other.path("ca.pem")])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+}

@@ -75,7 +75,10 @@ pub struct PeerCertificate {
 impl PeerCertificate {
     /// A certificate's subject (as RFC 4514 writes a distinguished name, `CN=..., O=...`) and
     /// subject alternative names (DNS names, IP addresses, e-mail addresses and URIs, as text).
-    pub fn new(subject: impl Into<String>, names: impl IntoIterator<Item = impl Into<String>>) -> Self {
+    pub fn new(
+        subject: impl Into<String>,
+        names: impl IntoIterator<Item = impl Into<String>>,
+    ) -> Self {
         Self {
             subject: subject.into(),
             names: names.into_iter().map(Into::into).collect(),

@@ -262,8 +262,11 @@ impl Address {
         server_name: &str,
         config: Arc<rustls::ClientConfig>,
     ) -> io::Result<Self> {
-        let server_name = ServerName::try_from(server_name.to_owned())
-            .map_err(|_| invalid(format!("{server_name:?} is not a DNS name or an IP address")))?;
+        let server_name = ServerName::try_from(server_name.to_owned()).map_err(|_| {
+            invalid(format!(
+                "{server_name:?} is not a DNS name or an IP address"
+            ))
+        })?;
         Ok(Self {
             tcp: tcp.into(),
             server_name,
@@ -296,7 +299,8 @@ impl stream::Transport for Tls {
         let tcp = tcp::connect(&addr.tcp).await?;
         let peer_addr = tcp.peer_addr()?;
         let name = addr.server_name.to_str().into_owned();
-        let handshake = TlsConnector::from(addr.config.clone()).connect(addr.server_name.clone(), tcp);
+        let handshake =
+            TlsConnector::from(addr.config.clone()).connect(addr.server_name.clone(), tcp);
         let stream = match tokio::time::timeout(addr.handshake_timeout, handshake).await {
             Ok(Ok(s)) => s,
             Ok(Err(e)) => {
@@ -339,7 +343,9 @@ fn peer_certificate(chain: Option<&[CertificateDer<'_>]>) -> Option<Arc<PeerCert
                 GeneralName::IPAddress(bytes) => {
                     let ip = match bytes.len() {
                         4 => <[u8; 4]>::try_from(*bytes).ok().map(std::net::IpAddr::from),
-                        16 => <[u8; 16]>::try_from(*bytes).ok().map(std::net::IpAddr::from),
+                        16 => <[u8; 16]>::try_from(*bytes)
+                            .ok()
+                            .map(std::net::IpAddr::from),
                         _ => None,
                     };
                     names.extend(ip.map(|ip| ip.to_string()));
@@ -528,15 +534,22 @@ async fn handshake(
     counters: Arc<Counters>,
     done: mpsc::Sender<Io>,
 ) {
-    match tokio::time::timeout(timeout, acceptor.accept(socket)).await {
+    match tokio::time::timeout(timeout, acceptor.accept(socket).into_fallible()).await {
         Ok(Ok(stream)) => {
             let certificate = peer_certificate(stream.get_ref().1.peer_certificates());
             let io = Io::new(stream).with_peer(Peer::Tls { addr, certificate });
             let _ = done.send(io).await;
         }
-        Ok(Err(error)) => {
+        Ok(Err((error, mut socket))) => {
             counters.record(Event::HandshakeFailed);
             tracing::debug!(%addr, %error, "TLS handshake failed");
+            // The alert that says why is sent; the socket is shut down for writing and what
+            // the peer sent after it (a first request, say) is read away for a moment, so that
+            // closing does not reset the connection and lose the alert before the peer reads it.
+            let _ = tokio::io::AsyncWriteExt::shutdown(&mut socket).await;
+            let mut rest = tokio::io::AsyncReadExt::take(&mut socket, LINGER_BYTES);
+            let mut nowhere = tokio::io::sink();
+            let _ = tokio::time::timeout(LINGER, tokio::io::copy(&mut rest, &mut nowhere)).await;
         }
         Err(_) => {
             counters.record(Event::HandshakeTimedOut);
@@ -544,6 +557,11 @@ async fn handshake(
         }
     }
 }
+
+/// How long, and for how many bytes, a connection whose handshake failed is read away before it
+/// is closed.
+const LINGER: Duration = Duration::from_millis(500);
+const LINGER_BYTES: u64 = 64 * 1024;
 
 fn read(path: &Path) -> io::Result<Vec<u8>> {
     std::fs::read(path).map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))

@@ -65,7 +65,9 @@ impl Pki {
     ) -> Leaf {
         let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
         let mut params = rcgen::CertificateParams::new(names).expect("params");
-        params.distinguished_name.push(rcgen::DnType::CommonName, cn);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, cn);
         edit(&mut params);
         let key = rcgen::KeyPair::generate().expect("a key");
         let cert = params.signed_by(&key, &self.ca).expect("signed");
@@ -178,7 +180,10 @@ async fn a_server_certificate_from_an_unknown_ca_is_refused_and_says_so() {
         let e = c.call::<i64>("add", (1, 2)).await.expect_err("refused");
         let text = failure(&e);
         assert!(matches!(e, Error::Transport(_)), "{text}");
-        assert!(text.contains("invalid peer certificate: UnknownIssuer"), "{text}");
+        assert!(
+            text.contains("invalid peer certificate: UnknownIssuer"),
+            "{text}"
+        );
         // The server saw the client give up.
         eventually("the failed handshake counted", || {
             server.stats().handshakes_failed == 1
@@ -205,7 +210,11 @@ async fn an_expired_server_certificate_is_refused_and_says_so() {
             .expect("bound");
         let c = client(&server, "localhost", &pki.roots(), None);
         let e = c.call::<i64>("add", (1, 2)).await.expect_err("refused");
-        assert!(failure(&e).contains("certificate expired"), "{}", failure(&e));
+        assert!(
+            failure(&e).contains("certificate expired"),
+            "{}",
+            failure(&e)
+        );
     })
     .await
     .expect("in time");
@@ -321,7 +330,11 @@ async fn three_hundred_connections_that_never_handshake_hold_back_no_one() {
             .expect("bound");
         let mut silent = Vec::new();
         for _ in 0..300 {
-            silent.push(TcpStream::connect(server.local_addr()).await.expect("connected"));
+            silent.push(
+                TcpStream::connect(server.local_addr())
+                    .await
+                    .expect("connected"),
+            );
         }
         // Half of a ClientHello from some of them: a handshake begun and never finished.
         for s in silent.iter_mut().step_by(3) {
@@ -338,7 +351,11 @@ async fn three_hundred_connections_that_never_handshake_hold_back_no_one() {
                 .expect("answered in time")
                 .expect("answered");
             assert_eq!(sum, i + 1);
-            assert!(started.elapsed() < Duration::from_secs(1), "{:?}", started.elapsed());
+            assert!(
+                started.elapsed() < Duration::from_secs(1),
+                "{:?}",
+                started.elapsed()
+            );
         }
         // Past 256 handshakes running, the oldest were ended to make room: at least 300 - 256.
         eventually("the oldest handshakes ended", || {
@@ -363,7 +380,9 @@ async fn a_handshake_that_does_not_finish_in_time_is_ended_and_counted() {
             .bind("127.0.0.1:0", config, RpcudpCodec::new())
             .await
             .expect("bound");
-        let mut silent = TcpStream::connect(server.local_addr()).await.expect("connected");
+        let mut silent = TcpStream::connect(server.local_addr())
+            .await
+            .expect("connected");
         eventually("the handshake timed out", || {
             server.stats().handshakes_timed_out == 1
         })
@@ -443,7 +462,7 @@ fn bad_pem_is_refused_with_a_reason() {
         .expect_err("refused");
     assert!(e.to_string().contains("/nonexistent/cert.pem"), "{e}");
     let config = tls::client_config(&pki.roots(), None).expect("a config");
-    let e = tls::Address::new("127.0.0.1:1", "not a name!", Arc::clone(&config))
-        .expect_err("refused");
+    let e =
+        tls::Address::new("127.0.0.1:1", "not a name!", Arc::clone(&config)).expect_err("refused");
     assert!(e.to_string().contains("not a DNS name"), "{e}");
 }

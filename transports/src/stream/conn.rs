@@ -121,6 +121,8 @@ pub(crate) struct Conn<C: Codec> {
     active: AtomicBool,
     /// The number of the next call's id.
     next_id: AtomicU64,
+    /// Why reading failed, when it did (a bad frame, a TLS alert, a reset).
+    lost_because: std::sync::OnceLock<String>,
     /// What requests from the peer's IP address may hold of those its server serves at once.
     share: Option<(Arc<PerIp>, IpAddr)>,
 }
@@ -193,6 +195,7 @@ impl<C: Codec> Conn<C> {
             solo: AtomicBool::new(true),
             active: AtomicBool::new(false),
             next_id: AtomicU64::new(1),
+            lost_because: std::sync::OnceLock::new(),
             share,
             config,
         });
@@ -391,7 +394,10 @@ impl<C: Codec> Conn<C> {
         if self.life.is_lost() {
             Error::Transport(io::Error::new(
                 io::ErrorKind::ConnectionReset,
-                "the connection was closed by the peer or lost",
+                match self.lost_because.get() {
+                    Some(why) => format!("the connection failed: {why}"),
+                    None => "the connection was closed by the peer or lost".to_owned(),
+                },
             ))
         } else {
             Error::Closed
@@ -555,9 +561,11 @@ async fn read_loop<C: Codec, R: AsyncRead + Unpin>(
                     Event::BadFrame
                 });
                 tracing::warn!(peer = %conn.peer, error = %e, "closing the connection");
+                // Calls waiting, and calls made before the connection is seen closed, learn why
+                // (a TLS peer's alert, say).
+                let _ = conn.lost_because.set(e.to_string());
                 conn.life.mark_lost();
-                // The calls waiting learn why (a TLS peer's alert, say).
-                conn.calls.fail_all(|| Error::Transport(io::Error::new(e.kind(), e.to_string())));
+                conn.fail_calls();
                 // The read buffer goes now, not once the requests are answered: a connection
                 // closed to make room gives its memory back at once.
                 drop(frames);
