@@ -46,6 +46,7 @@
     attr(deny(warnings, rust_2018_idioms), allow(dead_code, unused_variables))
 ))]
 
+pub mod authorize;
 pub mod deadline;
 pub mod limit;
 pub mod retry;

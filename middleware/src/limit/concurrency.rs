@@ -115,6 +115,14 @@ impl KeyedConcurrencyLimitLayer<ByPeer> {
     }
 }
 
+impl KeyedConcurrencyLimitLayer<super::ByIdentity> {
+    /// At most `n` calls at once per identity: each client certificate or Unix uid, and each
+    /// IP address of callers that proved nothing ([`ByIdentity`](super::ByIdentity)).
+    pub fn per_identity(n: usize) -> Self {
+        Self::keyed(super::ByIdentity, n)
+    }
+}
+
 impl KeyedConcurrencyLimitLayer<ByIp> {
     /// At most `n` calls at once per IP address, however many connections or ports a host
     /// uses ([`ByIp`]).

@@ -63,6 +63,50 @@ impl KeyFn for ByPeer {
     }
 }
 
+/// A limit per identity, as the transport verified it: a TLS client certificate (by its
+/// subject), a Unix socket peer (by uid); callers that proved nothing count by IP address
+/// ([`ByIp`]). A client that opens more connections or ports gets no more of its budget.
+///
+/// ```
+/// use std::time::Duration;
+/// use rpc_middleware::limit::{KeyedConcurrencyLimitLayer, RateLimitLayer};
+///
+/// // 100 calls a second for each client certificate, 8 at once.
+/// let rate = RateLimitLayer::per_identity(100, Duration::from_secs(1));
+/// let concurrency = KeyedConcurrencyLimitLayer::per_identity(8);
+/// # let _ = (rate, concurrency);
+/// ```
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ByIdentity;
+
+/// Who a caller proved to be, as a limit's key ([`ByIdentity`]).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Identity {
+    /// A verified TLS client certificate's subject.
+    Certificate(String),
+    /// A Unix socket peer's user id.
+    Uid(u32),
+    /// A caller that proved nothing, by IP address (`None`: no address either).
+    Ip(Option<IpAddr>),
+}
+
+impl KeyFn for ByIdentity {
+    type Key = Identity;
+    fn key(&self, req: &Request) -> Identity {
+        let peer = req.context().peer();
+        if let Some(cert) = peer.and_then(Peer::certificate) {
+            return Identity::Certificate(cert.subject().to_owned());
+        }
+        if let Some(c) = peer.and_then(Peer::credentials) {
+            return Identity::Uid(c.uid);
+        }
+        Identity::Ip(req.context().peer_addr().map(|a| a.ip()))
+    }
+    fn scope(&self) -> &'static str {
+        "for this caller"
+    }
+}
+
 /// A peer as a limit's key ([`ByPeer`]); requests with no peer share one key.
 ///
 /// It hashes in two words rather than field by field: limits hash a key on every call.

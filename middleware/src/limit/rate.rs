@@ -234,6 +234,14 @@ impl RateLimitLayer<ByPeer> {
     }
 }
 
+impl RateLimitLayer<super::ByIdentity> {
+    /// A limit per identity: `n` calls per `period` for each client certificate or Unix uid,
+    /// and for each IP address of callers that proved nothing ([`ByIdentity`](super::ByIdentity)).
+    pub fn per_identity(n: u32, period: Duration) -> Self {
+        Self::keyed(super::ByIdentity, n, period)
+    }
+}
+
 impl RateLimitLayer<ByIp> {
     /// A limit per IP address: `n` calls per `period` each, however many connections or
     /// ports a host uses ([`ByIp`]).
