@@ -110,11 +110,21 @@ fn ensure_venv() -> PathBuf {
 ///
 /// If the client fails, or runs longer than 60 s.
 pub async fn python_client_passes(script: &str, addr: &str) {
+    python_run_passes(script, &["client", addr]).await
+}
+
+/// Runs `python interop/py/<script> <args...>` and asserts that it exits 0 and says
+/// `all passed`.
+///
+/// # Panics
+///
+/// If the script fails, says otherwise or takes more than 60 s.
+pub async fn python_run_passes(script: &str, args: &[&str]) {
     let out = tokio::time::timeout(
         std::time::Duration::from_secs(60),
         tokio::process::Command::new(python())
             .arg(py_dir().join(script))
-            .args(["client", addr])
+            .args(args)
             .output(),
     )
     .await
