@@ -28,7 +28,7 @@ use hdrhistogram::Histogram;
 use rpc_codecs::jsonrpc::JsonRpcCodec;
 use rpc_codecs::msgpack::RpcudpCodec;
 use rpc_core::{Client, Route, Router};
-use rpc_transports::{raw, tcp, udp, unix};
+use rpc_transports::{raw, tcp, tls, udp, unix};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, BufWriter};
 use tokio::net::{TcpListener, TcpStream, UdpSocket, UnixListener, UnixStream};
 use tokio::sync::{oneshot, Notify};
@@ -73,6 +73,32 @@ struct Addrs {
     bsr_tcp: SocketAddr,
     tarpc_bincode: SocketAddr,
     tarpc_json: SocketAddr,
+    msgpack_tls: SocketAddr,
+    /// The CA that signed the TLS server's certificate (for `localhost`), as a PEM file.
+    tls_ca: PathBuf,
+}
+
+/// A TLS server configuration for `localhost`, with a CA of its own written to `ca_file`.
+fn tls_server_config(ca_file: &std::path::Path) -> Arc<tls::rustls::ServerConfig> {
+    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca = rcgen::CertifiedIssuer::self_signed(ca, rcgen::KeyPair::generate().expect("a key"))
+        .expect("a CA");
+    std::fs::write(ca_file, ca.pem()).expect("the CA written");
+    let key = rcgen::KeyPair::generate().expect("a key");
+    let cert = rcgen::CertificateParams::new(vec!["localhost".to_owned()])
+        .expect("params")
+        .signed_by(&key, &ca)
+        .expect("signed");
+    let identity = tls::Identity::from_pem(cert.pem().as_bytes(), key.serialize_pem().as_bytes())
+        .expect("an identity");
+    tls::server_config(identity, None).expect("a config")
+}
+
+/// The client configuration that trusts the CA in `ca_file`.
+fn tls_client_config(ca_file: &std::path::Path) -> Arc<tls::rustls::ClientConfig> {
+    let roots = tls::Roots::from_pem_file(ca_file).expect("the CA");
+    tls::client_config(&roots, None).expect("a config")
 }
 
 /// A length-prefixed echo: frames are read from a buffer and written to another, flushed when
@@ -164,6 +190,15 @@ async fn start_servers(dir: &std::path::Path) -> (Addrs, Vec<Box<dyn std::any::A
     let bsr_tcp = s.local_addr();
     keep.push(Box::new(s));
 
+    let tls_ca = dir.join("ca.pem");
+    let s = tls::Builder::new()
+        .serve(router())
+        .bind(local, tls_server_config(&tls_ca), RpcudpCodec::new())
+        .await
+        .expect("bind");
+    let msgpack_tls = s.local_addr();
+    keep.push(Box::new(s));
+
     let tarpc_bincode = tarpc_server(tarpc::tokio_serde::formats::Bincode::default).await;
     let tarpc_json = tarpc_server(tarpc::tokio_serde::formats::Json::default).await;
 
@@ -178,6 +213,8 @@ async fn start_servers(dir: &std::path::Path) -> (Addrs, Vec<Box<dyn std::any::A
         bsr_tcp,
         tarpc_bincode,
         tarpc_json,
+        msgpack_tls,
+        tls_ca,
     };
     (addrs, keep)
 }
@@ -575,6 +612,7 @@ fn systems(a: &Addrs) -> Vec<System> {
         (a.msgpack_tcp, a.msgpack_udp, a.msgpack_unix.clone());
     let (jsonrpc_tcp, bsr_tcp) = (a.jsonrpc_tcp, a.bsr_tcp);
     let (tarpc_bincode, tarpc_json) = (a.tarpc_bincode, a.tarpc_json);
+    let (msgpack_tls, tls_ca) = (a.msgpack_tls, a.tls_ca.clone());
     vec![
         system("raw tcp", move |slots| async move {
             let s = TcpStream::connect(raw_tcp).await.expect("connect");
@@ -618,6 +656,13 @@ fn systems(a: &Addrs) -> Vec<System> {
             let path = msgpack_unix.clone();
             async move { unix::Builder::new().client(path, RpcudpCodec::new()) }
         }),
+        system("rpc-stack msgpack tls", move |_| {
+            let config = tls_client_config(&tls_ca);
+            async move {
+                let to = tls::Address::new(msgpack_tls, "localhost", config).expect("an address");
+                tls::Builder::new().client(to, RpcudpCodec::new())
+            }
+        }),
         system("rpc-stack jsonrpc tcp", move |_| async move {
             tcp::Builder::new().client(jsonrpc_tcp, JsonRpcCodec::new())
         }),
@@ -660,7 +705,7 @@ fn median<T: Copy>(mut runs: Vec<T>, rate: impl Fn(&T) -> f64) -> T {
 }
 
 /// The targets: (system, shape, baseline, least ratio).
-const TARGETS: [(&str, &str, &str, f64); 8] = [
+const TARGETS: [(&str, &str, &str, f64); 10] = [
     ("rpc-stack msgpack tcp", "1x1", "raw tcp", 0.75),
     ("rpc-stack msgpack tcp", "1x64", "raw tcp", 0.5),
     ("rpc-stack msgpack tcp", "16x8", "raw tcp", 0.5),
@@ -669,6 +714,18 @@ const TARGETS: [(&str, &str, &str, f64); 8] = [
     ("rpc-stack msgpack unix", "1x64", "raw unix", 0.5),
     ("rpc-stack jsonrpc tcp", "1x64", "raw tcp", 0.35),
     ("rpc-stack msgpack tcp", "1x64", "tarpc bincode tcp", 3.0),
+    (
+        "rpc-stack msgpack tls",
+        "1x64",
+        "rpc-stack msgpack tcp",
+        0.6,
+    ),
+    (
+        "rpc-stack msgpack tls",
+        "16x8",
+        "rpc-stack msgpack tcp",
+        0.6,
+    ),
 ];
 
 // --- the cross-process mode -----------------------------------------------------------------
@@ -677,7 +734,7 @@ impl Addrs {
     /// One line, for the environment of a client process.
     fn to_line(&self) -> String {
         format!(
-            "{} {} {} {} {} {} {} {} {} {}",
+            "{} {} {} {} {} {} {} {} {} {} {} {}",
             self.raw_tcp,
             self.raw_udp,
             self.raw_unix.display(),
@@ -687,7 +744,9 @@ impl Addrs {
             self.jsonrpc_tcp,
             self.bsr_tcp,
             self.tarpc_bincode,
-            self.tarpc_json
+            self.tarpc_json,
+            self.msgpack_tls,
+            self.tls_ca.display()
         )
     }
 
@@ -705,6 +764,8 @@ impl Addrs {
             bsr_tcp: sock(7),
             tarpc_bincode: sock(8),
             tarpc_json: sock(9),
+            msgpack_tls: sock(10),
+            tls_ca: f[11].into(),
         }
     }
 }
@@ -1078,7 +1139,7 @@ fn report(cells: &[Cell], targets: &[(&str, &str, &str, f64)]) {
 }
 
 /// The cross-process targets: (system, shape, baseline, least ratio).
-const CROSS_PROCESS_TARGETS: [(&str, &str, &str, f64); 10] = [
+const CROSS_PROCESS_TARGETS: [(&str, &str, &str, f64); 12] = [
     ("rpc-stack msgpack tcp", "1x64", "raw tcp", 0.6),
     ("rpc-stack msgpack tcp", "16x8", "raw tcp", 0.6),
     ("rpc-stack msgpack tcp", "1x64", "tarpc bincode tcp", 3.0),
@@ -1087,6 +1148,18 @@ const CROSS_PROCESS_TARGETS: [(&str, &str, &str, f64); 10] = [
     ("rpc-stack msgpack udp", "16x8", "raw udp", 0.85),
     ("rpc-stack msgpack unix", "1x64", "raw unix", 0.6),
     ("rpc-stack jsonrpc tcp", "1x64", "raw tcp", 0.4),
+    (
+        "rpc-stack msgpack tls",
+        "1x64",
+        "rpc-stack msgpack tcp",
+        0.6,
+    ),
+    (
+        "rpc-stack msgpack tls",
+        "16x8",
+        "rpc-stack msgpack tcp",
+        0.6,
+    ),
     (
         "rpc serve + rpc bench, msgpack tcp",
         "1x64",
@@ -1134,7 +1207,7 @@ fn main() {
     if std::env::var("RPC_BENCH_PROCESSES").is_ok_and(|v| v == "1") {
         // The systems' names, without their servers: the server process has them.
         let names: Vec<&'static str> = systems(&Addrs::from_line(
-            "127.0.0.1:9 127.0.0.1:9 /x 127.0.0.1:9 127.0.0.1:9 /x 127.0.0.1:9 127.0.0.1:9 127.0.0.1:9 127.0.0.1:9",
+            "127.0.0.1:9 127.0.0.1:9 /x 127.0.0.1:9 127.0.0.1:9 /x 127.0.0.1:9 127.0.0.1:9 127.0.0.1:9 127.0.0.1:9 127.0.0.1:9 /x",
         ))
         .iter()
         .map(|s| s.name)
