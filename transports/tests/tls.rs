@@ -466,3 +466,32 @@ fn bad_pem_is_refused_with_a_reason() {
         tls::Address::new("127.0.0.1:1", "not a name!", Arc::clone(&config)).expect_err("refused");
     assert!(e.to_string().contains("not a DNS name"), "{e}");
 }
+
+#[tokio::test]
+async fn tls_1_2_is_spoken_with_a_client_that_offers_nothing_newer() {
+    timeout(LIMIT, async {
+        use tls::rustls;
+        let pki = Pki::new("test CA");
+        let server = server(&pki, None).await;
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(pki.ca.der().clone()).expect("a root");
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS12])
+            .expect("TLS 1.2")
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let to = tls::Address::new(server.local_addr(), "localhost", Arc::new(config))
+            .expect("an address");
+        let c = tls::Builder::new().client(to, RpcudpCodec::new());
+        assert_eq!(c.call::<i64>("add", (40, 2)).await.expect("answered"), 42);
+    })
+    .await
+    .expect("in time");
+}
+
+/// The platform's trust store loads (Debian's ca-certificates, as on the machines CI runs on).
+#[test]
+fn the_platform_trust_store_loads() {
+    tls::Roots::platform().expect("the platform's roots");
+}
