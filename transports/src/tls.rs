@@ -505,6 +505,15 @@ async fn handshakes(
             }
         };
         let _ = socket.set_nodelay(true);
+        // Handles of handshakes that are over are let go (each keeps its task's memory): the
+        // oldest at once, the others once they are many, so the list stays within twice the
+        // number running.
+        while oldest_first.front().is_some_and(AbortHandle::is_finished) {
+            oldest_first.pop_front();
+        }
+        if oldest_first.len() > 2 * settings.max_handshakes {
+            oldest_first.retain(|h| !h.is_finished());
+        }
         if running.len() >= settings.max_handshakes {
             oldest_first.retain(|h| !h.is_finished());
             if let Some(oldest) = oldest_first.pop_front() {
