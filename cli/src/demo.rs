@@ -59,7 +59,8 @@ struct Caller {
     /// Over TLS with a client certificate: its subject, `CN=...`.
     #[serde(skip_serializing_if = "Option::is_none")]
     subject: Option<String>,
-    /// Over TLS with a client certificate: its subject alternative names.
+    /// Over TLS with a client certificate: its subject alternative names (`DNS:...`, `IP:...`,
+    /// `email:...`, `URI:...`).
     #[serde(skip_serializing_if = "Option::is_none")]
     names: Option<Vec<String>>,
     /// Over a Unix socket: the caller's user and group ids.
@@ -80,7 +81,7 @@ async fn whoami(ctx: Context) -> Caller {
             (None, None) => "unknown".to_owned(),
         },
         subject: certificate.map(|c| c.subject().to_owned()),
-        names: certificate.map(|c| c.names().to_vec()),
+        names: certificate.map(|c| c.names().iter().map(ToString::to_string).collect()),
         uid: credentials.map(|c| c.uid),
         gid: credentials.map(|c| c.gid),
     }

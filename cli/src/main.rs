@@ -716,11 +716,24 @@ async fn serve(args: ServeArgs) -> Result<(), Failure> {
     let calls = rpc_middleware::trace::Metrics::new();
     let service = demo::service(&args.limits, calls.clone());
     let tls = args.tls.config()?;
+    let targets = args
+        .listen
+        .iter()
+        .map(|url| Target::parse(url, args.codec).map_err(Failure::usage))
+        .collect::<Result<Vec<_>, _>>()?;
+    if tls.is_some()
+        && !targets
+            .iter()
+            .any(|t| matches!(t.address, Address::Tls { .. }))
+    {
+        return Err(Failure::usage(
+            "--tls-cert and --tls-key are for tls:// listeners, and none is given",
+        ));
+    }
     let mut running: Vec<(Arc<dyn Running>, String)> = Vec::new();
-    for url in &args.listen {
-        let target = Target::parse(url, args.codec).map_err(Failure::usage)?;
+    for (url, target) in args.listen.iter().zip(&targets) {
         // On a failure the process exits, which stops those already started.
-        let (server, url) = start(&target, url, &service, &args.transport, tls.as_ref()).await?;
+        let (server, url) = start(target, url, &service, &args.transport, tls.as_ref()).await?;
         running.push((server.into(), url));
     }
     if let Some(addr) = args.metrics {

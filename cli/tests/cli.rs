@@ -945,7 +945,7 @@ fn tls_serve_call_and_bench_with_and_without_client_certificates() {
     assert_eq!(who["subject"], "CN=billing", "{out}");
     assert_eq!(
         who["names"],
-        serde_json::json!(["billing.internal"]),
+        serde_json::json!(["DNS:billing.internal"]),
         "{out}"
     );
     let (code, _, err) = call(&url, "whoami", &["--tls-ca", &ca]);

@@ -10,7 +10,7 @@
 //! ([`Peer::credentials`]); nothing a caller sends in a request is trusted for it.
 //!
 //! ```
-//! use rpc_core::context::PeerCertificate;
+//! use rpc_core::context::{AltName, PeerCertificate};
 //! use rpc_core::{Context, ErrorCode, Peer, Request, Router};
 //! use rpc_middleware::authorize::{AuthorizeLayer, Rule};
 //! use tower::{Layer, ServiceExt};
@@ -30,7 +30,9 @@
 //!
 //! let billing = Peer::Tls {
 //!     addr: "127.0.0.1:5000".parse()?,
-//!     certificate: Some(PeerCertificate::new("CN=billing", ["billing.internal"]).into()),
+//!     certificate: Some(
+//!         PeerCertificate::new("CN=billing", [AltName::Dns("billing.internal".into())]).into(),
+//!     ),
 //! };
 //! let call = |peer: Peer| {
 //!     let args = rpc_core::Payload::encode(&rpc_core::msgpack::MsgPack, &(1, 2))?;
@@ -157,9 +159,10 @@ impl Rule {
         Self::new(Who::Anyone)
     }
 
-    /// A caller whose verified TLS certificate has `name` as its subject (`CN=billing`, as
-    /// [`PeerCertificate::subject`](rpc_core::context::PeerCertificate::subject) writes it) or
-    /// as one of its subject alternative names.
+    /// A caller whose verified TLS certificate has `name` as its subject (`CN=billing,O=Acme`,
+    /// RFC 4514, as [`PeerCertificate::subject`](rpc_core::context::PeerCertificate::subject)
+    /// writes it) or as one of its DNS names
+    /// ([`PeerCertificate::is_named`](rpc_core::context::PeerCertificate::is_named)).
     pub fn certificate(name: impl Into<String>) -> Self {
         Self::new(Who::Certificate(name.into()))
     }
@@ -297,12 +300,15 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rpc_core::context::{Credentials, PeerCertificate};
+    use rpc_core::context::{AltName, Credentials, PeerCertificate};
 
     fn tls(ip: &str, cert: Option<(&str, &[&str])>) -> Peer {
         Peer::Tls {
             addr: format!("{ip}:4000").parse().unwrap(),
-            certificate: cert.map(|(s, n)| Arc::new(PeerCertificate::new(s, n.iter().copied()))),
+            certificate: cert.map(|(s, n)| {
+                let names = n.iter().map(|d| AltName::Dns((*d).to_owned()));
+                Arc::new(PeerCertificate::new(s, names))
+            }),
         }
     }
 

@@ -58,46 +58,80 @@ pub enum Peer {
 
 /// Who a peer's verified certificate names: its subject and its subject alternative names.
 ///
-/// ```
-/// use rpc_core::context::PeerCertificate;
+/// The subject is written as RFC 4514 writes a distinguished name: the most specific part first
+/// (`CN=billing,O=Acme`), `+` between the attributes of one part, and `,`, `+`, `"`, `\`, `<`,
+/// `>`, `;`, a leading `#` or space, a trailing space and control characters escaped with `\`;
+/// so two different subjects never read the same.
 ///
-/// let cert = PeerCertificate::new("CN=billing", ["billing.internal"]);
+/// ```
+/// use rpc_core::context::{AltName, PeerCertificate};
+///
+/// let cert = PeerCertificate::new("CN=billing", [AltName::Dns("billing.internal".into())]);
 /// assert!(cert.is_named("billing.internal"));
 /// assert!(cert.is_named("CN=billing"));
 /// assert!(!cert.is_named("CN=other"));
+/// assert_eq!(cert.names()[0].to_string(), "DNS:billing.internal");
 /// ```
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct PeerCertificate {
     subject: String,
-    names: Vec<String>,
+    names: Vec<AltName>,
+}
+
+/// One of a certificate's subject alternative names, by kind: each kind is its own namespace
+/// (a URI that reads `CN=admin` is not the subject `CN=admin`).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum AltName {
+    /// A DNS name.
+    Dns(String),
+    /// An IP address.
+    Ip(std::net::IpAddr),
+    /// An e-mail address (RFC 822 name).
+    Email(String),
+    /// A URI (a SPIFFE id, say).
+    Uri(String),
+}
+
+impl fmt::Display for AltName {
+    /// As OpenSSL writes them: `DNS:`, `IP:`, `email:`, `URI:` and the name.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            AltName::Dns(n) => write!(f, "DNS:{n}"),
+            AltName::Ip(ip) => write!(f, "IP:{ip}"),
+            AltName::Email(n) => write!(f, "email:{n}"),
+            AltName::Uri(n) => write!(f, "URI:{n}"),
+        }
+    }
 }
 
 impl PeerCertificate {
-    /// A certificate's subject (as RFC 4514 writes a distinguished name, `CN=..., O=...`) and
-    /// subject alternative names (DNS names, IP addresses, e-mail addresses and URIs, as text).
-    pub fn new(
-        subject: impl Into<String>,
-        names: impl IntoIterator<Item = impl Into<String>>,
-    ) -> Self {
+    /// A certificate's subject (RFC 4514, as above) and subject alternative names.
+    pub fn new(subject: impl Into<String>, names: impl IntoIterator<Item = AltName>) -> Self {
         Self {
             subject: subject.into(),
-            names: names.into_iter().map(Into::into).collect(),
+            names: names.into_iter().collect(),
         }
     }
 
-    /// The subject's distinguished name, `CN=..., O=...`.
+    /// The subject's distinguished name, `CN=...,O=...`.
     pub fn subject(&self) -> &str {
         &self.subject
     }
 
     /// The subject alternative names.
-    pub fn names(&self) -> &[String] {
+    pub fn names(&self) -> &[AltName] {
         &self.names
     }
 
-    /// Whether `name` is the subject or one of the alternative names.
+    /// Whether `name` is the subject or one of the DNS names (other kinds of names are matched
+    /// through [`names`](Self::names)).
     pub fn is_named(&self, name: &str) -> bool {
-        self.subject == name || self.names.iter().any(|n| n == name)
+        self.subject == name
+            || self
+                .names
+                .iter()
+                .any(|n| matches!(n, AltName::Dns(d) if d == name))
     }
 }
 

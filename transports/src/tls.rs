@@ -55,24 +55,27 @@
 //! ```
 //!
 //! Handshakes are bounded on the server: each must finish within
-//! [`handshake_timeout`](Builder::handshake_timeout) (10 s), and at most
-//! [`max_handshakes`](Builder::max_handshakes) (1024) run at once; a new connection past that
-//! ends the handshake that has waited longest. Handshakes run beside the accept loop, so a peer
+//! [`handshake_timeout`](Builder::handshake_timeout) (10 s), at most
+//! [`max_handshakes`](Builder::max_handshakes) (1024) run at once and at most
+//! [`max_handshakes_per_ip`](Builder::max_handshakes_per_ip) (64) for one IP address; a new
+//! connection past either ends the handshake that has waited longest (of its address, or of all).
+//! The limits on connections per IP address apply once a handshake is done. Handshakes run beside the accept loop, so a peer
 //! that never finishes one holds back nobody. A failed handshake (plaintext sent to a TLS port,
 //! an untrusted or missing client certificate) ends that connection only and is counted
 //! ([`Stats::handshakes_failed`](crate::Stats::handshakes_failed),
 //! [`Stats::handshakes_timed_out`](crate::Stats::handshakes_timed_out)).
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use rpc_core::codec::Codec;
-use rpc_core::context::PeerCertificate;
+use rpc_core::context::{AltName, PeerCertificate};
 use rpc_core::{Client, Peer};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
@@ -92,6 +95,7 @@ use crate::tcp;
 pub struct Tls {
     handshake_timeout: Duration,
     max_handshakes: usize,
+    max_handshakes_per_ip: usize,
 }
 
 impl Default for Tls {
@@ -99,6 +103,7 @@ impl Default for Tls {
         Self {
             handshake_timeout: Duration::from_secs(10),
             max_handshakes: 1024,
+            max_handshakes_per_ip: 64,
         }
     }
 }
@@ -329,32 +334,81 @@ impl stream::Transport for Tls {
 
 /// The names in the end-entity certificate of a verified chain.
 fn peer_certificate(chain: Option<&[CertificateDer<'_>]>) -> Option<Arc<PeerCertificate>> {
+    use x509_parser::extensions::GeneralName;
     let der = chain?.first()?;
     let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
-    let subject = cert.subject().to_string();
+    let subject = rfc4514(cert.subject());
     let mut names = Vec::new();
     if let Ok(Some(san)) = cert.subject_alternative_name() {
         for name in &san.value.general_names {
-            use x509_parser::extensions::GeneralName;
-            match name {
-                GeneralName::DNSName(n) | GeneralName::RFC822Name(n) | GeneralName::URI(n) => {
-                    names.push((*n).to_owned())
+            names.extend(match name {
+                GeneralName::DNSName(n) => Some(AltName::Dns((*n).to_owned())),
+                GeneralName::RFC822Name(n) => Some(AltName::Email((*n).to_owned())),
+                GeneralName::URI(n) => Some(AltName::Uri((*n).to_owned())),
+                GeneralName::IPAddress(bytes) => match bytes.len() {
+                    4 => <[u8; 4]>::try_from(*bytes).ok().map(IpAddr::from),
+                    16 => <[u8; 16]>::try_from(*bytes).ok().map(IpAddr::from),
+                    _ => None,
                 }
-                GeneralName::IPAddress(bytes) => {
-                    let ip = match bytes.len() {
-                        4 => <[u8; 4]>::try_from(*bytes).ok().map(std::net::IpAddr::from),
-                        16 => <[u8; 16]>::try_from(*bytes)
-                            .ok()
-                            .map(std::net::IpAddr::from),
-                        _ => None,
-                    };
-                    names.extend(ip.map(|ip| ip.to_string()));
-                }
-                _ => {}
-            }
+                .map(AltName::Ip),
+                _ => None,
+            });
         }
     }
     Some(Arc::new(PeerCertificate::new(subject, names)))
+}
+
+/// A distinguished name as RFC 4514 writes it: its last part first, `+` between the attributes
+/// of a part, values escaped, and values that are not strings as `#` and their bytes in hex.
+fn rfc4514(name: &x509_parser::x509::X509Name<'_>) -> String {
+    let registry = x509_parser::objects::oid_registry();
+    let parts: Vec<String> = name
+        .iter_rdn()
+        .map(|rdn| {
+            rdn.iter()
+                .map(|attr| {
+                    let kind = x509_parser::objects::oid2abbrev(attr.attr_type(), registry)
+                        .map_or_else(|_| attr.attr_type().to_id_string(), str::to_owned);
+                    let value = match attr.as_str() {
+                        Ok(text) => escape_value(text),
+                        Err(_) => {
+                            let hex: String =
+                                attr.as_slice().iter().map(|b| format!("{b:02x}")).collect();
+                            format!("#{hex}")
+                        }
+                    };
+                    format!("{kind}={value}")
+                })
+                .collect::<Vec<_>>()
+                .join("+")
+        })
+        .collect();
+    parts.into_iter().rev().collect::<Vec<_>>().join(",")
+}
+
+/// An attribute value escaped as RFC 4514 asks, and control characters as `\XX` (so that a
+/// subject in a log line is one line).
+fn escape_value(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    let last = value.chars().count().saturating_sub(1);
+    for (i, c) in value.chars().enumerate() {
+        match c {
+            '"' | '+' | ',' | ';' | '<' | '>' | '\\' => {
+                out.push('\\');
+                out.push(c);
+            }
+            '#' if i == 0 => out.push_str("\\#"),
+            ' ' if i == 0 || i == last => out.push_str("\\ "),
+            c if c.is_control() => {
+                let mut utf8 = [0u8; 4];
+                for b in c.encode_utf8(&mut utf8).bytes() {
+                    out.push_str(&format!("\\{b:02X}"));
+                }
+            }
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 impl Builder {
@@ -369,6 +423,14 @@ impl Builder {
     /// running ends the one that has waited longest. Default 1024.
     pub fn max_handshakes(mut self, n: usize) -> Self {
         self.transport.kind.max_handshakes = n.max(1);
+        self
+    }
+
+    /// How many handshakes a server runs at once for one IP address: a connection from an
+    /// address with this many under way ends that address's oldest, so one host cannot take
+    /// every handshake. Default 64.
+    pub fn max_handshakes_per_ip(mut self, n: usize) -> Self {
+        self.transport.kind.max_handshakes_per_ip = n.max(1);
         self
     }
 
@@ -432,37 +494,36 @@ pub(crate) enum Listener {
 
 impl Accept for Listener {
     fn attach(&mut self, counters: &Arc<Counters>) {
-        if let Listener::Bound { .. } = self {
-            let Listener::Bound {
+        match std::mem::replace(self, Listener::Starting) {
+            Listener::Bound {
                 tcp,
                 acceptor,
                 settings,
-            } = std::mem::replace(self, Listener::Starting)
-            else {
-                unreachable!("matched above")
-            };
-            // Room for a burst of finished handshakes; past it, they wait for the accept loop.
-            let (tx, done) = mpsc::channel(64);
-            let task = tokio::spawn(handshakes(tcp, acceptor, settings, counters.clone(), tx));
-            *self = Listener::Running {
-                done,
-                _handshakes: AbortOnDrop(task.abort_handle()),
-            };
+            } => {
+                // Room for a burst of finished handshakes; past it, they wait for the accept
+                // loop.
+                let (tx, done) = mpsc::channel(64);
+                let task = tokio::spawn(handshakes(tcp, acceptor, settings, counters.clone(), tx));
+                *self = Listener::Running {
+                    done,
+                    _handshakes: AbortOnDrop(task.abort_handle()),
+                };
+            }
+            running => *self = running,
         }
     }
 
     async fn accept(&mut self) -> io::Result<Io> {
-        if !matches!(self, Listener::Running { .. }) {
+        if matches!(self, Listener::Bound { .. }) {
             self.attach(&Arc::new(Counters::default()));
         }
         match self {
-            Listener::Running { done, .. } => match done.recv().await {
-                Some(io) => Ok(io),
-                // The handshake task is gone only with the listener.
-                None => std::future::pending().await,
-            },
+            Listener::Running { done, .. } => done
+                .recv()
+                .await
+                .ok_or_else(|| io::Error::other("the TLS listener's handshakes stopped")),
             Listener::Bound { .. } | Listener::Starting => {
-                unreachable!("attached above")
+                Err(io::Error::other("the TLS listener did not start"))
             }
         }
     }
@@ -477,8 +538,80 @@ impl Drop for AbortOnDrop {
     }
 }
 
+/// A handshake under way: its task, and whether its handshake is over (the task may still be
+/// handing the connection over, or lingering after a failure: neither is ended to make room).
+#[derive(Clone)]
+struct Running {
+    task: AbortHandle,
+    over: Arc<AtomicBool>,
+}
+
+impl Running {
+    fn is_over(&self) -> bool {
+        self.over.load(Ordering::Relaxed) || self.task.is_finished()
+    }
+}
+
+/// The handshakes under way, oldest first, in all and by IP address.
+#[derive(Default)]
+struct Handshakes {
+    all: VecDeque<Running>,
+    by_ip: HashMap<IpAddr, VecDeque<Running>>,
+}
+
+impl Handshakes {
+    /// Lets go of the handshakes that are over (each handle keeps its task's memory): at the
+    /// front at once, the rest once they are many, so both lists stay within a small multiple of
+    /// the number under way.
+    fn forget_finished(&mut self, max: usize) {
+        while self.all.front().is_some_and(Running::is_over) {
+            self.all.pop_front();
+        }
+        if self.all.len() > 2 * max {
+            self.all.retain(|h| !h.is_over());
+        }
+        if self.by_ip.len() > 2 * max {
+            self.by_ip.retain(|_, q| {
+                q.retain(|h| !h.is_over());
+                !q.is_empty()
+            });
+        }
+    }
+
+    /// Makes room for one more from `ip`: past `per_ip` under way from it, its oldest ends; past
+    /// `max` in all, the oldest of all. Returns how many were ended.
+    fn make_room(&mut self, ip: IpAddr, max: usize, per_ip: usize) -> u64 {
+        let mut ended = 0;
+        let mine = self.by_ip.entry(ip).or_default();
+        mine.retain(|h| !h.is_over());
+        if mine.len() >= per_ip {
+            if let Some(oldest) = mine.pop_front() {
+                oldest.task.abort();
+                ended += 1;
+            }
+        }
+        self.all.retain(|h| !h.is_over());
+        if self.all.len() >= max {
+            if let Some(oldest) = self.all.pop_front() {
+                oldest.task.abort();
+                ended += 1;
+            }
+        }
+        ended
+    }
+
+    fn add(&mut self, ip: IpAddr, handshake: Running) {
+        self.by_ip
+            .entry(ip)
+            .or_default()
+            .push_back(handshake.clone());
+        self.all.push_back(handshake);
+    }
+}
+
 /// Accepts TCP connections and runs their handshakes, each in a task of its own, bounded in time
-/// and in number; sends the connections whose handshake is done to `done`.
+/// and in number, in all and from each IP address; sends the connections whose handshake is done
+/// to `done`.
 async fn handshakes(
     tcp: TcpListener,
     acceptor: TlsAcceptor,
@@ -486,14 +619,13 @@ async fn handshakes(
     counters: Arc<Counters>,
     done: mpsc::Sender<Io>,
 ) {
-    // The handshakes running, and their handles oldest first (some may have finished since).
-    let mut running = JoinSet::new();
-    let mut oldest_first: VecDeque<AbortHandle> = VecDeque::new();
+    let mut tasks = JoinSet::new();
+    let mut under_way = Handshakes::default();
     loop {
         let accepted = tokio::select! {
             accepted = tcp.accept() => accepted,
-            // Reaps finished handshakes, so the set holds only running ones.
-            Some(_) = running.join_next(), if !running.is_empty() => continue,
+            // Reaps finished tasks, so the set holds only running ones.
+            Some(_) = tasks.join_next(), if !tasks.is_empty() => continue,
         };
         let (socket, addr) = match accepted {
             Ok(a) => a,
@@ -505,32 +637,27 @@ async fn handshakes(
             }
         };
         let _ = socket.set_nodelay(true);
-        // Handles of handshakes that are over are let go (each keeps its task's memory): the
-        // oldest at once, the others once they are many, so the list stays within twice the
-        // number running.
-        while oldest_first.front().is_some_and(AbortHandle::is_finished) {
-            oldest_first.pop_front();
+        under_way.forget_finished(settings.max_handshakes);
+        let ended = under_way.make_room(
+            addr.ip(),
+            settings.max_handshakes,
+            settings.max_handshakes_per_ip,
+        );
+        if ended > 0 {
+            counters.record_n(Event::HandshakeTimedOut, ended);
+            tracing::debug!(%addr, "too many handshakes at once: ended the oldest");
         }
-        if oldest_first.len() > 2 * settings.max_handshakes {
-            oldest_first.retain(|h| !h.is_finished());
-        }
-        if running.len() >= settings.max_handshakes {
-            oldest_first.retain(|h| !h.is_finished());
-            if let Some(oldest) = oldest_first.pop_front() {
-                oldest.abort();
-                counters.record(Event::HandshakeTimedOut);
-                tracing::debug!(%addr, "too many handshakes at once: ended the oldest");
-            }
-        }
-        let handle = running.spawn(handshake(
+        let over = Arc::new(AtomicBool::new(false));
+        let task = tasks.spawn(handshake(
             socket,
             addr,
             acceptor.clone(),
             settings.handshake_timeout,
             counters.clone(),
             done.clone(),
+            over.clone(),
         ));
-        oldest_first.push_back(handle);
+        under_way.add(addr.ip(), Running { task, over });
     }
 }
 
@@ -542,8 +669,12 @@ async fn handshake(
     timeout: Duration,
     counters: Arc<Counters>,
     done: mpsc::Sender<Io>,
+    over: Arc<AtomicBool>,
 ) {
-    match tokio::time::timeout(timeout, acceptor.accept(socket).into_fallible()).await {
+    let result = tokio::time::timeout(timeout, acceptor.accept(socket).into_fallible()).await;
+    // Past this point the task is not ended to make room for others.
+    over.store(true, Ordering::Relaxed);
+    match result {
         Ok(Ok(stream)) => {
             let certificate = peer_certificate(stream.get_ref().1.peer_certificates());
             let io = Io::new(stream).with_peer(Peer::Tls { addr, certificate });
@@ -582,4 +713,37 @@ fn invalid(why: impl Into<String>) -> io::Error {
 
 fn tls_error(e: rustls::Error) -> io::Error {
     invalid(e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn subject_of(edit: impl FnOnce(&mut rcgen::DistinguishedName)) -> String {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        edit(&mut params.distinguished_name);
+        let key = rcgen::KeyPair::generate().expect("a key");
+        let cert = params.self_signed(&key).expect("a certificate");
+        peer_certificate(Some(&[cert.der().clone()]))
+            .expect("parsed")
+            .subject()
+            .to_owned()
+    }
+
+    #[test]
+    fn subjects_are_written_as_rfc_4514_and_cannot_pass_for_one_another() {
+        let two = subject_of(|dn| {
+            dn.push(rcgen::DnType::OrganizationName, "Acme");
+            dn.push(rcgen::DnType::CommonName, "admin");
+        });
+        // The most specific part first.
+        assert_eq!(two, "CN=admin,O=Acme");
+        // One attribute whose value reads like two.
+        let one = subject_of(|dn| dn.push(rcgen::DnType::CommonName, "admin,O=Acme"));
+        assert_eq!(one, "CN=admin\\,O=Acme");
+        assert_ne!(one, two);
+        let odd = subject_of(|dn| dn.push(rcgen::DnType::CommonName, "#x \\ \"y\"\nz "));
+        assert_eq!(odd, "CN=\\#x \\\\ \\\"y\\\"\\0Az\\ ");
+    }
 }

@@ -81,7 +81,7 @@ pub struct ByIdentity;
 
 /// Who a caller proved to be, as a limit's key ([`ByIdentity`]).
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub enum Identity {
+pub enum IdentityKey {
     /// A verified TLS client certificate's subject.
     Certificate(String),
     /// A Unix socket peer's user id.
@@ -91,16 +91,16 @@ pub enum Identity {
 }
 
 impl KeyFn for ByIdentity {
-    type Key = Identity;
-    fn key(&self, req: &Request) -> Identity {
+    type Key = IdentityKey;
+    fn key(&self, req: &Request) -> IdentityKey {
         let peer = req.context().peer();
         if let Some(cert) = peer.and_then(Peer::certificate) {
-            return Identity::Certificate(cert.subject().to_owned());
+            return IdentityKey::Certificate(cert.subject().to_owned());
         }
         if let Some(c) = peer.and_then(Peer::credentials) {
-            return Identity::Uid(c.uid);
+            return IdentityKey::Uid(c.uid);
         }
-        Identity::Ip(req.context().peer_addr().map(|a| a.ip()))
+        IdentityKey::Ip(req.context().peer_addr().map(|a| a.ip()))
     }
     fn scope(&self) -> &'static str {
         "for this caller"
@@ -125,6 +125,12 @@ impl Hash for PeerKey {
             Some(Peer::Socket(SocketAddr::V6(v6))) => {
                 (u128::from(*v6.ip()), 2 << 32 | u64::from(v6.port()))
             }
+            // A TLS peer by its address, as a socket's (its certificate only makes the key
+            // unequal, never the hash).
+            Some(Peer::Tls { addr, .. }) => match addr {
+                SocketAddr::V4(v4) => (u32::from(*v4.ip()).into(), 6 << 32 | u64::from(v4.port())),
+                SocketAddr::V6(v6) => (u128::from(*v6.ip()), 7 << 32 | u64::from(v6.port())),
+            },
             Some(Peer::Unix { credentials }) => match credentials {
                 Some(c) => (
                     u128::from(c.uid) << 64

@@ -14,5 +14,5 @@ mod rate;
 pub use self::concurrency::{
     KeyedConcurrencyFuture, KeyedConcurrencyLimit, KeyedConcurrencyLimitLayer,
 };
-pub use self::key::{ByIdentity, ByIp, ByPeer, Global, Identity, KeyFn, PeerKey};
+pub use self::key::{ByIdentity, ByIp, ByPeer, Global, IdentityKey, KeyFn, PeerKey};
 pub use self::rate::{RateLimit, RateLimitFuture, RateLimitLayer};

@@ -121,8 +121,8 @@ pub(crate) struct Conn<C: Codec> {
     active: AtomicBool,
     /// The number of the next call's id.
     next_id: AtomicU64,
-    /// Why reading failed, when it did (a bad frame, a TLS alert, a reset).
-    lost_because: std::sync::OnceLock<String>,
+    /// Why reading failed, when it did (a bad frame, a TLS alert, a reset), and its kind.
+    lost_because: std::sync::OnceLock<(io::ErrorKind, String)>,
     /// What requests from the peer's IP address may hold of those its server serves at once.
     share: Option<(Arc<PerIp>, IpAddr)>,
 }
@@ -392,13 +392,13 @@ impl<C: Codec> Conn<C> {
 
     fn closed_error(&self) -> Error {
         if self.life.is_lost() {
-            Error::Transport(io::Error::new(
-                io::ErrorKind::ConnectionReset,
-                match self.lost_because.get() {
-                    Some(why) => format!("the connection failed: {why}"),
-                    None => "the connection was closed by the peer or lost".to_owned(),
-                },
-            ))
+            Error::Transport(match self.lost_because.get() {
+                Some((kind, why)) => io::Error::new(*kind, format!("the connection failed: {why}")),
+                None => io::Error::new(
+                    io::ErrorKind::ConnectionReset,
+                    "the connection was closed by the peer or lost",
+                ),
+            })
         } else {
             Error::Closed
         }
@@ -563,7 +563,7 @@ async fn read_loop<C: Codec, R: AsyncRead + Unpin>(
                 tracing::warn!(peer = %conn.peer, error = %e, "closing the connection");
                 // Calls waiting, and calls made before the connection is seen closed, learn why
                 // (a TLS peer's alert, say).
-                let _ = conn.lost_because.set(e.to_string());
+                let _ = conn.lost_because.set((e.kind(), e.to_string()));
                 conn.life.mark_lost();
                 conn.fail_calls();
                 // The read buffer goes now, not once the requests are answered: a connection
