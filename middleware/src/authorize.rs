@@ -178,7 +178,9 @@ impl Rule {
     }
 
     /// Allows the method `name`; `prefix.*` allows every method whose name begins with
-    /// `prefix.`. Each call adds to the methods allowed.
+    /// `prefix.`, and `*` every method called by name (not basic-socket-rpc's command ids: see
+    /// [`command`](Self::command)). Each call adds to the methods allowed; a rule that names
+    /// none allows every method.
     pub fn method(mut self, name: &str) -> Self {
         self.methods.push(match name.strip_suffix('*') {
             Some(prefix) => Callable::Prefix(prefix.to_owned()),
