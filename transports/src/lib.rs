@@ -70,13 +70,16 @@ pub mod fuzzing {
     use bytes::BytesMut;
     use tokio_util::codec::Decoder;
 
-    /// Cuts `data` into frames with framing `kind` (0 length-prefixed, 1 newline, 2 EOT) and a
-    /// 4 KiB limit, fed in pieces of `chunk` bytes; stops at the first error, as a connection does.
+    /// Cuts `data` into frames with framing `kind` (0 length-prefixed, 1 newline, 2 EOT,
+    /// 3 Content-Length headers, 4 msgpack values) and a 4 KiB limit, fed in pieces of `chunk`
+    /// bytes; stops at the first error, as a connection does.
     pub fn framing(kind: u8, chunk: usize, data: &[u8]) {
-        let framing = match kind % 3 {
+        let framing = match kind % 5 {
             0 => crate::stream::Framing::LengthPrefixed,
             1 => crate::stream::Framing::Newline,
-            _ => crate::stream::Framing::Eot,
+            2 => crate::stream::Framing::Eot,
+            3 => crate::stream::Framing::ContentLength,
+            _ => crate::stream::Framing::MsgPack,
         };
         let mut decoder = framing.decoder(4096);
         let mut buf = BytesMut::new();

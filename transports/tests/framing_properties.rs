@@ -4,7 +4,8 @@
 //! delimiters or length prefixes straddle reads; every request is answered exactly once, with
 //! the right result, and no notification is answered.
 //!
-//! Run for `Framing::Newline`, `Framing::Eot` and `Framing::LengthPrefixed`, with
+//! Run for `Framing::Newline`, `Framing::Eot`, `Framing::LengthPrefixed` and
+//! `Framing::ContentLength` (with a `Content-Type` header too, as LSP clients send it), with
 //! `JsonRpcCodec`. Each case is one connection to a server shared by the cases of a framing;
 //! failures are not persisted to files.
 // serde_json comes with the `raw` feature (a default one).
@@ -126,7 +127,18 @@ fn wire(framing: Framing, messages: &[(Call, bool)]) -> Vec<u8> {
                 out.extend_from_slice(&frame);
                 out.push(0x04);
             }
-            Framing::SelfDelimited(_) => unreachable!("not tested here"),
+            Framing::ContentLength => {
+                let extra = if i % 2 == 0 {
+                    "Content-Type: application/vscode-jsonrpc; charset=utf-8\r\n"
+                } else {
+                    ""
+                };
+                out.extend_from_slice(
+                    format!("Content-Length: {}\r\n{extra}\r\n", frame.len()).as_bytes(),
+                );
+                out.extend_from_slice(&frame);
+            }
+            _ => unreachable!("not tested here"),
         }
     }
     out
@@ -156,7 +168,23 @@ fn frames(framing: Framing, mut bytes: &[u8]) -> Result<Vec<&[u8]>, TestCaseErro
                 out.extend(bytes[..bytes.len() - 1].split(|b| *b == d));
             }
         }
-        Framing::SelfDelimited(_) => unreachable!("not tested here"),
+        Framing::ContentLength => {
+            while !bytes.is_empty() {
+                let text = String::from_utf8_lossy(bytes);
+                let Some(end) = text.find("\r\n\r\n") else {
+                    return Err(TestCaseError::fail("a torn header block"));
+                };
+                let len: usize = text[..end]
+                    .strip_prefix("Content-Length: ")
+                    .and_then(|n| n.parse().ok())
+                    .ok_or_else(|| TestCaseError::fail("a header block of another shape"))?;
+                let body = end + 4;
+                prop_assert!(bytes.len() >= body + len, "a torn frame");
+                out.push(&bytes[body..body + len]);
+                bytes = &bytes[body + len..];
+            }
+        }
+        _ => unreachable!("not tested here"),
     }
     Ok(out)
 }
@@ -255,6 +283,11 @@ fn newline_requests_in_random_chunks_are_each_answered_once() {
 #[test]
 fn eot_requests_in_random_chunks_are_each_answered_once() {
     check(Framing::Eot);
+}
+
+#[test]
+fn content_length_requests_in_random_chunks_are_each_answered_once() {
+    check(Framing::ContentLength);
 }
 
 #[test]

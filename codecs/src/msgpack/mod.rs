@@ -13,7 +13,7 @@
 mod rpcudp;
 
 pub use self::rpcudp::{MessageId, RpcudpCodec};
-pub use rpc_core::msgpack::{skip_value, MsgPack, SkipError, MAX_DEPTH};
+pub use rpc_core::msgpack::{skip_value, Measure, MsgPack, SkipError, MAX_DEPTH};
 
 /// Any msgpack value, for parameters and results whose type is not fixed: unlike
 /// `serde_json::Value` it keeps str and bin apart (a Python peer's `str` and `bytes`), and

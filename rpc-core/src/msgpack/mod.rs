@@ -17,7 +17,7 @@
 
 mod skip;
 
-pub use self::skip::{skip_value, SkipError};
+pub use self::skip::{skip_value, Measure, SkipError};
 
 use bytes::{BufMut, BytesMut};
 use serde::{Deserializer as _, Serialize};

@@ -46,28 +46,94 @@ impl std::error::Error for SkipError {}
 /// assert_eq!(skip_value(&deep), Err(SkipError::TooDeep));
 /// ```
 pub fn skip_value(buf: &[u8]) -> Result<usize, SkipError> {
-    let mut pos = 0usize;
-    let mut pending: u64 = 1;
-    // Containers with values in them: nesting can only be deeper than the limit if there are
-    // more of them, and then a second pass measures the depth.
-    let mut containers = 0usize;
-    while pending > 0 {
-        pending -= 1;
-        let children = step(buf, &mut pos)?;
-        if children > 0 {
-            containers += 1;
-            pending += children;
-            // Every value takes at least one byte: more pending values than bytes left
-            // cannot fit.
-            if pending > (buf.len() - pos) as u64 {
-                return Err(SkipError::Truncated);
-            }
+    match Measure::new().resume(buf)? {
+        Some(len) => Ok(len),
+        None => Err(SkipError::Truncated),
+    }
+}
+
+/// [`skip_value`] over bytes that arrive a piece at a time: each [`resume`](Measure::resume)
+/// goes on from where the last stopped, so measuring a value costs time linear in its size
+/// however it is cut (a stream's reader measures each frame this way as its bytes come).
+///
+/// ```
+/// use rpc_core::msgpack::Measure;
+///
+/// let value = b"\x92\x01\xa3abc";
+/// let mut m = Measure::new();
+/// assert_eq!(m.resume(&value[..3]), Ok(None));
+/// assert_eq!(m.resume(&value[..]), Ok(Some(value.len())));
+/// ```
+#[derive(Debug, Clone, Default)]
+pub struct Measure {
+    /// Where the next marker starts: every marker before it was read whole.
+    pos: usize,
+    /// The values still to measure.
+    pending: u64,
+    /// Containers with values in them: only if there are more than the depth limit can the
+    /// nesting be deeper, and then a second pass measures the depth.
+    containers: usize,
+    /// Where the unfinished marker at `pos` ends, as far as its header tells.
+    partial_end: usize,
+}
+
+impl Measure {
+    /// A measure of the value to come.
+    pub fn new() -> Self {
+        Self {
+            pos: 0,
+            pending: 1,
+            containers: 0,
+            partial_end: 0,
         }
     }
-    if containers > super::MAX_DEPTH {
-        check_depth(&buf[..pos])?;
+
+    /// Measures on over `buf`, which holds the bytes given before (unchanged) and perhaps more:
+    /// `Ok(Some(len))` when a whole value of `len` bytes is there (the measure then starts
+    /// again, for the next value), `Ok(None)` when it needs more bytes, and an error when the
+    /// bytes cannot be a value. The bytes before the first unfinished marker are never read
+    /// again.
+    pub fn resume(&mut self, buf: &[u8]) -> Result<Option<usize>, SkipError> {
+        while self.pending > 0 {
+            let mut pos = self.pos;
+            let children = match step(buf, &mut pos) {
+                Ok(children) => children,
+                // The marker is not all there yet: read it again with more bytes. (`step` went
+                // as far as its header told.)
+                Err(SkipError::Truncated) => {
+                    self.partial_end = pos;
+                    return Ok(None);
+                }
+                Err(e) => return Err(e),
+            };
+            self.pos = pos;
+            self.pending -= 1;
+            if children > 0 {
+                self.containers += 1;
+                self.pending += children;
+                // Every value takes at least one byte: more pending values than bytes left
+                // cannot fit yet.
+                if self.pending > (buf.len() - pos) as u64 {
+                    return Ok(None);
+                }
+            }
+        }
+        let len = self.pos;
+        let containers = self.containers;
+        *self = Self::new();
+        if containers > super::MAX_DEPTH {
+            check_depth(&buf[..len])?;
+        }
+        Ok(Some(len))
     }
-    Ok(pos)
+
+    /// The least number of bytes the value takes, from what is known so far: each value still
+    /// to measure takes one at least.
+    pub fn at_least(&self) -> u64 {
+        let known = self.pos as u64 + self.pending;
+        // The unfinished marker counts to where its header says it ends.
+        known.max(self.partial_end as u64 + self.pending - 1)
+    }
 }
 
 /// The values in `buf` (every marker: containers, their elements, map keys and values), counted
@@ -200,6 +266,35 @@ mod tests {
                 "cut at {cut}"
             );
         }
+    }
+
+    #[test]
+    fn a_value_measured_a_byte_at_a_time_measures_the_same() {
+        let v = rmpv::Value::Array(vec![
+            rmpv::Value::from("s".repeat(300)),
+            rmpv::Value::Binary(vec![1; 70_000]),
+            rmpv::Value::Map(vec![(rmpv::Value::from("k"), rmpv::Value::Ext(0, vec![5]))]),
+        ]);
+        let mut buf = Vec::new();
+        rmpv::encode::write_value(&mut buf, &v).unwrap();
+        buf.extend_from_slice(b"\x93\x01\x02\x03");
+        let first = buf.len() - 4;
+        let mut m = Measure::new();
+        for end in 0..first {
+            assert_eq!(m.resume(&buf[..end]), Ok(None), "at {end}");
+            assert!(m.at_least() <= first as u64);
+        }
+        assert_eq!(m.resume(&buf[..first]), Ok(Some(first)));
+        // It starts again for the next value.
+        assert_eq!(m.resume(&buf[first..]), Ok(Some(4)));
+        // A claim is known to be too large from its header alone.
+        let mut m = Measure::new();
+        assert_eq!(m.resume(b"\xdd\xff\xff\xff\xff"), Ok(None));
+        assert!(m.at_least() > u64::from(u32::MAX));
+        assert_eq!(
+            Measure::new().resume(b"\x91\xc1"),
+            Err(SkipError::Reserved(1))
+        );
     }
 
     #[test]

@@ -4,11 +4,15 @@ use std::fmt;
 use std::io;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
+use rpc_core::msgpack::Measure;
 use rpc_core::BoxError;
 use tokio_util::codec::{AnyDelimiterCodec, Decoder};
 
 /// The length prefix of [`Framing::LengthPrefixed`]: 4 bytes, big-endian.
 const LENGTH_PREFIX: usize = 4;
+
+/// The largest header block [`Framing::ContentLength`] reads, its blank line included.
+pub const MAX_HEADER_BLOCK: usize = 8 * 1024;
 
 /// Measures the self-delimiting frame at the start of a buffer: `Ok(Some(len))` when a whole
 /// frame of `len` bytes is there, `Ok(None)` when more bytes are needed, `Err` when the bytes
@@ -21,14 +25,17 @@ pub type FrameSplitter = fn(&[u8]) -> Result<Option<usize>, BoxError>;
 /// LengthPrefixed   | len: u32 big-endian | frame |      (rpc-stack's default)
 /// Newline          | frame | \n |                      (bjsonrpc)
 /// Eot              | frame | 0x04 |                    (rpcbd)
+/// ContentLength    | Content-Length: N\r\n | other headers | \r\n | frame |
+///                                                      (the Language Server Protocol)
+/// MsgPack          | frame: one msgpack value |          (MessagePack-RPC)
 /// SelfDelimited    | frame |  the codec's own header or structure tells where it ends
-///                                                      (basic-socket-rpc, msgpack-rpc)
 /// ```
 ///
 /// Every framing enforces the endpoint's maximum frame length on both sides: a frame over it is
 /// refused before sending, and a peer that announces or sends one loses the connection without
 /// the claimed size ever being allocated.
 #[derive(Clone, Copy, Default)]
+#[non_exhaustive]
 pub enum Framing {
     /// A 4-byte big-endian length, then the frame (as tokio-util's `LengthDelimitedCodec` writes
     /// them).
@@ -38,6 +45,17 @@ pub enum Framing {
     Newline,
     /// Each frame ends with the byte `0x04` (EOT); frames must not contain it.
     Eot,
+    /// Each frame follows a block of `Name: value` header lines ending with a blank line, as
+    /// the Language Server Protocol (and HTTP) writes them: `Content-Length` gives the frame's
+    /// length in bytes; other headers (`Content-Type`) are read and ignored. Sent frames carry
+    /// `Content-Length` alone. A header block over [`MAX_HEADER_BLOCK`] (8 KiB), one without
+    /// `Content-Length` or with two that differ, a malformed line or a length over the frame
+    /// limit ends the connection.
+    ContentLength,
+    /// Each frame is one MessagePack value, with nothing around it (MessagePack-RPC, neovim's
+    /// API): its end is found by measuring the value as it arrives (without recursion, in time
+    /// linear in its size however it is cut, nesting bounded as every msgpack value's).
+    MsgPack,
     /// Frames delimit themselves; the function finds where each ends.
     SelfDelimited(FrameSplitter),
 }
@@ -48,6 +66,8 @@ impl fmt::Debug for Framing {
             Framing::LengthPrefixed => "LengthPrefixed",
             Framing::Newline => "Newline",
             Framing::Eot => "Eot",
+            Framing::ContentLength => "ContentLength",
+            Framing::MsgPack => "MsgPack",
             Framing::SelfDelimited(_) => "SelfDelimited",
         })
     }
@@ -75,6 +95,14 @@ impl Framing {
                     max,
                 ))
             }
+            Framing::ContentLength => FrameDecoder::Headers {
+                max,
+                state: Headers::Reading { scanned: 0 },
+            },
+            Framing::MsgPack => FrameDecoder::MsgPack {
+                max,
+                measure: Measure::new(),
+            },
             Framing::SelfDelimited(split) => FrameDecoder::Custom { split, max },
         }
     }
@@ -118,7 +146,13 @@ impl Framing {
                 }
                 dst.put_u8(d);
             }
-            Framing::SelfDelimited(_) => {}
+            Framing::ContentLength => {
+                // The header goes before the frame, which moves up to make room.
+                let header = format!("Content-Length: {len}\r\n\r\n");
+                dst.extend_from_slice(header.as_bytes());
+                dst[start..].rotate_right(header.len());
+            }
+            Framing::MsgPack | Framing::SelfDelimited(_) => {}
         }
         Ok(())
     }
@@ -142,6 +176,17 @@ pub(crate) enum FrameDecoder {
         max: usize,
     },
     Delimited(AnyDelimiterCodec),
+    /// Headers, then a frame of the length they give; what is known so far is kept, so no byte
+    /// is looked at twice.
+    Headers {
+        max: usize,
+        state: Headers,
+    },
+    /// One msgpack value per frame, measured on from where the last read left off.
+    MsgPack {
+        max: usize,
+        measure: Measure,
+    },
     Custom {
         split: FrameSplitter,
         max: usize,
@@ -171,6 +216,42 @@ impl Decoder for FrameDecoder {
             FrameDecoder::Delimited(c) => c
                 .decode(src)
                 .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string())),
+            FrameDecoder::Headers { max, state } => {
+                if let Headers::Reading { scanned } = *state {
+                    let Some(end) = header_end(src, scanned)? else {
+                        *state = Headers::Reading {
+                            // The blank line may begin in the last three bytes.
+                            scanned: src.len().saturating_sub(3),
+                        };
+                        return Ok(None);
+                    };
+                    let len = content_length(&src[..end])?;
+                    if len > *max {
+                        return Err(too_large(len, *max));
+                    }
+                    *state = Headers::Read {
+                        header: end + 4,
+                        len,
+                    };
+                }
+                let Headers::Read { header, len } = *state else {
+                    unreachable!("the headers were read above")
+                };
+                if src.len() < header + len {
+                    return Ok(None);
+                }
+                src.advance(header);
+                *state = Headers::Reading { scanned: 0 };
+                Ok(Some(src.split_to(len).freeze()))
+            }
+            FrameDecoder::MsgPack { max, measure } => match measure.resume(src) {
+                Ok(Some(n)) => Ok(Some(src.split_to(n).freeze())),
+                Ok(None) if measure.at_least() > *max as u64 => {
+                    Err(too_large(measure.at_least() as usize, *max))
+                }
+                Ok(None) => Ok(None),
+                Err(e) => Err(io::Error::new(io::ErrorKind::InvalidData, e)),
+            },
             FrameDecoder::Custom { split, max } => match split(src) {
                 Ok(Some(n)) if n > *max => Err(too_large(n, *max)),
                 Ok(Some(n)) if n <= src.len() => Ok(Some(src.split_to(n).freeze())),
@@ -194,6 +275,69 @@ impl Decoder for FrameDecoder {
             None => Ok(None),
         }
     }
+}
+
+/// Where a header block is, in a [`Framing::ContentLength`] stream.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Headers {
+    /// Not all read: no blank line in the first `scanned` bytes.
+    Reading { scanned: usize },
+    /// Read: `header` bytes of headers, then a frame of `len` bytes.
+    Read { header: usize, len: usize },
+}
+
+/// Where the blank line that ends a header block starts, looking from `from` on; an error if
+/// the block is over [`MAX_HEADER_BLOCK`].
+fn header_end(src: &[u8], from: usize) -> Result<Option<usize>, io::Error> {
+    let window = &src[..src.len().min(MAX_HEADER_BLOCK)];
+    match window
+        .get(from..)
+        .and_then(|w| w.windows(4).position(|w| w == b"\r\n\r\n"))
+    {
+        Some(at) => Ok(Some(from + at)),
+        None if src.len() >= MAX_HEADER_BLOCK => Err(invalid(format!(
+            "a header block over {MAX_HEADER_BLOCK} bytes"
+        ))),
+        None => Ok(None),
+    }
+}
+
+/// The `Content-Length` of a header block (its lines, without the blank line).
+fn content_length(block: &[u8]) -> Result<usize, io::Error> {
+    let mut found: Option<usize> = None;
+    for line in block.split(|b| *b == b'\n') {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        let Some(colon) = line.iter().position(|b| *b == b':') else {
+            return Err(invalid(format!(
+                "a header line without a colon: {:?}",
+                String::from_utf8_lossy(&line[..line.len().min(64)])
+            )));
+        };
+        let (name, value) = (&line[..colon], &line[colon + 1..]);
+        if !name.eq_ignore_ascii_case(b"content-length") {
+            continue;
+        }
+        let len = std::str::from_utf8(value)
+            .ok()
+            .map(str::trim)
+            .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
+            .and_then(|v| v.parse::<usize>().ok())
+            .ok_or_else(|| {
+                invalid(format!(
+                    "Content-Length is not a length: {:?}",
+                    String::from_utf8_lossy(&value[..value.len().min(64)])
+                ))
+            })?;
+        if found.is_some_and(|f| f != len) {
+            return Err(invalid("two Content-Length headers that differ"));
+        }
+        found = Some(len);
+    }
+    found.ok_or_else(|| invalid("a header block without Content-Length"))
+}
+
+fn invalid(why: impl Into<String>) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, why.into())
 }
 
 fn too_large(size: usize, limit: usize) -> io::Error {
@@ -245,15 +389,26 @@ mod tests {
 
     #[test]
     fn every_framing_round_trips() {
-        fn first_byte_len(b: &[u8]) -> Result<Option<usize>, BoxError> {
-            Ok(b.first().map(|n| usize::from(*n)).filter(|n| *n <= b.len()))
+        // Each also a msgpack value: a str of 2, the int 1, a str of 4.
+        let frames: [&[u8]; 3] = [b"\xa2ab", b"\x01", b"\xa4xyzw"];
+        fn first_byte_str(b: &[u8]) -> Result<Option<usize>, BoxError> {
+            Ok(b.first()
+                .map(|n| {
+                    if *n == 1 {
+                        1
+                    } else {
+                        usize::from(*n & 0x1f) + 1
+                    }
+                })
+                .filter(|n| *n <= b.len()))
         }
-        let frames: [&[u8]; 3] = [b"\x03ab", b"\x01", b"\x05xyzw"];
         for f in [
             Framing::LengthPrefixed,
             Framing::Newline,
             Framing::Eot,
-            Framing::SelfDelimited(first_byte_len),
+            Framing::ContentLength,
+            Framing::MsgPack,
+            Framing::SelfDelimited(first_byte_str),
         ] {
             let wire = write(f, &frames);
             let back = read_all(f, wire);
@@ -268,6 +423,92 @@ mod tests {
             b"\0\0\0\x02hi"
         );
         assert_eq!(&write(Framing::Eot, &[b"hi"])[..], b"hi\x04");
+        assert_eq!(
+            &write(Framing::ContentLength, &[b"{}", b"[1]"])[..],
+            b"Content-Length: 2\r\n\r\n{}Content-Length: 3\r\n\r\n[1]"
+        );
+    }
+
+    /// Feeds `wire` a byte at a time, as the slowest peer would.
+    fn read_bytewise(f: Framing, wire: &[u8], max: usize) -> Result<Vec<Bytes>, io::Error> {
+        let mut d = f.decoder(max);
+        let mut src = BytesMut::new();
+        let mut out = Vec::new();
+        for b in wire {
+            src.put_u8(*b);
+            while let Some(fr) = d.decode(&mut src)? {
+                out.push(fr);
+            }
+        }
+        Ok(out)
+    }
+
+    #[test]
+    fn content_length_headers_are_read_as_the_language_server_protocol_writes_them() {
+        let wire = b"Content-Length: 5\r\nContent-Type: application/vscode-jsonrpc; charset=utf-8\r\n\r\nhello\
+                     content-length:2\r\n\r\nhi\
+                     X-Other: 1\r\nContent-Length:  0 \r\n\r\n";
+        let frames = read_bytewise(Framing::ContentLength, wire, 100).unwrap();
+        assert_eq!(frames, [&b"hello"[..], b"hi", b""]);
+        let refused = |wire: &[u8], why: &str| {
+            let e = read_bytewise(Framing::ContentLength, wire, 100).unwrap_err();
+            assert!(e.to_string().contains(why), "{e} should say {why:?}");
+        };
+        refused(b"Content-Type: x\r\n\r\nabc", "without Content-Length");
+        refused(b"Content-Length: 101\r\n\r\n", "exceeds the limit of 100");
+        refused(b"Content-Length: -1\r\n\r\n", "not a length");
+        refused(
+            b"Content-Length: 99999999999999999999999\r\n\r\n",
+            "not a length",
+        );
+        refused(b"Content-Length: 1\r\nContent-Length: 2\r\n\r\n", "differ");
+        refused(b"garbage\r\n\r\n", "without a colon");
+        let endless = [&b"X: "[..], &[b'y'; MAX_HEADER_BLOCK]].concat();
+        refused(&endless, "header block over 8192 bytes");
+        // A header block just under the limit is read.
+        let long = [
+            &b"X: "[..],
+            &[b'y'; MAX_HEADER_BLOCK - 30],
+            b"\r\nContent-Length: 1\r\n\r\nz",
+        ]
+        .concat();
+        assert_eq!(
+            read_bytewise(Framing::ContentLength, &long, 100).unwrap(),
+            [&b"z"[..]]
+        );
+    }
+
+    #[test]
+    fn msgpack_values_are_cut_whole_however_they_arrive() {
+        let mut wire = Vec::new();
+        let values = [
+            rmpv::Value::Array(vec![
+                0u8.into(),
+                7u8.into(),
+                "nvim_eval".into(),
+                rmpv::Value::Array(vec!["1+2".into()]),
+            ]),
+            rmpv::Value::Binary(vec![9; 300]),
+            rmpv::Value::Ext(0, vec![1]),
+        ];
+        for v in &values {
+            rmpv::encode::write_value(&mut wire, v).unwrap();
+        }
+        let frames = read_bytewise(Framing::MsgPack, &wire, 1000).unwrap();
+        assert_eq!(frames.len(), 3);
+        for (frame, v) in frames.iter().zip(&values) {
+            assert_eq!(&rmpv::decode::read_value(&mut &frame[..]).unwrap(), v);
+        }
+        // A claim over the limit is refused from its header, before its bytes come.
+        let e = read_bytewise(Framing::MsgPack, b"\xc6\x00\x01\x00\x00", 1000).unwrap_err();
+        assert!(e.to_string().contains("exceeds the limit"), "{e}");
+        let e = read_bytewise(Framing::MsgPack, b"\xdd\x00\x01\x00\x00", 1000).unwrap_err();
+        assert!(e.to_string().contains("exceeds the limit"), "{e}");
+        let e = read_bytewise(Framing::MsgPack, b"\x92\xc1", 1000).unwrap_err();
+        assert!(e.to_string().contains("reserved"), "{e}");
+        let deep = [vec![0x91u8; 200], vec![0x01]].concat();
+        let e = read_bytewise(Framing::MsgPack, &deep, 1000).unwrap_err();
+        assert!(e.to_string().contains("nested deeper"), "{e}");
     }
 
     #[test]

@@ -19,7 +19,7 @@ mod reader;
 mod stream_io;
 
 pub use self::connection::Connection;
-pub use self::framing::{FrameSplitter, Framing};
+pub use self::framing::{FrameSplitter, Framing, MAX_HEADER_BLOCK};
 pub(crate) use self::reader::{is_over_budget, Cut, FrameReader};
 pub use self::stream_io::Io;
 
