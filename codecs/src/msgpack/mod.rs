@@ -1,4 +1,6 @@
-//! MessagePack: the [`MsgPack`] value format and rpcudp's datagram codec, [`RpcudpCodec`].
+//! MessagePack: the [`MsgPack`] value format, rpcudp's datagram codec, [`RpcudpCodec`], and
+//! MessagePack-RPC (neovim's), [`MsgpackRpcCodec`], with neovim's handles as typed values
+//! ([`neovim`]).
 //!
 //! Values are encoded as Python's `msgpack.packb(use_bin_type=True)` and `umsgpack.packb` do:
 //! strings are msgpack `str`, byte strings `bin`, `f64` is always float64 (`cb`). Rust structs
@@ -10,8 +12,12 @@
 //! Byte strings need a byte type on the Rust side: `bytes::Bytes` or `serde_bytes::ByteBuf`
 //! encode and decode as `bin`; a `Vec<u8>` is an array of integers, as serde sees it.
 
+mod rpc;
 mod rpcudp;
 
+pub mod neovim;
+
+pub use self::rpc::MsgpackRpcCodec;
 pub use self::rpcudp::{MessageId, RpcudpCodec};
 pub use rpc_core::msgpack::{skip_value, Measure, MsgPack, SkipError, MAX_DEPTH};
 
@@ -32,3 +38,36 @@ pub use rmpv::Value;
 
 /// The format as the shared reference codecs and payloads hold.
 pub(crate) static MSGPACK: MsgPack = MsgPack;
+
+/// Reads a msgpack array header; returns its length and the header's size.
+pub(crate) fn array_len(b: &[u8]) -> Option<(usize, usize)> {
+    match *b.first()? {
+        m @ 0x90..=0x9f => Some((usize::from(m & 0x0f), 1)),
+        0xdc => Some((
+            usize::from(u16::from_be_bytes(b.get(1..3)?.try_into().ok()?)),
+            3,
+        )),
+        0xdd => Some((
+            u32::from_be_bytes(b.get(1..5)?.try_into().ok()?) as usize,
+            5,
+        )),
+        _ => None,
+    }
+}
+
+/// Reads a msgpack str header; returns the string's length and the header's size.
+pub(crate) fn str_len(b: &[u8]) -> Option<(usize, usize)> {
+    match *b.first()? {
+        m @ 0xa0..=0xbf => Some((usize::from(m & 0x1f), 1)),
+        0xd9 => Some((usize::from(*b.get(1)?), 2)),
+        0xda => Some((
+            usize::from(u16::from_be_bytes(b.get(1..3)?.try_into().ok()?)),
+            3,
+        )),
+        0xdb => Some((
+            u32::from_be_bytes(b.get(1..5)?.try_into().ok()?) as usize,
+            5,
+        )),
+        _ => None,
+    }
+}

@@ -15,7 +15,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use rpc_core::codec::{Codec, DecodeError, IdSeed, Message};
 use rpc_core::{Error, ErrorCode, Format, Method, MethodName, Payload, ServerError};
 
-use super::{skip_value, MsgPack, MSGPACK};
+use super::{array_len, skip_value, str_len, MsgPack, MSGPACK};
 
 const REQUEST: u8 = 0x00;
 const RESPONSE: u8 = 0x01;
@@ -106,39 +106,6 @@ fn header(dst: &mut BytesMut, kind: u8, id: &MessageId) {
     dst.reserve(HEADER);
     dst.put_u8(kind);
     dst.put_slice(&id.0);
-}
-
-/// Reads a msgpack array header; returns its length and the header's size.
-fn array_len(b: &[u8]) -> Option<(usize, usize)> {
-    match *b.first()? {
-        m @ 0x90..=0x9f => Some((usize::from(m & 0x0f), 1)),
-        0xdc => Some((
-            usize::from(u16::from_be_bytes(b.get(1..3)?.try_into().ok()?)),
-            3,
-        )),
-        0xdd => Some((
-            u32::from_be_bytes(b.get(1..5)?.try_into().ok()?) as usize,
-            5,
-        )),
-        _ => None,
-    }
-}
-
-/// Reads a msgpack str header; returns the string's length and the header's size.
-fn str_len(b: &[u8]) -> Option<(usize, usize)> {
-    match *b.first()? {
-        m @ 0xa0..=0xbf => Some((usize::from(m & 0x1f), 1)),
-        0xd9 => Some((usize::from(*b.get(1)?), 2)),
-        0xda => Some((
-            usize::from(u16::from_be_bytes(b.get(1..3)?.try_into().ok()?)),
-            3,
-        )),
-        0xdb => Some((
-            u32::from_be_bytes(b.get(1..5)?.try_into().ok()?) as usize,
-            5,
-        )),
-        _ => None,
-    }
 }
 
 fn exactly_one_value(b: &[u8]) -> bool {
