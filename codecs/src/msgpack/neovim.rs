@@ -127,11 +127,9 @@ mod tests {
 
     #[test]
     fn handles_round_trip_as_the_ext_values_neovim_sends() {
-        for (value, kind) in [(Value::Ext(0, vec![0x05]), 0)] {
-            let p = Payload::encode(&MsgPack, &(value,)).unwrap();
-            let (b,): (Buffer,) = p.decode().unwrap();
-            assert_eq!((b, Buffer::EXT_TYPE), (Buffer(5), kind));
-        }
+        let p = Payload::encode(&MsgPack, &(Value::Ext(0, vec![0x05]),)).unwrap();
+        let (b,): (Buffer,) = p.decode().unwrap();
+        assert_eq!((b, Buffer::EXT_TYPE), (Buffer(5), 0));
         // Large handles (neovim's window ids start at 1000) take a wider integer.
         let w = Window(1000);
         let p = Payload::encode(&MsgPack, &(w, Tabpage(1))).unwrap();
