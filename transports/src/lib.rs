@@ -7,7 +7,8 @@
 //! | [`tcp`] | TCP | [`Framing`](stream::Framing): length-prefixed by default | one per connection, both ways |
 //! | [`unix`] | Unix stream sockets | as TCP | as TCP, with peer credentials |
 //! | [`memory`] | in-process pipes | as TCP | as TCP |
-//! | [`stream`] | any byte stream ([`stream::Io`]: TLS, a child's stdio, ...) | as TCP | one, both ways |
+//! | [`process`] | a child's stdin and stdout, or one's own | as TCP | one, both ways |
+//! | [`stream`] | any byte stream ([`stream::Io`]: TLS, a pipe, ...) | as TCP | one, both ways |
 //! | [`raw`] | TCP or Unix | basic-socket-rpc's frames | one call at a time per connection, with sessions |
 //!
 //! Every transport gives the same two things: a way to serve a router (or any
@@ -23,6 +24,7 @@
 //! | `tcp` | the TCP transport | yes |
 //! | `unix` | the Unix socket transport (Unix platforms) | yes |
 //! | `memory` | the in-memory transport | yes |
+//! | `process` | child processes and one's own stdio | yes |
 //! | `raw` | basic-socket-rpc's protocol over TCP and Unix sockets | yes |
 #![doc(test(
     no_crate_inject,
@@ -36,13 +38,20 @@ mod dispatch;
 mod life;
 #[cfg(feature = "memory")]
 pub mod memory;
+#[cfg(feature = "process")]
+pub mod process;
 #[cfg(all(unix, feature = "raw"))]
 pub mod raw;
 pub mod serve;
 mod serving;
 mod slots;
 mod stats;
-#[cfg(any(feature = "tcp", feature = "unix", feature = "memory"))]
+#[cfg(any(
+    feature = "tcp",
+    feature = "unix",
+    feature = "memory",
+    feature = "process"
+))]
 pub mod stream;
 mod sync;
 #[cfg(feature = "tcp")]

@@ -27,7 +27,7 @@ const VALIDATION: ErrorCode = MsgpackRpcCodec::VALIDATION;
 /// The MessagePack-RPC codec: neovim's API and plugin hosts, and any peer of the
 /// specification.
 ///
-/// - Request ids are `u32`: a connection's sequence, from 0; answers may come in any order.
+/// - Request ids are `u32`: a connection's sequence, from 1; answers may come in any order.
 ///   Over UDP (a transport the specification does not name) they are the low 32 bits of the
 ///   transport's unguessable seed.
 /// - Methods are named ([`Method::Id`] cannot be encoded); a method may arrive as str or bin.

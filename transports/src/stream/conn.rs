@@ -228,6 +228,14 @@ impl<C: Codec> Conn<C> {
         self.end(Phase::Closed);
     }
 
+    /// Closes the connection as lost, for `why`: calls in flight, and calls made before it is
+    /// seen closed, fail with a transport error that says so (unless it failed already).
+    pub(crate) fn lose(&self, kind: io::ErrorKind, why: String) {
+        let _ = self.lost_because.set((kind, why));
+        self.life.mark_lost();
+        self.close();
+    }
+
     /// Closes the connection and drops what is queued for it, rather than write it.
     pub(crate) fn abort(&self) {
         self.end(Phase::Aborted);

@@ -68,6 +68,16 @@ impl<C: Codec> Connection<C> {
         Self { conn, guard: None }
     }
 
+    /// Closes the connection as lost, for `why` (see `Conn::lose`).
+    pub(crate) fn lose(&self, kind: std::io::ErrorKind, why: String) {
+        self.conn.lose(kind, why);
+    }
+
+    /// A handle that does not keep the connection open.
+    pub(crate) fn weak(&self) -> Self {
+        Self::unguarded(self.conn.clone())
+    }
+
     /// A typed client of the peer.
     pub fn client(&self) -> Client<Self> {
         Client::new(self.clone(), self.conn.codec_format())
