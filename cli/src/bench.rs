@@ -87,7 +87,8 @@ fn histogram() -> Histogram<u64> {
 }
 
 pub(crate) async fn run(args: BenchArgs) -> Result<(), Failure> {
-    let target = Target::parse(&args.target.url, args.target.codec).map_err(Failure::usage)?;
+    let target = Target::parse(&args.target.url, args.target.codec, args.target.framing)
+        .map_err(Failure::usage)?;
     // Each worker paces itself to its share of the total rate: one call every `interval`.
     let interval = match args.rate {
         None => None,

@@ -1,7 +1,9 @@
 //! `rpc`: serve, call and benchmark rpc-stack endpoints from the shell.
 //!
-//! Endpoints are URLs: `udp://HOST:PORT`, `tcp://HOST:PORT`, `unix:///absolute/path`, with
-//! options as query parameters (`?codec=msgpack`). Run `rpc --help` for the commands and exit codes.
+//! Endpoints are URLs: `udp://HOST:PORT`, `tcp://HOST:PORT`, `tls://HOST:PORT`,
+//! `unix:///absolute/path`, with options as query parameters (`?codec=msgpack`,
+//! `?framing=newline`), and `exec:COMMAND ARGS...` (a program started and called over its stdin
+//! and stdout). Run `rpc --help` for the commands and exit codes.
 
 mod bench;
 mod demo;
@@ -18,11 +20,11 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use futures::future::BoxFuture;
 use rpc_codecs::jsonrpc::JsonRpcCodec;
-use rpc_codecs::msgpack::RpcudpCodec;
+use rpc_codecs::msgpack::{MsgpackRpcCodec, RpcudpCodec};
 use rpc_core::{BoxChannel, Client, Codec, Error};
-use rpc_transports::{raw, tcp, tls, udp, unix, Connected, Serving};
+use rpc_transports::{process, raw, tcp, tls, udp, unix, Connected, Serving};
 
-use crate::target::{Address, CodecName, Target};
+use crate::target::{Address, CodecName, FramingName, Target};
 
 const EXIT_CODES: &str = "\
 Exit codes:
@@ -71,7 +73,9 @@ Examples:
   rpc call udp://127.0.0.1:4000 add 2 40
   rpc call udp://127.0.0.1:4000 echo '[1, {\"k\": null}]' --timeout 500ms
   rpc call udp://127.0.0.1:4000 notify_hello 7 --notify
-  rpc call tls://localhost:4443 whoami --tls-ca ca.pem [--tls-cert me.pem --tls-key me.key]"
+  rpc call tls://localhost:4443 whoami --tls-ca ca.pem [--tls-cert me.pem --tls-key me.key]
+  rpc call 'unix:///tmp/nvim.sock?codec=msgpack-rpc' nvim_eval '\"1+2\"'
+  rpc call 'exec:nvim --embed --headless --clean' nvim_eval '\"1+2\"' --codec msgpack-rpc"
     )]
     Call(CallArgs),
     /// Load an endpoint with calls and report throughput and latency (of the calls that
@@ -89,9 +93,15 @@ struct ServeArgs {
     /// An endpoint URL to listen on; repeat for more. Port 0 picks a free port.
     #[arg(long = "listen", value_name = "URL", required = true)]
     listen: Vec<String>,
-    /// The codec, unless a URL names its own (`?codec=`).
+    /// The codec, unless a URL names its own (`?codec=`): msgpack, jsonrpc, raw or
+    /// msgpack-rpc.
     #[arg(long, default_value = "msgpack", value_parser = CodecName::parse)]
     codec: CodecName,
+    /// How frames are delimited on streams, unless a URL names its own (`?framing=`): length,
+    /// newline, eot, content-length or msgpack. Default: msgpack for the msgpack-rpc codec,
+    /// length otherwise.
+    #[arg(long, value_parser = FramingName::parse)]
+    framing: Option<FramingName>,
     /// How long shutdown waits for calls in progress.
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     grace: Duration,
@@ -230,16 +240,22 @@ impl TransportLimits {
 /// What to call: the endpoint, the method and its arguments.
 #[derive(Args)]
 pub(crate) struct CallTarget {
-    /// The endpoint URL.
+    /// The endpoint URL, or exec:COMMAND ARGS... (one argument: quote it for the shell).
     pub(crate) url: String,
     /// The method name.
     pub(crate) method: String,
     /// Arguments, each a JSON value.
     #[arg(value_name = "ARG", allow_negative_numbers = true)]
     pub(crate) args: Vec<String>,
-    /// The codec, unless the URL names its own (`?codec=`).
+    /// The codec, unless the URL names its own (`?codec=`): msgpack, jsonrpc, raw or
+    /// msgpack-rpc.
     #[arg(long, default_value = "msgpack", value_parser = CodecName::parse)]
     pub(crate) codec: CodecName,
+    /// How frames are delimited on streams, unless the URL names its own (`?framing=`):
+    /// length, newline, eot, content-length or msgpack. Default: msgpack for the msgpack-rpc
+    /// codec, length otherwise.
+    #[arg(long, value_parser = FramingName::parse)]
+    pub(crate) framing: Option<FramingName>,
     #[command(flatten)]
     pub(crate) tls: ClientTls,
 }
@@ -364,8 +380,9 @@ pub(crate) async fn client_for(
     tls: Option<&Arc<tls::rustls::ClientConfig>>,
 ) -> Result<Client<BoxChannel>, Failure> {
     match target.codec {
-        CodecName::Msgpack => client_with(&target.address, RpcudpCodec::new(), timeout, tls).await,
-        CodecName::JsonRpc => client_with(&target.address, JsonRpcCodec::new(), timeout, tls).await,
+        CodecName::Msgpack => client_with(target, RpcudpCodec::new(), timeout, tls).await,
+        CodecName::JsonRpc => client_with(target, JsonRpcCodec::new(), timeout, tls).await,
+        CodecName::MsgpackRpc => client_with(target, MsgpackRpcCodec::new(), timeout, tls).await,
         CodecName::Raw => match &target.address {
             Address::Tcp(addr) => Ok(raw::Builder::new()
                 .timeout(timeout)
@@ -379,8 +396,8 @@ pub(crate) async fn client_for(
                 .timeout(timeout)
                 .client_unix(path)
                 .boxed()),
-            Address::Udp(_) => Err(Failure::usage(
-                "the raw codec (basic-socket-rpc) runs over tcp:// or unix://, not udp://",
+            Address::Udp(_) | Address::Exec(_) => Err(Failure::usage(
+                "the raw codec (basic-socket-rpc) runs over tcp://, tls:// or unix://",
             )),
         },
     }
@@ -424,15 +441,16 @@ fn tls_address(
     tls::Address::new(addr, host, config).map_err(|e| Failure::usage(e.to_string()))
 }
 
-/// A client of `address` whose calls wait at most `timeout` for their answers (the transport's
+/// A client of `target` whose calls wait at most `timeout` for their answers (the transport's
 /// timeout: no request is changed per call).
 async fn client_with<C: Codec>(
-    address: &Address,
+    target: &Target,
     codec: C,
     timeout: Duration,
     tls: Option<&Arc<tls::rustls::ClientConfig>>,
 ) -> Result<Client<BoxChannel>, Failure> {
-    Ok(match address {
+    let framing = target.stream_framing();
+    Ok(match &target.address {
         Address::Udp(peer) => {
             let local = local_udp_addr(*peer);
             udp::Builder::new()
@@ -445,16 +463,32 @@ async fn client_with<C: Codec>(
         }
         Address::Tcp(addr) => tcp::Builder::new()
             .timeout(timeout)
+            .framing(framing)
             .client(*addr, codec)
             .boxed(),
         Address::Tls { addr, host } => tls::Builder::new()
             .timeout(timeout)
+            .framing(framing)
             .client(tls_address(*addr, host, tls)?, codec)
             .boxed(),
         Address::Unix(path) => unix::Builder::new()
             .timeout(timeout)
+            .framing(framing)
             .client(path, codec)
             .boxed(),
+        Address::Exec(words) => {
+            let mut command = std::process::Command::new(&words[0]);
+            command.args(&words[1..]);
+            // The child lives as long as its connection: when this process drops it, the
+            // child's stdin closes.
+            process::builder()
+                .timeout(timeout)
+                .framing(framing)
+                .spawn(command, codec)
+                .map_err(|e| Failure::transport(e.to_string()))?
+                .client()
+                .boxed()
+        }
     })
 }
 
@@ -523,9 +557,12 @@ async fn start(
     };
     match target.codec {
         CodecName::Msgpack => {
+            start_with(target, RpcudpCodec::new(), url, service, limits, tls_config).await
+        }
+        CodecName::JsonRpc => {
             start_with(
-                &target.address,
-                RpcudpCodec::new(),
+                target,
+                JsonRpcCodec::new(),
                 url,
                 service,
                 limits,
@@ -533,10 +570,10 @@ async fn start(
             )
             .await
         }
-        CodecName::JsonRpc => {
+        CodecName::MsgpackRpc => {
             start_with(
-                &target.address,
-                JsonRpcCodec::new(),
+                target,
+                MsgpackRpcCodec::new(),
                 url,
                 service,
                 limits,
@@ -569,13 +606,18 @@ async fn start(
                 Address::Udp(_) => Err(Failure::usage(
                     "the raw codec (basic-socket-rpc) runs over tcp:// or unix://, not udp://",
                 )),
+                Address::Exec(_) => Err(serve_exec()),
             }
         }
     }
 }
 
+fn serve_exec() -> Failure {
+    Failure::usage("exec: endpoints are for rpc call and rpc bench: rpc serve listens")
+}
+
 async fn start_with<C: Codec>(
-    address: &Address,
+    target: &Target,
     codec: C,
     url: &str,
     service: &demo::Service,
@@ -587,7 +629,8 @@ async fn start_with<C: Codec>(
         Some((_, query)) => format!("?{query}"),
         None => String::new(),
     };
-    Ok(match address {
+    let framing = target.stream_framing();
+    Ok(match &target.address {
         Address::Udp(addr) => {
             let e = limits
                 .shared(udp::Builder::new())
@@ -601,6 +644,7 @@ async fn start_with<C: Codec>(
         Address::Tcp(addr) => {
             let s = limits
                 .connected(tcp::Builder::new())
+                .framing(framing)
                 .serve(service.clone())
                 .bind(*addr, codec)
                 .await
@@ -611,6 +655,7 @@ async fn start_with<C: Codec>(
         Address::Tls { addr, .. } => {
             let s = limits
                 .connected(tls::Builder::new())
+                .framing(framing)
                 .serve(service.clone())
                 .bind(*addr, tls()?, codec)
                 .await
@@ -621,12 +666,14 @@ async fn start_with<C: Codec>(
         Address::Unix(path) => {
             let s = limits
                 .connected(unix::Builder::new())
+                .framing(framing)
                 .serve(service.clone())
                 .bind(path, codec)
                 .await
                 .map_err(cannot)?;
             (Box::new(s), format!("unix://{}{suffix}", path.display()))
         }
+        Address::Exec(_) => return Err(serve_exec()),
     })
 }
 
@@ -664,7 +711,8 @@ pub(crate) fn to_json(v: rmpv::Value) -> serde_json::Value {
 }
 
 async fn call(args: CallArgs) -> Result<(), Failure> {
-    let target = Target::parse(&args.target.url, args.target.codec).map_err(Failure::usage)?;
+    let target = Target::parse(&args.target.url, args.target.codec, args.target.framing)
+        .map_err(Failure::usage)?;
     if args.returns.is_some() && target.codec != CodecName::Raw {
         return Err(Failure::usage(
             "--returns is for the raw codec (basic-socket-rpc), whose results carry no types",
@@ -719,7 +767,7 @@ async fn serve(args: ServeArgs) -> Result<(), Failure> {
     let targets = args
         .listen
         .iter()
-        .map(|url| Target::parse(url, args.codec).map_err(Failure::usage))
+        .map(|url| Target::parse(url, args.codec, args.framing).map_err(Failure::usage))
         .collect::<Result<Vec<_>, _>>()?;
     if tls.is_some()
         && !targets

@@ -1,5 +1,6 @@
 //! Endpoint URLs: `udp://HOST:PORT`, `tcp://HOST:PORT`, `tls://HOST:PORT`, `unix:///path`, with
-//! `?codec=NAME`.
+//! `?codec=NAME` and `?framing=NAME`; and `exec:COMMAND ARGS...`, a program to start and talk to
+//! over its stdin and stdout.
 
 use std::fmt;
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -16,6 +17,8 @@ pub(crate) enum CodecName {
     JsonRpc,
     /// basic-socket-rpc's binary frames.
     Raw,
+    /// MessagePack-RPC (neovim's).
+    MsgpackRpc,
 }
 
 impl CodecName {
@@ -24,8 +27,9 @@ impl CodecName {
             "msgpack" => Ok(Self::Msgpack),
             "jsonrpc" => Ok(Self::JsonRpc),
             "raw" => Ok(Self::Raw),
+            "msgpack-rpc" => Ok(Self::MsgpackRpc),
             other => Err(format!(
-                "unknown codec {other:?}: expected msgpack, jsonrpc or raw"
+                "unknown codec {other:?}: expected msgpack, jsonrpc, raw or msgpack-rpc"
             )),
         }
     }
@@ -37,6 +41,69 @@ impl fmt::Display for CodecName {
             Self::Msgpack => "msgpack",
             Self::JsonRpc => "jsonrpc",
             Self::Raw => "raw",
+            Self::MsgpackRpc => "msgpack-rpc",
+        })
+    }
+}
+
+/// How frames are delimited on a stream, by name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum FramingName {
+    /// A 4-byte big-endian length before each frame.
+    Length,
+    /// A newline after each frame.
+    Newline,
+    /// The byte 0x04 after each frame.
+    Eot,
+    /// `Content-Length` headers before each frame (the Language Server Protocol's).
+    ContentLength,
+    /// Each frame one msgpack value, nothing around it.
+    Msgpack,
+}
+
+impl FramingName {
+    pub(crate) fn parse(s: &str) -> Result<Self, String> {
+        match s {
+            "length" => Ok(Self::Length),
+            "newline" => Ok(Self::Newline),
+            "eot" => Ok(Self::Eot),
+            "content-length" => Ok(Self::ContentLength),
+            "msgpack" => Ok(Self::Msgpack),
+            other => Err(format!(
+                "unknown framing {other:?}: expected length, newline, eot, content-length or msgpack"
+            )),
+        }
+    }
+
+    /// The framing of a stream with `codec` when none is named: msgpack-rpc's messages delimit
+    /// themselves, as neovim sends them; the others are length-prefixed.
+    pub(crate) fn default_for(codec: CodecName) -> Self {
+        match codec {
+            CodecName::MsgpackRpc => Self::Msgpack,
+            _ => Self::Length,
+        }
+    }
+
+    pub(crate) fn framing(self) -> rpc_transports::stream::Framing {
+        use rpc_transports::stream::Framing;
+        match self {
+            Self::Length => Framing::LengthPrefixed,
+            Self::Newline => Framing::Newline,
+            Self::Eot => Framing::Eot,
+            Self::ContentLength => Framing::ContentLength,
+            Self::Msgpack => Framing::MsgPack,
+        }
+    }
+}
+
+impl fmt::Display for FramingName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(match self {
+            Self::Length => "length",
+            Self::Newline => "newline",
+            Self::Eot => "eot",
+            Self::ContentLength => "content-length",
+            Self::Msgpack => "msgpack",
         })
     }
 }
@@ -53,6 +120,8 @@ pub(crate) enum Address {
         host: String,
     },
     Unix(PathBuf),
+    /// A program to start, and its arguments: its stdin and stdout are the stream.
+    Exec(Vec<String>),
 }
 
 /// A parsed endpoint URL.
@@ -60,21 +129,45 @@ pub(crate) enum Address {
 pub(crate) struct Target {
     pub(crate) address: Address,
     pub(crate) codec: CodecName,
+    /// The framing named, if any (streams only).
+    pub(crate) framing: Option<FramingName>,
 }
 
 impl Target {
-    /// Parses `url`; `default_codec` applies when the URL names none.
-    pub(crate) fn parse(url: &str, default_codec: CodecName) -> Result<Self, String> {
+    /// Parses `url`; `default_codec` and `default_framing` apply when the URL names none.
+    pub(crate) fn parse(
+        url: &str,
+        default_codec: CodecName,
+        default_framing: Option<FramingName>,
+    ) -> Result<Self, String> {
+        if let Some(line) = url.strip_prefix("exec:") {
+            let words = shlex::split(line)
+                .ok_or_else(|| format!("{url:?}: an unfinished quote or escape"))?;
+            if words.is_empty() {
+                return Err(format!(
+                    "{url:?}: exec: takes a command, as exec:nvim --embed"
+                ));
+            }
+            let target = Self {
+                address: Address::Exec(words),
+                codec: default_codec,
+                framing: default_framing,
+            };
+            target.check()?;
+            return Ok(target);
+        }
         let parsed = Url::parse(url).map_err(|e| {
-            format!("bad endpoint URL {url:?}: {e} (expected udp://HOST:PORT, tcp://HOST:PORT, tls://HOST:PORT or unix:///PATH)")
+            format!("bad endpoint URL {url:?}: {e} (expected udp://HOST:PORT, tcp://HOST:PORT, tls://HOST:PORT, unix:///PATH or exec:COMMAND)")
         })?;
         let mut codec = default_codec;
+        let mut framing = default_framing;
         for (k, v) in parsed.query_pairs() {
             match &*k {
                 "codec" => codec = CodecName::parse(&v)?,
+                "framing" => framing = Some(FramingName::parse(&v)?),
                 other => {
                     return Err(format!(
-                        "unknown URL option {other:?} in {url:?}: expected codec"
+                        "unknown URL option {other:?} in {url:?}: expected codec or framing"
                     ))
                 }
             }
@@ -123,11 +216,37 @@ impl Target {
             }
             other => {
                 return Err(format!(
-                    "unknown scheme {other:?} in {url:?}: expected udp, tcp, tls or unix"
+                    "unknown scheme {other:?} in {url:?}: expected udp, tcp, tls, unix or exec"
                 ))
             }
         };
-        Ok(Self { address, codec })
+        let target = Self {
+            address,
+            codec,
+            framing,
+        };
+        target.check()?;
+        Ok(target)
+    }
+
+    /// Refuses a framing where it means nothing: over UDP, and with basic-socket-rpc's frames.
+    fn check(&self) -> Result<(), String> {
+        match (self.framing, &self.address, self.codec) {
+            (Some(_), Address::Udp(_), _) => {
+                Err("a framing is for streams; over udp:// a datagram is a message".into())
+            }
+            (Some(_), _, CodecName::Raw) => {
+                Err("the raw codec (basic-socket-rpc) has frames of its own: no framing".into())
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// The framing of this stream: the one named, or the codec's.
+    pub(crate) fn stream_framing(&self) -> rpc_transports::stream::Framing {
+        self.framing
+            .unwrap_or_else(|| FramingName::default_for(self.codec))
+            .framing()
     }
 }
 
@@ -138,6 +257,11 @@ impl fmt::Display for Address {
             Address::Tcp(a) => write!(f, "tcp://{a}"),
             Address::Tls { addr, .. } => write!(f, "tls://{addr}"),
             Address::Unix(p) => write!(f, "unix://{}", p.display()),
+            Address::Exec(words) => write!(
+                f,
+                "exec:{}",
+                shlex::try_join(words.iter().map(String::as_str)).unwrap_or_default()
+            ),
         }
     }
 }
@@ -148,23 +272,63 @@ mod tests {
 
     #[test]
     fn parses_every_scheme() {
-        let t = Target::parse("udp://127.0.0.1:1234", CodecName::Msgpack).unwrap();
+        let t = Target::parse("udp://127.0.0.1:1234", CodecName::Msgpack, None).unwrap();
         assert_eq!(t.address, Address::Udp("127.0.0.1:1234".parse().unwrap()));
-        let t = Target::parse("tcp://[::1]:80?codec=jsonrpc", CodecName::Msgpack).unwrap();
+        let t = Target::parse("tcp://[::1]:80?codec=jsonrpc", CodecName::Msgpack, None).unwrap();
         assert_eq!(t.address, Address::Tcp("[::1]:80".parse().unwrap()));
-        let tls = Target::parse("tls://localhost:443", CodecName::Msgpack).unwrap();
+        let tls = Target::parse("tls://localhost:443", CodecName::Msgpack, None).unwrap();
         assert!(
             matches!(&tls.address, Address::Tls { host, addr } if host == "localhost" && addr.port() == 443),
             "{:?}",
             tls.address
         );
         assert_eq!(t.codec, CodecName::JsonRpc);
-        let t = Target::parse("unix:///tmp/x.sock", CodecName::Raw).unwrap();
+        let t = Target::parse("unix:///tmp/x.sock", CodecName::Raw, None).unwrap();
         assert_eq!(t.address, Address::Unix("/tmp/x.sock".into()));
         assert_eq!(t.codec, CodecName::Raw);
         // Percent-encoded characters are decoded.
-        let t = Target::parse("unix:///tmp/a%20b%C3%A9.sock", CodecName::Msgpack).unwrap();
+        let t = Target::parse("unix:///tmp/a%20b%C3%A9.sock", CodecName::Msgpack, None).unwrap();
         assert_eq!(t.address, Address::Unix("/tmp/a bé.sock".into()));
+        // A command line, split as a shell would, and run without one.
+        let t = Target::parse(
+            "exec:nvim --embed --cmd 'let g:x = \"a b\"'",
+            CodecName::MsgpackRpc,
+            None,
+        )
+        .unwrap();
+        assert_eq!(
+            t.address,
+            Address::Exec(vec![
+                "nvim".into(),
+                "--embed".into(),
+                "--cmd".into(),
+                "let g:x = \"a b\"".into()
+            ])
+        );
+        assert!(matches!(
+            t.stream_framing(),
+            rpc_transports::stream::Framing::MsgPack
+        ));
+        let t = Target::parse(
+            "unix:///tmp/n.sock?codec=jsonrpc&framing=content-length",
+            CodecName::Msgpack,
+            None,
+        )
+        .unwrap();
+        assert!(matches!(
+            t.stream_framing(),
+            rpc_transports::stream::Framing::ContentLength
+        ));
+        let t = Target::parse(
+            "tcp://127.0.0.1:1",
+            CodecName::JsonRpc,
+            Some(FramingName::Newline),
+        )
+        .unwrap();
+        assert!(matches!(
+            t.stream_framing(),
+            rpc_transports::stream::Framing::Newline
+        ));
     }
 
     #[test]
@@ -178,8 +342,16 @@ mod tests {
             ("not a url", "bad endpoint URL"),
             ("unix:tmp/x.sock", "absolute path"),
             ("unix://host/tmp/x.sock", "absolute path"),
+            ("exec:", "takes a command"),
+            ("exec:nvim 'unfinished", "unfinished quote"),
+            ("tcp://127.0.0.1:1?framing=xml", "unknown framing"),
+            ("udp://127.0.0.1:1?framing=newline", "for streams"),
+            (
+                "tcp://127.0.0.1:1?codec=raw&framing=newline",
+                "frames of its own",
+            ),
         ] {
-            let e = Target::parse(url, CodecName::Msgpack).unwrap_err();
+            let e = Target::parse(url, CodecName::Msgpack, None).unwrap_err();
             assert!(e.contains(says), "{url}: {e}");
         }
     }
