@@ -138,6 +138,49 @@ pub async fn python_run_passes(script: &str, args: &[&str]) {
     );
 }
 
+/// Makes sure `program` runs (`program --version`), installing Debian's `package` with apt-get
+/// if it does not (and the package lists first, if the install fails without them). apt-get
+/// waits up to two minutes for another install to finish.
+///
+/// # Panics
+///
+/// If the program is missing and cannot be installed.
+pub fn ensure_debian_program(program: &str, package: &str) {
+    let present = || {
+        Command::new(program)
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    if present() {
+        return;
+    }
+    let apt = |args: &[&str]| {
+        Command::new("apt-get")
+            .args(["-o", "DPkg::Lock::Timeout=120", "-q", "-y"])
+            .args(args)
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .output()
+    };
+    let mut out = apt(&["install", "--no-install-recommends", package]);
+    if !out.as_ref().is_ok_and(|o| o.status.success()) {
+        let _ = apt(&["update"]);
+        out = apt(&["install", "--no-install-recommends", package]);
+    }
+    let why = match &out {
+        Ok(o) => format!(
+            "{}\n{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        ),
+        Err(e) => e.to_string(),
+    };
+    assert!(
+        present(),
+        "{program} is not installed and `apt-get install {package}` failed:\n{why}"
+    );
+}
+
 /// A Python peer process, killed on drop.
 #[derive(Debug)]
 pub struct PeerProcess {
