@@ -327,3 +327,64 @@ fn the_rpc_tool_calls_neovim() {
     assert_eq!(out.status.code(), Some(4), "{out:?}");
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/nvim"));
 }
+
+/// The `nvim_plugin` example, a program serving over its own stdio, started by neovim as an
+/// RPC job: neovim calls it, it calls neovim back, and it exits when told.
+#[tokio::test]
+async fn neovim_runs_a_plugin_that_serves_over_its_stdio() {
+    ensure_nvim();
+    let mut command = Command::new("nvim");
+    command.args(["--embed", "--headless", "--clean"]);
+    let child = process::builder()
+        .framing(Framing::MsgPack)
+        .spawn(command, MsgpackRpcCodec::new())
+        .unwrap();
+    let nvim = child.client();
+    let plugin = interop::example("nvim_plugin");
+    let job: i64 = nvim
+        .call(
+            "nvim_eval",
+            (format!(
+                "jobstart(['{}'], {{'rpc': v:true}})",
+                plugin.display()
+            ),),
+        )
+        .await
+        .unwrap();
+    assert!(job > 0, "jobstart gave {job}");
+    let sum: i64 = nvim
+        .call("nvim_eval", (format!("rpcrequest({job}, 'add', 20, 22)"),))
+        .await
+        .unwrap();
+    assert_eq!(sum, 42);
+    let said: String = nvim
+        .call("nvim_eval", (format!("rpcrequest({job}, 'greet', 'Ada')"),))
+        .await
+        .unwrap();
+    assert_eq!(said, "greeted Ada; buffer 1 has 1 line(s)");
+    let greeting: String = nvim.call("nvim_get_var", ("greeting",)).await.unwrap();
+    assert_eq!(greeting, "hello Ada");
+    // A plugin's error reaches neovim's caller.
+    let caught: String = nvim
+        .call(
+            "nvim_exec_lua",
+            (
+                format!("local ok, e = pcall(vim.rpcrequest, {job}, 'no_such') return tostring(e)"),
+                Vec::<Value>::new(),
+            ),
+        )
+        .await
+        .unwrap();
+    assert!(caught.contains("method not found: no_such"), "{caught}");
+    let () = nvim
+        .call("nvim_eval", (format!("rpcnotify({job}, 'quit')"),))
+        .await
+        .map(|_: i64| ())
+        .unwrap();
+    let exited: Vec<i64> = nvim
+        .call("nvim_eval", (format!("jobwait([{job}], 5000)"),))
+        .await
+        .unwrap();
+    assert_eq!(exited, vec![0], "the plugin exited 0 when told to quit");
+    child.kill();
+}
