@@ -1,6 +1,7 @@
 //! End to end over real sockets, in one run and under the same conditions: raw tokio echo
 //! servers and clients per transport (no RPC: the baseline), rpc-stack for each transport and
-//! codec, and tarpc over TCP (bincode and JSON), in three shapes: one connection with one call
+//! codec (MessagePack-RPC over a Unix socket beside rpcudp's envelope over the same kind of
+//! socket), and tarpc over TCP (bincode and JSON), in three shapes: one connection with one call
 //! in flight, one connection with 64, and 16 connections with 8 each. Every call sends a
 //! 32-byte string and gets it back.
 //!
@@ -26,8 +27,9 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use hdrhistogram::Histogram;
 use rpc_codecs::jsonrpc::JsonRpcCodec;
-use rpc_codecs::msgpack::RpcudpCodec;
+use rpc_codecs::msgpack::{MsgpackRpcCodec, RpcudpCodec};
 use rpc_core::{Client, Route, Router};
+use rpc_transports::stream::Framing;
 use rpc_transports::{raw, tcp, tls, udp, unix};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, BufWriter};
 use tokio::net::{TcpListener, TcpStream, UdpSocket, UnixListener, UnixStream};
@@ -69,6 +71,7 @@ struct Addrs {
     msgpack_tcp: SocketAddr,
     msgpack_udp: SocketAddr,
     msgpack_unix: PathBuf,
+    msgpack_rpc_unix: PathBuf,
     jsonrpc_tcp: SocketAddr,
     bsr_tcp: SocketAddr,
     tarpc_bincode: SocketAddr,
@@ -175,6 +178,14 @@ async fn start_servers(dir: &std::path::Path) -> (Addrs, Vec<Box<dyn std::any::A
         .await
         .expect("bind");
     keep.push(Box::new(s));
+    let msgpack_rpc_unix = dir.join("msgpack-rpc.sock");
+    let s = unix::Builder::new()
+        .framing(Framing::MsgPack)
+        .serve(router())
+        .bind(&msgpack_rpc_unix, MsgpackRpcCodec::new())
+        .await
+        .expect("bind");
+    keep.push(Box::new(s));
     let s = tcp::Builder::new()
         .serve(router())
         .bind(local, JsonRpcCodec::new())
@@ -209,6 +220,7 @@ async fn start_servers(dir: &std::path::Path) -> (Addrs, Vec<Box<dyn std::any::A
         msgpack_tcp,
         msgpack_udp,
         msgpack_unix,
+        msgpack_rpc_unix,
         jsonrpc_tcp,
         bsr_tcp,
         tarpc_bincode,
@@ -613,6 +625,7 @@ fn systems(a: &Addrs) -> Vec<System> {
     let (jsonrpc_tcp, bsr_tcp) = (a.jsonrpc_tcp, a.bsr_tcp);
     let (tarpc_bincode, tarpc_json) = (a.tarpc_bincode, a.tarpc_json);
     let (msgpack_tls, tls_ca) = (a.msgpack_tls, a.tls_ca.clone());
+    let msgpack_rpc_unix = a.msgpack_rpc_unix.clone();
     vec![
         system("raw tcp", move |slots| async move {
             let s = TcpStream::connect(raw_tcp).await.expect("connect");
@@ -655,6 +668,14 @@ fn systems(a: &Addrs) -> Vec<System> {
         system("rpc-stack msgpack unix", move |_| {
             let path = msgpack_unix.clone();
             async move { unix::Builder::new().client(path, RpcudpCodec::new()) }
+        }),
+        system("rpc-stack msgpack-rpc unix", move |_| {
+            let path = msgpack_rpc_unix.clone();
+            async move {
+                unix::Builder::new()
+                    .framing(Framing::MsgPack)
+                    .client(path, MsgpackRpcCodec::new())
+            }
         }),
         system("rpc-stack msgpack tls", move |_| {
             let config = tls_client_config(&tls_ca);
@@ -705,13 +726,20 @@ fn median<T: Copy>(mut runs: Vec<T>, rate: impl Fn(&T) -> f64) -> T {
 }
 
 /// The targets: (system, shape, baseline, least ratio).
-const TARGETS: [(&str, &str, &str, f64); 10] = [
+const TARGETS: [(&str, &str, &str, f64); 11] = [
     ("rpc-stack msgpack tcp", "1x1", "raw tcp", 0.75),
     ("rpc-stack msgpack tcp", "1x64", "raw tcp", 0.5),
     ("rpc-stack msgpack tcp", "16x8", "raw tcp", 0.5),
     ("rpc-stack msgpack udp", "1x1", "raw udp", 0.75),
     ("rpc-stack msgpack udp", "1x64", "raw udp", 0.75),
     ("rpc-stack msgpack unix", "1x64", "raw unix", 0.5),
+    // MessagePack-RPC measures each frame as it arrives; rpcudp's envelope is length-prefixed.
+    (
+        "rpc-stack msgpack-rpc unix",
+        "1x64",
+        "rpc-stack msgpack unix",
+        0.85,
+    ),
     ("rpc-stack jsonrpc tcp", "1x64", "raw tcp", 0.35),
     ("rpc-stack msgpack tcp", "1x64", "tarpc bincode tcp", 3.0),
     (
@@ -734,13 +762,14 @@ impl Addrs {
     /// One line, for the environment of a client process.
     fn to_line(&self) -> String {
         format!(
-            "{} {} {} {} {} {} {} {} {} {} {} {}",
+            "{} {} {} {} {} {} {} {} {} {} {} {} {}",
             self.raw_tcp,
             self.raw_udp,
             self.raw_unix.display(),
             self.msgpack_tcp,
             self.msgpack_udp,
             self.msgpack_unix.display(),
+            self.msgpack_rpc_unix.display(),
             self.jsonrpc_tcp,
             self.bsr_tcp,
             self.tarpc_bincode,
@@ -760,12 +789,13 @@ impl Addrs {
             msgpack_tcp: sock(3),
             msgpack_udp: sock(4),
             msgpack_unix: f[5].into(),
-            jsonrpc_tcp: sock(6),
-            bsr_tcp: sock(7),
-            tarpc_bincode: sock(8),
-            tarpc_json: sock(9),
-            msgpack_tls: sock(10),
-            tls_ca: f[11].into(),
+            msgpack_rpc_unix: f[6].into(),
+            jsonrpc_tcp: sock(7),
+            bsr_tcp: sock(8),
+            tarpc_bincode: sock(9),
+            tarpc_json: sock(10),
+            msgpack_tls: sock(11),
+            tls_ca: f[12].into(),
         }
     }
 }
@@ -1207,7 +1237,7 @@ fn main() {
     if std::env::var("RPC_BENCH_PROCESSES").is_ok_and(|v| v == "1") {
         // The systems' names, without their servers: the server process has them.
         let names: Vec<&'static str> = systems(&Addrs::from_line(
-            "127.0.0.1:9 127.0.0.1:9 /x 127.0.0.1:9 127.0.0.1:9 /x 127.0.0.1:9 127.0.0.1:9 127.0.0.1:9 127.0.0.1:9 127.0.0.1:9 /x",
+            "127.0.0.1:9 127.0.0.1:9 /x 127.0.0.1:9 127.0.0.1:9 /x /x 127.0.0.1:9 127.0.0.1:9 127.0.0.1:9 127.0.0.1:9 127.0.0.1:9 /x",
         ))
         .iter()
         .map(|s| s.name)
