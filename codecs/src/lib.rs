@@ -8,6 +8,7 @@
 //! | module | format | codec | wire-compatible with |
 //! |---|---|---|---|
 //! | [`msgpack`] | [`MsgPack`](msgpack::MsgPack) | [`RpcudpCodec`](msgpack::RpcudpCodec) | rpcudp 5.0.1, kademlia 2.2.3 |
+//! | [`msgpack`] | [`MsgPack`](msgpack::MsgPack) | [`MsgpackRpcCodec`](msgpack::MsgpackRpcCodec) | MessagePack-RPC: neovim, its plugin hosts |
 //! | [`jsonrpc`] | [`Json`](jsonrpc::Json) | [`JsonRpcCodec`](jsonrpc::JsonRpcCodec) | the JSON-RPC 2.0 specification, jsonrpcserver, jsonrpcclient |
 //! | [`raw`] | [`Le`](raw::Le) | — (values only) | basic-socket-rpc 0.6.1 (arguments and results) |
 //!
@@ -15,7 +16,7 @@
 //!
 //! | name | what | default |
 //! |---|---|---|
-//! | `msgpack` | MessagePack values and rpcudp's datagram format | yes |
+//! | `msgpack` | MessagePack values, rpcudp's datagram format and MessagePack-RPC | yes |
 //! | `jsonrpc` | JSON values and JSON-RPC 2.0 | yes |
 //! | `raw` | little-endian binary values (basic-socket-rpc) | yes |
 #![doc(test(
