@@ -1033,3 +1033,108 @@ fn openssl_verifies_the_servers_chain() {
         .unwrap();
     assert!(!out.status.success());
 }
+
+#[test]
+fn msgpack_rpc_and_every_framing_serve_and_call() {
+    // msgpack-rpc on its own framing (one msgpack value per frame) over TCP and a Unix socket,
+    // and JSON-RPC with Content-Length headers.
+    let dir = std::env::temp_dir().join(format!("rpc-cli-framing-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let sock = dir.join("m.sock");
+    let unix = format!("unix://{}?codec=msgpack-rpc", sock.display());
+    let (child, urls) = Server::spawn(
+        &[
+            "--listen",
+            "tcp://127.0.0.1:0?codec=msgpack-rpc",
+            "--listen",
+            &unix,
+            "--listen",
+            "tcp://127.0.0.1:0?codec=jsonrpc&framing=content-length",
+        ],
+        3,
+    );
+    let _server = Server {
+        child,
+        url: urls[0].clone(),
+    };
+    assert!(urls[0].ends_with("?codec=msgpack-rpc"), "{urls:?}");
+    for url in &urls {
+        assert_eq!(
+            call(url, "add", &["2", "40"]),
+            (0, "42".into(), String::new()),
+            "{url}"
+        );
+    }
+    // Errors keep their meaning across msgpack-rpc.
+    let (code, _, err) = call(&urls[0], "fail", &["\"boom\""]);
+    assert_eq!(code, 1);
+    assert!(err.contains("boom"), "{err}");
+
+    // --framing applies to every URL that names none.
+    let newline = Server::start_with(&[
+        "--listen",
+        "tcp://127.0.0.1:0",
+        "--codec",
+        "jsonrpc",
+        "--framing",
+        "newline",
+    ]);
+    let flags = ["2", "40", "--codec", "jsonrpc", "--timeout", "500ms"];
+    let with = |extra: &[&'static str]| [&flags[..], extra].concat();
+    assert_eq!(
+        call(&newline.url, "add", &with(&["--framing", "newline"])),
+        (0, "42".into(), String::new())
+    );
+    // A client on another framing gets no answer it can read.
+    let (code, _, _) = call(&newline.url, "add", &with(&[]));
+    assert_eq!(code, 3);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn exec_endpoints_start_the_program_and_explain_what_they_cannot_do() {
+    // A child that answers one newline-framed JSON-RPC call with 42.
+    let script =
+        r#"exec:sh -c 'read -r call; echo "{\"jsonrpc\":\"2.0\",\"id\":1,\"result\":42}"'"#;
+    let out = rpc(&[
+        "call",
+        script,
+        "answer",
+        "--codec",
+        "jsonrpc",
+        "--framing",
+        "newline",
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "42");
+    // A child that exits without answering: a transport failure, at once.
+    let started = std::time::Instant::now();
+    let out = rpc(&[
+        "call",
+        "exec:sh -c 'read -r call; exit 3'",
+        "answer",
+        "--codec",
+        "jsonrpc",
+        "--framing",
+        "newline",
+        "--timeout",
+        "20s",
+    ]);
+    assert_eq!(out.status.code(), Some(4), "{out:?}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(10));
+    for (args, says) in [
+        (vec!["serve", "--listen", "exec:cat"], "rpc serve listens"),
+        (vec!["call", "exec:", "x"], "takes a command"),
+        (vec!["call", "exec:cat 'open", "x"], "unfinished quote"),
+        (
+            vec!["call", "udp://127.0.0.1:1?framing=newline", "x"],
+            "for streams",
+        ),
+        (vec!["call", "exec:cat", "0", "--codec", "raw"], "raw codec"),
+    ] {
+        let out = rpc(&args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {out:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(says), "{args:?}: {err}");
+    }
+}
