@@ -163,8 +163,9 @@ async fn run(command: Vec<String>) -> Result<u8, Box<dyn std::error::Error>> {
         _ => eprintln!("no diagnostics within 30 s"),
     }
 
-    request(&client, "shutdown", Value::Null).await?;
-    notify(&client, "exit", Value::Null).await?;
+    // No params at all (JSON-RPC has no `"params": null`).
+    let () = client.call("shutdown", ()).await?;
+    client.notify("exit", ()).await?;
     let status = tokio::time::timeout(Duration::from_secs(10), server.wait()).await;
     let _ = std::fs::remove_dir_all(&dir);
     match status {

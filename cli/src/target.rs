@@ -148,23 +148,26 @@ impl Target {
                     "{url:?}: exec: takes a command, as exec:nvim --embed"
                 ));
             }
-            let target = Self {
+            return Self {
                 address: Address::Exec(words),
                 codec: default_codec,
                 framing: default_framing,
-            };
-            target.check()?;
-            return Ok(target);
+            }
+            .checked(false);
         }
         let parsed = Url::parse(url).map_err(|e| {
             format!("bad endpoint URL {url:?}: {e} (expected udp://HOST:PORT, tcp://HOST:PORT, tls://HOST:PORT, unix:///PATH or exec:COMMAND)")
         })?;
         let mut codec = default_codec;
         let mut framing = default_framing;
+        let mut framing_in_url = false;
         for (k, v) in parsed.query_pairs() {
             match &*k {
                 "codec" => codec = CodecName::parse(&v)?,
-                "framing" => framing = Some(FramingName::parse(&v)?),
+                "framing" => {
+                    framing = Some(FramingName::parse(&v)?);
+                    framing_in_url = true;
+                }
                 other => {
                     return Err(format!(
                         "unknown URL option {other:?} in {url:?}: expected codec or framing"
@@ -220,26 +223,39 @@ impl Target {
                 ))
             }
         };
-        let target = Self {
+        Self {
             address,
             codec,
             framing,
-        };
-        target.check()?;
-        Ok(target)
+        }
+        .checked(framing_in_url)
     }
 
-    /// Refuses a framing where it means nothing: over UDP, and with basic-socket-rpc's frames.
-    fn check(&self) -> Result<(), String> {
-        match (self.framing, &self.address, self.codec) {
-            (Some(_), Address::Udp(_), _) => {
-                Err("a framing is for streams; over udp:// a datagram is a message".into())
+    /// Where a framing means nothing (over UDP, with basic-socket-rpc's own frames), one the URL
+    /// names is refused and one from `--framing` (meant for the other URLs) left out; msgpack
+    /// framing carries MessagePack-RPC alone (other codecs' frames are not one msgpack value).
+    fn checked(mut self, framing_in_url: bool) -> Result<Self, String> {
+        let pointless = match (&self.address, self.codec) {
+            (Address::Udp(_), _) => {
+                Some("a framing is for streams; over udp:// a datagram is a message")
             }
-            (Some(_), _, CodecName::Raw) => {
-                Err("the raw codec (basic-socket-rpc) has frames of its own: no framing".into())
+            (_, CodecName::Raw) => {
+                Some("the raw codec (basic-socket-rpc) has frames of its own: no framing")
             }
-            _ => Ok(()),
+            _ => None,
+        };
+        match (pointless, self.framing) {
+            (Some(why), Some(_)) if framing_in_url => return Err(why.into()),
+            (Some(_), _) => self.framing = None,
+            (None, Some(FramingName::Msgpack)) if self.codec != CodecName::MsgpackRpc => {
+                return Err(format!(
+                    "msgpack framing carries the msgpack-rpc codec only, not {}",
+                    self.codec
+                ))
+            }
+            (None, _) => {}
         }
+        Ok(self)
     }
 
     /// The framing of this stream: the one named, or the codec's.
@@ -329,6 +345,14 @@ mod tests {
             t.stream_framing(),
             rpc_transports::stream::Framing::Newline
         ));
+        // `--framing` is for the streams among several URLs: left out where it means nothing.
+        let t = Target::parse(
+            "udp://127.0.0.1:1",
+            CodecName::Msgpack,
+            Some(FramingName::Newline),
+        )
+        .unwrap();
+        assert_eq!(t.framing, None);
     }
 
     #[test]
@@ -349,6 +373,10 @@ mod tests {
             (
                 "tcp://127.0.0.1:1?codec=raw&framing=newline",
                 "frames of its own",
+            ),
+            (
+                "tcp://127.0.0.1:1?codec=jsonrpc&framing=msgpack",
+                "msgpack-rpc codec only",
             ),
         ] {
             let e = Target::parse(url, CodecName::Msgpack, None).unwrap_err();

@@ -5,7 +5,7 @@
 //! handlers with `rpcrequest()` and `rpcnotify()`. Then the `rpc` tool against it.
 #![cfg(unix)]
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -75,7 +75,9 @@ fn nvim_on_socket(name: &str) -> (Nvim, PathBuf) {
     let dir = TempDir::new(name);
     let path = dir.0.join("nvim.sock");
     let child = start_nvim(path.to_str().unwrap());
-    wait_until("neovim's socket", || Path::new(&path).exists());
+    wait_until("neovim's socket", || {
+        std::os::unix::net::UnixStream::connect(&path).is_ok()
+    });
     (
         Nvim {
             child,

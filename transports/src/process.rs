@@ -33,10 +33,14 @@
 //! The child's stdin and stdout are the connection; its stderr is left as the command says
 //! (inherited unless set). When the child exits, what it wrote before is still read, and the
 //! calls still waiting fail at once with a transport error (not at their deadlines), even if a
-//! process the child started holds its stdout open: that one gets 250 ms to close it, then the
-//! connection is closed. [`Child::wait`] gives the exit status. Dropping every handle of the
-//! connection closes the child's stdin, which tells a well-behaved child to exit; one that does
-//! not is left running unless [`Child::kill`] is called.
+//! process the child started holds its stdout open: that one gets 1 s to close it, then the
+//! connection is closed. [`Child::wait`] gives the exit status (the calls' error may not name
+//! it: the end of the child's stdout often comes before its status).
+//!
+//! Closing the connection ([`Connection::close`], or dropping every handle of it and of the
+//! `Child`) closes the child's stdin, which tells a well-behaved child to exit; a child still
+//! running 5 s after its connection closed is killed, so none outlives its handles for long.
+//! [`Child::kill`] kills it at once.
 //!
 //! # One's own stdio
 //!
@@ -58,7 +62,10 @@ use crate::stream::{Builder, Connection, Io, Stream};
 
 /// How long the stdout of a child that exited may stay open (held by a process it started)
 /// before its connection is closed.
-const EXIT_GRACE: Duration = Duration::from_millis(250);
+const EXIT_GRACE: Duration = Duration::from_secs(1);
+
+/// How long a child may run on once its connection is closed before it is killed.
+const STOP_GRACE: Duration = Duration::from_secs(5);
 
 /// The settings of stream connections, with no idle timeout: see the [module](self).
 pub fn builder() -> Builder<Stream<()>> {
@@ -126,8 +133,8 @@ impl<K> Builder<Stream<K>> {
 /// How a child ended, as [`Child::wait`] gives it.
 type Ended = Option<Result<ExitStatus, Arc<io::Error>>>;
 
-/// Waits for the child to exit (or kills it when asked), publishes how it ended, and then
-/// makes sure the connection ends too.
+/// Waits for the child to exit (killing it when asked, or once it outlives its connection by
+/// [`STOP_GRACE`]), publishes how it ended, and then makes sure the connection ends too.
 async fn watch_child<C: Codec>(
     mut child: tokio::process::Child,
     connection: Connection<C>,
@@ -135,9 +142,18 @@ async fn watch_child<C: Codec>(
     status: watch::Sender<Ended>,
     kill: Arc<Notify>,
 ) {
+    let outlived = async {
+        connection.closed().await;
+        tokio::time::sleep(STOP_GRACE).await;
+    };
     let ended = tokio::select! {
         ended = child.wait() => ended,
         _ = kill.notified() => {
+            let _ = child.start_kill();
+            child.wait().await
+        }
+        _ = outlived => {
+            tracing::debug!(peer = %name, "killing a child that outlived its connection");
             let _ = child.start_kill();
             child.wait().await
         }
@@ -202,7 +218,8 @@ impl<C: Codec> Child<C> {
         }
     }
 
-    /// The exit status, if the child has exited.
+    /// The exit status, if the child has exited (`None` while it runs, and if waiting for it
+    /// failed: [`wait`](Child::wait) says why).
     pub fn try_wait(&self) -> Option<ExitStatus> {
         match &*self.status.borrow() {
             Some(Ok(s)) => Some(*s),

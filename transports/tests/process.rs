@@ -89,7 +89,7 @@ async fn a_child_whose_own_child_holds_its_stdout_still_fails_the_calls_when_it_
         panic!("{e:?}")
     };
     assert!(io.to_string().contains("exited"), "{io}");
-    assert!(io.to_string().contains('4'), "{io}");
+    assert!(io.to_string().contains("exit status: 4"), "{io}");
     assert!(
         started.elapsed() < Duration::from_secs(4),
         "{:?}",
@@ -152,4 +152,30 @@ async fn closing_the_connection_ends_a_child_that_reads_to_the_end() {
         .expect("cat exited once its stdin closed")
         .unwrap();
     assert!(status.success());
+}
+
+#[tokio::test]
+async fn a_child_that_outlives_every_handle_is_killed() {
+    // `sleep` never reads its stdin, so closing it does not end it.
+    let mut sleep = Command::new("sleep");
+    sleep.arg("60");
+    let child = newline().spawn(sleep, JsonRpcCodec::new()).unwrap();
+    let pid = child.id().unwrap();
+    let alive = || std::path::Path::new(&format!("/proc/{pid}")).exists();
+    assert!(alive());
+    drop(child);
+    let started = Instant::now();
+    while alive() {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "the child still runs 20 s after its handles went"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Not before its grace period: it had its chance to exit on its own.
+    assert!(
+        started.elapsed() >= Duration::from_secs(4),
+        "{:?}",
+        started.elapsed()
+    );
 }

@@ -800,3 +800,44 @@ async fn a_tcp_batch_whose_answer_is_over_the_frame_limit_is_answered_with_an_er
     .await
     .unwrap();
 }
+
+/// A frame of exactly the largest length, behind a header block with more than
+/// `Content-Length` in it (as language servers send them), is read whole; one byte more is not.
+#[tokio::test]
+async fn a_content_length_frame_of_the_largest_size_is_read_with_its_headers() {
+    use rpc_codecs::jsonrpc::JsonRpcCodec;
+    const MAX: usize = 1000;
+    let server = tcp::Builder::new()
+        .framing(Framing::ContentLength)
+        .max_frame_length(MAX)
+        .serve(Router::new().route("len", |s: String| async move { s.len() }))
+        .bind("127.0.0.1:0", JsonRpcCodec::new())
+        .await
+        .unwrap();
+    let frame = |len: usize| {
+        let head = r#"{"jsonrpc":"2.0","id":1,"method":"len","params":[""#;
+        let tail = r#""]}"#;
+        let body = format!("{head}{}{tail}", "x".repeat(len - head.len() - tail.len()));
+        assert_eq!(body.len(), len);
+        let extra = format!("X-Padding: {}\r\n", "p".repeat(200));
+        format!(
+            "Content-Length: {len}\r\nContent-Type: application/vscode-jsonrpc; charset=utf-8\r\n{extra}\r\n{body}"
+        )
+    };
+    let addr = server.local_addr();
+    let exchange = |wire: String| async move {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(wire.as_bytes()).await.unwrap();
+        let mut answer = vec![0u8; 256];
+        let n = timeout(LIMIT, s.read(&mut answer)).await.unwrap().unwrap();
+        String::from_utf8_lossy(&answer[..n]).into_owned()
+    };
+    let answer = exchange(frame(MAX)).await;
+    assert!(answer.starts_with("Content-Length: "), "{answer}");
+    assert!(
+        answer.contains(&format!("\"result\":{}", MAX - 53)),
+        "{answer}"
+    );
+    // One byte over: the connection closes without an answer.
+    assert_eq!(exchange(frame(MAX + 1)).await, "");
+}

@@ -137,40 +137,52 @@ fn params(frame: &Bytes, at: usize) -> Result<Bytes, &'static str> {
     Ok(params)
 }
 
+/// The largest error value decoded into a message and data; past it, an error says only how
+/// large the value was (decoding multiplies a value's size many times over).
+const MAX_ERROR_VALUE: usize = 16 * 1024;
+
 /// An error value as it came: see [`MsgpackRpcCodec`].
 fn read_error(value: &[u8]) -> ServerError {
+    if value.len() > MAX_ERROR_VALUE {
+        return ServerError::new(
+            EXCEPTION,
+            format!("an error value of {} bytes, not read", value.len()),
+        );
+    }
     // The frame was measured whole: this reads a bounded, well-formed value.
     let Ok(value) = rmpv::decode::read_value_with_max_depth(&mut &value[..], super::MAX_DEPTH)
     else {
         return ServerError::new(EXCEPTION, "an error value that does not decode");
     };
     use rmpv::Value;
-    match &value {
-        Value::String(s) => {
-            return ServerError::new(
-                EXCEPTION,
-                String::from_utf8_lossy(s.as_bytes()).into_owned(),
-            )
-        }
-        Value::Array(parts) if (2..=3).contains(&parts.len()) => {
-            let code = parts[0].as_i64().and_then(|c| i32::try_from(c).ok());
-            let message = parts[1].as_str();
-            if let (Some(code), Some(message)) = (code, message) {
-                let e = ServerError::new(ErrorCode::new(code), message.to_owned());
-                return match parts.get(2) {
-                    Some(data) => e.with_data(to_json(data)),
-                    None => e,
-                };
-            }
-        }
-        _ => {}
+    let text = |v: &Value| match v {
+        Value::String(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
+        _ => None,
+    };
+    if let Some(message) = text(&value) {
+        return ServerError::new(EXCEPTION, message);
     }
-    let shown = to_json(&value).to_string();
+    if let Value::Array(parts) = &value {
+        let code = parts
+            .first()
+            .and_then(Value::as_i64)
+            .and_then(|c| i32::try_from(c).ok());
+        let message = parts.get(1).and_then(text);
+        if let (2..=3, Some(code), Some(message)) = (parts.len(), code, message) {
+            let e = ServerError::new(ErrorCode::new(code), message);
+            return match parts.get(2) {
+                Some(data) => e.with_data(to_json(data)),
+                None => e,
+            };
+        }
+    }
+    let data = to_json(&value);
+    let shown = data.to_string();
     let shown = match shown.char_indices().nth(200) {
         Some((at, _)) => format!("{}...", &shown[..at]),
         None => shown,
     };
-    ServerError::new(EXCEPTION, format!("error: {shown}")).with_data(to_json(&value))
+    ServerError::new(EXCEPTION, format!("error: {shown}")).with_data(data)
 }
 
 /// A msgpack value as JSON: bin as an array of numbers, ext as `[type, [bytes]]`, map keys
@@ -458,6 +470,9 @@ mod tests {
             (text.code(), text.message()),
             (EXCEPTION, "Traceback: boom")
         );
+        let huge = err(rmpv::Value::Binary(vec![0; 1 << 20]));
+        assert_eq!(huge.message(), "an error value of 1048581 bytes, not read");
+        assert!(huge.data().is_none());
         let odd = err(rmpv::Value::Map(vec![("why".into(), true.into())]));
         assert_eq!(odd.code(), EXCEPTION);
         assert!(odd.message().contains("\"why\":true"), "{}", odd.message());

@@ -64,7 +64,7 @@ pub fn skip_value(buf: &[u8]) -> Result<usize, SkipError> {
 /// assert_eq!(m.resume(&value[..3]), Ok(None));
 /// assert_eq!(m.resume(&value[..]), Ok(Some(value.len())));
 /// ```
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Measure {
     /// Where the next marker starts: every marker before it was read whole.
     pos: usize,
@@ -75,6 +75,12 @@ pub struct Measure {
     containers: usize,
     /// Where the unfinished marker at `pos` ends, as far as its header tells.
     partial_end: usize,
+}
+
+impl Default for Measure {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl Measure {
@@ -132,7 +138,7 @@ impl Measure {
     pub fn at_least(&self) -> u64 {
         let known = self.pos as u64 + self.pending;
         // The unfinished marker counts to where its header says it ends.
-        known.max(self.partial_end as u64 + self.pending - 1)
+        known.max((self.partial_end as u64 + self.pending).saturating_sub(1))
     }
 }
 

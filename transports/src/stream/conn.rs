@@ -203,7 +203,10 @@ impl<C: Codec> Conn<C> {
         let frames = FrameReader::new(
             read,
             conn.config.framing.decoder(conn.config.max_frame),
-            conn.config.max_frame,
+            // A frame and its headers must fit.
+            conn.config
+                .max_frame
+                .saturating_add(conn.config.framing.header_room()),
             budget.as_ref().map(Budget::account),
         );
         tokio::spawn(read_loop(conn.clone(), frames));

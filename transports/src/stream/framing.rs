@@ -83,6 +83,15 @@ impl Framing {
         }
     }
 
+    /// How many bytes of headers may come before a frame, past the few every framing has room
+    /// for (a length, a delimiter).
+    pub(crate) fn header_room(self) -> usize {
+        match self {
+            Framing::ContentLength => MAX_HEADER_BLOCK,
+            _ => 0,
+        }
+    }
+
     /// A decoder that cuts frames of at most `max` bytes.
     pub(crate) fn decoder(self, max: usize) -> FrameDecoder {
         match self {
@@ -237,7 +246,7 @@ impl Decoder for FrameDecoder {
                 let Headers::Read { header, len } = *state else {
                     unreachable!("the headers were read above")
                 };
-                if src.len() < header + len {
+                if src.len() < header.saturating_add(len) {
                     return Ok(None);
                 }
                 src.advance(header);
@@ -245,6 +254,7 @@ impl Decoder for FrameDecoder {
                 Ok(Some(src.split_to(len).freeze()))
             }
             FrameDecoder::MsgPack { max, measure } => match measure.resume(src) {
+                Ok(Some(n)) if n > *max => Err(too_large(n, *max)),
                 Ok(Some(n)) => Ok(Some(src.split_to(n).freeze())),
                 Ok(None) if measure.at_least() > *max as u64 => {
                     Err(too_large(measure.at_least() as usize, *max))
@@ -499,7 +509,12 @@ mod tests {
         for (frame, v) in frames.iter().zip(&values) {
             assert_eq!(&rmpv::decode::read_value(&mut &frame[..]).unwrap(), v);
         }
-        // A claim over the limit is refused from its header, before its bytes come.
+        // A value over the limit is refused, whether it comes whole in one read...
+        let whole = [&b"\xc5\x0b\xb8"[..], &[7; 3000]].concat();
+        let mut src = BytesMut::from(&whole[..]);
+        let e = Framing::MsgPack.decoder(1000).decode(&mut src).unwrap_err();
+        assert!(e.to_string().contains("exceeds the limit"), "{e}");
+        // ... or its header claims too much, before its bytes come.
         let e = read_bytewise(Framing::MsgPack, b"\xc6\x00\x01\x00\x00", 1000).unwrap_err();
         assert!(e.to_string().contains("exceeds the limit"), "{e}");
         let e = read_bytewise(Framing::MsgPack, b"\xdd\x00\x01\x00\x00", 1000).unwrap_err();
