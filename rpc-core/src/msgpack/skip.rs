@@ -99,38 +99,48 @@ impl Measure {
     /// again, for the next value), `Ok(None)` when it needs more bytes, and an error when the
     /// bytes cannot be a value. The bytes before the first unfinished marker are never read
     /// again.
+    #[inline]
     pub fn resume(&mut self, buf: &[u8]) -> Result<Option<usize>, SkipError> {
-        while self.pending > 0 {
-            let mut pos = self.pos;
-            let children = match step(buf, &mut pos) {
-                Ok(children) => children,
-                // The marker is not all there yet: read it again with more bytes. (`step` went
-                // as far as its header told.)
-                Err(SkipError::Truncated) => {
-                    self.partial_end = pos;
-                    return Ok(None);
-                }
-                Err(e) => return Err(e),
-            };
-            self.pos = pos;
-            self.pending -= 1;
-            if children > 0 {
-                self.containers += 1;
-                self.pending += children;
-                // Every value takes at least one byte: more pending values than bytes left
-                // cannot fit yet.
-                if self.pending > (buf.len() - pos) as u64 {
-                    return Ok(None);
-                }
+        // The loop runs on locals (registers, for the common whole value at once), written back
+        // only if it stops before the value's end.
+        let (mut pos, mut pending, mut containers) = (self.pos, self.pending, self.containers);
+        let stopped = loop {
+            if pending == 0 {
+                break None;
             }
+            let mut next = pos;
+            match step(buf, &mut next) {
+                Ok(children) => {
+                    pos = next;
+                    pending -= 1;
+                    if children > 0 {
+                        containers += 1;
+                        pending += children;
+                        // Every value takes at least one byte: more pending values than bytes
+                        // left cannot fit yet.
+                        if pending > (buf.len() - pos) as u64 {
+                            break Some(Ok(None));
+                        }
+                    }
+                }
+                // The marker is not all there yet: read it again with more bytes. (`step`
+                // went as far as its header told.)
+                Err(SkipError::Truncated) => {
+                    self.partial_end = next;
+                    break Some(Ok(None));
+                }
+                Err(e) => break Some(Err(e)),
+            }
+        };
+        if let Some(result) = stopped {
+            (self.pos, self.pending, self.containers) = (pos, pending, containers);
+            return result;
         }
-        let len = self.pos;
-        let containers = self.containers;
         *self = Self::new();
         if containers > super::MAX_DEPTH {
-            check_depth(&buf[..len])?;
+            check_depth(&buf[..pos])?;
         }
-        Ok(Some(len))
+        Ok(Some(pos))
     }
 
     /// The least number of bytes the value takes, from what is known so far: each value still
