@@ -78,7 +78,7 @@ impl Metrics {
         }
     }
 
-    /// Publishes a reading through the [`metrics`](::metrics) facade (feature `metrics`), for
+    /// Publishes a reading through the [`metrics`] facade (feature `metrics`), for
     /// whatever exporter the program installed: counters `rpc_calls_<name>_total` (`started`,
     /// `ok`, `failed`, `refused`, `deadline_exceeded`, `cancelled`) and
     /// `rpc_calls_latency_us_total`, gauges `rpc_calls_in_flight` and

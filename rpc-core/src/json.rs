@@ -2,7 +2,7 @@
 //!
 //! It lives here rather than with the JSON-RPC codec so that typed code can call `serde_json`
 //! directly, monomorphized for the value's type, for positional argument lists and for results
-//! (rpc-core recognises its own formats by type: see [`Format`](crate::Format)); argument lists by name still go through
+//! (rpc-core recognises its own formats by type: see [`Format`]); argument lists by name still go through
 //! `erased_serde`. `rpc_codecs::jsonrpc` re-exports it.
 
 use std::borrow::Cow;

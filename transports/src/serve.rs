@@ -241,7 +241,7 @@ where
 }
 
 impl Serve {
-    /// Wraps a service: a [`Router`](crate::Router), or a router under tower layers.
+    /// Wraps a service: a [`Router`](rpc_core::Router), or a router under tower layers.
     pub fn new<S>(service: S) -> Self
     where
         S: Service<Request, Response = Response> + Clone + Send + Sync + 'static,
