@@ -101,6 +101,21 @@ fn nvim_on_tcp() -> (Nvim, std::net::SocketAddr) {
     (Nvim { child, _dir: None }, addr)
 }
 
+/// `nvim --embed --headless --clean` as a child, serving `callbacks` to it if given.
+fn embedded(callbacks: Option<Router>) -> process::Child<MsgpackRpcCodec> {
+    ensure_nvim();
+    let mut command = Command::new("nvim");
+    command.args(["--embed", "--headless", "--clean"]);
+    let builder = process::builder().framing(Framing::MsgPack);
+    let builder = match callbacks {
+        Some(router) => builder.serve(router),
+        None => builder,
+    };
+    builder
+        .spawn(command, MsgpackRpcCodec::new())
+        .expect("nvim --embed starts")
+}
+
 /// The handlers neovim calls back: `add(a, b)`, and the notification `note(...)`, whose
 /// params go to `notes`.
 fn callbacks(notes: mpsc::UnboundedSender<Vec<Value>>) -> Router {
@@ -244,15 +259,8 @@ async fn over_tcp() {
 
 #[tokio::test]
 async fn embedded_through_the_process_transport() {
-    ensure_nvim();
     let (tx, mut notes) = mpsc::unbounded_channel();
-    let mut command = Command::new("nvim");
-    command.args(["--embed", "--headless", "--clean"]);
-    let child = process::builder()
-        .framing(Framing::MsgPack)
-        .serve(callbacks(tx))
-        .spawn(command, MsgpackRpcCodec::new())
-        .expect("nvim --embed starts");
+    let child = embedded(Some(callbacks(tx)));
     speaks_with_neovim(child.client().boxed(), &mut notes).await;
     // Closing its stdin ends an embedded neovim.
     child.connection().close();
@@ -265,13 +273,7 @@ async fn embedded_through_the_process_transport() {
 
 #[tokio::test]
 async fn a_neovim_that_quits_fails_the_call_waiting_on_it() {
-    ensure_nvim();
-    let mut command = Command::new("nvim");
-    command.args(["--embed", "--headless", "--clean"]);
-    let child = process::builder()
-        .framing(Framing::MsgPack)
-        .spawn(command, MsgpackRpcCodec::new())
-        .unwrap();
+    let child = embedded(None);
     let client = child.client();
     // `:cquit 5` ends neovim with status 5 before it answers.
     let started = Instant::now();
@@ -334,13 +336,7 @@ fn the_rpc_tool_calls_neovim() {
 /// RPC job: neovim calls it, it calls neovim back, and it exits when told.
 #[tokio::test]
 async fn neovim_runs_a_plugin_that_serves_over_its_stdio() {
-    ensure_nvim();
-    let mut command = Command::new("nvim");
-    command.args(["--embed", "--headless", "--clean"]);
-    let child = process::builder()
-        .framing(Framing::MsgPack)
-        .spawn(command, MsgpackRpcCodec::new())
-        .unwrap();
+    let child = embedded(None);
     let nvim = child.client();
     let plugin = interop::example("nvim_plugin");
     let job: i64 = nvim

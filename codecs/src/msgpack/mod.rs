@@ -39,6 +39,27 @@ pub use rmpv::Value;
 /// The format as the shared reference codecs and payloads hold.
 pub(crate) static MSGPACK: MsgPack = MsgPack;
 
+/// The name of a request's method and the check that its arguments are a msgpack list, which
+/// both msgpack envelopes need; `protocol` names the envelope in the errors.
+pub(crate) fn named_with_list<'a>(
+    method: &'a rpc_core::Method,
+    args: &rpc_core::Payload,
+    protocol: &str,
+) -> Result<&'a rpc_core::MethodName, rpc_core::Error> {
+    args.in_format(&MSGPACK)?;
+    let rpc_core::Method::Name(name) = method else {
+        return Err(rpc_core::Error::Codec(
+            format!("{protocol} names its methods; it has no numeric command ids").into(),
+        ));
+    };
+    if array_len(args.bytes()).is_none() {
+        return Err(rpc_core::Error::Codec(
+            format!("{protocol} arguments must be a list").into(),
+        ));
+    }
+    Ok(name)
+}
+
 /// Reads a msgpack array header; returns its length and the header's size.
 pub(crate) fn array_len(b: &[u8]) -> Option<(usize, usize)> {
     match *b.first()? {

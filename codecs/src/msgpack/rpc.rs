@@ -14,7 +14,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use rpc_core::codec::{Codec, DecodeError, IdSeed, Message};
 use rpc_core::{Error, ErrorCode, Format, Method, MethodName, Payload, ServerError};
 
-use super::{array_len, skip_value, str_len, MsgPack, MSGPACK};
+use super::{array_len, named_with_list, skip_value, str_len, MsgPack, MSGPACK};
 
 const REQUEST: u8 = 0;
 const RESPONSE: u8 = 1;
@@ -331,15 +331,7 @@ impl Codec for MsgpackRpcCodec {
         args: &Payload,
         dst: &mut BytesMut,
     ) -> Result<(), Error> {
-        args.in_format(&MSGPACK)?;
-        let Method::Name(name) = method else {
-            return Err(Error::Codec(
-                "MessagePack-RPC names its methods; it has no numeric command ids".into(),
-            ));
-        };
-        if array_len(args.bytes()).is_none() {
-            return Err(Error::Codec("MessagePack-RPC params must be a list".into()));
-        }
+        let name = named_with_list(method, args, "MessagePack-RPC")?;
         match id {
             Some(id) => {
                 dst.put_slice(&[0x94, REQUEST]);

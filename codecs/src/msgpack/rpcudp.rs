@@ -15,7 +15,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use rpc_core::codec::{Codec, DecodeError, IdSeed, Message};
 use rpc_core::{Error, ErrorCode, Format, Method, MethodName, Payload, ServerError};
 
-use super::{array_len, skip_value, str_len, MsgPack, MSGPACK};
+use super::{array_len, named_with_list, skip_value, str_len, MsgPack, MSGPACK};
 
 const REQUEST: u8 = 0x00;
 const RESPONSE: u8 = 0x01;
@@ -252,15 +252,7 @@ impl Codec for RpcudpCodec {
         args: &Payload,
         dst: &mut BytesMut,
     ) -> Result<(), Error> {
-        args.in_format(&MSGPACK)?;
-        let Method::Name(name) = method else {
-            return Err(Error::Codec(
-                "rpcudp names its methods; it has no numeric command ids".into(),
-            ));
-        };
-        if array_len(args.bytes()).is_none() {
-            return Err(Error::Codec("rpcudp arguments must be a list".into()));
-        }
+        let name = named_with_list(method, args, "rpcudp")?;
         let id = id.copied().unwrap_or_else(random_id);
         header(dst, REQUEST, &id);
         dst.put_u8(0x92);
