@@ -341,11 +341,17 @@ async fn neovim_runs_a_plugin_that_serves_over_its_stdio() {
     let plugin = interop::example("nvim_plugin");
     let job: i64 = nvim
         .call(
-            "nvim_eval",
-            (format!(
-                "jobstart(['{}'], {{'rpc': v:true}})",
-                plugin.display()
-            ),),
+            "nvim_exec_lua",
+            (
+                // The exit code is kept when the job ends (a finished job's id is soon invalid,
+                // so `jobwait` may not find it).
+                format!(
+                    "return vim.fn.jobstart({{'{}'}}, {{rpc = true, \
+                     on_exit = function(_, code) vim.g.plugin_exit = code end}})",
+                    plugin.display()
+                ),
+                Vec::<Value>::new(),
+            ),
         )
         .await
         .unwrap();
@@ -379,10 +385,14 @@ async fn neovim_runs_a_plugin_that_serves_over_its_stdio() {
         .await
         .map(|_: i64| ())
         .unwrap();
-    let exited: Vec<i64> = nvim
-        .call("nvim_eval", (format!("jobwait([{job}], 5000)"),))
-        .await
-        .unwrap();
-    assert_eq!(exited, vec![0], "the plugin exited 0 when told to quit");
+    let until = Instant::now() + Duration::from_secs(10);
+    let code = loop {
+        match nvim.call::<i64>("nvim_get_var", ("plugin_exit",)).await {
+            Ok(code) => break code,
+            Err(_) if Instant::now() < until => tokio::time::sleep(Duration::from_millis(20)).await,
+            Err(e) => panic!("the plugin did not exit within 10 s of quit: {e}"),
+        }
+    };
+    assert_eq!(code, 0, "the plugin exited 0 when told to quit");
     child.kill();
 }
