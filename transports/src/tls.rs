@@ -699,8 +699,9 @@ async fn handshake(
 }
 
 /// How long, and for how many bytes, a connection whose handshake failed is read away before it
-/// is closed.
-const LINGER: Duration = Duration::from_millis(500);
+/// is closed: long enough for a peer on a busy machine to read the alert before a request it
+/// sends late meets a closed socket (whose reset would lose the alert).
+const LINGER: Duration = Duration::from_secs(1);
 const LINGER_BYTES: u64 = 64 * 1024;
 
 fn read(path: &Path) -> io::Result<Vec<u8>> {
