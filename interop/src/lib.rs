@@ -350,3 +350,167 @@ pub fn jsonrpc_spec_router() -> rpc_core::Router {
         .route("notify_hello", raw(accept))
         .route("notify_sum", raw(accept))
 }
+
+/// A free TCP port on `ip` now (another process may take it before it is used).
+pub fn free_port(ip: &str) -> u16 {
+    std::net::TcpListener::bind((ip, 0))
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port on loopback")
+}
+
+/// A fresh directory under the system's temporary directory, removed on drop.
+#[derive(Debug)]
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    /// A new empty directory whose name starts with `name`.
+    pub fn new(name: &str) -> Self {
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("{name}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("a temporary directory");
+        Self(dir)
+    }
+
+    /// The directory.
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// An etcd server (Debian's `etcd-server`, installed if missing) on loopback ports, with a
+/// temporary data directory; killed on drop.
+#[derive(Debug)]
+pub struct Etcd {
+    child: Child,
+    /// `127.0.0.1:PORT`, where it takes clients.
+    pub client_addr: String,
+    _data: TempDir,
+}
+
+impl Etcd {
+    /// Starts etcd and waits until it takes clients (at most 30 s).
+    pub fn start() -> Self {
+        ensure_debian_program("etcd", "etcd-server");
+        let data = TempDir::new("rpc-etcd");
+        let client_port = free_port("127.0.0.1");
+        let peer_port = free_port("127.0.0.1");
+        let client_url = format!("http://127.0.0.1:{client_port}");
+        let peer_url = format!("http://127.0.0.1:{peer_port}");
+        let child = Command::new("etcd")
+            .arg("--name=test")
+            .arg(format!("--data-dir={}", data.path().display()))
+            .arg(format!("--listen-client-urls={client_url}"))
+            .arg(format!("--advertise-client-urls={client_url}"))
+            .arg(format!("--listen-peer-urls={peer_url}"))
+            .arg(format!("--initial-advertise-peer-urls={peer_url}"))
+            .arg(format!("--initial-cluster=test={peer_url}"))
+            .arg("--log-level=error")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("etcd starts");
+        let etcd = Self {
+            child,
+            client_addr: format!("127.0.0.1:{client_port}"),
+            _data: data,
+        };
+        let started = std::time::Instant::now();
+        // Taking clients once its health endpoint says so.
+        loop {
+            let healthy = std::net::TcpStream::connect(&etcd.client_addr).is_ok_and(|mut s| {
+                use std::io::{Read, Write};
+                let _ = s.set_read_timeout(Some(std::time::Duration::from_secs(2)));
+                let asked = s.write_all(b"GET /health HTTP/1.0\r\n\r\n").is_ok();
+                let mut answer = String::new();
+                asked && s.read_to_string(&mut answer).is_ok() && answer.contains("\"true\"")
+            });
+            if healthy {
+                return etcd;
+            }
+            assert!(
+                started.elapsed() < std::time::Duration::from_secs(30),
+                "etcd did not become healthy within 30 s"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A DNS server (Debian's dnsmasq, installed if missing) on a loopback port, answering from the
+/// hosts files of a directory it watches, and nothing else; killed on drop.
+#[derive(Debug)]
+pub struct Dnsmasq {
+    child: Child,
+    /// Where it answers, over UDP and TCP.
+    pub addr: std::net::SocketAddr,
+    hosts: TempDir,
+}
+
+impl Dnsmasq {
+    /// Starts dnsmasq with no records.
+    pub fn start() -> Self {
+        ensure_debian_program("dnsmasq", "dnsmasq-base");
+        let hosts = TempDir::new("rpc-dns");
+        let port = free_port("127.0.0.1");
+        let child = Command::new("dnsmasq")
+            .arg("--keep-in-foreground")
+            .arg("--conf-file=/dev/null")
+            .arg("--pid-file=")
+            .arg("--user=root")
+            .arg("--listen-address=127.0.0.1")
+            .arg("--bind-interfaces")
+            .arg(format!("--port={port}"))
+            .arg("--no-resolv")
+            .arg("--no-hosts")
+            .arg("--local-ttl=0")
+            .arg(format!("--hostsdir={}", hosts.path().display()))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("dnsmasq starts");
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+        let started = std::time::Instant::now();
+        while std::net::TcpStream::connect(addr).is_err() {
+            assert!(
+                started.elapsed() < std::time::Duration::from_secs(10),
+                "dnsmasq did not listen within 10 s"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        Self { child, addr, hosts }
+    }
+
+    /// Makes `name` resolve to `ips` (A and AAAA records), replacing what it resolved to.
+    pub fn set(&self, name: &str, ips: &[std::net::IpAddr]) {
+        let text: String = ips.iter().map(|ip| format!("{ip} {name}\n")).collect();
+        // Written beside the directory and moved in, so dnsmasq never reads half a file.
+        let staged = self.hosts.path().with_extension("staged");
+        std::fs::write(&staged, text).expect("writing the hosts file");
+        std::fs::rename(&staged, self.hosts.path().join("hosts")).expect("moving the hosts file");
+    }
+}
+
+impl Drop for Dnsmasq {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

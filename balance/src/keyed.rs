@@ -1,0 +1,319 @@
+//! Keyed routing for sharded services: rendezvous (highest random weight) hashing.
+//!
+//! Each request's key (bytes a function takes from the request: an argument, a header of the
+//! caller's) is scored against every endpoint, and the call goes to the endpoint with the
+//! highest score that is not ejected. A key's endpoint changes only when that endpoint leaves
+//! (or is ejected): endpoints joining take over about 1/n of the keys, and no other key moves.
+//!
+//! Scores are FNV-1a 64 of the endpoint key's text and of the request's key, mixed by
+//! splitmix64's finalizer: fixed functions, so every caller, in any process, built from any
+//! version, sends a key to the same endpoint. Requests the function gives no key go round
+//! robin over the endpoints that are up.
+
+use std::fmt::{self, Display};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use futures::Stream;
+use rpc_core::{Error, Payload, Request};
+use tower::Service;
+
+use crate::discover::{Discovery, Update};
+use crate::health::{Backoff, Guarded, GuardedFuture, Standing};
+use crate::{Builder, Connect};
+
+/// The function that takes a request's routing key.
+type KeyOf = Arc<dyn Fn(&Request) -> Option<Vec<u8>> + Send + Sync>;
+
+impl<K, S> Builder<K, S>
+where
+    K: Clone + Eq + Display + Send + 'static,
+    S: Service<Request, Response = Payload, Error = Error> + Send + 'static,
+    S::Future: Send + 'static,
+{
+    /// A client that routes each request by the key `key_of` takes from it (see [`Keyed`]).
+    /// The load measure does not apply: a key's endpoint is its endpoint, however loaded.
+    pub fn keyed(
+        self,
+        discovery: Discovery<K>,
+        key_of: impl Fn(&Request) -> Option<Vec<u8>> + Send + Sync + 'static,
+    ) -> Keyed<K, S> {
+        Keyed {
+            shared: Arc::new(Mutex::new(Ring {
+                discovery,
+                connect: self.connect,
+                standing: Arc::default(),
+                backoff: self.backoff,
+                endpoints: Vec::new(),
+                next: 0,
+            })),
+            key_of: Arc::new(key_of),
+            timeout: self.timeout,
+        }
+    }
+}
+
+/// A client over many endpoints that sends each request to the endpoint its key picks by
+/// rendezvous hashing: a `tower::Service` like [`Balanced`](crate::Balanced), made by
+/// [`Builder::keyed`].
+///
+/// ```
+/// use rpc_balance::discover::Discovery;
+/// use rpc_codecs::msgpack::RpcudpCodec;
+/// use rpc_core::Router;
+/// use rpc_transports::tcp;
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let mut servers = Vec::new();
+/// for shard in 0..3 {
+///     let router = Router::new().route("where", move |_user: String| async move { shard });
+///     servers.push(tcp::Builder::new().serve(router).bind("127.0.0.1:0", RpcudpCodec::new()).await?);
+/// }
+/// let addrs: Vec<String> = servers.iter().map(|s| s.local_addr().to_string()).collect();
+///
+/// // The first argument, a user name, is the key.
+/// let keyed = rpc_balance::builder(|addr: &String| tcp::Builder::new().channel(addr.as_str(), RpcudpCodec::new()))
+///     .keyed(Discovery::fixed(addrs), |req| {
+///         req.args().decode::<(String,)>().ok().map(|(user,)| user.into_bytes())
+///     });
+/// let client = rpc_core::Client::new(keyed, &rpc_core::msgpack::MsgPack);
+/// let shard = client.call::<u32>("where", ("ada",)).await?;
+/// for _ in 0..10 {
+///     assert_eq!(client.call::<u32>("where", ("ada",)).await?, shard);
+/// }
+/// # Ok(()) }
+/// ```
+pub struct Keyed<K, S> {
+    shared: Arc<Mutex<Ring<K, S>>>,
+    key_of: KeyOf,
+    timeout: Duration,
+}
+
+/// The endpoints, as discovery left them.
+struct Ring<K, S> {
+    discovery: Discovery<K>,
+    connect: Connect<K, S>,
+    standing: Arc<Standing>,
+    backoff: Backoff,
+    endpoints: Vec<Entry<K, S>>,
+    /// The round-robin position for requests without a key.
+    next: usize,
+}
+
+struct Entry<K, S> {
+    key: K,
+    /// The hash of the key's text, the endpoint's part of each score.
+    seed: u64,
+    channel: Guarded<S>,
+}
+
+impl<K, S> Ring<K, S>
+where
+    K: Clone + Eq + Display + Send + 'static,
+    S: Service<Request, Response = Payload, Error = Error> + Send + 'static,
+{
+    /// Takes in what discovery has sent.
+    fn update(&mut self, cx: &mut Context<'_>) {
+        while let Poll::Ready(Some(update)) = Pin::new(&mut self.discovery).poll_next(cx) {
+            match update {
+                Update::Insert(key) => {
+                    self.endpoints.retain(|e| e.key != key);
+                    let channel =
+                        Guarded::new((self.connect)(&key), self.standing.clone(), self.backoff);
+                    let seed = fnv1a(key.to_string().as_bytes());
+                    self.endpoints.push(Entry { key, seed, channel });
+                }
+                Update::Remove(key) => self.endpoints.retain(|e| e.key != key),
+            }
+        }
+    }
+
+    /// The endpoint for `key`: the highest score among those ready, else pending (discovery
+    /// and the ejected endpoints are then registered with `cx`).
+    fn pick(&mut self, key: Option<&[u8]>, cx: &mut Context<'_>) -> Poll<Result<usize, Error>> {
+        self.update(cx);
+        let n = self.endpoints.len();
+        let mut order: Vec<usize> = (0..n).collect();
+        match key {
+            Some(key) => {
+                let h = fnv1a(key);
+                order.sort_by_key(|&i| std::cmp::Reverse(mix(self.endpoints[i].seed ^ h)));
+            }
+            None => {
+                self.next = self.next.wrapping_add(1);
+                order.rotate_left(self.next % n.max(1));
+            }
+        }
+        for i in order {
+            match self.endpoints[i].channel.poll_ready(cx) {
+                Poll::Ready(Ok(())) => return Poll::Ready(Ok(i)),
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => continue,
+            }
+        }
+        Poll::Pending
+    }
+}
+
+/// FNV-1a, 64 bits.
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// splitmix64's finalizer: every bit of the input moves every bit of the score.
+fn mix(mut x: u64) -> u64 {
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
+}
+
+impl<K, S> Keyed<K, S>
+where
+    K: Clone + Eq + Display + Send + 'static,
+    S: Service<Request, Response = Payload, Error = Error> + Send + 'static,
+{
+    /// The endpoints known now, after taking in what discovery has sent.
+    pub fn len(&self) -> usize {
+        let mut ring = self.shared.lock().unwrap_or_else(PoisonError::into_inner);
+        ring.update(&mut Context::from_waker(Waker::noop()));
+        ring.endpoints.len()
+    }
+
+    /// Whether no endpoint is known now.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The endpoint a request with `key` goes to now, if any is known.
+    pub fn endpoint_for(&self, key: &[u8]) -> Option<K> {
+        let mut ring = self.shared.lock().unwrap_or_else(PoisonError::into_inner);
+        match ring.pick(Some(key), &mut Context::from_waker(Waker::noop())) {
+            Poll::Ready(Ok(i)) => Some(ring.endpoints[i].key.clone()),
+            _ => None,
+        }
+    }
+}
+
+impl<K, S> Clone for Keyed<K, S> {
+    fn clone(&self) -> Self {
+        Self {
+            shared: self.shared.clone(),
+            key_of: self.key_of.clone(),
+            timeout: self.timeout,
+        }
+    }
+}
+
+impl<K, S> fmt::Debug for Keyed<K, S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Keyed")
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<K, S> Service<Request> for Keyed<K, S>
+where
+    K: Clone + Eq + Display + Send + 'static,
+    S: Service<Request, Response = Payload, Error = Error> + Send + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = Payload;
+    type Error = Error;
+    type Future = KeyedFuture<S::Future>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request) -> Self::Future {
+        let key = (self.key_of)(&req);
+        {
+            let mut ring = self.shared.lock().unwrap_or_else(PoisonError::into_inner);
+            match ring.pick(key.as_deref(), &mut Context::from_waker(Waker::noop())) {
+                Poll::Ready(Ok(i)) => {
+                    return KeyedFuture::Picked(ring.endpoints[i].channel.call(req));
+                }
+                Poll::Ready(Err(e)) => return KeyedFuture::Waiting(Box::pin(async { Err(e) })),
+                Poll::Pending => {}
+            }
+        }
+        let now = tokio::time::Instant::now();
+        let deadline = req
+            .context()
+            .deadline()
+            .unwrap_or_else(|| now + self.timeout);
+        let shared = self.shared.clone();
+        let mut req = Some(req);
+        KeyedFuture::Waiting(Box::pin(async move {
+            let picked = futures::future::poll_fn(|cx| {
+                let mut ring = shared.lock().unwrap_or_else(PoisonError::into_inner);
+                let i = match std::task::ready!(ring.pick(key.as_deref(), cx)) {
+                    Ok(i) => i,
+                    Err(e) => return Poll::Ready(Err(e)),
+                };
+                match req.take() {
+                    Some(req) => Poll::Ready(Ok(ring.endpoints[i].channel.call(req))),
+                    None => Poll::Ready(Err(Error::Other("polled after completion".into()))),
+                }
+            });
+            match tokio::time::timeout_at(deadline, picked).await {
+                Ok(Ok(call)) => call.await,
+                Ok(Err(e)) => Err(e),
+                Err(_) => Err(Error::Timeout),
+            }
+        }))
+    }
+}
+
+/// The future of a call on a [`Keyed`] client.
+#[pin_project::pin_project(project = KeyedFutureProj)]
+pub enum KeyedFuture<F> {
+    /// Given to its endpoint at once.
+    Picked(#[pin] GuardedFuture<F>),
+    /// Waiting for an endpoint first.
+    Waiting(BoxFuture<'static, Result<Payload, Error>>),
+}
+
+impl<F> Future for KeyedFuture<F>
+where
+    F: Future<Output = Result<Payload, Error>>,
+{
+    type Output = Result<Payload, Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project() {
+            KeyedFutureProj::Picked(f) => f.poll(cx),
+            KeyedFutureProj::Waiting(f) => f.as_mut().poll(cx),
+        }
+    }
+}
+
+impl<F> fmt::Debug for KeyedFuture<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            KeyedFuture::Picked(_) => "KeyedFuture::Picked",
+            KeyedFuture::Waiting(_) => "KeyedFuture::Waiting",
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scores_are_fixed_functions() {
+        // FNV-1a's published vectors.
+        assert_eq!(fnv1a(b""), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(fnv1a(b"a"), 0xaf63_dc4c_8601_ec8c);
+        assert_eq!(mix(0), 0);
+        assert_ne!(mix(1), mix(2));
+    }
+}
