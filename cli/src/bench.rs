@@ -12,6 +12,10 @@
 //! any call succeeded; if none did, it is the code of the commonest failure (3 timeouts,
 //! 4 transport failures, 1 error answers). Throughput (`rps`) and the latency percentiles are
 //! of the calls that succeeded; `requests` counts every call made, `errors` those that failed.
+//!
+//! Over several endpoints (a list, an etcd prefix: see `many`), each of the `--connections`
+//! clients is a balancer with a connection to every endpoint, and the report adds each
+//! endpoint's successful calls (`per_endpoint`).
 
 use std::io::{IsTerminal, Write};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -24,8 +28,8 @@ use rpc_core::Error;
 use serde::Serialize;
 use tokio::time::Instant;
 
-use crate::target::Target;
-use crate::{client_for, request_for, BenchArgs, Failure};
+use crate::many::{Many, Successes};
+use crate::{request_for, BenchArgs, Failure};
 use crate::{EXIT_REMOTE, EXIT_TIMEOUT, EXIT_TRANSPORT, EXIT_USAGE};
 use rpc_core::context::deadline_after;
 
@@ -79,6 +83,9 @@ struct Report {
     cpu_us_per_call: Option<f64>,
     concurrency: u32,
     connections: u32,
+    /// Over several endpoints: each one's successful calls, by URL.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    per_endpoint: Option<std::collections::BTreeMap<String, u64>>,
 }
 
 fn histogram() -> Histogram<u64> {
@@ -87,8 +94,6 @@ fn histogram() -> Histogram<u64> {
 }
 
 pub(crate) async fn run(args: BenchArgs) -> Result<(), Failure> {
-    let target = Target::parse(&args.target.url, args.target.codec, args.target.framing)
-        .map_err(Failure::usage)?;
     // Each worker paces itself to its share of the total rate: one call every `interval`.
     let interval = match args.rate {
         None => None,
@@ -103,10 +108,20 @@ pub(crate) async fn run(args: BenchArgs) -> Result<(), Failure> {
             ))
         }
     };
-    let tls = args.target.tls.config(&target)?;
+    let balanced = Many::parse(&args.target.url)
+        .map_err(Failure::usage)?
+        .is_some();
+    let successes = Successes::default();
+    let idempotent = args.idempotent.then(|| args.target.method.clone());
     let mut clients = Vec::new();
+    let mut codec = args.target.codec;
     for _ in 0..args.connections {
-        clients.push(client_for(&target, args.timeout, tls.as_ref()).await?);
+        let (client, c) = args
+            .target
+            .client(args.timeout, idempotent.clone(), Some(&successes))
+            .await?;
+        codec = c;
+        clients.push(client);
     }
     let done = Arc::new(AtomicU64::new(0));
     let cpu_before = process_cpu();
@@ -137,7 +152,7 @@ pub(crate) async fn run(args: BenchArgs) -> Result<(), Failure> {
         // The worker's own clone: calls go through it in place (`send_mut`), not through a
         // clone per call.
         let mut client = clients[i as usize % clients.len()].clone();
-        let request = request_for(&target, &client, &args.target.method, &args.target.args)?;
+        let request = request_for(codec, &client, &args.target.method, &args.target.args)?;
         let done = progress.as_ref().map(|_| done.clone());
         // Worker i's first call is i/concurrency of an interval in: the calls of all workers
         // together come evenly spaced, not in bursts of `concurrency`.
@@ -257,6 +272,7 @@ pub(crate) async fn run(args: BenchArgs) -> Result<(), Failure> {
             .map(|c| c.as_secs_f64() * 1e6 / requests as f64),
         concurrency: args.concurrency,
         connections: args.connections,
+        per_endpoint: balanced.then(|| successes.snapshot()),
     };
     let mut out = std::io::stdout().lock();
     let failed = (ok == 0 && report.errors > 0).then(|| {
@@ -292,6 +308,9 @@ pub(crate) async fn run(args: BenchArgs) -> Result<(), Failure> {
         );
         if let Some(us) = report.cpu_us_per_call {
             let _ = writeln!(out, "cpu         {us:.2} µs per call (this process)");
+        }
+        for (url, n) in report.per_endpoint.iter().flatten() {
+            let _ = writeln!(out, "endpoint    {url}  {n} successful calls");
         }
     }
     failed.map_or(Ok(()), Err)

@@ -7,6 +7,7 @@
 
 mod bench;
 mod demo;
+mod many;
 mod raw_args;
 mod target;
 
@@ -114,6 +115,14 @@ struct ServeArgs {
     /// brought up to date every second.
     #[arg(long, value_name = "HOST:PORT")]
     metrics: Option<SocketAddr>,
+    /// Register every listener in etcd, under the prefix of etcd://HOST:PORT/PREFIX, on a lease
+    /// kept alive while serving and revoked at shutdown; callers given the same URL follow it.
+    #[arg(long, value_name = "URL")]
+    register: Option<String>,
+    /// The lease of --register: how long the listeners stay registered after this process dies
+    /// without shutting down (whole seconds, at least 1 s; etcd may round it up).
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = humantime::parse_duration, requires = "register")]
+    register_ttl: Duration,
     #[command(flatten)]
     tls: ServeTls,
 }
@@ -175,7 +184,21 @@ impl ClientTls {
         &self,
         target: &Target,
     ) -> Result<Option<Arc<tls::rustls::ClientConfig>>, Failure> {
-        if !matches!(target.address, Address::Tls { .. }) {
+        self.config_if(matches!(target.address, Address::Tls { .. }))
+    }
+
+    /// Whether any of the TLS options is given.
+    pub(crate) fn is_given(&self) -> bool {
+        self.tls_ca.is_some() || self.tls_cert.is_some()
+    }
+
+    /// The client configuration if `needed` (some endpoint is a `tls://` one); the options
+    /// given when none is are refused.
+    pub(crate) fn config_if(
+        &self,
+        needed: bool,
+    ) -> Result<Option<Arc<tls::rustls::ClientConfig>>, Failure> {
+        if !needed {
             if self.tls_ca.is_some() || self.tls_cert.is_some() {
                 return Err(Failure::usage(
                     "--tls-ca, --tls-cert and --tls-key are for tls:// endpoints",
@@ -240,7 +263,8 @@ impl TransportLimits {
 /// What to call: the endpoint, the method and its arguments.
 #[derive(Args)]
 pub(crate) struct CallTarget {
-    /// The endpoint URL, or exec:COMMAND ARGS... (one argument: quote it for the shell).
+    /// The endpoint URL; several, comma-separated, or etcd://HOST:PORT/PREFIX, to balance the
+    /// calls over them; or exec:COMMAND ARGS... (one argument: quote it for the shell).
     pub(crate) url: String,
     /// The method name.
     pub(crate) method: String,
@@ -258,6 +282,39 @@ pub(crate) struct CallTarget {
     pub(crate) framing: Option<FramingName>,
     #[command(flatten)]
     pub(crate) tls: ClientTls,
+}
+
+impl CallTarget {
+    /// A client of the endpoint, or a balanced one over the endpoints of a list or an etcd
+    /// prefix (counting their successful calls in `successes`, retrying `idempotent` calls that
+    /// may have been lost), and the codec it speaks.
+    pub(crate) async fn client(
+        &self,
+        timeout: Duration,
+        idempotent: Option<String>,
+        successes: Option<&many::Successes>,
+    ) -> Result<(Client<BoxChannel>, CodecName), Failure> {
+        match many::Many::parse(&self.url).map_err(Failure::usage)? {
+            Some(list) => {
+                let settings = many::Settings {
+                    codec: self.codec,
+                    framing: self.framing,
+                    timeout,
+                    tls: &self.tls,
+                    idempotent,
+                };
+                let client =
+                    many::client(&list, settings, successes.unwrap_or(&Default::default())).await?;
+                Ok((client, self.codec))
+            }
+            None => {
+                let target =
+                    Target::parse(&self.url, self.codec, self.framing).map_err(Failure::usage)?;
+                let tls = self.tls.config(&target)?;
+                Ok((client_for(&target, timeout, tls.as_ref())?, target.codec))
+            }
+        }
+    }
 }
 
 #[derive(Args)]
@@ -301,6 +358,11 @@ pub(crate) struct BenchArgs {
     /// Print one JSON object instead of a table.
     #[arg(long)]
     pub(crate) json: bool,
+    /// Over several endpoints: the method may run more than once, so a call that may have been
+    /// lost (its connection lost mid-call, no answer in time) is retried on another endpoint.
+    /// Calls that provably did not run are retried either way.
+    #[arg(long)]
+    pub(crate) idempotent: bool,
 }
 
 /// A failure with its exit code.
@@ -374,28 +436,52 @@ fn local_udp_addr(peer: SocketAddr) -> SocketAddr {
 }
 
 /// A client for `target`; `tls` is the configuration of `tls://` targets.
-pub(crate) async fn client_for(
+pub(crate) fn client_for(
     target: &Target,
     timeout: Duration,
     tls: Option<&Arc<tls::rustls::ClientConfig>>,
 ) -> Result<Client<BoxChannel>, Failure> {
+    let channel = channel_for(target, timeout, tls)?;
+    Ok(Client::new(channel, format_of(target.codec)))
+}
+
+/// The format arguments are encoded in for `codec`.
+pub(crate) fn format_of(codec: CodecName) -> &'static dyn rpc_core::Format {
+    match codec {
+        CodecName::Msgpack => RpcudpCodec::new().format(),
+        CodecName::MsgpackRpc => MsgpackRpcCodec::new().format(),
+        CodecName::JsonRpc => JsonRpcCodec::new().format(),
+        CodecName::Raw => &rpc_codecs::raw::LE,
+    }
+}
+
+/// A channel to `target` (it connects on its first call); `tls` is the configuration of
+/// `tls://` targets.
+pub(crate) fn channel_for(
+    target: &Target,
+    timeout: Duration,
+    tls: Option<&Arc<tls::rustls::ClientConfig>>,
+) -> Result<BoxChannel, Failure> {
     match target.codec {
-        CodecName::Msgpack => client_with(target, RpcudpCodec::new(), timeout, tls).await,
-        CodecName::JsonRpc => client_with(target, JsonRpcCodec::new(), timeout, tls).await,
-        CodecName::MsgpackRpc => client_with(target, MsgpackRpcCodec::new(), timeout, tls).await,
+        CodecName::Msgpack => channel_with(target, RpcudpCodec::new(), timeout, tls),
+        CodecName::JsonRpc => channel_with(target, JsonRpcCodec::new(), timeout, tls),
+        CodecName::MsgpackRpc => channel_with(target, MsgpackRpcCodec::new(), timeout, tls),
         CodecName::Raw => match &target.address {
             Address::Tcp(addr) => Ok(raw::Builder::new()
                 .timeout(timeout)
                 .client_tcp(*addr)
-                .boxed()),
+                .boxed()
+                .into_inner()),
             Address::Tls { addr, host } => Ok(raw::Builder::new()
                 .timeout(timeout)
                 .client_tls(tls_address(*addr, host, tls)?)
-                .boxed()),
+                .boxed()
+                .into_inner()),
             Address::Unix(path) => Ok(raw::Builder::new()
                 .timeout(timeout)
                 .client_unix(path)
-                .boxed()),
+                .boxed()
+                .into_inner()),
             Address::Udp(_) | Address::Exec(_) => Err(Failure::usage(
                 "the raw codec (basic-socket-rpc) runs over tcp://, tls:// or unix://",
             )),
@@ -403,15 +489,15 @@ pub(crate) async fn client_for(
     }
 }
 
-/// The request for METHOD and ARGs in `target`'s codec: named methods and JSON arguments, or for
+/// The request for METHOD and ARGs in `codec`: named methods and JSON arguments, or for
 /// the raw codec a command id and typed arguments.
 pub(crate) fn request_for(
-    target: &Target,
+    codec: CodecName,
     client: &Client<BoxChannel>,
     method: &str,
     args: &[String],
 ) -> Result<rpc_core::Request, Failure> {
-    if target.codec == CodecName::Raw {
+    if codec == CodecName::Raw {
         let id: u16 = method.parse().map_err(|_| {
             Failure::usage(format!(
                 "the raw codec calls commands by number (0-65535), not {method:?}"
@@ -441,41 +527,48 @@ fn tls_address(
     tls::Address::new(addr, host, config).map_err(|e| Failure::usage(e.to_string()))
 }
 
-/// A client of `target` whose calls wait at most `timeout` for their answers (the transport's
+/// A channel to `target` whose calls wait at most `timeout` for their answers (the transport's
 /// timeout: no request is changed per call).
-async fn client_with<C: Codec>(
+fn channel_with<C: Codec>(
     target: &Target,
     codec: C,
     timeout: Duration,
     tls: Option<&Arc<tls::rustls::ClientConfig>>,
-) -> Result<Client<BoxChannel>, Failure> {
+) -> Result<BoxChannel, Failure> {
     let framing = target.stream_framing();
     Ok(match &target.address {
         Address::Udp(peer) => {
-            let local = local_udp_addr(*peer);
-            udp::Builder::new()
-                .timeout(timeout)
-                .bind(local, codec)
-                .await
-                .map_err(|e| Failure::transport(format!("cannot bind a UDP socket: {e}")))?
-                .client(*peer)
-                .boxed()
+            let cannot =
+                |e: std::io::Error| Failure::transport(format!("cannot bind a UDP socket: {e}"));
+            let socket = std::net::UdpSocket::bind(local_udp_addr(*peer)).map_err(cannot)?;
+            socket.set_nonblocking(true).map_err(cannot)?;
+            let socket = tokio::net::UdpSocket::from_std(socket).map_err(cannot)?;
+            BoxChannel::new(
+                udp::Builder::new()
+                    .timeout(timeout)
+                    .from_socket(socket, codec)
+                    .map_err(cannot)?
+                    .channel(*peer),
+            )
         }
-        Address::Tcp(addr) => tcp::Builder::new()
-            .timeout(timeout)
-            .framing(framing)
-            .client(*addr, codec)
-            .boxed(),
-        Address::Tls { addr, host } => tls::Builder::new()
-            .timeout(timeout)
-            .framing(framing)
-            .client(tls_address(*addr, host, tls)?, codec)
-            .boxed(),
-        Address::Unix(path) => unix::Builder::new()
-            .timeout(timeout)
-            .framing(framing)
-            .client(path, codec)
-            .boxed(),
+        Address::Tcp(addr) => BoxChannel::new(
+            tcp::Builder::new()
+                .timeout(timeout)
+                .framing(framing)
+                .channel(*addr, codec),
+        ),
+        Address::Tls { addr, host } => BoxChannel::new(
+            tls::Builder::new()
+                .timeout(timeout)
+                .framing(framing)
+                .channel(tls_address(*addr, host, tls)?, codec),
+        ),
+        Address::Unix(path) => BoxChannel::new(
+            unix::Builder::new()
+                .timeout(timeout)
+                .framing(framing)
+                .channel(path, codec),
+        ),
         Address::Exec(words) => {
             let mut command = std::process::Command::new(&words[0]);
             command.args(&words[1..]);
@@ -488,6 +581,7 @@ async fn client_with<C: Codec>(
                 .map_err(|e| Failure::transport(e.to_string()))?
                 .client()
                 .boxed()
+                .into_inner()
         }
     })
 }
@@ -711,18 +805,15 @@ pub(crate) fn to_json(v: rmpv::Value) -> serde_json::Value {
 }
 
 async fn call(args: CallArgs) -> Result<(), Failure> {
-    let target = Target::parse(&args.target.url, args.target.codec, args.target.framing)
-        .map_err(Failure::usage)?;
-    if args.returns.is_some() && target.codec != CodecName::Raw {
+    let (client, codec) = args.target.client(args.timeout, None, None).await?;
+    if args.returns.is_some() && codec != CodecName::Raw {
         return Err(Failure::usage(
             "--returns is for the raw codec (basic-socket-rpc), whose results carry no types",
         ));
     }
-    let tls = args.target.tls.config(&target)?;
-    let client = client_for(&target, args.timeout, tls.as_ref()).await?;
-    let request = request_for(&target, &client, &args.target.method, &args.target.args)?;
+    let request = request_for(codec, &client, &args.target.method, &args.target.args)?;
     if args.notify {
-        if target.codec == CodecName::Raw {
+        if codec == CodecName::Raw {
             return Err(Failure::usage("basic-socket-rpc has no notifications"));
         }
         let (method, payload, _) = request.into_parts();
@@ -747,7 +838,7 @@ async fn call(args: CallArgs) -> Result<(), Failure> {
         }
     };
     let payload = result.map_err(|e| Failure::from_call(&e))?;
-    let json = if target.codec == CodecName::Raw {
+    let json = if codec == CodecName::Raw {
         raw_args::decode(payload.bytes(), args.returns.as_deref())?
     } else {
         to_json(payload.decode().map_err(|e| Failure::from_call(&e))?)
@@ -791,6 +882,17 @@ async fn serve(args: ServeArgs) -> Result<(), Failure> {
             .map_err(|e| Failure::transport(format!("cannot serve metrics on {addr}: {e}")))?;
         tokio::spawn(publish_metrics(running.clone(), calls));
     }
+    let registration = match &args.register {
+        Some(url) => {
+            let urls = running
+                .iter()
+                .zip(&targets)
+                .map(|((_, bound), target)| registered_url(bound, target))
+                .collect::<Vec<_>>();
+            Some(register(url, urls, args.register_ttl).await?)
+        }
+        None => None,
+    };
     // Announced once every listener is up: a script that waits for these lines may use them all.
     let mut out = std::io::stdout();
     for (_, bound) in &running {
@@ -800,6 +902,12 @@ async fn serve(args: ServeArgs) -> Result<(), Failure> {
     signal.await;
     let _ = writeln!(out, "shutting down");
     let _ = out.flush();
+    // Out of the registry first, so that callers stop sending while the listeners drain.
+    if let Some(registration) = registration {
+        if let Err(e) = registration.deregister().await {
+            eprintln!("rpc: leaving etcd: {e}");
+        }
+    }
     // The listeners drain together: the grace period is the whole wait, not one per listener.
     let drained = running.iter().map(|(server, url)| async move {
         if !server.shutdown(args.grace).await {
@@ -815,6 +923,39 @@ async fn serve(args: ServeArgs) -> Result<(), Failure> {
     }
     let _ = out.flush();
     Ok(())
+}
+
+/// The URL a listener is registered under: where it listens, with its codec and (when one was
+/// named) its framing, so that callers need not be told them.
+fn registered_url(bound: &str, target: &Target) -> String {
+    let base = bound.split_once('?').map_or(bound, |(base, _)| base);
+    match target.framing {
+        Some(framing) => format!("{base}?codec={}&framing={framing}", target.codec),
+        None => format!("{base}?codec={}", target.codec),
+    }
+}
+
+/// Registers `urls` under the prefix of the etcd URL `url`.
+async fn register(
+    url: &str,
+    urls: Vec<String>,
+    ttl: Duration,
+) -> Result<rpc_balance::etcd::Registration, Failure> {
+    let rest = url.strip_prefix("etcd://").ok_or_else(|| {
+        Failure::usage(format!(
+            "--register {url:?}: expected etcd://HOST:PORT/PREFIX"
+        ))
+    })?;
+    let (addr, prefix) = many::etcd_url(url, rest).map_err(Failure::usage)?;
+    let cannot = |e: String| Failure::transport(format!("cannot register in etcd at {addr}: {e}"));
+    let connect = rpc_balance::etcd::Client::connect([addr.as_str()], None);
+    let client = tokio::time::timeout(Duration::from_secs(5), connect)
+        .await
+        .map_err(|_| cannot("no connection within 5 s".into()))?
+        .map_err(|e| cannot(e.to_string()))?;
+    rpc_balance::etcd::register(client, prefix, urls, ttl)
+        .await
+        .map_err(|e| cannot(e.to_string()))
 }
 
 /// Brings the exporter's counters up to date every second, as long as the process serves.

@@ -1142,3 +1142,124 @@ fn exec_endpoints_start_the_program_and_explain_what_they_cannot_do() {
         assert!(err.contains(says), "{args:?}: {err}");
     }
 }
+
+/// `rpc bench LIST add 1 2 --json` with `extra` options, for a second; the report.
+fn bench_json(list: &str, extra: &[&str]) -> serde_json::Value {
+    let mut args = vec![
+        "bench",
+        list,
+        "add",
+        "1",
+        "2",
+        "--concurrency",
+        "8",
+        "--duration",
+        "1s",
+        "--json",
+    ];
+    args.extend_from_slice(extra);
+    let out = rpc(&args);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("{e}: {stdout}"))
+}
+
+#[test]
+fn call_and_bench_over_a_list_of_endpoints() {
+    let servers: Vec<Server> = (0..3)
+        .map(|_| Server::start_with(&["--listen", "tcp://127.0.0.1:0"]))
+        .collect();
+    // One endpoint no one listens on: its refused calls go to the others.
+    let dead = format!("tcp://127.0.0.1:{}", interop::free_port("127.0.0.1"));
+    let mut urls: Vec<String> = servers.iter().map(|s| s.url.clone()).collect();
+    urls.push(dead.clone());
+    let list = urls.join(",");
+
+    assert_eq!(call(&list, "add", &["2", "40"]).1, "42");
+    let report = bench_json(&list, &["--idempotent"]);
+    assert_eq!(report["errors"], 0, "{report}");
+    let per_endpoint = report["per_endpoint"].as_object().expect("per_endpoint");
+    assert_eq!(per_endpoint.len(), 4, "{report}");
+    for s in &servers {
+        assert!(per_endpoint[&s.url].as_u64().unwrap() > 0, "{report}");
+    }
+    assert_eq!(per_endpoint[&dead], 0);
+    let total: u64 = per_endpoint.values().map(|n| n.as_u64().unwrap()).sum();
+    assert_eq!(total, report["requests"].as_u64().unwrap());
+
+    // A list of endpoints speaks one codec.
+    let mixed = format!("{},{}?codec=jsonrpc", servers[0].url, servers[1].url);
+    let (code, _, err) = call(&mixed, "add", &["1", "2"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("one codec"), "{err}");
+}
+
+#[test]
+fn serve_registers_in_etcd_and_callers_follow_the_prefix() {
+    let etcd = interop::Etcd::start();
+    let registry = format!("etcd://{}/services/demo", etcd.client_addr);
+    let serve = |listen: &str| {
+        Server::start_with(&[
+            "--listen",
+            listen,
+            "--register",
+            &registry,
+            "--register-ttl",
+            "2s",
+        ])
+    };
+    // One service over TCP and UDP: callers learn each URL with its codec.
+    let tcp = serve("tcp://127.0.0.1:0");
+    let mut udp = serve("udp://127.0.0.1:0");
+    let registered = |s: &Server| format!("{}?codec=msgpack", s.url);
+
+    assert_eq!(call(&registry, "add", &["2", "40"]).1, "42");
+    let report = bench_json(&registry, &[]);
+    let per_endpoint = report["per_endpoint"].as_object().expect("per_endpoint");
+    assert!(
+        per_endpoint[&registered(&tcp)].as_u64().unwrap() > 0,
+        "{report}"
+    );
+    assert!(
+        per_endpoint[&registered(&udp)].as_u64().unwrap() > 0,
+        "{report}"
+    );
+
+    // Killed, the UDP server's lease runs out: it is gone from the registry within its TTL.
+    let _ = udp.child.kill();
+    let _ = udp.child.wait();
+    std::thread::sleep(Duration::from_secs(4));
+    let report = bench_json(&registry, &[]);
+    let per_endpoint = report["per_endpoint"].as_object().expect("per_endpoint");
+    assert_eq!(per_endpoint.len(), 1, "{report}");
+    assert!(
+        per_endpoint[&registered(&tcp)].as_u64().unwrap() > 0,
+        "{report}"
+    );
+
+    // Stopped, the TCP server leaves at once; a caller then finds no endpoint and times out.
+    let pid = tcp.child.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let mut tcp = tcp;
+    let _ = tcp.child.wait();
+    let (code, _, err) = call(&registry, "add", &["2", "40"]);
+    assert_eq!(code, 3, "{err}");
+
+    // A bad registry URL is a usage error.
+    let out = rpc(&[
+        "serve",
+        "--listen",
+        "tcp://127.0.0.1:0",
+        "--register",
+        "etcd://127.0.0.1",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+}
