@@ -171,6 +171,31 @@ fn jsonrpc_bidirectional_calls_both_ways() {
     );
 }
 
+#[test]
+fn balanced_loses_no_call_when_a_server_stops_and_uses_it_again_when_it_starts() {
+    let (ok, out) = run(&mut Command::new(example("balanced")));
+    assert!(ok, "{out}");
+    assert!(out.contains("failed calls: 0"), "{out}");
+    // Each phase's line: "NAME  ADDR: CALLS  ADDR: CALLS  ADDR: CALLS".
+    let calls = |prefix: &str| -> Vec<u64> {
+        let line = out
+            .lines()
+            .find(|l| l.starts_with(prefix) || l.contains(prefix))
+            .unwrap_or_else(|| panic!("no {prefix:?} line in:\n{out}"));
+        line.split("  ")
+            .filter_map(|part| part.trim().rsplit_once(": "))
+            .map(|(_, n)| n.parse().expect("a count"))
+            .collect()
+    };
+    let all = calls("three servers");
+    assert!(all.len() == 3 && all.iter().all(|&n| n > 0), "{out}");
+    // Only the calls it took between the first line and its stop.
+    let stopped = calls("stopped");
+    assert!(stopped[1] < all[1] / 10, "{out}");
+    let again = calls("started again");
+    assert!(again[1] > 0, "the restarted server took no call:\n{out}");
+}
+
 fn start_greet_server() -> (Program, String) {
     let server = Program::start(
         &example("greet_server"),
