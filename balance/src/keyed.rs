@@ -24,7 +24,7 @@ use tower::Service;
 
 use crate::discover::{Discovery, Update};
 use crate::health::{Backoff, Guarded, GuardedFuture, Standing};
-use crate::{Builder, Connect};
+use crate::{polled_twice, wait_deadline, when_ready, Builder, Connect};
 
 /// The function that takes a request's routing key.
 type KeyOf = Arc<dyn Fn(&Request) -> Option<Vec<u8>> + Send + Sync>;
@@ -244,31 +244,15 @@ where
                 Poll::Pending => {}
             }
         }
-        let now = tokio::time::Instant::now();
-        let deadline = req
-            .context()
-            .deadline()
-            .unwrap_or_else(|| now + self.timeout);
+        let deadline = wait_deadline(&req, self.timeout);
         let shared = self.shared.clone();
         let mut req = Some(req);
-        KeyedFuture::Waiting(Box::pin(async move {
-            let picked = futures::future::poll_fn(|cx| {
-                let mut ring = shared.lock().unwrap_or_else(PoisonError::into_inner);
-                let i = match std::task::ready!(ring.pick(key.as_deref(), cx)) {
-                    Ok(i) => i,
-                    Err(e) => return Poll::Ready(Err(e)),
-                };
-                match req.take() {
-                    Some(req) => Poll::Ready(Ok(ring.endpoints[i].channel.call(req))),
-                    None => Poll::Ready(Err(Error::Other("polled after completion".into()))),
-                }
-            });
-            match tokio::time::timeout_at(deadline, picked).await {
-                Ok(Ok(call)) => call.await,
-                Ok(Err(e)) => Err(e),
-                Err(_) => Err(Error::Timeout),
-            }
-        }))
+        KeyedFuture::Waiting(Box::pin(when_ready(deadline, move |cx| {
+            let mut ring = shared.lock().unwrap_or_else(PoisonError::into_inner);
+            let i = std::task::ready!(ring.pick(key.as_deref(), cx))?;
+            let req = req.take().ok_or_else(polled_twice)?;
+            Poll::Ready(Ok(ring.endpoints[i].channel.call(req)))
+        })))
     }
 }
 

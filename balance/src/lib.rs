@@ -386,33 +386,45 @@ where
                 Poll::Pending => {}
             }
         }
-        // No endpoint is ready: wait for one (discovery's next insert, an ejection's end) with
-        // a real waker, within the call's deadline.
-        let now = tokio::time::Instant::now();
-        let deadline = req
-            .context()
-            .deadline()
-            .unwrap_or_else(|| now + self.timeout);
+        // No endpoint is ready: wait for one (discovery's next insert, an ejection's end).
+        let deadline = wait_deadline(&req, self.timeout);
         let shared = self.shared.clone();
         let mut req = Some(req);
-        BalancedFuture::waiting(async move {
-            let picked = futures::future::poll_fn(|cx| {
-                let mut p2c = shared.lock().unwrap_or_else(PoisonError::into_inner);
-                match std::task::ready!(p2c.poll_ready(cx)) {
-                    Ok(()) => match req.take() {
-                        Some(req) => Poll::Ready(Ok(p2c.call(req))),
-                        None => Poll::Ready(Err(Error::Other("polled after completion".into()))),
-                    },
-                    Err(e) => Poll::Ready(Err(e)),
-                }
-            });
-            match tokio::time::timeout_at(deadline, picked).await {
-                Ok(Ok(call)) => call.await,
-                Ok(Err(e)) => Err(e),
-                Err(_) => Err(Error::Timeout),
-            }
-        })
+        BalancedFuture::waiting(when_ready(deadline, move |cx| {
+            let mut p2c = shared.lock().unwrap_or_else(PoisonError::into_inner);
+            std::task::ready!(p2c.poll_ready(cx))?;
+            Poll::Ready(Ok(p2c.call(req.take().ok_or_else(polled_twice)?)))
+        }))
     }
+}
+
+/// How long a call that finds no ready endpoint waits for one: until its deadline, or
+/// `timeout` from now.
+fn wait_deadline(req: &Request, timeout: Duration) -> tokio::time::Instant {
+    req.context()
+        .deadline()
+        .unwrap_or_else(|| tokio::time::Instant::now() + timeout)
+}
+
+/// Waits until `start`, polled with the call's own waker, has started the call on an endpoint,
+/// then for the call's answer; [`Error::Timeout`] if no endpoint is ready by `deadline`.
+async fn when_ready<F>(
+    deadline: tokio::time::Instant,
+    mut start: impl FnMut(&mut Context<'_>) -> Poll<Result<F, Error>>,
+) -> Result<Payload, Error>
+where
+    F: Future<Output = Result<Payload, Error>>,
+{
+    match tokio::time::timeout_at(deadline, futures::future::poll_fn(|cx| start(cx))).await {
+        Ok(Ok(call)) => call.await,
+        Ok(Err(e)) => Err(e),
+        Err(_) => Err(Error::Timeout),
+    }
+}
+
+/// A waiting call's start, polled again after it started.
+fn polled_twice() -> Error {
+    Error::Other("polled after completion".into())
 }
 
 /// The future of a call on a [`Balanced`] client.
