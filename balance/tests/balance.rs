@@ -413,6 +413,64 @@ async fn keys_stay_on_their_server_across_changes_of_the_set() {
     check_calls(third).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_whose_server_dies_goes_to_its_next_server_and_comes_back() {
+    let calls = counters(3);
+    let mut hosts = Vec::new();
+    let mut names = Vec::new();
+    for (i, calls) in calls.iter().enumerate() {
+        let r = router(i, calls.clone(), Runs::default(), Duration::ZERO);
+        let host = Host::start("127.0.0.1:0".parse().unwrap(), r);
+        names.push(host._server.as_ref().unwrap().local_addr().to_string());
+        hosts.push(Some(host));
+    }
+    let keyed = rpc_balance::builder(|a: &String| {
+        tcp::Builder::new().channel(a.as_str(), RpcudpCodec::new())
+    })
+    .keyed(Discovery::fixed(names.clone()), |req| {
+        req.args()
+            .decode::<(String,)>()
+            .ok()
+            .map(|(k,)| k.into_bytes())
+    });
+    // `shard` only reads: a call whose connection was lost may be sent again.
+    let client = Client::new(keyed.clone(), &rpc_core::msgpack::MsgPack).layer(
+        tower::retry::RetryLayer::new(RetryPolicy::new().idempotent(["shard"])),
+    );
+    let key = "user-7";
+    let home = keyed.endpoint_for(key.as_bytes()).unwrap();
+    let home_index = names.iter().position(|n| *n == home).unwrap();
+    assert_eq!(
+        client.call::<usize>("shard", (key,)).await.unwrap(),
+        home_index
+    );
+
+    // Its server dies: the call fails there (the connection is lost, or refused), the endpoint
+    // is ejected and the retry goes to the key's next server, which keeps it while the first is
+    // out.
+    hosts[home_index].take().unwrap().kill();
+    let moved = client.call::<usize>("shard", (key,)).await.unwrap();
+    assert_ne!(moved, home_index);
+    for _ in 0..20 {
+        assert_eq!(client.call::<usize>("shard", (key,)).await.unwrap(), moved);
+    }
+
+    // Back on its port, it gets its key again once its ejection ends.
+    let back = Arc::new(AtomicUsize::new(0));
+    hosts[home_index] = Some(Host::start(
+        home.parse().unwrap(),
+        router(home_index, back.clone(), Runs::default(), Duration::ZERO),
+    ));
+    let start = Instant::now();
+    while client.call::<usize>("shard", (key,)).await.unwrap() != home_index {
+        assert!(
+            start.elapsed() < Duration::from_secs(3),
+            "the key did not come back"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 fn tempdir() -> std::path::PathBuf {
     let dir = std::env::temp_dir().join(format!(
         "rpc-balance-{}-{}",
