@@ -8,12 +8,15 @@
 //!
 //! | module | what | features |
 //! |---|---|---|
-//! | [`transports`] | UDP, TCP, Unix sockets, in-memory pipes, any byte stream, basic-socket-rpc | `udp`, `tcp`, `unix`, `memory`, `raw` |
+//! | [`transports`] | UDP, TCP, Unix sockets, in-memory pipes, child processes and stdio, any byte stream, basic-socket-rpc | `udp`, `tcp`, `unix`, `memory`, `process`, `raw` |
 //! | [`codecs`] | msgpack (rpcudp's wire), JSON-RPC 2.0, basic-socket-rpc's values | `msgpack`, `jsonrpc`, `raw` |
 //! | [`middleware`] | deadlines, retries, keyed rate and concurrency limits, tracing | `middleware` |
 //! | [`service`] | one trait declares a service, its client and its routes | `macros` |
+//! | `balance` | a client over many servers: balancing, failover, keyed routing, discovery | `balance` (with `balance-dns`, `balance-etcd`) |
 //!
-//! All of them are on by default; `full` adds `metrics` (counters through the `metrics` facade).
+//! All but `balance` are on by default; `full` adds `balance` with DNS and etcd discovery
+//! (building etcd's client runs the protobuf compiler, `protoc`) and `metrics` (counters through
+//! the `metrics` facade).
 //!
 //! ```
 //! use rpc_stack::codecs::msgpack::RpcudpCodec;
@@ -118,6 +121,15 @@ pub mod codecs {
 pub mod middleware {
     #[doc(inline)]
     pub use rpc_middleware::*;
+}
+
+/// A client over many servers (`rpc_balance`, feature `balance`): tower's p2c balancing, failover,
+/// keyed routing, and discovery from a list, a changing set, DNS (`balance-dns`) or etcd
+/// (`balance-etcd`).
+#[cfg(feature = "balance")]
+pub mod balance {
+    #[doc(inline)]
+    pub use rpc_balance::*;
 }
 
 /// tokio, the runtime the transports run on (feature `rt`): a program that depends on
