@@ -466,10 +466,12 @@ pub struct Dnsmasq {
 impl Dnsmasq {
     /// Starts dnsmasq with no records.
     pub fn start() -> Self {
-        ensure_debian_program("dnsmasq", "dnsmasq-base");
+        // Debian puts it in /usr/sbin, which a user's PATH may leave out.
+        const DNSMASQ: &str = "/usr/sbin/dnsmasq";
+        ensure_debian_program(DNSMASQ, "dnsmasq-base");
         let hosts = TempDir::new("rpc-dns");
         let port = free_port("127.0.0.1");
-        let child = Command::new("dnsmasq")
+        let child = Command::new(DNSMASQ)
             .arg("--keep-in-foreground")
             .arg("--conf-file=/dev/null")
             .arg("--pid-file=")
