@@ -18,7 +18,6 @@
 //! # Ok(()) }
 //! ```
 
-use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -67,32 +66,21 @@ pub fn watch(
     let name = name.into();
     let (endpoints, discovery) = discover::set();
     tokio::spawn(async move {
-        let mut known = BTreeSet::new();
-        let mut ticks = tokio::time::interval(every);
+        // Looked up no more than a hundred times a second, whatever `every` says.
+        let mut ticks = tokio::time::interval(every.max(Duration::from_millis(10)));
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 _ = endpoints.closed() => return,
                 _ = ticks.tick() => {}
             }
-            let found: BTreeSet<SocketAddr> = match resolver.lookup_ip(name.as_str()).await {
-                Ok(ips) => ips.iter().map(|ip| SocketAddr::new(ip, port)).collect(),
-                Err(e) if e.is_no_records_found() => BTreeSet::new(),
+            match resolver.lookup_ip(name.as_str()).await {
+                Ok(ips) => endpoints.replace(ips.iter().map(|ip| SocketAddr::new(ip, port))),
+                Err(e) if e.is_no_records_found() => endpoints.replace([]),
                 Err(error) => {
-                    tracing::warn!(%error, name, "DNS look-up failed; keeping the endpoints");
-                    continue;
+                    tracing::warn!(%error, name, "DNS look-up failed; keeping the endpoints")
                 }
-            };
-            for gone in known.difference(&found) {
-                endpoints.remove(*gone);
             }
-            for new in found.difference(&known) {
-                endpoints.insert(*new);
-            }
-            if found != known {
-                tracing::debug!(name, endpoints = found.len(), "DNS endpoints changed");
-            }
-            known = found;
         }
     });
     discovery

@@ -5,8 +5,10 @@
 //! `PREFIX/LEASE-INDEX`, all attached to one lease of `ttl`, kept alive at a third of it. A
 //! server that dies stops the keep-alives: etcd deletes its keys when the lease expires, and
 //! every caller's watch removes them. [`Registration::deregister`] revokes the lease, removing
-//! them at once. If the lease is lost anyway (etcd was unreachable for longer than the TTL), the
-//! registration grants a new one and puts its keys again.
+//! them at once. A keep-alive that breaks (the connection is lost, or nothing answers within a
+//! third of the TTL) is tried again on the same lease; once etcd says the lease expired (it was
+//! unreachable for longer than the TTL), the registration grants a new one and puts its keys
+//! again. Connect with [`connect`], whose client notices a dead connection within seconds.
 //!
 //! A watch reads every key under the prefix, then follows the changes from the revision it read
 //! at. When its stream breaks (etcd restarted, the connection was lost) it reads the prefix again
@@ -17,7 +19,7 @@
 //! use std::time::Duration;
 //!
 //! # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
-//! let client = etcd::Client::connect(["127.0.0.1:2379"], None).await?;
+//! let client = etcd::connect(["127.0.0.1:2379"]).await?;
 //! // A server:
 //! let registration = etcd::register(
 //!     client.clone(),
@@ -31,19 +33,39 @@
 //! # Ok(()) }
 //! ```
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::fmt;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use etcd_client::{Client, Error};
+pub use etcd_client::{Client, ConnectOptions, Error};
 use etcd_client::{EventType, GetOptions, PutOptions, WatchOptions};
 
 use crate::discover::{self, Discovery, Endpoints};
 
 /// How long a broken watch or keep-alive waits before it tries again.
 const RETRY: Duration = Duration::from_secs(1);
+
+/// The most keys a watch follows under its prefix: whoever may write there cannot make a
+/// caller hold more.
+pub const MAX_KEYS: usize = 10_000;
+
+/// A client of the etcd at `endpoints` (`HOST:PORT`s) that finds out within seconds that a
+/// connection is dead (HTTP/2 pings every 5 s, answered within 5 s), so that a watch or a
+/// registration on it starts again rather than waiting on a connection that is gone; at most
+/// 5 s to connect.
+pub async fn connect<E: AsRef<str>, S: AsRef<[E]>>(endpoints: S) -> Result<Client, Error> {
+    let options = ConnectOptions::new()
+        .with_keep_alive(Duration::from_secs(5), Duration::from_secs(5))
+        .with_connect_timeout(Duration::from_secs(5));
+    Client::connect(endpoints, Some(options)).await
+}
+
+/// The keys of `endpoints` under `prefix` for `lease`.
+fn key(prefix: &str, lease: i64, index: usize) -> String {
+    format!("{}/{lease:x}-{index}", prefix.trim_end_matches('/'))
+}
 
 /// Registers `endpoints` under `prefix` with a lease of `ttl` (at least 1 s; etcd may round it
 /// up to its own minimum) and keeps it alive until the registration is dropped or deregistered.
@@ -59,24 +81,22 @@ pub async fn register(
     let ttl_secs = i64::try_from(ttl.as_secs().max(1)).unwrap_or(i64::MAX);
     let lease = put_with_lease(&mut client, &prefix, &endpoints, ttl_secs).await?;
     let lease = Arc::new(AtomicI64::new(lease));
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let keeper = tokio::spawn(keep_alive(
         client.clone(),
         prefix,
         endpoints,
         ttl_secs,
         lease.clone(),
-        stopped,
     ));
     Ok(Registration {
         client,
         lease,
-        _stop: stop,
         keeper,
     })
 }
 
-/// Grants a lease and puts every endpoint's key on it; the lease's id.
+/// Grants a lease and puts every endpoint's key on it; the lease's id. A lease whose keys could
+/// not all be put is revoked.
 async fn put_with_lease(
     client: &mut Client,
     prefix: &str,
@@ -85,14 +105,17 @@ async fn put_with_lease(
 ) -> Result<i64, Error> {
     let lease = client.lease_grant(ttl_secs, None).await?.id();
     for (i, endpoint) in endpoints.iter().enumerate() {
-        let key = format!("{}/{lease:x}-{i}", prefix.trim_end_matches('/'));
-        client
+        let put = client
             .put(
-                key,
+                key(prefix, lease, i),
                 endpoint.as_str(),
                 Some(PutOptions::new().with_lease(lease)),
             )
-            .await?;
+            .await;
+        if let Err(e) = put {
+            let _ = client.lease_revoke(lease).await;
+            return Err(e);
+        }
     }
     tracing::debug!(
         prefix,
@@ -103,44 +126,34 @@ async fn put_with_lease(
     Ok(lease)
 }
 
-/// Keeps the lease alive at a third of its TTL; registers anew if it is lost.
+/// How keeping a lease alive ended.
+enum Kept {
+    /// etcd says the lease is gone: its keys are too.
+    Expired,
+    /// The connection broke or went quiet; the lease may still be alive.
+    Broken(String),
+}
+
+/// Keeps the lease alive at a third of its TTL, through broken connections; registers anew
+/// (a new lease) once etcd says the lease expired.
 async fn keep_alive(
     mut client: Client,
     prefix: String,
     endpoints: Vec<String>,
     ttl_secs: i64,
     lease: Arc<AtomicI64>,
-    mut stopped: tokio::sync::oneshot::Receiver<()>,
 ) {
     let period = Duration::from_secs(u64::try_from(ttl_secs).unwrap_or(1)) / 3;
     loop {
-        let alive = async {
-            let id = lease.load(Ordering::Relaxed);
-            let (mut keeper, mut answers) = client.lease_keep_alive(id).await?;
-            loop {
-                keeper.keep_alive().await?;
-                match answers.message().await? {
-                    // A TTL of zero: the lease expired.
-                    Some(answer) if answer.ttl() > 0 => {}
-                    _ => return Ok::<(), Error>(()),
-                }
-                tokio::time::sleep(period).await;
+        match keep(&mut client, lease.load(Ordering::Relaxed), period).await {
+            Kept::Broken(error) => {
+                tracing::warn!(error, prefix, "etcd keep-alive broke; trying again");
+                tokio::time::sleep(RETRY).await;
+                continue;
             }
-        };
-        tokio::select! {
-            _ = &mut stopped => return,
-            r = alive => {
-                if let Err(error) = r {
-                    tracing::warn!(%error, prefix, "etcd keep-alive failed");
-                }
-            }
+            Kept::Expired => tracing::warn!(prefix, "etcd lease expired; registering again"),
         }
-        // Lost: grant a new lease and put the keys again, until it works.
         loop {
-            tokio::select! {
-                _ = &mut stopped => return,
-                _ = tokio::time::sleep(RETRY) => {}
-            }
             match put_with_lease(&mut client, &prefix, &endpoints, ttl_secs).await {
                 Ok(new) => {
                     lease.store(new, Ordering::Relaxed);
@@ -148,7 +161,30 @@ async fn keep_alive(
                 }
                 Err(error) => tracing::warn!(%error, prefix, "etcd registration failed"),
             }
+            tokio::time::sleep(RETRY).await;
         }
+    }
+}
+
+/// Sends keep-alives for `lease` every `period`, each answered within `period`.
+async fn keep(client: &mut Client, lease: i64, period: Duration) -> Kept {
+    let broken = |e: Error| Kept::Broken(e.to_string());
+    let (mut keeper, mut answers) = match client.lease_keep_alive(lease).await {
+        Ok(k) => k,
+        Err(e) => return broken(e),
+    };
+    loop {
+        if let Err(e) = keeper.keep_alive().await {
+            return broken(e);
+        }
+        match tokio::time::timeout(period, answers.message()).await {
+            // A TTL of zero: the lease is gone.
+            Ok(Ok(Some(answer))) if answer.ttl() > 0 => {}
+            Ok(Ok(_)) => return Kept::Expired,
+            Ok(Err(e)) => return broken(e),
+            Err(_) => return Kept::Broken(format!("no answer within {period:?}")),
+        }
+        tokio::time::sleep(period).await;
     }
 }
 
@@ -158,7 +194,6 @@ async fn keep_alive(
 pub struct Registration {
     client: Client,
     lease: Arc<AtomicI64>,
-    _stop: tokio::sync::oneshot::Sender<()>,
     keeper: tokio::task::JoinHandle<()>,
 }
 
@@ -172,6 +207,8 @@ impl Registration {
     /// now.
     pub async fn deregister(mut self) -> Result<(), Error> {
         self.keeper.abort();
+        // Stopped, not halfway through granting a lease this would not revoke.
+        let _ = (&mut self.keeper).await;
         let lease = self.lease();
         self.client.lease_revoke(lease).await.map(drop)
     }
@@ -192,10 +229,11 @@ impl fmt::Debug for Registration {
 }
 
 /// The endpoints registered under `prefix`: each key's value (a URL, as [`register`] puts
-/// them), kept up to date until the discovery is dropped (see the [module docs](self)). Must be
-/// called within a tokio runtime.
+/// them), kept up to date until the discovery is dropped (see the [module docs](self)). Only
+/// keys under `prefix/` count, not those of a sibling prefix (`/services/echo2` for
+/// `/services/echo`), and at most [`MAX_KEYS`] of them. Must be called within a tokio runtime.
 pub fn watch(client: Client, prefix: impl Into<String>) -> Discovery<String> {
-    let prefix = prefix.into();
+    let prefix = format!("{}/", prefix.into().trim_end_matches('/'));
     let (endpoints, discovery) = discover::set();
     tokio::spawn(async move {
         let mut set = Registered::default();
@@ -218,32 +256,44 @@ pub fn watch(client: Client, prefix: impl Into<String>) -> Discovery<String> {
     discovery
 }
 
-/// The keys under the prefix and their endpoints, as last read.
+/// The keys under the prefix and their endpoints, as last read, with how many keys name each
+/// endpoint (an endpoint leaves the set with its last key).
 #[derive(Default)]
 struct Registered {
-    keys: BTreeMap<String, String>,
+    keys: HashMap<String, String>,
+    named: HashMap<String, usize>,
 }
 
 impl Registered {
-    /// How many keys name `endpoint`.
-    fn count(&self, endpoint: &str) -> usize {
-        self.keys.values().filter(|e| *e == endpoint).count()
-    }
-
     fn put(&mut self, key: String, endpoint: String, out: &Endpoints<String>) {
         if self.keys.get(&key) == Some(&endpoint) {
             return;
         }
+        if !self.keys.contains_key(&key) && self.keys.len() >= MAX_KEYS {
+            tracing::warn!(
+                key,
+                MAX_KEYS,
+                "too many keys under the prefix; this one is left out"
+            );
+            return;
+        }
         self.delete(&key, out);
-        if self.count(&endpoint) == 0 {
+        let n = self.named.entry(endpoint.clone()).or_default();
+        *n += 1;
+        if *n == 1 {
             out.insert(endpoint.clone());
         }
         self.keys.insert(key, endpoint);
     }
 
     fn delete(&mut self, key: &str, out: &Endpoints<String>) {
-        if let Some(old) = self.keys.remove(key) {
-            if self.count(&old) == 0 {
+        let Some(old) = self.keys.remove(key) else {
+            return;
+        };
+        if let Some(n) = self.named.get_mut(&old) {
+            *n -= 1;
+            if *n == 0 {
+                self.named.remove(&old);
                 out.remove(old);
             }
         }
@@ -258,7 +308,10 @@ async fn follow(
     out: &Endpoints<String>,
 ) -> Result<(), Error> {
     let now = client
-        .get(prefix, Some(GetOptions::new().with_prefix()))
+        .get(
+            prefix,
+            Some(GetOptions::new().with_prefix().with_limit(MAX_KEYS as i64)),
+        )
         .await?;
     let revision = now.header().map_or(0, |h| h.revision());
     let read: HashMap<String, String> = now

@@ -4,15 +4,20 @@
 //! transport error (the connection was refused, reset or lost) or that got no answer in time
 //! *trips* the endpoint; the next time the balancer asks whether it is ready, it is ejected:
 //! `poll_ready` stays pending for a backoff, 50 ms after the first failure, doubling with each
-//! further failure in a row up to 1 s ([`Backoff`]). Then it is ready again and the next call
-//! it is given is the probe: over a stream it opens a new connection (a refused one fails at
-//! once, and the retry policy sends the call elsewhere: it provably did not run), over UDP it
-//! is an ordinary call. A call answered resets the count. So an endpoint that comes back takes
-//! calls again within the longest backoff, and one that stays down costs one failed call per
-//! backoff.
+//! further failure in a row up to 1 s ([`Backoff`]); an error from the channel's own
+//! `poll_ready` ejects it the same way. Then it is ready again, and the calls it is given show
+//! whether it is back: over a stream the first opens a new connection (a refused one fails at
+//! once, and the retry policy sends the call elsewhere: it provably did not run), over UDP they
+//! are ordinary calls. A call answered resets the count. So an endpoint that comes back takes
+//! calls again within the longest backoff, and one that stays down gets the calls the balancer
+//! sends it between its return and its first failure (a refused connection fails fast: at most
+//! a few) once per backoff.
 //!
-//! The last endpoint standing is never ejected: with every other one out, calls keep going to
-//! it, and fail fast if it is down too, rather than waiting for a backoff to end.
+//! The last endpoint standing is not ejected by its calls' failures: with every other one out,
+//! calls keep going to it, and fail fast if it is down too, rather than waiting for a backoff
+//! to end. (An endpoint whose channel's `poll_ready` is pending counts as standing; the
+//! transports' channels are always ready. When endpoints are removed while others are out, the
+//! calls may wait for a backoff to end.)
 //!
 //! Answers with an error from the server (an unknown method, a handler's error, an overloaded
 //! server's refusal) say the endpoint is up, and do not trip it.
@@ -144,15 +149,12 @@ impl<S> Guarded<S> {
                     if !self.standing.try_eject() {
                         return Poll::Ready(());
                     }
-                    let failures = self.outcomes.failures.load(Ordering::Relaxed).max(1);
-                    let wait = self.backoff.after(failures);
-                    tracing::debug!(?wait, failures, "endpoint ejected");
-                    self.state = State::Ejected(Box::pin(tokio::time::sleep(wait)));
+                    self.eject();
                 }
                 State::Ejected(sleep) => {
                     ready!(sleep.as_mut().poll(cx));
-                    // Back for a probe: failures of calls made before the ejection do not
-                    // count against it.
+                    // Back: a failure of a call made before the ejection does not eject it
+                    // again (it still lengthens the next backoff).
                     self.outcomes.tripped.store(false, Ordering::Release);
                     self.standing.join();
                     self.state = State::Up;
@@ -160,6 +162,16 @@ impl<S> Guarded<S> {
                 }
             }
         }
+    }
+}
+
+impl<S> Guarded<S> {
+    /// Out for the backoff its failures in a row call for (already counted out of `standing`).
+    fn eject(&mut self) {
+        let failures = self.outcomes.failures.load(Ordering::Relaxed).max(1);
+        let wait = self.backoff.after(failures);
+        tracing::debug!(?wait, failures, "endpoint ejected");
+        self.state = State::Ejected(Box::pin(tokio::time::sleep(wait)));
     }
 }
 
@@ -190,8 +202,20 @@ where
     type Future = GuardedFuture<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
-        ready!(self.update(cx));
-        self.inner.poll_ready(cx)
+        loop {
+            ready!(self.update(cx));
+            match self.inner.poll_ready(cx) {
+                // tower's balancer would drop an endpoint whose readiness failed for good:
+                // it is ejected instead, even the last one, and tried again after the backoff.
+                Poll::Ready(Err(error)) => {
+                    tracing::debug!(%error, "endpoint not ready");
+                    self.outcomes.failures.fetch_add(1, Ordering::Relaxed);
+                    self.standing.leave();
+                    self.eject();
+                }
+                ready => return ready,
+            }
+        }
     }
 
     fn call(&mut self, req: Request) -> Self::Future {

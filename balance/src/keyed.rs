@@ -13,8 +13,8 @@
 use std::fmt::{self, Display};
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, PoisonError};
-use std::task::{Context, Poll, Waker};
+use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures::future::BoxFuture;
@@ -24,7 +24,7 @@ use tower::Service;
 
 use crate::discover::{Discovery, Update};
 use crate::health::{Backoff, Guarded, GuardedFuture, Standing};
-use crate::{polled_twice, wait_deadline, when_ready, Builder, Connect};
+use crate::{polled_twice, wait_deadline, when_ready, Builder, Connect, Polled};
 
 /// The function that takes a request's routing key.
 type KeyOf = Arc<dyn Fn(&Request) -> Option<Vec<u8>> + Send + Sync>;
@@ -43,7 +43,7 @@ where
         key_of: impl Fn(&Request) -> Option<Vec<u8>> + Send + Sync + 'static,
     ) -> Keyed<K, S> {
         Keyed {
-            shared: Arc::new(Mutex::new(Ring {
+            shared: Arc::new(Polled::new(Ring {
                 discovery,
                 connect: self.connect,
                 standing: Arc::default(),
@@ -88,7 +88,7 @@ where
 /// # Ok(()) }
 /// ```
 pub struct Keyed<K, S> {
-    shared: Arc<Mutex<Ring<K, S>>>,
+    shared: Arc<Polled<Ring<K, S>>>,
     key_of: KeyOf,
     timeout: Duration,
 }
@@ -137,25 +137,53 @@ where
     fn pick(&mut self, key: Option<&[u8]>, cx: &mut Context<'_>) -> Poll<Result<usize, Error>> {
         self.update(cx);
         let n = self.endpoints.len();
-        let mut order: Vec<usize> = (0..n).collect();
-        match key {
+        let order: Vec<usize> = match key {
             Some(key) => {
                 let h = fnv1a(key);
-                order.sort_by_key(|&i| std::cmp::Reverse(mix(self.endpoints[i].seed ^ h)));
+                let scores: Vec<u64> = self.endpoints.iter().map(|e| mix(e.seed ^ h)).collect();
+                let score = |i: usize| scores[i];
+                // The best is usually ready: found in one pass, with no sort.
+                if let Some(best) = (0..n).max_by_key(|&i| score(i)) {
+                    match self.endpoints[best].channel.poll_ready(cx) {
+                        Poll::Ready(r) => return Poll::Ready(r.map(|()| best)),
+                        Poll::Pending => {}
+                    }
+                }
+                let mut order: Vec<usize> = (0..n).collect();
+                order.sort_by_key(|&i| std::cmp::Reverse(score(i)));
+                order
             }
             None => {
                 self.next = self.next.wrapping_add(1);
-                order.rotate_left(self.next % n.max(1));
+                let first = self.next % n.max(1);
+                (0..n).map(|i| (first + i) % n).collect()
             }
-        }
+        };
         for i in order {
             match self.endpoints[i].channel.poll_ready(cx) {
-                Poll::Ready(Ok(())) => return Poll::Ready(Ok(i)),
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Ready(r) => return Poll::Ready(r.map(|()| i)),
                 Poll::Pending => continue,
             }
         }
         Poll::Pending
+    }
+}
+
+impl<K, S> Ring<K, S>
+where
+    K: Clone + Eq + Display + Send + 'static,
+    S: Service<Request, Response = Payload, Error = Error> + Send + 'static,
+{
+    /// Starts `req` on the endpoint for `key`, once one is ready.
+    fn start(
+        &mut self,
+        key: Option<&[u8]>,
+        req: &mut Option<Request>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<GuardedFuture<S::Future>, Error>> {
+        let i = std::task::ready!(self.pick(key, cx))?;
+        let req = req.take().ok_or_else(polled_twice)?;
+        Poll::Ready(Ok(self.endpoints[i].channel.call(req)))
     }
 }
 
@@ -180,9 +208,10 @@ where
 {
     /// The endpoints known now, after taking in what discovery has sent.
     pub fn len(&self) -> usize {
-        let mut ring = self.shared.lock().unwrap_or_else(PoisonError::into_inner);
-        ring.update(&mut Context::from_waker(Waker::noop()));
-        ring.endpoints.len()
+        self.shared.with(|ring, cx| {
+            ring.update(cx);
+            ring.endpoints.len()
+        })
     }
 
     /// Whether no endpoint is known now.
@@ -192,11 +221,10 @@ where
 
     /// The endpoint a request with `key` goes to now, if any is known.
     pub fn endpoint_for(&self, key: &[u8]) -> Option<K> {
-        let mut ring = self.shared.lock().unwrap_or_else(PoisonError::into_inner);
-        match ring.pick(Some(key), &mut Context::from_waker(Waker::noop())) {
+        self.shared.with(|ring, cx| match ring.pick(Some(key), cx) {
             Poll::Ready(Ok(i)) => Some(ring.endpoints[i].key.clone()),
             _ => None,
-        }
+        })
     }
 }
 
@@ -234,24 +262,19 @@ where
 
     fn call(&mut self, req: Request) -> Self::Future {
         let key = (self.key_of)(&req);
-        {
-            let mut ring = self.shared.lock().unwrap_or_else(PoisonError::into_inner);
-            match ring.pick(key.as_deref(), &mut Context::from_waker(Waker::noop())) {
-                Poll::Ready(Ok(i)) => {
-                    return KeyedFuture::Picked(ring.endpoints[i].channel.call(req));
-                }
-                Poll::Ready(Err(e)) => return KeyedFuture::Waiting(Box::pin(async { Err(e) })),
-                Poll::Pending => {}
-            }
-        }
-        let deadline = wait_deadline(&req, self.timeout);
-        let shared = self.shared.clone();
         let mut req = Some(req);
+        match self
+            .shared
+            .with(|ring, cx| ring.start(key.as_deref(), &mut req, cx))
+        {
+            Poll::Ready(Ok(call)) => return KeyedFuture::Picked(call),
+            Poll::Ready(Err(e)) => return KeyedFuture::Waiting(Box::pin(async { Err(e) })),
+            Poll::Pending => {}
+        }
+        let deadline = wait_deadline(req.as_ref().expect("not taken"), self.timeout);
+        let shared = self.shared.clone();
         KeyedFuture::Waiting(Box::pin(when_ready(deadline, move |cx| {
-            let mut ring = shared.lock().unwrap_or_else(PoisonError::into_inner);
-            let i = std::task::ready!(ring.pick(key.as_deref(), cx))?;
-            let req = req.take().ok_or_else(polled_twice)?;
-            Poll::Ready(Ok(ring.endpoints[i].channel.call(req)))
+            shared.waiting(cx, |ring, cx| ring.start(key.as_deref(), &mut req, cx))
         })))
     }
 }

@@ -174,7 +174,7 @@ where
             )),
         };
         Balanced {
-            shared: Arc::new(Mutex::new(p2c)),
+            shared: Arc::new(Polled::new(p2c)),
             timeout: self.timeout,
         }
     }
@@ -310,7 +310,7 @@ where
     K: Clone + Eq + Hash + Send + 'static,
     S: Service<Request, Response = Payload, Error = Error> + Send + 'static,
 {
-    shared: Arc<Mutex<P2c<K, S>>>,
+    shared: Arc<Polled<P2c<K, S>>>,
     timeout: Duration,
 }
 
@@ -323,18 +323,15 @@ where
     /// The endpoints known now (ready, ejected or connecting), after taking in what discovery
     /// has sent.
     pub fn len(&self) -> usize {
-        let mut p2c = self.lock();
-        let _ = p2c.poll_ready(&mut Context::from_waker(std::task::Waker::noop()));
-        p2c.len()
+        self.shared.with(|p2c, cx| {
+            let _ = p2c.poll_ready(cx);
+            p2c.len()
+        })
     }
 
     /// Whether no endpoint is known now.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, P2c<K, S>> {
-        self.shared.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
@@ -378,32 +375,97 @@ where
     }
 
     fn call(&mut self, req: Request) -> Self::Future {
-        {
-            let mut p2c = self.lock();
-            match p2c.poll_ready(&mut Context::from_waker(std::task::Waker::noop())) {
-                Poll::Ready(Ok(())) => return BalancedFuture::picked(p2c.call(req)),
-                Poll::Ready(Err(e)) => return BalancedFuture::waiting(async { Err(e) }),
-                Poll::Pending => {}
-            }
-        }
-        // No endpoint is ready: wait for one (discovery's next insert, an ejection's end).
-        let deadline = wait_deadline(&req, self.timeout);
-        let shared = self.shared.clone();
         let mut req = Some(req);
-        BalancedFuture::waiting(when_ready(deadline, move |cx| {
-            let mut p2c = shared.lock().unwrap_or_else(PoisonError::into_inner);
+        let start = |p2c: &mut P2c<K, S>, cx: &mut Context<'_>, req: &mut Option<Request>| {
             std::task::ready!(p2c.poll_ready(cx))?;
             Poll::Ready(Ok(p2c.call(req.take().ok_or_else(polled_twice)?)))
+        };
+        match self.shared.with(|p2c, cx| start(p2c, cx, &mut req)) {
+            Poll::Ready(Ok(call)) => return BalancedFuture::picked(call),
+            Poll::Ready(Err(e)) => return BalancedFuture::waiting(async { Err(e) }),
+            Poll::Pending => {}
+        }
+        // No endpoint is ready: wait for one (discovery's next insert, an ejection's end).
+        let deadline = wait_deadline(req.as_ref().expect("not taken"), self.timeout);
+        let shared = self.shared.clone();
+        BalancedFuture::waiting(when_ready(deadline, move |cx| {
+            shared.waiting(cx, |p2c, cx| start(p2c, cx, &mut req))
         }))
     }
 }
 
 /// How long a call that finds no ready endpoint waits for one: until its deadline, or
-/// `timeout` from now.
+/// `timeout` from now (a year, for a timeout past what the clock can add).
 fn wait_deadline(req: &Request, timeout: Duration) -> tokio::time::Instant {
-    req.context()
-        .deadline()
-        .unwrap_or_else(|| tokio::time::Instant::now() + timeout)
+    req.context().deadline().unwrap_or_else(|| {
+        let now = tokio::time::Instant::now();
+        now.checked_add(timeout)
+            .unwrap_or_else(|| now + Duration::from_secs(365 * 24 * 3600))
+    })
+}
+
+/// A balancer's state behind its lock, always polled with one waker, which wakes every call
+/// waiting for an endpoint. The parts of the state (tower's ready cache, discovery, an ejected
+/// endpoint's timer) each keep only the last waker they were polled with: polled with each
+/// caller's own, all but the last of the calls waiting would never be woken.
+pub(crate) struct Polled<T> {
+    state: Mutex<T>,
+    waiters: Arc<Waiters>,
+    waker: std::task::Waker,
+}
+
+/// The wakers of the calls waiting for an endpoint; waking it wakes them all.
+#[derive(Default)]
+struct Waiters(Mutex<Vec<std::task::Waker>>);
+
+impl std::task::Wake for Waiters {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        let waiting = std::mem::take(&mut *self.0.lock().unwrap_or_else(PoisonError::into_inner));
+        for w in waiting {
+            w.wake();
+        }
+    }
+}
+
+impl<T> Polled<T> {
+    pub(crate) fn new(state: T) -> Self {
+        let waiters = Arc::new(Waiters::default());
+        Self {
+            state: Mutex::new(state),
+            waker: std::task::Waker::from(waiters.clone()),
+            waiters,
+        }
+    }
+
+    /// Runs `f` on the state, with the shared waker.
+    pub(crate) fn with<R>(&self, f: impl FnOnce(&mut T, &mut Context<'_>) -> R) -> R {
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        f(&mut state, &mut Context::from_waker(&self.waker))
+    }
+
+    /// Runs `f` for a call that waits: `cx`'s waker is woken when anything the state waits on
+    /// is (registered first, so that no wake-up between the two is missed).
+    pub(crate) fn waiting<R>(
+        &self,
+        cx: &Context<'_>,
+        f: impl FnOnce(&mut T, &mut Context<'_>) -> R,
+    ) -> R {
+        {
+            let mut waiting = self
+                .waiters
+                .0
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            if !waiting.iter().any(|w| w.will_wake(cx.waker())) {
+                waiting.push(cx.waker().clone());
+            }
+        }
+        self.with(f)
+    }
 }
 
 /// Waits until `start`, polled with the call's own waker, has started the call on an endpoint,

@@ -471,6 +471,41 @@ async fn a_key_whose_server_dies_goes_to_its_next_server_and_comes_back() {
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_waiting_on_an_empty_set_all_go_once_an_endpoint_comes() {
+    let calls = counters(1);
+    let (_servers, addrs) = tcp_servers(RpcudpCodec::new(), &[Duration::ZERO], &calls).await;
+    let (endpoints, discovery) = discover::set();
+    let balanced =
+        rpc_balance::builder(|a: &SocketAddr| tcp::Builder::new().channel(*a, RpcudpCodec::new()))
+            .timeout(Duration::from_secs(20))
+            .build(discovery);
+    let client = Client::new(balanced.clone(), &rpc_core::msgpack::MsgPack);
+    // Twenty calls wait, each with a waker of its own.
+    let mut waiting = JoinSet::new();
+    for _ in 0..20 {
+        let client = client.clone();
+        waiting.spawn(async move { client.call::<usize>("whoami", ()).await });
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // A look from outside in the meantime takes no waiter's wake-up.
+    assert!(balanced.is_empty());
+    let inserted = Instant::now();
+    endpoints.insert(addrs[0]);
+    // The handle goes: the set stays as it was, and the balancer keeps serving.
+    drop(endpoints);
+    while let Some(r) = waiting.join_next().await {
+        assert_eq!(r.unwrap().unwrap(), 0);
+    }
+    assert!(
+        inserted.elapsed() < Duration::from_secs(5),
+        "the waiting calls took {:?}",
+        inserted.elapsed()
+    );
+    assert_eq!(client.call::<usize>("whoami", ()).await.unwrap(), 0);
+    assert_eq!(balanced.len(), 1);
+}
+
 fn tempdir() -> std::path::PathBuf {
     let dir = std::env::temp_dir().join(format!(
         "rpc-balance-{}-{}",

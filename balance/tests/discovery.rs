@@ -63,7 +63,7 @@ async fn servers_register_in_etcd_and_callers_follow_them() {
     let etcd_server = tokio::task::spawn_blocking(interop::Etcd::start)
         .await
         .unwrap();
-    let connect = || etcd::Client::connect([etcd_server.client_addr.as_str()], None);
+    let connect = || etcd::connect([etcd_server.client_addr.clone()]);
     let ttl = Duration::from_secs(2);
     let prefix = "/services/whoami";
 
@@ -80,6 +80,17 @@ async fn servers_register_in_etcd_and_callers_follow_them() {
         );
         servers.push(s);
     }
+
+    // A sibling prefix is another service's.
+    let sibling = server("127.0.0.1:0".parse().unwrap(), 9, Arc::default()).await;
+    let _other = etcd::register(
+        connect().await.unwrap(),
+        format!("{prefix}-canary"),
+        [format!("tcp://{}", sibling.local_addr())],
+        ttl,
+    )
+    .await
+    .unwrap();
 
     // One watch to see the set change, one under a balanced client.
     let mut watched = etcd::watch(connect().await.unwrap(), prefix);

@@ -947,11 +947,17 @@ async fn register(
         ))
     })?;
     let (addr, prefix) = many::etcd_url(url, rest).map_err(Failure::usage)?;
+    if let Some(wild) = urls
+        .iter()
+        .find(|u| u.contains("://0.0.0.0:") || u.contains("://[::]:"))
+    {
+        return Err(Failure::usage(format!(
+            "--register: {wild} names no address a caller can reach; listen on a specific one"
+        )));
+    }
     let cannot = |e: String| Failure::transport(format!("cannot register in etcd at {addr}: {e}"));
-    let connect = rpc_balance::etcd::Client::connect([addr.as_str()], None);
-    let client = tokio::time::timeout(Duration::from_secs(5), connect)
+    let client = rpc_balance::etcd::connect([addr.as_str()])
         .await
-        .map_err(|_| cannot("no connection within 5 s".into()))?
         .map_err(|e| cannot(e.to_string()))?;
     rpc_balance::etcd::register(client, prefix, urls, ttl)
         .await

@@ -69,9 +69,6 @@ pub(crate) fn etcd_url(url: &str, rest: &str) -> Result<(String, String), String
     }
 }
 
-/// How long `rpc` waits for etcd to take a connection.
-const ETCD_CONNECT: Duration = Duration::from_secs(5);
-
 /// The successful calls of each endpoint, by URL.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Successes(Arc<Mutex<BTreeMap<String, Arc<AtomicU64>>>>);
@@ -132,16 +129,9 @@ pub(crate) async fn client(
             (Discovery::fixed(urls.clone()), tls)
         }
         Many::Etcd { addr, prefix } => {
-            let connect = rpc_balance::etcd::Client::connect([addr.as_str()], None);
-            let client = match tokio::time::timeout(ETCD_CONNECT, connect).await {
-                Ok(Ok(c)) => c,
-                Ok(Err(e)) => return Err(Failure::transport(format!("etcd at {addr}: {e}"))),
-                Err(_) => {
-                    return Err(Failure::transport(format!(
-                        "etcd at {addr}: no connection within {ETCD_CONNECT:?}"
-                    )))
-                }
-            };
+            let client = rpc_balance::etcd::connect([addr.as_str()])
+                .await
+                .map_err(|e| Failure::transport(format!("etcd at {addr}: {e}")))?;
             let tls = settings.tls.config_if(settings.tls.is_given())?;
             (rpc_balance::etcd::watch(client, prefix.clone()), tls)
         }
@@ -152,7 +142,13 @@ pub(crate) async fn client(
         let counter = successes.counter(url);
         let channel = Target::parse(url, codec, framing)
             .map_err(Failure::usage)
-            .and_then(|target| channel_for(&target, timeout, tls.as_ref()));
+            .and_then(|target| match target.codec == codec {
+                true => channel_for(&target, timeout, tls.as_ref()),
+                false => Err(Failure::usage(format!(
+                    "it speaks {}, and these calls {codec}",
+                    target.codec
+                ))),
+            });
         match channel {
             Ok(channel) => BoxChannel::new(channel.map_response(move |answer| {
                 counter.fetch_add(1, Ordering::Relaxed);
