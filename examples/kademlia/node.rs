@@ -1,0 +1,536 @@
+//! A Kademlia node: the four RPCs Python kademlia 2.2.3 speaks, over rpcudp's datagrams, its
+//! storage, and the iterative lookups of the paper's section 2.3.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::time::{Duration, Instant};
+
+use rmpv::Value;
+use rpc_stack::codecs::msgpack::RpcudpCodec;
+use rpc_stack::transports::udp;
+use rpc_stack::{Context, Error, ServerError};
+use serde::{Deserialize, Serialize};
+use serde_bytes::ByteBuf;
+
+use crate::routing::{digest, distance, Added, Contact, Id, Table};
+
+/// Contacts per bucket, and nodes a value is stored on.
+pub(crate) const K: usize = 20;
+/// Lookups in parallel.
+pub(crate) const ALPHA: usize = 3;
+/// How long a bucket may go without a lookup before it is refreshed, and how old a value gets
+/// before this node publishes it again: an hour, as Python kademlia does.
+pub(crate) const REFRESH: Duration = Duration::from_secs(3600);
+/// How long a value is kept: a week, as Python's `ForgetfulStorage`.
+pub(crate) const VALUE_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
+/// The most values this node keeps (the oldest go first): peers cannot make it keep more.
+pub(crate) const MAX_VALUES: usize = 100_000;
+
+/// A contact as `find_node` answers it: `[id, ip, port]`.
+pub(crate) type WireContact = (ByteBuf, String, u16);
+
+/// What `find_value` answers: `{"value": v}`, or the closest contacts.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(untagged)]
+pub(crate) enum Found {
+    Value { value: Value },
+    Nodes(Vec<WireContact>),
+}
+
+/// Python kademlia's RPCs. Every call carries the caller's id, so the callee learns of it.
+#[rpc_stack::service]
+pub(crate) trait Kademlia {
+    /// Answers this node's id.
+    async fn ping(&self, ctx: Context, nodeid: [u8; 20]) -> Result<[u8; 20], ServerError>;
+    /// Keeps `value` under `key`.
+    async fn store(
+        &self,
+        ctx: Context,
+        nodeid: [u8; 20],
+        key: [u8; 20],
+        value: Value,
+    ) -> Result<bool, ServerError>;
+    /// The k contacts closest to `key`, leaving out the caller.
+    async fn find_node(
+        &self,
+        ctx: Context,
+        nodeid: [u8; 20],
+        key: [u8; 20],
+    ) -> Result<Vec<WireContact>, ServerError>;
+    /// The value under `key`, or the k contacts closest to it.
+    async fn find_value(
+        &self,
+        ctx: Context,
+        nodeid: [u8; 20],
+        key: [u8; 20],
+    ) -> Result<Found, ServerError>;
+}
+
+/// Whether `v` is a value Python kademlia stores: int, float, bool, str or bytes.
+pub(crate) fn storable(v: &Value) -> bool {
+    matches!(
+        v,
+        Value::Integer(_)
+            | Value::F32(_)
+            | Value::F64(_)
+            | Value::Boolean(_)
+            | Value::String(_)
+            | Value::Binary(_)
+    )
+}
+
+/// The values this node keeps, oldest first.
+#[derive(Debug, Default)]
+struct Storage {
+    values: HashMap<Id, (Instant, Value)>,
+}
+
+impl Storage {
+    fn cull(&mut self) {
+        self.values.retain(|_, (at, _)| at.elapsed() < VALUE_TTL);
+    }
+
+    fn insert(&mut self, key: Id, value: Value) {
+        self.cull();
+        if self.values.len() >= MAX_VALUES && !self.values.contains_key(&key) {
+            let oldest = self
+                .values
+                .iter()
+                .min_by_key(|(_, (at, _))| *at)
+                .map(|(k, _)| *k);
+            if let Some(k) = oldest {
+                self.values.remove(&k);
+            }
+        }
+        self.values.insert(key, (Instant::now(), value));
+    }
+
+    fn get(&mut self, key: &Id) -> Option<Value> {
+        self.cull();
+        self.values.get(key).map(|(_, v)| v.clone())
+    }
+
+    fn all(&mut self) -> Vec<(Id, Value)> {
+        self.cull();
+        self.values
+            .iter()
+            .map(|(k, (_, v))| (*k, v.clone()))
+            .collect()
+    }
+
+    fn older_than(&mut self, age: Duration) -> Vec<(Id, Value)> {
+        self.cull();
+        self.values
+            .iter()
+            .filter(|(_, (at, _))| at.elapsed() >= age)
+            .map(|(k, (_, v))| (*k, v.clone()))
+            .collect()
+    }
+}
+
+/// What an iterative lookup found.
+enum Crawled {
+    Nodes(Vec<Contact>),
+    Value(Option<Value>),
+}
+
+/// A node; cloning shares it.
+#[derive(Clone)]
+pub(crate) struct Node {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    id: Id,
+    table: Mutex<Table>,
+    storage: Mutex<Storage>,
+    endpoint: OnceLock<udp::Endpoint<RpcudpCodec>>,
+    /// The share of datagrams lost on purpose, each way (testing lookups under loss).
+    loss: f64,
+    timeout: Duration,
+}
+
+impl Node {
+    /// A node with a random id, listening at `bind`; calls to other nodes time out after
+    /// `timeout`, and a share `loss` of the datagrams it would send or receive are dropped.
+    pub(crate) async fn start(
+        bind: SocketAddr,
+        timeout: Duration,
+        loss: f64,
+    ) -> std::io::Result<Node> {
+        let id = digest(&rand::random::<[u8; 32]>());
+        let node = Node {
+            inner: Arc::new(Inner {
+                id,
+                table: Mutex::new(Table::new(id, K)),
+                storage: Mutex::default(),
+                endpoint: OnceLock::new(),
+                loss,
+                timeout,
+            }),
+        };
+        // rpcudp sends nothing when a call fails: neither does this node.
+        let endpoint = udp::Builder::new()
+            .timeout(timeout)
+            .bind(bind, RpcudpCodec::new().without_error_replies())
+            .await?;
+        endpoint.serve(node.clone().into_router());
+        let _ = node.inner.endpoint.set(endpoint);
+        tokio::spawn(node.clone().refresh_every(REFRESH));
+        Ok(node)
+    }
+
+    pub(crate) fn local_addr(&self) -> SocketAddr {
+        self.endpoint().local_addr()
+    }
+
+    /// How many contacts the routing table holds.
+    pub(crate) fn contacts(&self) -> usize {
+        self.table().len()
+    }
+
+    fn endpoint(&self) -> &udp::Endpoint<RpcudpCodec> {
+        self.inner.endpoint.get().expect("set at start")
+    }
+
+    fn table(&self) -> std::sync::MutexGuard<'_, Table> {
+        self.inner
+            .table
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn storage(&self) -> std::sync::MutexGuard<'_, Storage> {
+        self.inner
+            .storage
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Whether this datagram is lost on purpose.
+    fn lost(&self) -> bool {
+        self.inner.loss > 0.0 && rand::random::<f64>() < self.inner.loss
+    }
+
+    fn client(
+        &self,
+        addr: SocketAddr,
+    ) -> KademliaClient<rpc_stack::transports::udp::Channel<RpcudpCodec>> {
+        KademliaClient::new(self.endpoint().client(addr))
+    }
+
+    /// Runs a call to another node, losing its request or its answer on purpose as `loss` says.
+    async fn exchange<T>(
+        &self,
+        call: impl std::future::Future<Output = Result<T, Error>>,
+    ) -> Result<T, Error> {
+        if self.lost() {
+            tokio::time::sleep(self.inner.timeout).await;
+            return Err(Error::Timeout);
+        }
+        let answer = call.await;
+        if answer.is_ok() && self.lost() {
+            return Err(Error::Timeout);
+        }
+        answer
+    }
+
+    /// A request that arrived: refused (unanswered, as a lost datagram) if lost on purpose;
+    /// otherwise its sender is welcomed.
+    fn arrived(&self, ctx: &Context, nodeid: Id) -> Result<Contact, ServerError> {
+        let Some(addr) = ctx.peer_addr() else {
+            return Err(ServerError::invalid_request("no sender address"));
+        };
+        if self.lost() || self.lost() {
+            return Err(ServerError::internal("lost on purpose"));
+        }
+        let sender = Contact { id: nodeid, addr };
+        self.welcome_if_new(sender);
+        Ok(sender)
+    }
+
+    /// A contact that called or answered: if it is new, it gets the values it should hold
+    /// (section 2.5: it is closer to the key than the furthest of our k closest, and this
+    /// node is closer than the closest), then joins the routing table.
+    fn welcome_if_new(&self, c: Contact) {
+        if c.id == self.inner.id || !self.table().is_new(&c.id) {
+            return;
+        }
+        for (key, value) in self.storage().all() {
+            let neighbors = self.table().nearest(&key, K, None);
+            let give = match (neighbors.first(), neighbors.last()) {
+                (Some(first), Some(last)) => {
+                    distance(&c.id, &key) < distance(&last.id, &key)
+                        && distance(&self.inner.id, &key) < distance(&first.id, &key)
+                }
+                _ => true,
+            };
+            if give {
+                let node = self.clone();
+                tokio::spawn(async move { node.call_store(c, key, value).await });
+            }
+        }
+        self.add_contact(c);
+    }
+
+    fn add_contact(&self, c: Contact) {
+        let added = self.table().add(c);
+        if let Added::PingHead(head) = added {
+            // A full bucket: its least recently seen contact stays if it answers.
+            let node = self.clone();
+            tokio::spawn(async move { node.call_ping(head).await });
+        }
+    }
+
+    /// After a call to `c`: an answer welcomes it, silence drops it from the routing table.
+    fn answered<T>(&self, c: Contact, r: Result<T, Error>) -> Result<T, Error> {
+        match &r {
+            Ok(_) | Err(Error::Server(_)) => self.welcome_if_new(c),
+            Err(_) => self.table().remove(&c.id),
+        }
+        r
+    }
+
+    async fn call_ping(&self, c: Contact) -> Result<Id, Error> {
+        let r = self.exchange(self.client(c.addr).ping(self.inner.id)).await;
+        self.answered(c, r)
+    }
+
+    async fn call_store(&self, c: Contact, key: Id, value: Value) -> Result<bool, Error> {
+        let r = self
+            .exchange(self.client(c.addr).store(self.inner.id, key, value))
+            .await;
+        self.answered(c, r)
+    }
+
+    async fn call_find(&self, c: Contact, key: Id, value: bool) -> Result<Found, Error> {
+        let client = self.client(c.addr);
+        let r = if value {
+            self.exchange(client.find_value(self.inner.id, key)).await
+        } else {
+            self.exchange(client.find_node(self.inner.id, key))
+                .await
+                .map(Found::Nodes)
+        };
+        self.answered(c, r)
+    }
+
+    /// The iterative lookup of `target` from `peers`: ALPHA calls at a time to the closest
+    /// contacts not yet asked, all of the k closest when a round brought none closer, until
+    /// the k closest have all answered (or, looking for a value, one has it).
+    async fn crawl(&self, target: Id, peers: Vec<Contact>, value: bool) -> Crawled {
+        let mut heap: BTreeMap<Id, Contact> = BTreeMap::new();
+        let mut asked: HashSet<Id> = HashSet::new();
+        let mut last_round: Vec<Id> = Vec::new();
+        // The closest contact that answered without the value: it is given the value found.
+        let mut closest_without: Option<(Id, Contact)> = None;
+        for p in peers {
+            heap.insert(distance(&p.id, &target), p);
+        }
+        loop {
+            let nearest: Vec<Contact> = heap.values().take(K).copied().collect();
+            let ids: Vec<Id> = nearest.iter().map(|c| c.id).collect();
+            let count = if ids == last_round {
+                nearest.len()
+            } else {
+                ALPHA
+            };
+            last_round = ids;
+            let ask: Vec<Contact> = nearest
+                .iter()
+                .filter(|c| !asked.contains(&c.id))
+                .take(count)
+                .copied()
+                .collect();
+            if ask.is_empty() {
+                return match value {
+                    true => Crawled::Value(None),
+                    false => Crawled::Nodes(nearest),
+                };
+            }
+            asked.extend(ask.iter().map(|c| c.id));
+            let answers =
+                futures::future::join_all(ask.iter().map(|c| self.call_find(*c, target, value)))
+                    .await;
+            let mut values: Vec<(Value, usize)> = Vec::new();
+            for (c, answer) in ask.iter().zip(answers) {
+                match answer {
+                    Err(_) => {
+                        heap.remove(&distance(&c.id, &target));
+                    }
+                    Ok(Found::Value { value }) => {
+                        match values.iter_mut().find(|(v, _)| *v == value) {
+                            Some((_, n)) => *n += 1,
+                            None => values.push((value, 1)),
+                        }
+                    }
+                    Ok(Found::Nodes(list)) => {
+                        let d = distance(&c.id, &target);
+                        if value && closest_without.as_ref().is_none_or(|(best, _)| d < *best) {
+                            closest_without = Some((d, *c));
+                        }
+                        // At most 2k from one answer: a peer cannot grow a lookup without bound.
+                        for found in list.iter().take(2 * K).filter_map(parse_contact) {
+                            if found.id != self.inner.id {
+                                heap.entry(distance(&found.id, &target)).or_insert(found);
+                            }
+                        }
+                    }
+                }
+            }
+            // The commonest value, the first seen among equals; the closest node without it
+            // gets it (section 2.3).
+            if let Some((found, _)) = values.into_iter().rev().max_by_key(|(_, n)| *n) {
+                if let Some((_, c)) = closest_without {
+                    let _ = self.call_store(c, target, found.clone()).await;
+                }
+                return Crawled::Value(Some(found));
+            }
+        }
+    }
+
+    /// Joins the network through the nodes at `addrs`: pings them, then looks itself up.
+    /// The contacts found.
+    pub(crate) async fn bootstrap(&self, addrs: &[SocketAddr]) -> usize {
+        let pings = addrs.iter().map(|addr| async move {
+            let r = self.exchange(self.client(*addr).ping(self.inner.id)).await;
+            r.ok().map(|id| Contact { id, addr: *addr })
+        });
+        let peers: Vec<Contact> = futures::future::join_all(pings)
+            .await
+            .into_iter()
+            .flatten()
+            .collect();
+        self.crawl(self.inner.id, peers, false).await;
+        self.contacts()
+    }
+
+    /// Stores `value` under the digest of `key` on the k nodes closest to it (and here, if this
+    /// node is among them); whether any of them took it.
+    pub(crate) async fn set(&self, key: &str, value: Value) -> bool {
+        self.set_digest(digest(key.as_bytes()), value).await
+    }
+
+    async fn set_digest(&self, key: Id, value: Value) -> bool {
+        let nearest = self.table().nearest(&key, K, None);
+        if nearest.is_empty() {
+            return false;
+        }
+        let Crawled::Nodes(nodes) = self.crawl(key, nearest, false).await else {
+            unreachable!("a node lookup finds nodes")
+        };
+        let furthest = nodes.iter().map(|n| distance(&n.id, &key)).max();
+        if furthest.is_none_or(|f| distance(&self.inner.id, &key) < f) {
+            self.storage().insert(key, value.clone());
+        }
+        let stores = nodes
+            .iter()
+            .map(|n| self.call_store(*n, key, value.clone()));
+        futures::future::join_all(stores)
+            .await
+            .into_iter()
+            .any(|r| matches!(r, Ok(true)))
+    }
+
+    /// The value under the digest of `key`, here or on the network.
+    pub(crate) async fn get(&self, key: &str) -> Option<Value> {
+        let key = digest(key.as_bytes());
+        if let Some(v) = self.storage().get(&key) {
+            return Some(v);
+        }
+        let nearest = self.table().nearest(&key, K, None);
+        if nearest.is_empty() {
+            return None;
+        }
+        match self.crawl(key, nearest, true).await {
+            Crawled::Value(v) => v,
+            Crawled::Nodes(_) => None,
+        }
+    }
+
+    /// Every `every`: looks up a random id in each bucket not looked up for that long, then
+    /// publishes again the values held for that long (section 2.3, as Python kademlia does).
+    async fn refresh_every(self, every: Duration) {
+        let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        loop {
+            ticks.tick().await;
+            let ids = self.table().refresh_ids(every);
+            for id in ids {
+                let nearest = self.table().nearest(&id, ALPHA, None);
+                self.crawl(id, nearest, false).await;
+            }
+            let old = self.storage().older_than(every);
+            for (key, value) in old {
+                self.set_digest(key, value).await;
+            }
+        }
+    }
+}
+
+/// A contact from a `find_node` answer; `None` if malformed.
+fn parse_contact((id, ip, port): &WireContact) -> Option<Contact> {
+    let id: Id = id.as_slice().try_into().ok()?;
+    let ip: std::net::IpAddr = ip.parse().ok()?;
+    Some(Contact {
+        id,
+        addr: SocketAddr::new(ip, *port),
+    })
+}
+
+fn wire(c: &Contact) -> WireContact {
+    (
+        ByteBuf::from(c.id.to_vec()),
+        c.addr.ip().to_string(),
+        c.addr.port(),
+    )
+}
+
+impl Kademlia for Node {
+    async fn ping(&self, ctx: Context, nodeid: [u8; 20]) -> Result<[u8; 20], ServerError> {
+        self.arrived(&ctx, nodeid)?;
+        Ok(self.inner.id)
+    }
+
+    async fn store(
+        &self,
+        ctx: Context,
+        nodeid: [u8; 20],
+        key: [u8; 20],
+        value: Value,
+    ) -> Result<bool, ServerError> {
+        self.arrived(&ctx, nodeid)?;
+        if !storable(&value) {
+            return Err(ServerError::invalid_params(
+                "values are ints, floats, bools, strings or bytes",
+            ));
+        }
+        self.storage().insert(key, value);
+        Ok(true)
+    }
+
+    async fn find_node(
+        &self,
+        ctx: Context,
+        nodeid: [u8; 20],
+        key: [u8; 20],
+    ) -> Result<Vec<WireContact>, ServerError> {
+        let sender = self.arrived(&ctx, nodeid)?;
+        let nearest = self.table().nearest(&key, K, Some(sender.addr));
+        Ok(nearest.iter().map(wire).collect())
+    }
+
+    async fn find_value(
+        &self,
+        ctx: Context,
+        nodeid: [u8; 20],
+        key: [u8; 20],
+    ) -> Result<Found, ServerError> {
+        let sender = self.arrived(&ctx, nodeid)?;
+        if let Some(value) = self.storage().get(&key) {
+            return Ok(Found::Value { value });
+        }
+        let nearest = self.table().nearest(&key, K, Some(sender.addr));
+        Ok(Found::Nodes(nearest.iter().map(wire).collect()))
+    }
+}

@@ -1,0 +1,300 @@
+//! Ids, distances and the routing table: k-buckets that split as the paper's section 4.2 says
+//! (and Python kademlia does), with a replacement cache per bucket.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+/// A 160-bit node id or key: a SHA-1 digest.
+pub(crate) type Id = [u8; 20];
+
+/// The SHA-1 digest of `key`'s UTF-8 bytes, as Python kademlia's `digest` makes keys.
+pub(crate) fn digest(key: &[u8]) -> Id {
+    use sha1::Digest;
+    sha1::Sha1::digest(key).into()
+}
+
+/// The XOR distance between two ids, comparable as a big-endian number.
+pub(crate) fn distance(a: &Id, b: &Id) -> Id {
+    std::array::from_fn(|i| a[i] ^ b[i])
+}
+
+/// Bit `i` of `id`, from the most significant.
+fn bit(id: &Id, i: usize) -> bool {
+    id[i / 8] & (0x80 >> (i % 8)) != 0
+}
+
+/// How many leading bits `a` and `b` share.
+fn shared_bits(a: &Id, b: &Id) -> usize {
+    let d = distance(a, b);
+    d.iter()
+        .position(|&x| x != 0)
+        .map_or(160, |i| i * 8 + d[i].leading_zeros() as usize)
+}
+
+/// A node we know: its id and where it answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Contact {
+    pub(crate) id: Id,
+    pub(crate) addr: SocketAddr,
+}
+
+/// The contacts whose ids start with `prefix`'s first `depth` bits.
+#[derive(Debug)]
+struct Bucket {
+    prefix: Id,
+    depth: usize,
+    /// Least recently seen first.
+    nodes: Vec<Contact>,
+    /// Contacts seen while the bucket was full, most recently seen last.
+    replacements: Vec<Contact>,
+    last_updated: Instant,
+}
+
+impl Bucket {
+    fn new(prefix: Id, depth: usize) -> Self {
+        Bucket {
+            prefix,
+            depth,
+            nodes: Vec::new(),
+            replacements: Vec::new(),
+            last_updated: Instant::now(),
+        }
+    }
+
+    fn covers(&self, id: &Id) -> bool {
+        shared_bits(&self.prefix, id) >= self.depth
+    }
+
+    /// How many leading bits the bucket's contacts share (Python's `KBucket.depth`).
+    fn shared_depth(&self) -> usize {
+        let mut nodes = self.nodes.iter();
+        let Some(first) = nodes.next() else { return 0 };
+        nodes.fold(160, |d, n| d.min(shared_bits(&first.id, &n.id)))
+    }
+
+    /// The two halves of the bucket, its contacts and replacements sorted into them.
+    fn split(self, k: usize) -> (Bucket, Bucket) {
+        let mask = 0x80 >> (self.depth % 8);
+        let (mut low, mut high) = (self.prefix, self.prefix);
+        low[self.depth / 8] &= !mask;
+        high[self.depth / 8] |= mask;
+        let mut one = Bucket::new(low, self.depth + 1);
+        let mut two = Bucket::new(high, self.depth + 1);
+        for c in self.nodes.into_iter().chain(self.replacements) {
+            let half = if bit(&c.id, self.depth) {
+                &mut two
+            } else {
+                &mut one
+            };
+            half.add(c, k);
+        }
+        (one, two)
+    }
+
+    /// Adds or refreshes `c`; false if the bucket is full (then `c` is kept as a replacement).
+    fn add(&mut self, c: Contact, k: usize) -> bool {
+        if let Some(i) = self.nodes.iter().position(|n| n.id == c.id) {
+            self.nodes.remove(i);
+            self.nodes.push(c);
+            return true;
+        }
+        if self.nodes.len() < k {
+            self.nodes.push(c);
+            return true;
+        }
+        self.replacements.retain(|n| n.id != c.id);
+        self.replacements.push(c);
+        let max = k.saturating_mul(5);
+        if self.replacements.len() > max {
+            self.replacements.remove(0);
+        }
+        false
+    }
+
+    /// A random id in the bucket's range.
+    fn random_id(&self) -> Id {
+        let mut id: Id = rand::random();
+        for i in 0..self.depth {
+            let mask = 0x80 >> (i % 8);
+            id[i / 8] = (id[i / 8] & !mask) | (self.prefix[i / 8] & mask);
+        }
+        id
+    }
+}
+
+/// What adding a contact needs done: nothing, or a ping of the bucket's least recently seen
+/// contact (the bucket is full; the newcomer waits among the replacements).
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Added {
+    Done,
+    PingHead(Contact),
+}
+
+/// The routing table of the node with id `me`.
+#[derive(Debug)]
+pub(crate) struct Table {
+    me: Id,
+    k: usize,
+    buckets: Vec<Bucket>,
+}
+
+impl Table {
+    pub(crate) fn new(me: Id, k: usize) -> Self {
+        Table {
+            me,
+            k,
+            buckets: vec![Bucket::new([0; 20], 0)],
+        }
+    }
+
+    fn index_for(&self, id: &Id) -> usize {
+        self.buckets
+            .iter()
+            .position(|b| b.covers(id))
+            .expect("the buckets cover every id")
+    }
+
+    /// Whether `id` is not among the contacts (replacements aside).
+    pub(crate) fn is_new(&self, id: &Id) -> bool {
+        let b = &self.buckets[self.index_for(id)];
+        !b.nodes.iter().any(|n| n.id == *id)
+    }
+
+    /// Adds `c` (never this node itself), splitting its bucket where the paper allows.
+    pub(crate) fn add(&mut self, c: Contact) -> Added {
+        if c.id == self.me {
+            return Added::Done;
+        }
+        loop {
+            let i = self.index_for(&c.id);
+            if self.buckets[i].add(c, self.k) {
+                return Added::Done;
+            }
+            let bucket = &self.buckets[i];
+            // Split a full bucket that covers this node's id, or whose depth is not a
+            // multiple of 5 (section 4.2), while there are bits left to split on.
+            let splittable =
+                bucket.depth < 159 && (bucket.covers(&self.me) || bucket.shared_depth() % 5 != 0);
+            if !splittable {
+                return Added::PingHead(bucket.nodes[0]);
+            }
+            let bucket = self.buckets.remove(i);
+            // The newcomer was kept as a replacement: the split sorts it with the others.
+            let (one, two) = bucket.split(self.k);
+            self.buckets.insert(i, two);
+            self.buckets.insert(i, one);
+        }
+    }
+
+    /// Drops a contact that did not answer; the bucket's most recent replacement takes its
+    /// place.
+    pub(crate) fn remove(&mut self, id: &Id) {
+        let i = self.index_for(id);
+        let b = &mut self.buckets[i];
+        b.replacements.retain(|n| n.id != *id);
+        if let Some(at) = b.nodes.iter().position(|n| n.id == *id) {
+            b.nodes.remove(at);
+            if let Some(r) = b.replacements.pop() {
+                b.nodes.push(r);
+            }
+        }
+    }
+
+    /// The `k` contacts closest to `target`, nearest first, leaving out `target` itself and the
+    /// contact at `exclude`; marks `target`'s bucket as looked up.
+    pub(crate) fn nearest(
+        &mut self,
+        target: &Id,
+        k: usize,
+        exclude: Option<SocketAddr>,
+    ) -> Vec<Contact> {
+        let i = self.index_for(target);
+        self.buckets[i].last_updated = Instant::now();
+        let mut all: Vec<Contact> = self
+            .buckets
+            .iter()
+            .flat_map(|b| b.nodes.iter().copied())
+            .filter(|c| c.id != *target && Some(c.addr) != exclude)
+            .collect();
+        all.sort_by_key(|c| distance(&c.id, target));
+        all.truncate(k);
+        all
+    }
+
+    /// A random id in each bucket not looked up for `age`, to refresh them (section 2.3).
+    pub(crate) fn refresh_ids(&self, age: Duration) -> Vec<Id> {
+        self.buckets
+            .iter()
+            .filter(|b| b.last_updated.elapsed() >= age)
+            .map(Bucket::random_id)
+            .collect()
+    }
+
+    /// Every contact.
+    pub(crate) fn len(&self) -> usize {
+        self.buckets.iter().map(|b| b.nodes.len()).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn contact(first: u8, port: u16) -> Contact {
+        let mut id = [0u8; 20];
+        id[0] = first;
+        id[19] = port as u8;
+        Contact {
+            id,
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+        }
+    }
+
+    #[test]
+    fn digests_are_python_kademlias() {
+        // hashlib.sha1(b"hello").hexdigest()
+        assert_eq!(
+            digest(b"hello")
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<String>(),
+            "aaf4c61ddcc5e8a2dabede0f3b482cd9aea9434d"
+        );
+    }
+
+    #[test]
+    fn buckets_split_around_this_node_and_keep_k_contacts_elsewhere() {
+        let mut t = Table::new([0u8; 20], 2);
+        // Far from this node (first bit 1): one bucket of 2, then replacements.
+        assert_eq!(t.add(contact(0x80, 1)), Added::Done);
+        assert_eq!(t.add(contact(0x81, 2)), Added::Done);
+        assert_eq!(
+            t.add(contact(0x82, 3)),
+            Added::Done,
+            "splits: the bucket covers this node"
+        );
+        assert_eq!(t.len(), 3);
+        // Contacts near this node keep splitting its side.
+        for p in 4..10 {
+            t.add(contact(0x01, p));
+        }
+        let near = t.nearest(&[0u8; 20], 20, None);
+        assert_eq!(near.len(), t.len());
+        assert!(near
+            .windows(2)
+            .all(|w| distance(&w[0].id, &[0; 20]) <= distance(&w[1].id, &[0; 20])));
+        // A contact that does not answer gives its place to a replacement.
+        let before = t.len();
+        t.remove(&near[0].id);
+        assert!(t.len() <= before);
+        assert!(t.is_new(&near[0].id));
+    }
+
+    #[test]
+    fn a_refresh_id_lies_in_its_bucket() {
+        let b = Bucket::new([0xA0; 20], 3);
+        for _ in 0..100 {
+            assert!(b.covers(&b.random_id()));
+        }
+    }
+}
