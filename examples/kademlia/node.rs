@@ -24,8 +24,13 @@ pub(crate) const ALPHA: usize = 3;
 pub(crate) const REFRESH: Duration = Duration::from_secs(3600);
 /// How long a value is kept: a week, as Python's `ForgetfulStorage`.
 pub(crate) const VALUE_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
-/// The most values this node keeps (the oldest go first): peers cannot make it keep more.
-pub(crate) const MAX_VALUES: usize = 100_000;
+/// The most values this node keeps (the oldest go first), each at most a datagram: peers
+/// cannot make it hold more than about 80 MB.
+pub(crate) const MAX_VALUES: usize = 10_000;
+/// The most values handed to one newcomer.
+const MAX_GIVEN: usize = 1_000;
+/// The most nodes one lookup asks: peers answering with ever-new ids cannot keep it going.
+const MAX_ASKED: usize = 8 * K;
 
 /// A contact as `find_node` answers it: `[id, ip, port]`.
 pub(crate) type WireContact = (ByteBuf, String, u16);
@@ -111,12 +116,9 @@ impl Storage {
         self.values.get(key).map(|(_, v)| v.clone())
     }
 
-    fn all(&mut self) -> Vec<(Id, Value)> {
+    fn keys(&mut self) -> Vec<Id> {
         self.cull();
-        self.values
-            .iter()
-            .map(|(k, (_, v))| (*k, v.clone()))
-            .collect()
+        self.values.keys().copied().collect()
     }
 
     fn older_than(&mut self, age: Duration) -> Vec<(Id, Value)> {
@@ -253,23 +255,46 @@ impl Node {
     /// A contact that called or answered: if it is new, it gets the values it should hold
     /// (section 2.5: it is closer to the key than the furthest of our k closest, and this
     /// node is closer than the closest), then joins the routing table.
+    ///
+    /// (Python kademlia 2.2.3 digests the stored keys once more here, `digest(key)`, and so
+    /// weighs the wrong ids; this node weighs the keys themselves, as the paper does.)
     fn welcome_if_new(&self, c: Contact) {
-        if c.id == self.inner.id || !self.table().is_new(&c.id) {
+        if c.id == self.inner.id {
             return;
         }
-        for (key, value) in self.storage().all() {
-            let neighbors = self.table().nearest(&key, K, None);
-            let give = match (neighbors.first(), neighbors.last()) {
-                (Some(first), Some(last)) => {
-                    distance(&c.id, &key) < distance(&last.id, &key)
-                        && distance(&self.inner.id, &key) < distance(&first.id, &key)
+        if !self.table().is_new(&c.id) {
+            // Seen again: least recently seen no more.
+            self.add_contact(c);
+            return;
+        }
+        let keys = self.storage().keys();
+        let give: Vec<Id> = {
+            let mut table = self.table();
+            keys.into_iter()
+                .filter(|key| {
+                    let neighbors = table.nearest(key, K, None);
+                    match (neighbors.first(), neighbors.last()) {
+                        (Some(first), Some(last)) => {
+                            distance(&c.id, key) < distance(&last.id, key)
+                                && distance(&self.inner.id, key) < distance(&first.id, key)
+                        }
+                        _ => true,
+                    }
+                })
+                .take(MAX_GIVEN)
+                .collect()
+        };
+        if !give.is_empty() {
+            // One task for the newcomer, one store after the other.
+            let node = self.clone();
+            tokio::spawn(async move {
+                for key in give {
+                    let value = node.storage().get(&key);
+                    if let Some(value) = value {
+                        let _ = node.call_store(c, key, value).await;
+                    }
                 }
-                _ => true,
-            };
-            if give {
-                let node = self.clone();
-                tokio::spawn(async move { node.call_store(c, key, value).await });
-            }
+            });
         }
         self.add_contact(c);
     }
@@ -283,11 +308,13 @@ impl Node {
         }
     }
 
-    /// After a call to `c`: an answer welcomes it, silence drops it from the routing table.
+    /// After a call to `c`: an answer welcomes it, silence drops it from the routing table
+    /// (a failure of this side's, such as a value too large to send, says nothing of `c`).
     fn answered<T>(&self, c: Contact, r: Result<T, Error>) -> Result<T, Error> {
         match &r {
             Ok(_) | Err(Error::Server(_)) => self.welcome_if_new(c),
-            Err(_) => self.table().remove(&c.id),
+            Err(Error::Timeout) => self.table().remove(&c),
+            Err(_) => {}
         }
         r
     }
@@ -322,6 +349,9 @@ impl Node {
     async fn crawl(&self, target: Id, peers: Vec<Contact>, value: bool) -> Crawled {
         let mut heap: BTreeMap<Id, Contact> = BTreeMap::new();
         let mut asked: HashSet<Id> = HashSet::new();
+        let mut asked_at: HashSet<SocketAddr> = HashSet::new();
+        // Those that did not answer: not taken back from later answers.
+        let mut failed: HashSet<Id> = HashSet::new();
         let mut last_round: Vec<Id> = Vec::new();
         // The closest contact that answered without the value: it is given the value found.
         let mut closest_without: Option<(Id, Contact)> = None;
@@ -339,17 +369,18 @@ impl Node {
             last_round = ids;
             let ask: Vec<Contact> = nearest
                 .iter()
-                .filter(|c| !asked.contains(&c.id))
+                .filter(|c| !asked.contains(&c.id) && !asked_at.contains(&c.addr))
                 .take(count)
                 .copied()
                 .collect();
-            if ask.is_empty() {
+            if ask.is_empty() || asked.len() >= MAX_ASKED {
                 return match value {
                     true => Crawled::Value(None),
                     false => Crawled::Nodes(nearest),
                 };
             }
             asked.extend(ask.iter().map(|c| c.id));
+            asked_at.extend(ask.iter().map(|c| c.addr));
             let answers =
                 futures::future::join_all(ask.iter().map(|c| self.call_find(*c, target, value)))
                     .await;
@@ -358,7 +389,10 @@ impl Node {
                 match answer {
                     Err(_) => {
                         heap.remove(&distance(&c.id, &target));
+                        failed.insert(c.id);
                     }
+                    // A value no node stores is no answer to pass on.
+                    Ok(Found::Value { value }) if !storable(&value) => {}
                     Ok(Found::Value { value }) => {
                         match values.iter_mut().find(|(v, _)| *v == value) {
                             Some((_, n)) => *n += 1,
@@ -372,7 +406,7 @@ impl Node {
                         }
                         // At most 2k from one answer: a peer cannot grow a lookup without bound.
                         for found in list.iter().take(2 * K).filter_map(parse_contact) {
-                            if found.id != self.inner.id {
+                            if found.id != self.inner.id && !failed.contains(&found.id) {
                                 heap.entry(distance(&found.id, &target)).or_insert(found);
                             }
                         }
@@ -453,6 +487,8 @@ impl Node {
     /// publishes again the values held for that long (section 2.3, as Python kademlia does).
     async fn refresh_every(self, every: Duration) {
         let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        // A pass that overran its period is not followed by a burst of passes.
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             ticks.tick().await;
             let ids = self.table().refresh_ids(every);
@@ -500,10 +536,9 @@ impl Kademlia for Node {
         value: Value,
     ) -> Result<bool, ServerError> {
         self.arrived(&ctx, nodeid)?;
+        // Answered, so that the caller keeps this node; kept only if Python would store it.
         if !storable(&value) {
-            return Err(ServerError::invalid_params(
-                "values are ints, floats, bools, strings or bytes",
-            ));
+            return Ok(false);
         }
         self.storage().insert(key, value);
         Ok(true)

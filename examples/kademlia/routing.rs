@@ -91,18 +91,24 @@ impl Bucket {
         (one, two)
     }
 
-    /// Adds or refreshes `c`; false if the bucket is full (then `c` is kept as a replacement).
+    /// Adds `c`, or marks it seen now if it is there (keeping the address it was first seen at:
+    /// another address cannot take over a known id); false if the bucket is full and `c` is new
+    /// (it is then kept as a replacement).
     fn add(&mut self, c: Contact, k: usize) -> bool {
         if let Some(i) = self.nodes.iter().position(|n| n.id == c.id) {
-            self.nodes.remove(i);
-            self.nodes.push(c);
+            let known = self.nodes.remove(i);
+            self.nodes.push(known);
+            return true;
+        }
+        if let Some(i) = self.replacements.iter().position(|n| n.id == c.id) {
+            let known = self.replacements.remove(i);
+            self.replacements.push(known);
             return true;
         }
         if self.nodes.len() < k {
             self.nodes.push(c);
             return true;
         }
-        self.replacements.retain(|n| n.id != c.id);
         self.replacements.push(c);
         let max = k.saturating_mul(5);
         if self.replacements.len() > max {
@@ -154,10 +160,10 @@ impl Table {
             .expect("the buckets cover every id")
     }
 
-    /// Whether `id` is not among the contacts (replacements aside).
+    /// Whether `id` is neither a contact nor a replacement.
     pub(crate) fn is_new(&self, id: &Id) -> bool {
         let b = &self.buckets[self.index_for(id)];
-        !b.nodes.iter().any(|n| n.id == *id)
+        !b.nodes.iter().chain(&b.replacements).any(|n| n.id == *id)
     }
 
     /// Adds `c` (never this node itself), splitting its bucket where the paper allows.
@@ -186,13 +192,13 @@ impl Table {
         }
     }
 
-    /// Drops a contact that did not answer; the bucket's most recent replacement takes its
-    /// place.
-    pub(crate) fn remove(&mut self, id: &Id) {
-        let i = self.index_for(id);
+    /// Drops a contact that did not answer (its id at that address: a peer naming a known id
+    /// at another address evicts nobody); the bucket's most recent replacement takes its place.
+    pub(crate) fn remove(&mut self, c: &Contact) {
+        let i = self.index_for(&c.id);
         let b = &mut self.buckets[i];
-        b.replacements.retain(|n| n.id != *id);
-        if let Some(at) = b.nodes.iter().position(|n| n.id == *id) {
+        b.replacements.retain(|n| n != c);
+        if let Some(at) = b.nodes.iter().position(|n| n == c) {
             b.nodes.remove(at);
             if let Some(r) = b.replacements.pop() {
                 b.nodes.push(r);

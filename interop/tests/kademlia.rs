@@ -84,11 +84,26 @@ impl Drop for Node {
     }
 }
 
-/// The example's command line: `--bind 127.0.0.1:0`, `--bootstrap` each of `boot`, a 1 s call
-/// timeout, then `args`.
+/// Ends the whole run if a test hangs (a node that never answers would block its read for
+/// good): in 180 s unless the returned guard is dropped first.
+fn watchdog(test: &'static str) -> std::sync::mpsc::Sender<()> {
+    let (guard, dropped) = std::sync::mpsc::channel::<()>();
+    std::thread::spawn(move || {
+        if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+            dropped.recv_timeout(std::time::Duration::from_secs(180))
+        {
+            eprintln!("{test} did not finish within 180 s");
+            std::process::exit(101);
+        }
+    });
+    guard
+}
+
+/// The example's command line: `--bind 127.0.0.1:0`, `--bootstrap` each of `boot`, a 2 s call
+/// timeout (a loaded machine's Python nodes may be slow to answer), then `args`.
 fn kademlia(boot: &[&str], args: &[&str]) -> Command {
     let mut c = Command::new(example("kademlia"));
-    c.args(["--bind", "127.0.0.1:0", "--timeout", "1s"]);
+    c.args(["--bind", "127.0.0.1:0", "--timeout", "2s"]);
     for b in boot {
         c.args(["--bootstrap", b]);
     }
@@ -120,6 +135,7 @@ fn python_network() -> Vec<Node> {
 
 #[test]
 fn python_and_rust_nodes_read_each_others_values_of_every_type() {
+    let _watchdog = watchdog("python_and_rust_nodes_read_each_others_values_of_every_type");
     let mut py = python_network();
     let mut rust = Node::rust(&[&py[0].addr]);
 
@@ -170,6 +186,7 @@ fn python_and_rust_nodes_read_each_others_values_of_every_type() {
 
 #[test]
 fn a_python_node_that_knows_only_a_rust_node_finds_the_others() {
+    let _watchdog = watchdog("a_python_node_that_knows_only_a_rust_node_finds_the_others");
     let mut py = python_network();
     let mut rust = Node::rust(&[&py[3].addr]);
     assert_eq!(
@@ -197,6 +214,7 @@ fn a_python_node_that_knows_only_a_rust_node_finds_the_others() {
 
 #[test]
 fn twenty_rust_and_five_python_nodes_all_read_every_key() {
+    let _watchdog = watchdog("twenty_rust_and_five_python_nodes_all_read_every_key");
     let mut nodes = python_network();
     for i in 0..20 {
         // Each joins through two nodes already there.
@@ -236,6 +254,7 @@ fn twenty_rust_and_five_python_nodes_all_read_every_key() {
 
 #[test]
 fn a_get_succeeds_through_twenty_percent_datagram_loss() {
+    let _watchdog = watchdog("a_get_succeeds_through_twenty_percent_datagram_loss");
     let mut nodes = python_network();
     for i in 0..5 {
         let a = nodes[i].addr.clone();
