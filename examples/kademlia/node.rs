@@ -248,17 +248,20 @@ impl Node {
             return Err(ServerError::internal("lost on purpose"));
         }
         let sender = Contact { id: nodeid, addr };
-        self.welcome_if_new(sender);
+        self.welcome_if_new(sender, false);
         Ok(sender)
     }
 
     /// A contact that called or answered: if it is new, it gets the values it should hold
     /// (section 2.5: it is closer to the key than the furthest of our k closest, and this
-    /// node is closer than the closest), then joins the routing table.
+    /// node is closer than the closest), then joins the routing table. A contact known only
+    /// from a request it sent (`proven` false: its source address may be forged) gets them once
+    /// it has answered a ping from its address, so that a forged request cannot turn this node
+    /// into a source of stores aimed at someone else.
     ///
     /// (Python kademlia 2.2.3 digests the stored keys once more here, `digest(key)`, and so
     /// weighs the wrong ids; this node weighs the keys themselves, as the paper does.)
-    fn welcome_if_new(&self, c: Contact) {
+    fn welcome_if_new(&self, c: Contact, proven: bool) {
         if c.id == self.inner.id {
             return;
         }
@@ -267,6 +270,26 @@ impl Node {
             self.add_contact(c);
             return;
         }
+        if proven {
+            self.give(c);
+        } else {
+            let node = self.clone();
+            tokio::spawn(async move {
+                let client = node.client(c.addr);
+                if node
+                    .exchange(client.ping(node.inner.id))
+                    .await
+                    .is_ok_and(|id| id == c.id)
+                {
+                    node.give(c);
+                }
+            });
+        }
+        self.add_contact(c);
+    }
+
+    /// Stores on `c`, one after the other, the values it should hold (at most [`MAX_GIVEN`]).
+    fn give(&self, c: Contact) {
         let keys = self.storage().keys();
         let give: Vec<Id> = {
             let mut table = self.table();
@@ -284,19 +307,18 @@ impl Node {
                 .take(MAX_GIVEN)
                 .collect()
         };
-        if !give.is_empty() {
-            // One task for the newcomer, one store after the other.
-            let node = self.clone();
-            tokio::spawn(async move {
-                for key in give {
-                    let value = node.storage().get(&key);
-                    if let Some(value) = value {
-                        let _ = node.call_store(c, key, value).await;
-                    }
-                }
-            });
+        if give.is_empty() {
+            return;
         }
-        self.add_contact(c);
+        let node = self.clone();
+        tokio::spawn(async move {
+            for key in give {
+                let value = node.storage().get(&key);
+                if let Some(value) = value {
+                    let _ = node.call_store(c, key, value).await;
+                }
+            }
+        });
     }
 
     fn add_contact(&self, c: Contact) {
@@ -312,7 +334,7 @@ impl Node {
     /// (a failure of this side's, such as a value too large to send, says nothing of `c`).
     fn answered<T>(&self, c: Contact, r: Result<T, Error>) -> Result<T, Error> {
         match &r {
-            Ok(_) | Err(Error::Server(_)) => self.welcome_if_new(c),
+            Ok(_) | Err(Error::Server(_)) => self.welcome_if_new(c, true),
             Err(Error::Timeout) => self.table().remove(&c),
             Err(_) => {}
         }
