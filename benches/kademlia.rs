@@ -10,76 +10,10 @@
 //! cargo bench -p rpc-benches --bench kademlia
 //! ```
 
-use std::io::{BufRead, BufReader, Write};
-use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Instant;
 
-/// A node driven one command line at a time.
-struct Node {
-    child: Child,
-    stdin: ChildStdin,
-    stdout: BufReader<ChildStdout>,
-    addr: String,
-}
-
-impl Node {
-    fn start(mut command: Command) -> Node {
-        let mut child = command
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("the node starts");
-        let stdin = child.stdin.take().expect("piped");
-        let stdout = BufReader::new(child.stdout.take().expect("piped"));
-        let mut node = Node {
-            child,
-            stdin,
-            stdout,
-            addr: String::new(),
-        };
-        node.addr = node
-            .line()
-            .strip_prefix("listening on ")
-            .expect("a listening line")
-            .to_string();
-        assert!(node.line().starts_with("joined"));
-        node
-    }
-
-    fn line(&mut self) -> String {
-        let mut line = String::new();
-        self.stdout.read_line(&mut line).expect("reading the node");
-        assert!(!line.is_empty(), "the node exited");
-        line.trim().to_string()
-    }
-
-    fn ask(&mut self, command: &str) -> String {
-        writeln!(self.stdin, "{command}").expect("writing to the node");
-        self.stdin.flush().expect("flushing");
-        self.line()
-    }
-
-    fn cpu(&self) -> Duration {
-        let stat =
-            std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap_or_default();
-        let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-        let f: Vec<&str> = rest.split_whitespace().collect();
-        let ticks = |i: usize| {
-            f.get(i - 3)
-                .and_then(|v| v.parse::<u64>().ok())
-                .unwrap_or(0)
-        };
-        Duration::from_millis((ticks(14) + ticks(15)) * 10)
-    }
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use interop::LineNode as Node;
 
 fn python(boot: &[String]) -> Node {
     let mut c = Command::new(interop::python());
@@ -92,14 +26,14 @@ fn python(boot: &[String]) -> Node {
 /// `lookups` gets of missing keys through `node`, each command made by `command`: lookups per
 /// second and CPU µs per lookup.
 fn measure(node: &mut Node, lookups: usize, command: impl Fn(usize) -> String) -> (f64, f64) {
-    let cpu = node.cpu();
+    let cpu = node.cpu_time();
     let start = Instant::now();
     for i in 0..lookups {
         let answer = node.ask(&command(i));
         assert!(answer == "null" || answer.contains("NoneType"), "{answer}");
     }
     let secs = start.elapsed().as_secs_f64();
-    let cpu = (node.cpu() - cpu).as_secs_f64();
+    let cpu = (node.cpu_time() - cpu).as_secs_f64();
     (lookups as f64 / secs, cpu * 1e6 / lookups as f64)
 }
 

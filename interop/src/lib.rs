@@ -516,3 +516,88 @@ impl Drop for Dnsmasq {
         let _ = self.child.wait();
     }
 }
+
+/// A node program driven line by line: it prints `listening on ADDR`, then a line starting with
+/// `joined` once it has joined its network, then one answer line per command line it reads (the
+/// kademlia example's `serve`, `py/kademlia_peer.py`). Killed on drop.
+#[derive(Debug)]
+pub struct LineNode {
+    child: Child,
+    stdin: ChildStdin,
+    stdout: BufReader<std::process::ChildStdout>,
+    /// Where it listens, as its first line says.
+    pub addr: String,
+}
+
+impl LineNode {
+    /// Starts `command` and waits until it has joined.
+    pub fn start(mut command: Command) -> Self {
+        let mut child = command
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("the node starts");
+        let stdin = child.stdin.take().expect("piped");
+        let stdout = BufReader::new(child.stdout.take().expect("piped"));
+        let mut node = Self {
+            child,
+            stdin,
+            stdout,
+            addr: String::new(),
+        };
+        let first = node.line();
+        node.addr = first
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line {first:?}"))
+            .to_string();
+        let joined = node.line();
+        assert!(joined.starts_with("joined"), "{joined:?}");
+        node
+    }
+
+    /// Its next line.
+    pub fn line(&mut self) -> String {
+        let mut line = String::new();
+        self.stdout.read_line(&mut line).expect("reading the node");
+        assert!(!line.is_empty(), "the node at {} exited", self.addr);
+        line.trim().to_string()
+    }
+
+    /// Sends one command line and reads its answer.
+    pub fn ask(&mut self, command: &str) -> String {
+        use std::io::Write;
+        writeln!(self.stdin, "{command}").expect("writing to the node");
+        self.stdin.flush().expect("flushing the node's input");
+        self.line()
+    }
+
+    /// The CPU time it has used.
+    pub fn cpu_time(&self) -> std::time::Duration {
+        cpu_time(self.child.id())
+    }
+}
+
+impl Drop for LineNode {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The CPU time (user and system) process `pid` has used, from `/proc/PID/stat`; zero where
+/// there is no such file.
+pub fn cpu_time(pid: u32) -> std::time::Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // After the command's closing parenthesis: state is field 3, utime 14, stime 15.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i - 3)
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    // The kernel counts in USER_HZ, 100 a second on Linux.
+    std::time::Duration::from_millis((ticks(14) + ticks(15)) * 10)
+}

@@ -2,86 +2,26 @@
 //! environment), all on loopback: values of every type both ways, bootstrapping both ways, a
 //! mixed network where every node reads every key, and lookups through datagram loss.
 
-use std::io::{BufRead, BufReader, Write};
-use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::process::Command;
 
-use interop::{example, py_dir, python};
+use interop::{example, py_dir, python, LineNode as Node};
 use serde_json::{json, Value};
 
-/// A node process driven line by line: commands on its stdin, one answer per line.
-struct Node {
-    child: Child,
-    stdin: ChildStdin,
-    stdout: BufReader<ChildStdout>,
-    /// Where it listens, `127.0.0.1:PORT`.
-    addr: String,
+/// A Python kademlia node, bootstrapped through `boot`.
+fn python_node(boot: &[&str]) -> Node {
+    let mut c = Command::new(python());
+    c.arg(py_dir().join("kademlia_peer.py")).arg("0").args(boot);
+    Node::start(c)
 }
 
-impl Node {
-    /// Starts `command`, reads its `listening on ADDR` line, then waits for it to have joined
-    /// (a line starting with `joined`).
-    fn start(mut command: Command) -> Node {
-        let mut child = command
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("the node starts");
-        let stdin = child.stdin.take().unwrap();
-        let stdout = BufReader::new(child.stdout.take().unwrap());
-        let mut node = Node {
-            child,
-            stdin,
-            stdout,
-            addr: String::new(),
-        };
-        let first = node.line();
-        node.addr = first
-            .strip_prefix("listening on ")
-            .unwrap_or_else(|| panic!("unexpected first line {first:?}"))
-            .to_string();
-        let joined = node.line();
-        assert!(joined.starts_with("joined"), "{joined:?}");
-        node
-    }
-
-    /// A Python kademlia node, bootstrapped through `boot`.
-    fn python(boot: &[&str]) -> Node {
-        let mut c = Command::new(python());
-        c.arg(py_dir().join("kademlia_peer.py")).arg("0").args(boot);
-        Node::start(c)
-    }
-
-    /// A serving Rust node, bootstrapped through `boot`.
-    fn rust(boot: &[&str]) -> Node {
-        Node::start(kademlia(boot, &["serve"]))
-    }
-
-    fn line(&mut self) -> String {
-        let mut line = String::new();
-        self.stdout.read_line(&mut line).expect("reading the node");
-        assert!(!line.is_empty(), "the node at {} exited", self.addr);
-        line.trim().to_string()
-    }
-
-    /// Sends one command line and reads its answer.
-    fn ask(&mut self, command: &str) -> String {
-        writeln!(self.stdin, "{command}").expect("writing to the node");
-        self.stdin.flush().unwrap();
-        self.line()
-    }
-
-    /// A Python node's value for `key`: `{"type": ..., "value": ...}`.
-    fn py_get(&mut self, key: &str) -> Value {
-        serde_json::from_str(&self.ask(&json!(["get", key]).to_string())).unwrap()
-    }
+/// A serving Rust node, bootstrapped through `boot`.
+fn rust_node(boot: &[&str]) -> Node {
+    Node::start(kademlia(boot, &["serve"]))
 }
 
-impl Drop for Node {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// A Python node's value for `key`: `{"type": ..., "value": ...}`.
+fn py_get(node: &mut Node, key: &str) -> Value {
+    serde_json::from_str(&node.ask(&json!(["get", key]).to_string())).unwrap()
 }
 
 /// Ends the whole run if a test hangs (a node that never answers would block its read for
@@ -125,10 +65,10 @@ fn once(boot: &[&str], args: &[&str]) -> (i32, String) {
 
 /// Five Python nodes, each after the first bootstrapped through the one before.
 fn python_network() -> Vec<Node> {
-    let mut nodes = vec![Node::python(&[])];
+    let mut nodes = vec![python_node(&[])];
     for _ in 1..5 {
         let last = nodes.last().unwrap().addr.clone();
-        nodes.push(Node::python(&[&last]));
+        nodes.push(python_node(&[&last]));
     }
     nodes
 }
@@ -137,7 +77,7 @@ fn python_network() -> Vec<Node> {
 fn python_and_rust_nodes_read_each_others_values_of_every_type() {
     let _watchdog = watchdog("python_and_rust_nodes_read_each_others_values_of_every_type");
     let mut py = python_network();
-    let mut rust = Node::rust(&[&py[0].addr]);
+    let mut rust = rust_node(&[&py[0].addr]);
 
     // Python sets, Rust gets: each type comes back as it went.
     let set = |node: &mut Node, command: Value| assert_eq!(node.ask(&command.to_string()), "true");
@@ -165,10 +105,22 @@ fn python_and_rust_nodes_read_each_others_values_of_every_type() {
     ] {
         assert_eq!(rust.ask(&format!("set {key} {value}")), "true");
     }
-    assert_eq!(py[4].py_get("rs"), json!({"type": "str", "value": "world"}));
-    assert_eq!(py[4].py_get("ri"), json!({"type": "int", "value": -7}));
-    assert_eq!(py[4].py_get("rf"), json!({"type": "float", "value": 2.25}));
-    assert_eq!(py[4].py_get("rb"), json!({"type": "bool", "value": false}));
+    assert_eq!(
+        py_get(&mut py[4], "rs"),
+        json!({"type": "str", "value": "world"})
+    );
+    assert_eq!(
+        py_get(&mut py[4], "ri"),
+        json!({"type": "int", "value": -7})
+    );
+    assert_eq!(
+        py_get(&mut py[4], "rf"),
+        json!({"type": "float", "value": 2.25})
+    );
+    assert_eq!(
+        py_get(&mut py[4], "rb"),
+        json!({"type": "bool", "value": false})
+    );
 
     // The one-shot commands: a node that joins, sets or gets, and leaves. (Each leaves a
     // contact behind that no longer answers: Python nodes wait 5 s for it, so they are few.)
@@ -188,7 +140,7 @@ fn python_and_rust_nodes_read_each_others_values_of_every_type() {
 fn a_python_node_that_knows_only_a_rust_node_finds_the_others() {
     let _watchdog = watchdog("a_python_node_that_knows_only_a_rust_node_finds_the_others");
     let mut py = python_network();
-    let mut rust = Node::rust(&[&py[3].addr]);
+    let mut rust = rust_node(&[&py[3].addr]);
     assert_eq!(
         py[0].ask(&json!(["set", "far", "away"]).to_string()),
         "true"
@@ -196,13 +148,13 @@ fn a_python_node_that_knows_only_a_rust_node_finds_the_others() {
     assert_eq!(rust.ask("set near \"by\""), "true");
 
     // Bootstrapped through the Rust node alone.
-    let mut newcomer = Node::python(&[&rust.addr]);
+    let mut newcomer = python_node(&[&rust.addr]);
     assert_eq!(
-        newcomer.py_get("far"),
+        py_get(&mut newcomer, "far"),
         json!({"type": "str", "value": "away"})
     );
     assert_eq!(
-        newcomer.py_get("near"),
+        py_get(&mut newcomer, "near"),
         json!({"type": "str", "value": "by"})
     );
     // It learned of the Python nodes through the Rust node: a lookup reaches them all.
@@ -220,7 +172,7 @@ fn twenty_rust_and_five_python_nodes_all_read_every_key() {
         // Each joins through two nodes already there.
         let a = nodes[i % nodes.len()].addr.clone();
         let b = nodes[(i * 7 + 3) % nodes.len()].addr.clone();
-        nodes.push(Node::rust(&[&a, &b]));
+        nodes.push(rust_node(&[&a, &b]));
     }
     // Every node sets a key of its own.
     for (i, node) in nodes.iter_mut().enumerate() {
@@ -237,7 +189,7 @@ fn twenty_rust_and_five_python_nodes_all_read_every_key() {
             let key = format!("key-{k}");
             if i < 5 {
                 assert_eq!(
-                    node.py_get(&key),
+                    py_get(node, &key),
                     json!({"type": "str", "value": format!("value-{k}")}),
                     "python node {i}, {key}"
                 );
@@ -258,7 +210,7 @@ fn a_get_succeeds_through_twenty_percent_datagram_loss() {
     let mut nodes = python_network();
     for i in 0..5 {
         let a = nodes[i].addr.clone();
-        nodes.push(Node::rust(&[&a]));
+        nodes.push(rust_node(&[&a]));
     }
     for (k, node) in nodes.iter_mut().take(3).enumerate() {
         let answer = node.ask(&json!(["set", format!("lossy-{k}"), k]).to_string());
